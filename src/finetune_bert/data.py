@@ -1,0 +1,337 @@
+"""From a user's data source to clean, validated, labelled splits.
+
+Sources: files (see readers.py), aclImdb-style folders, Hugging Face hub dataset names. Rows keep their
+location so that a bad one can be reported where the user sees it, or skipped with a written record.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import html
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune_bert.errors import UserError
+from finetune_bert.readers import Records, read_folder_split, read_records
+
+TEXT_COLUMNS = ("text", "review", "sentence", "content")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "target", "class")
+
+
+@dataclass
+class Split:
+    """One split of labelled (or, for predict, unlabelled) texts."""
+
+    name: str
+    source: str
+    texts: list[str]
+    labels: list[Any] | None
+    where: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: list[int] | np.ndarray) -> "Split":
+        labels = None if self.labels is None else [self.labels[i] for i in index]
+        return Split(self.name, self.source, [self.texts[i] for i in index], labels,
+                     [self.where[i] for i in index])
+
+
+@dataclass
+class SkippedRow:
+    split: str
+    source: str
+    where: str
+    column: str
+    reason: str
+    value: str
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split | None
+    label_names: list[str]          # id -> name
+    raw_labels: list[Any]           # id -> label value as it appeared in the data
+    skipped: list[SkippedRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label_to_id(self) -> dict[Any, int]:
+        return {raw: i for i, raw in enumerate(self.raw_labels)}
+
+
+# ---------------------------------------------------------------- cleaning
+
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def clean_text(text: str) -> str:
+    """'<br />' becomes a newline and HTML entities their characters; nothing else changes."""
+    return html.unescape(_BR.sub("\n", text))
+
+
+# ---------------------------------------------------------------- columns
+
+def pick_column(records: Records, wanted: str | None, candidates: tuple[str, ...], kind: str,
+                option: str) -> str:
+    if wanted:
+        if wanted in records.columns:
+            return wanted
+        raise UserError(_missing_column(records, wanted, kind, option))
+    by_lower = {c.lower(): c for c in records.columns}
+    for name in candidates:
+        if name in by_lower:
+            return by_lower[name]
+    raise UserError(_missing_column(records, None, kind, option, candidates))
+
+
+def _missing_column(records: Records, wanted: str | None, kind: str, option: str,
+                    candidates: tuple[str, ...] = ()) -> str:
+    found = ", ".join(repr(c) for c in records.columns) or "none"
+    close = difflib.get_close_matches(wanted or candidates[0], records.columns, n=1, cutoff=0.4)
+    hint = f"; did you mean {option} {close[0]!r}?" if close else f"; name it with {option}"
+    what = f"{kind} column {wanted!r} not found" if wanted else \
+        f"no {kind} column found (looked for {', '.join(candidates)})"
+    return f"{records.source}: {what}; columns are {found}{hint}"
+
+
+# ---------------------------------------------------------------- rows
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or \
+        (isinstance(value, str) and value.strip().lower() in ("", "nan", "null", "none", "na"))
+
+
+def _as_label(value: Any) -> Any:
+    """Integer-looking labels become ints so '1' (CSV) and 1 (JSON) are the same class."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if re.fullmatch(r"[+-]?\d+", stripped):
+            return int(stripped)
+        return stripped
+    return value
+
+
+def to_split(records: Records, name: str, text_column: str | None, label_column: str | None,
+             clean: bool, need_labels: bool, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
+    """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded."""
+    tcol = pick_column(records, text_column, TEXT_COLUMNS, "text", "--text-column")
+    lcol = None
+    if need_labels or label_column:
+        lcol = pick_column(records, label_column, LABEL_COLUMNS, "label", "--label-column")
+    elif any(c.lower() in LABEL_COLUMNS for c in records.columns):
+        lcol = pick_column(records, None, LABEL_COLUMNS, "label", "--label-column")
+
+    texts, labels, where, bad = [], [] if lcol else None, [], []
+    for row, loc in zip(records.rows, records.where):
+        text, problem, column = row.get(tcol), None, tcol
+        if not isinstance(text, str) and not _is_missing(text):
+            text = str(text)
+        if text is None or (isinstance(text, float) and math.isnan(text)):
+            problem = "text is missing"
+        elif not text.strip():
+            problem = "text is empty"
+        label = None
+        if problem is None and lcol is not None:
+            column = lcol
+            raw = row.get(lcol)
+            if _is_missing(raw):
+                problem = "label is missing"
+            else:
+                label = _as_label(raw)
+        if problem:
+            bad.append(SkippedRow(name, records.source, loc, column, problem, repr(row.get(column))))
+            continue
+        texts.append(clean_text(text) if clean else text)
+        if labels is not None:
+            labels.append(label)
+        where.append(loc)
+
+    if labels:
+        kinds = {type(x) for x in labels}
+        if int in kinds and str in kinds:
+            first_str = next(i for i, x in enumerate(labels) if isinstance(x, str))
+            first_int = next(i for i, x in enumerate(labels) if isinstance(x, int))
+            raise UserError(f"{records.source}: {where[first_str]}, column '{lcol}': label "
+                            f"{labels[first_str]!r} is text but {where[first_int]} has the integer label "
+                            f"{labels[first_int]!r}; use one kind of label throughout")
+    report_bad_rows(bad, on_bad_rows, skipped)
+    if not texts:
+        raise UserError(f"{records.source}: no usable rows")
+    return Split(name, records.source, texts, labels, where)
+
+
+def report_bad_rows(bad: list[SkippedRow], on_bad_rows: str, skipped: list[SkippedRow]) -> None:
+    if not bad:
+        return
+    if on_bad_rows == "skip":
+        skipped.extend(bad)
+        return
+    first = bad[0]
+    others = f" ({len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
+    raise UserError(f"{first.source}: {first.where}, column '{first.column}': {first.reason}{others}; "
+                    "fix the data or pass --on-bad-rows skip")
+
+
+# ---------------------------------------------------------------- sources
+
+def read_source(spec: str, split: str) -> tuple[Records | None, dict[str, Records], list[str] | None]:
+    """Resolve a data spec. Returns (records for the split asked, other splits it brings, label names)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        found = {s: r for s in ("train", "test", "validation") if (r := read_folder_split(path, s))}
+        if not found:
+            raise UserError(f"{path}: folder has no train/ or test/ subfolder with <class>/*.txt files")
+        return found.get(split) or found.get("train") or found["test"], found, None
+    if path.suffix or path.exists() or "/" not in spec and "." in spec:
+        return read_records(path), {}, None
+    return _read_hub(spec, split)
+
+
+def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[str] | None]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as exc:  # the hub raises many types: connection, not found, offline mode
+        raise UserError(f"'{name}' is not a local file or folder, and the Hugging Face dataset '{name}' could "
+                        f"not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). Offline, pass a "
+                        "local file or an aclImdb-style folder") from None
+    found, label_names = {}, None
+    for split_name, ds in loaded.items():
+        columns = list(ds.column_names)
+        for feature in ds.features.values():
+            if getattr(feature, "names", None):
+                label_names = list(feature.names)
+        rows = ds.to_list()
+        found[split_name] = Records(f"{name}[{split_name}]", columns, rows,
+                                    [f"row {i + 1}" for i in range(len(rows))])
+    found = {k: v for k, v in found.items() if k in ("train", "test", "validation")}
+    if "train" not in found:
+        raise UserError(f"hub dataset '{name}' has no train split (it has {', '.join(loaded)})")
+    return found.get(split, found["train"]), found, label_names
+
+
+# ---------------------------------------------------------------- splits and labels
+
+def seeded_sample(split: Split, n: int | None, seed: int) -> Split:
+    """The first n rows after a seeded shuffle: a reproducible, unbiased sample of sorted files."""
+    if n is None or n >= len(split):
+        return split
+    order = np.random.default_rng(seed).permutation(len(split))[:n]
+    return split.subset(sorted(order.tolist()))
+
+
+def stratified_split(split: Split, fraction: float, seed: int, notes: list[str]) -> tuple[Split, Split]:
+    """Hold out `fraction` of every class (at least one example of each class that has two or more)."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([str(x) for x in split.labels])
+    val_index = []
+    for value in sorted(set(labels)):
+        members = np.flatnonzero(labels == value)
+        if len(members) < 2:
+            notes.append(f"class {value!r} has {len(members)} training example(s): none held out for validation")
+            continue
+        take = min(max(1, round(len(members) * fraction)), len(members) - 1)
+        val_index.extend(rng.permutation(members)[:take].tolist())
+    val_set = set(val_index)
+    train_index = [i for i in range(len(split)) if i not in val_set]
+    val = split.subset(sorted(val_index))
+    val.name = "validation"
+    return split.subset(train_index), val
+
+
+def label_mapping(labels: list[Any], names_option: str | None, hub_names: list[str] | None,
+                  source: str) -> tuple[list[Any], list[str]]:
+    """Deterministic id order: sorted label values. Names come from the data, --label-names, or the hub."""
+    raw = sorted(set(labels), key=lambda x: (isinstance(x, str), x))
+    if len(raw) < 2:
+        raise UserError(f"{source}: only one class ({raw[0]!r}) in the training data; "
+                        "classification needs at least two")
+    names = [str(x) for x in raw]
+    if names_option:
+        given = [n.strip() for n in names_option.split(",")]
+        if len(given) != len(raw):
+            raise UserError(f"--label-names has {len(given)} names but the data has {len(raw)} classes: "
+                            f"{', '.join(map(str, raw))}")
+        names = given
+    elif hub_names and all(isinstance(x, int) and 0 <= x < len(hub_names) for x in raw):
+        names = [hub_names[x] for x in raw]
+    if len(set(names)) != len(names):
+        raise UserError(f"label names must be distinct, got {', '.join(names)}")
+    return raw, names
+
+
+def _unknown_labels(split: Split, known: set, on_bad_rows: str, skipped: list[SkippedRow]) -> Split:
+    """Rows whose label train never had: the model cannot predict them, so they cannot be scored."""
+    bad = [i for i, x in enumerate(split.labels) if x not in known]
+    if not bad:
+        return split
+    rows = [SkippedRow(split.name, split.source, split.where[i], "label",
+                       f"label {split.labels[i]!r} does not occur in the training data", repr(split.labels[i]))
+            for i in bad]
+    report_bad_rows(rows, on_bad_rows, skipped)
+    bad_set = set(bad)
+    return split.subset([i for i in range(len(split)) if i not in bad_set])
+
+
+def load_dataset(cfg) -> Dataset:
+    """Train, validation and test splits with a deterministic label mapping, from a DataConfig."""
+    skipped: list[SkippedRow] = []
+    notes: list[str] = []
+
+    def split_from(records: Records, name: str) -> Split:
+        return to_split(records, name, cfg.text_column, cfg.label_column, cfg.clean, True, skipped,
+                        cfg.on_bad_rows)
+
+    train_records, brought, hub_names = read_source(cfg.data, "train")
+    train = seeded_sample(split_from(train_records, "train"), cfg.max_train_samples, cfg.seed)
+
+    val = None
+    if cfg.val_data:
+        val_records, _, _ = read_source(cfg.val_data, "validation")
+        val = split_from(val_records, "validation")
+    elif "validation" in brought:
+        val = split_from(brought["validation"], "validation")
+    test = None
+    if cfg.test_data:
+        test_records, _, _ = read_source(cfg.test_data, "test")
+        test = split_from(test_records, "test")
+    elif "test" in brought and brought["test"] is not train_records:
+        test = split_from(brought["test"], "test")
+        notes.append(f"test split taken from {cfg.data}")
+    if test is not None:
+        test = seeded_sample(test, cfg.max_test_samples, cfg.seed)
+
+    raw, names = label_mapping(train.labels, cfg.label_names, hub_names, train.source)
+    if val is None:
+        train, val = stratified_split(train, cfg.val_fraction, cfg.seed, notes)
+        notes.append(f"validation: {len(val)} rows held out of train (stratified, seed {cfg.seed})")
+    known = set(raw)
+    val = _unknown_labels(val, known, cfg.on_bad_rows, skipped)
+    if test is not None:
+        test = _unknown_labels(test, known, cfg.on_bad_rows, skipped)
+    if len(val) == 0:
+        raise UserError(f"{train.source}: too few rows to hold out a validation set; pass --val-data")
+    return Dataset(train, val, test, names, raw, skipped, notes)
+
+
+def write_skipped(skipped: list[SkippedRow], path: Path) -> None:
+    """Every skipped row with its reason: nothing the user gave disappears without a record."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["split", "source", "row", "column", "reason", "value"])
+        for s in skipped:
+            writer.writerow([s.split, s.source, s.where, s.column, s.reason, s.value])

@@ -1,0 +1,32 @@
+"""`make demo`: fine-tune the bundled all-MiniLM-L6-v2 on the bundled reviews, offline, in minutes on a CPU."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from finetune_bert.config import TrainConfig
+
+EXAMPLES = ("An absolute joy from start to finish, I would happily watch it again tomorrow.",
+            "Two hours of my life I will never get back; the plot made no sense at all.")
+
+
+def demo_config(output: str) -> TrainConfig:
+    data = files("finetune_bert") / "demo_data"
+    return TrainConfig(data=str(data / "train.csv"), test_data=str(data / "test.csv"), model="minilm",
+                       output=output, epochs=4, batch_size=16, lr=1e-4, max_length=128, eval_batch_size=64,
+                       log_every=5)
+
+
+def demo(output: str = "runs/demo", epochs: float | None = None) -> None:
+    from finetune_bert.predict import load
+    from finetune_bert.train import train
+
+    cfg = demo_config(output)
+    if epochs is not None:
+        cfg.epochs = epochs
+    result = train(cfg)
+    clf = load(result.output)
+    print("\nPredictions with the fine-tuned model:")
+    for text, pred in zip(EXAMPLES, clf.predict(list(EXAMPLES))):
+        print(f"  {pred.label:<9} confidence {pred.confidence:.2f}   {text}")
+    print(f"\nTry it:  finetune-bert predict --model {result.output} \"What a wonderful film\"")

@@ -1,0 +1,130 @@
+"""Tokenization, truncation strategies, length-grouped batches and dynamic padding.
+
+Texts are tokenized once, without special tokens and without truncation, so that the data report knows
+every text's true length; truncation then keeps the head, the tail, or both, and the model's own special
+tokens ([CLS] ... [SEP] for BERT) are added around what is kept. Batches are padded only to their own
+longest text, never to a fixed max length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TOKENIZE_CHUNK = 2048
+
+
+@dataclass
+class Encoded:
+    ids: list[np.ndarray]       # one int32 array per text, special tokens included, truncated
+    full_lengths: np.ndarray    # tokens each text would need, special tokens included, before truncation
+    labels: np.ndarray | None   # class ids
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single text ([CLS] / [SEP] for BERT, <s> / </s> ...)."""
+    inner = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(inner) + 1):
+        if full[start:start + len(inner)] == inner:
+            return full[:start], full[start + len(inner):]
+    raise ValueError("cannot locate the special tokens of this tokenizer")
+
+
+def truncate(ids: list[int], budget: int, strategy: str, head_tokens: int = 128) -> list[int]:
+    """Keep `budget` tokens: the first ones (head), the last ones (tail), or the first `head_tokens`
+    (at most half the budget) plus the last ones (head+tail, Sun et al. 2019)."""
+    if len(ids) <= budget:
+        return ids
+    if strategy == "head":
+        return ids[:budget]
+    if strategy == "tail":
+        return ids[len(ids) - budget:]
+    head = min(head_tokens, budget // 2)
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+def max_length_for(tokenizer, model_config, requested: int) -> tuple[int, str | None]:
+    """Clamp to what the model's position embeddings allow; say so when clamped."""
+    limits = [getattr(model_config, "max_position_embeddings", None)]
+    # RoBERTa-style models offset positions by the padding index.
+    if limits[0] and getattr(model_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limits[0] -= 2
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit and tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    limit = min(x for x in limits if x) if any(limits) else requested
+    if requested > limit:
+        return limit, f"--max-length {requested} is more than this model supports; using {limit}"
+    return requested, None
+
+
+def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: int, strategy: str,
+           head_tokens: int = 128) -> Encoded:
+    prefix, suffix = special_tokens(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    ids, full = [], np.empty(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        chunk = tokenizer(texts[start:start + TOKENIZE_CHUNK], add_special_tokens=False,
+                          return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"]
+        for offset, tokens in enumerate(chunk):
+            full[start + offset] = len(tokens) + len(prefix) + len(suffix)
+            kept = prefix + truncate(tokens, budget, strategy, head_tokens) + suffix
+            ids.append(np.asarray(kept, dtype=np.int32))
+    label_array = None if labels is None else np.asarray(labels, dtype=np.int64)
+    return Encoded(ids, full, label_array)
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool) -> list[np.ndarray]:
+    """The batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order.
+
+    With grouping, a shuffled epoch is cut into mega-batches of 50 batches, each sorted by length, so
+    batches hold similar lengths but the epoch stays random. The longest batch goes first, so an
+    out-of-memory error shows up on the first step rather than hours in.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    mega = batch_size * 50
+    batches = []
+    for start in range(0, len(order), mega):
+        block = order[start:start + mega]
+        block = block[np.argsort(-lengths[block], kind="stable")]
+        batches.extend(block[i:i + batch_size] for i in range(0, len(block), batch_size))
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
+    first = batches.pop(longest)
+    rest = [batches[i] for i in rng.permutation(len(batches))]
+    return [first, *rest]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Longest first, sorted, so each batch pads little; callers restore the original order."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest text (rounded up to a multiple, for tensor cores on GPU)."""
+    rows = [encoded.ids[i] for i in index]
+    width = max(len(r) for r in rows)
+    width = -(-width // pad_to_multiple) * pad_to_multiple
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        input_ids[r, :len(row)] = row
+        mask[r, :len(row)] = 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if encoded.labels is not None:
+        batch["labels"] = torch.from_numpy(encoded.labels[index])
+    return batch

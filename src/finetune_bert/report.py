@@ -1,0 +1,126 @@
+"""The data report: what a user should know about their data before spending compute on it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune_bert.data import Dataset, Split
+from finetune_bert.encoding import Encoded
+
+IMBALANCE_WARNING = 3.0  # majority / minority class ratio worth a warning
+
+
+def _split_report(split: Split, encoded: Encoded | None, names: list[str], to_id: dict, max_length: int) -> dict:
+    counts = Counter(split.labels) if split.labels is not None else Counter()
+    by_text: dict[str, set] = defaultdict(set)
+    for text, label in zip(split.texts, split.labels or [None] * len(split)):
+        by_text[text].add(label)
+    entry: dict[str, Any] = {
+        "source": split.source,
+        "rows": len(split),
+        "classes": {names[to_id[k]] if k in to_id else str(k): v for k, v in sorted(
+            counts.items(), key=lambda kv: to_id.get(kv[0], 1 << 30))},
+        "duplicate_rows": len(split) - len(by_text),
+        "conflicting_duplicates": sum(1 for labels in by_text.values() if len(labels) > 1),
+    }
+    if counts:
+        entry["imbalance_ratio"] = round(max(counts.values()) / min(counts.values()), 2)
+    if encoded is not None:
+        full = encoded.full_lengths
+        entry["tokens"] = {f"p{q}": int(np.percentile(full, q)) for q in (50, 90, 95, 99)}
+        entry["tokens"]["max"] = int(full.max())
+        entry["tokens"]["mean"] = round(float(full.mean()), 1)
+        entry["truncated"] = int((full > max_length).sum())
+    return entry
+
+
+def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, truncation: str,
+                 clean: bool) -> dict[str, Any]:
+    to_id = ds.label_to_id
+    splits = {"train": ds.train, "validation": ds.val, "test": ds.test}
+    report: dict[str, Any] = {
+        "labels": {i: n for i, n in enumerate(ds.label_names)},
+        "label_values": {n: raw for n, raw in zip(ds.label_names, ds.raw_labels)},
+        "cleaning": "on: '<br />' tags and HTML entities turned into text" if clean else "off",
+        "max_length": max_length,
+        "truncation": truncation,
+        "splits": {name: _split_report(s, encoded.get(name), ds.label_names, to_id, max_length)
+                   for name, s in splits.items() if s is not None},
+        "skipped_rows": len(ds.skipped),
+        "notes": list(ds.notes),
+        "warnings": [],
+    }
+    train_texts = set(ds.train.texts)
+    for name, other in (("validation", ds.val), ("test", ds.test)):
+        if other is not None:
+            report["splits"][name]["shared_with_train"] = len(train_texts & set(other.texts))
+    ratio = report["splits"]["train"].get("imbalance_ratio", 1)
+    if ratio >= IMBALANCE_WARNING:
+        report["warnings"].append(f"classes are imbalanced {ratio}:1 in train; consider --metric f1_macro")
+    if ds.test is not None and report["splits"]["test"]["shared_with_train"]:
+        n = report["splits"]["test"]["shared_with_train"]
+        report["warnings"].append(f"{n} distinct test texts also appear in train (leakage): test scores are "
+                                  "optimistic")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["Data report", f"  labels: " + ", ".join(f"{i}={n}" for i, n in report["labels"].items()),
+             f"  cleaning: {report['cleaning']}",
+             f"  max length {report['max_length']} tokens, truncation {report['truncation']}"]
+    for name, s in report["splits"].items():
+        classes = ", ".join(f"{k} {v}" for k, v in s["classes"].items())
+        lines.append(f"  {name}: {s['rows']} rows ({classes}) from {s['source']}")
+        if "tokens" in s:
+            t = s["tokens"]
+            lines.append(f"    tokens: median {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}; "
+                         f"{s['truncated']} truncated ({100 * s['truncated'] / max(s['rows'], 1):.1f}%)")
+        lines.append(f"    duplicate rows {s['duplicate_rows']}, conflicting duplicates {s['conflicting_duplicates']}"
+                     + (f", distinct texts shared with train {s['shared_with_train']}" if "shared_with_train" in s else ""))
+    if report["skipped_rows"]:
+        lines.append(f"  skipped rows: {report['skipped_rows']} (listed in skipped_rows.csv)")
+    lines.extend(f"  note: {n}" for n in report["notes"])
+    lines.extend(f"  WARNING: {w}" for w in report["warnings"])
+    return "\n".join(lines)
+
+
+def save_report(report: dict[str, Any], folder: Path) -> None:
+    (folder / "data_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (folder / "data_report.txt").write_text(format_report(report) + "\n")
+
+
+def prepare(cfg, tokenizer, model_config) -> tuple[Dataset, dict[str, Encoded], dict[str, Any]]:
+    """Load, validate and tokenize every split and build the report: shared by `train` and `inspect`."""
+    from finetune_bert.data import load_dataset
+    from finetune_bert.encoding import encode, max_length_for
+    from finetune_bert.output import say
+
+    max_length, warning = max_length_for(tokenizer, model_config, cfg.max_length)
+    if warning:
+        say(f"warning: {warning}")
+    ds = load_dataset(cfg)
+    to_id = ds.label_to_id
+    encoded = {name: encode(tokenizer, split.texts, [to_id[x] for x in split.labels], max_length,
+                            cfg.truncation, cfg.head_tokens)
+               for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)) if split}
+    return ds, encoded, build_report(ds, encoded, max_length, cfg.truncation, cfg.clean)
+
+
+def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
+    """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model."""
+    from transformers import AutoConfig
+
+    from finetune_bert.model import load_tokenizer, resolve
+
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    _, _, report = prepare(cfg, tokenizer, AutoConfig.from_pretrained(resolve(cfg.model)))
+    print(format_report(report))
+    if output:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        save_report(report, Path(output))
+    return report
