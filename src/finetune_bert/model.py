@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,6 @@ def load_classifier(name: str, label_names: list[str] | None = None, trust_remot
 
     `label_names=None` loads a fine-tuned classifier as saved (evaluate, predict).
     """
-    import transformers
     from transformers import AutoModelForSequenceClassification
 
     source = resolve(name)
@@ -78,26 +78,39 @@ def load_classifier(name: str, label_names: list[str] | None = None, trust_remot
         kwargs.update(num_labels=len(label_names),
                       id2label=dict(enumerate(label_names)),
                       label2id={n: i for i, n in enumerate(label_names)})
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the "newly initialised classifier" report is expected
-    try:
+    with quiet_transformers():  # the "newly initialised classifier" report is expected
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, attn_implementation=attn_implementation, **kwargs)
-        except (ValueError, ImportError) as exc:
-            if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
-                raise
-            model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
-    except OSError as exc:
-        if "safetensors" in str(exc) and Path(source).is_dir():
-            raise UserError(f"--model {name}: has no model.safetensors; finetune-bert loads weights only "
-                            "from safetensors (pickle files can run code)") from None
-        raise _hub_failure(name, exc) from None
-    except ValueError as exc:
-        raise UserError(f"--model {name}: cannot be used for sequence classification ({exc})") from None
-    finally:
-        transformers.logging.set_verbosity(verbosity)
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, attn_implementation=attn_implementation, **kwargs)
+            except (ValueError, ImportError) as exc:
+                if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
+                    raise
+                model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            if "safetensors" in str(exc) and Path(source).is_dir():
+                raise UserError(f"--model {name}: has no model.safetensors; finetune-bert loads weights only "
+                                "from safetensors (pickle files can run code)") from None
+            raise _hub_failure(name, exc) from None
+        except ValueError as exc:
+            raise UserError(f"--model {name}: cannot be used for sequence classification ({exc})") from None
     return model
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' load reports and per-file progress bars, off for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def pick_device() -> torch.device:

@@ -61,8 +61,11 @@ class RunFolder:
         """Write to a temporary folder, fsync, then rename file by file: a crash leaves the old model whole."""
         staging = self.path / ".saving"
         shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        from finetune_bert.model import quiet_transformers
+
+        with quiet_transformers():
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         (staging / "finetune_bert.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
         names = [p.name for p in staging.iterdir()]
         self.own(*names)

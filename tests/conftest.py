@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny random BERT with its own WordPiece vocabulary, and a learnable toy task.
+
+Nothing here touches the network or ../shared: every model and dataset is made inside the test run.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["good", "great", "wonderful", "loved", "superb"]
+NEGATIVE = ["bad", "awful", "boring", "hated", "dull"]
+FILLER = ["the", "movie", "film", "plot", "actor", "scene", "was", "a", "and", "it", "story", "music",
+          "ending", "long", "short", "very", "quite", "this", "that", "with", "camera", "light", "night", "day"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "<", ">", "/", "br", "&", ";"] + \
+    POSITIVE + NEGATIVE + FILLER
+
+
+def toy_rows(n: int, seed: int = 0) -> list[dict]:
+    """Balanced reviews whose label is given by one sentiment word hidden among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = rng.choices(FILLER, k=rng.randint(3, 14))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append({"text": " ".join(words) + " " + str(i % 7 * "!"), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT folder with a fast tokenizer, like a hub checkpoint."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)}, model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("toy-data")
+    return {"train": write_csv(folder / "train.csv", toy_rows(160, seed=1)),
+            "test": write_csv(folder / "test.csv", toy_rows(40, seed=2))}
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_model, toy_data, tmp_path_factory):
+    """One short training run shared by the evaluate, predict and pipeline tests."""
+    from finetune_bert import train
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    return train(data=str(toy_data["train"]), test_data=str(toy_data["test"]), model=str(tiny_model),
+                 output=str(out), epochs=6, batch_size=16, lr=1e-2, warmup_ratio=0.05, max_length=32,
+                 seed=0, log_every=5)

@@ -1,0 +1,54 @@
+"""The command line: inspect, --help, and one-line errors with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import toy_rows, write_csv
+
+
+def test_inspect_prints_report_without_training(tiny_model, toy_data, tmp_path, capsys):
+    from finetune_bert.cli import main
+    rows = toy_rows(30)
+    rows[4]["text"] = rows[2]["text"]  # a duplicate with the same label
+    rows[6]["text"] = rows[1]["text"]
+    rows[6]["label"] = "positive" if rows[1]["label"] == "negative" else "negative"  # conflicting
+    data = write_csv(tmp_path / "d.csv", rows)
+    assert main(["inspect", "--data", str(data), "--test-data", str(toy_data["test"]), "--model", str(tiny_model),
+                 "--max-length", "8", "--output", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "Data report" in out and "train:" in out and "test: 40 rows (negative 20, positive 20)" in out
+    assert "truncated" in out and "median" in out
+    report = json.loads((tmp_path / "rep" / "data_report.json").read_text())
+    split_sum = report["splits"]["train"]["duplicate_rows"] + report["splits"]["validation"]["duplicate_rows"]
+    assert report["splits"]["train"]["rows"] + report["splits"]["validation"]["rows"] == 30
+    assert split_sum + report["splits"]["validation"]["shared_with_train"] >= 1
+    assert not (tmp_path / "rep" / "model.safetensors").exists()
+
+
+def test_help_lists_generated_options(capsys):
+    from finetune_bert.cli import main
+    try:
+        main(["train", "--help"])
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    for flag in ("--truncation", "--no-clean", "--max-length", "--grad-accum", "--patience", "--on-bad-rows"):
+        assert flag in out
+
+
+def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "finetune_bert.cli", "inspect", "--data",
+                             str(tmp_path / "missing.csv")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing.csv'}: file not found"
+    assert "Traceback" not in result.stderr
+
+
+def test_option_problems_reported_together(tmp_path, capsys):
+    from finetune_bert.cli import main
+    code = main(["train", "--data", "x.csv", "--output", str(tmp_path / "o"), "--epochs", "0", "--lr", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--epochs must be positive" in err and "--lr must be positive" in err

@@ -1,0 +1,127 @@
+"""Columns, labels, cleaning, splits and bad rows: each user mistake has its named test."""
+
+import pytest
+
+from conftest import toy_rows, write_csv
+from finetune_bert.config import TrainConfig
+from finetune_bert.data import clean_text, label_mapping, load_dataset, stratified_split, Split
+from finetune_bert.errors import UserError
+
+
+def cfg(path, **kw):
+    return TrainConfig(data=str(path), output="unused", **kw)
+
+
+def test_detects_review_and_sentiment_columns(tmp_path):
+    rows = [{"Review": r["text"], "sentiment": r["label"]} for r in toy_rows(20)]
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+    assert ds.label_names == ["negative", "positive"]
+    assert len(ds.train) + len(ds.val) == 20
+
+
+def test_raises_on_missing_text_column_suggesting_closest(tmp_path):
+    rows = [{"txt": r["text"], "label": r["label"]} for r in toy_rows(6)]
+    with pytest.raises(UserError, match=r"no text column found .*columns are 'txt', 'label'; "
+                                        r"did you mean --text-column 'txt'\?"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+
+
+def test_raises_on_named_label_column_absent(tmp_path):
+    with pytest.raises(UserError, match=r"label column 'stars' not found; columns are 'text', 'label'"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", toy_rows(6)), label_column="stars"))
+
+
+def test_label_mapping_is_sorted_and_deterministic():
+    assert label_mapping(["pos", "neg", "pos"], None, None, "x") == (["neg", "pos"], ["neg", "pos"])
+    assert label_mapping([2, 0, 1], None, None, "x") == ([0, 1, 2], ["0", "1", "2"])
+    assert label_mapping([1, 0], "negative,positive", None, "x") == ([0, 1], ["negative", "positive"])
+    assert label_mapping([1, 0], None, ["neg", "pos"], "x") == ([0, 1], ["neg", "pos"])
+
+
+def test_integer_labels_from_csv_and_json_are_the_same_class(tmp_path):
+    rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in toy_rows(20)]
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows), label_names="negative,positive"))
+    assert ds.raw_labels == [0, 1] and ds.label_names == ["negative", "positive"]
+
+
+def test_raises_on_label_names_count_mismatch(tmp_path):
+    with pytest.raises(UserError, match="--label-names has 3 names but the data has 2 classes"):
+        label_mapping([0, 1], "a,b,c", None, "x")
+
+
+def test_raises_on_single_class(tmp_path):
+    rows = [{"text": f"film {i}", "label": "positive"} for i in range(6)]
+    with pytest.raises(UserError, match=r"only one class \('positive'\)"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+
+
+def test_raises_on_empty_text_naming_file_line_column(tmp_path):
+    rows = toy_rows(10)
+    rows[3]["text"] = "   "
+    rows[6]["text"] = ""
+    path = write_csv(tmp_path / "d.csv", rows)
+    with pytest.raises(UserError, match=r"d.csv: line 5, column 'text': text is empty \(1 more bad rows\)"):
+        load_dataset(cfg(path))
+
+
+def test_raises_on_missing_label(tmp_path):
+    rows = toy_rows(10)
+    rows[2]["label"] = "NaN"
+    with pytest.raises(UserError, match=r"line 4, column 'label': label is missing"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+
+
+def test_raises_on_mixed_integer_and_text_labels(tmp_path):
+    rows = toy_rows(10)
+    rows[1]["label"] = "1"
+    with pytest.raises(UserError, match=r"line 3, column 'label': label 'positive' is text but line 2 "
+                                        r"has the integer label 1|label .* is text but .* integer label"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+
+
+def test_skip_policy_records_every_skipped_row(tmp_path):
+    rows = toy_rows(20)
+    rows[3]["text"] = ""
+    rows[8]["label"] = ""
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows), on_bad_rows="skip"))
+    assert [(s.where, s.reason) for s in ds.skipped] == [("line 5", "text is empty"), ("line 10", "label is missing")]
+    assert len(ds.train) + len(ds.val) == 18
+
+
+def test_raises_on_test_label_unknown_to_train(tmp_path):
+    test = toy_rows(6)
+    test[1]["label"] = "neutral"
+    with pytest.raises(UserError, match=r"t.csv: line 3, column 'label': label 'neutral' does not occur "
+                                        "in the training data"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", toy_rows(20)),
+                         test_data=str(write_csv(tmp_path / "t.csv", test))))
+
+
+def test_cleaning_turns_br_and_entities_into_text(tmp_path):
+    assert clean_text("Great!<br /><br />Really &amp; truly &quot;fun&quot;") == 'Great!\n\nReally & truly "fun"'
+    rows = toy_rows(20)
+    rows[0]["text"] = "good<br />film &amp; more"
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows), clean=False, val_fraction=0.5))
+    assert any("<br />" in t for t in ds.train.texts + ds.val.texts)
+
+
+def test_stratified_split_is_seeded_and_keeps_class_balance():
+    split = Split("train", "x", [f"t{i}" for i in range(100)], ["a"] * 80 + ["b"] * 20, [str(i) for i in range(100)])
+    notes = []
+    train1, val1 = stratified_split(split, 0.1, seed=3, notes=notes)
+    train2, val2 = stratified_split(split, 0.1, seed=3, notes=notes)
+    assert val1.texts == val2.texts
+    assert sorted(val1.labels) == ["a"] * 8 + ["b"] * 2
+    assert not set(train1.texts) & set(val1.texts) and len(train1) == 90
+
+
+def test_max_train_samples_is_a_seeded_sample(tmp_path):
+    path = write_csv(tmp_path / "d.csv", toy_rows(100))
+    a = load_dataset(cfg(path, max_train_samples=40, seed=0))
+    b = load_dataset(cfg(path, max_train_samples=40, seed=0))
+    assert a.train.texts == b.train.texts and len(a.train) + len(a.val) == 40
+
+
+def test_hub_name_offline_fails_with_clear_message():
+    with pytest.raises(UserError, match="Hugging Face dataset 'no-such-dataset-xyz' could not be loaded"):
+        load_dataset(cfg("no-such-dataset-xyz"))

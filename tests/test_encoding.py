@@ -1,0 +1,93 @@
+"""Truncation strategies (exact ids), special tokens, dynamic padding and length-grouped batches."""
+
+import numpy as np
+import pytest
+
+from finetune_bert.encoding import (Encoded, collate, encode, eval_batches, max_length_for, special_tokens,
+                                    train_batches, truncate)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_truncate_strategies_on_known_ids():
+    ids = list(range(100, 120))  # 20 tokens
+    assert truncate(ids, 8, "head") == list(range(100, 108))
+    assert truncate(ids, 8, "tail") == list(range(112, 120))
+    assert truncate(ids, 8, "head+tail", head_tokens=3) == [100, 101, 102, 115, 116, 117, 118, 119]
+    assert truncate(ids, 8, "head+tail", head_tokens=128) == [100, 101, 102, 103, 116, 117, 118, 119]
+    assert truncate(ids, 30, "head+tail") == ids
+
+
+def test_head_tail_for_bert_at_512_keeps_128_plus_382():
+    ids = list(range(1000))
+    kept = truncate(ids, 510, "head+tail", 128)
+    assert kept[:128] == list(range(128)) and kept[128:] == list(range(618, 1000))
+
+
+def test_special_tokens_are_cls_and_sep(tokenizer):
+    assert special_tokens(tokenizer) == ([tokenizer.cls_token_id], [tokenizer.sep_token_id])
+
+
+def test_encode_head_tail_exact_token_ids(tokenizer):
+    words = ["the", "movie", "was", "good", "and", "the", "plot", "was", "dull", "very"]
+    vocab = tokenizer.get_vocab()
+    enc = encode(tokenizer, [" ".join(words)], [1], max_length=8, strategy="head+tail", head_tokens=2)
+    expected = [vocab["[CLS]"], vocab["the"], vocab["movie"]] + [vocab[w] for w in words[-4:]] + [vocab["[SEP]"]]
+    assert enc.ids[0].tolist() == expected
+    assert enc.full_lengths.tolist() == [12] and enc.lengths.tolist() == [8]
+    head = encode(tokenizer, [" ".join(words)], None, 8, "head")
+    assert head.ids[0].tolist() == [vocab["[CLS]"]] + [vocab[w] for w in words[:6]] + [vocab["[SEP]"]]
+
+
+def test_short_text_is_not_padded_or_cut(tokenizer):
+    enc = encode(tokenizer, ["good film", "bad"], [1, 0], 32, "head+tail")
+    assert enc.lengths.tolist() == [4, 3]
+
+
+def test_collate_pads_to_longest_in_batch_only():
+    enc = Encoded([np.array([2, 5, 6, 3], np.int32), np.array([2, 7, 3], np.int32)], np.array([4, 3]), np.array([1, 0]))
+    batch = collate(enc, np.array([0, 1]), pad_id=0)
+    assert batch["input_ids"].tolist() == [[2, 5, 6, 3], [2, 7, 3, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["labels"].tolist() == [1, 0]
+    assert collate(enc, np.array([1]), pad_id=0, pad_to_multiple=8)["input_ids"].shape == (1, 8)
+
+
+def test_train_batches_cover_every_example_once_and_are_reproducible():
+    lengths = np.random.default_rng(0).integers(5, 500, size=1000)
+    batches = train_batches(lengths, 16, seed=1, epoch=0, group_by_length=True)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    again = train_batches(lengths, 16, seed=1, epoch=0, group_by_length=True)
+    assert all((a == b).all() for a, b in zip(batches, again))
+    other_epoch = train_batches(lengths, 16, seed=1, epoch=1, group_by_length=True)
+    assert not all((a == b).all() for a, b in zip(batches, other_epoch))
+    assert lengths[batches[0]].max() == lengths.max()  # longest first: OOM shows at step 1
+
+
+def test_length_grouping_cuts_padding():
+    lengths = np.random.default_rng(0).integers(5, 500, size=2000)
+
+    def padded_fraction(batches):
+        total = sum(len(b) * lengths[b].max() for b in batches)
+        return 1 - lengths.sum() / total
+
+    grouped = padded_fraction(train_batches(lengths, 16, 0, 0, True))
+    plain = padded_fraction(train_batches(lengths, 16, 0, 0, False))
+    assert grouped < 0.05 < 0.3 < plain
+
+
+def test_eval_batches_sorted_longest_first():
+    lengths = np.array([3, 9, 1, 7, 5])
+    assert [b.tolist() for b in eval_batches(lengths, 2)] == [[1, 3], [4, 0], [2]]
+
+
+def test_max_length_is_clamped_with_warning(tokenizer, tiny_model):
+    from transformers import AutoConfig
+    length, warning = max_length_for(tokenizer, AutoConfig.from_pretrained(tiny_model), 512)
+    assert length == 64 and "--max-length 512 is more than this model supports; using 64" in warning
+    assert max_length_for(tokenizer, AutoConfig.from_pretrained(tiny_model), 32) == (32, None)
