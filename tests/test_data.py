@@ -125,3 +125,40 @@ def test_max_train_samples_is_a_seeded_sample(tmp_path):
 def test_hub_name_offline_fails_with_clear_message():
     with pytest.raises(UserError, match="Hugging Face dataset 'no-such-dataset-xyz' could not be loaded"):
         load_dataset(cfg("no-such-dataset-xyz"))
+
+
+def test_skip_drops_unknown_test_labels_and_reports_them(tmp_path):
+    test = toy_rows(6)
+    test[1]["label"] = "neutral"
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", toy_rows(20)), on_bad_rows="skip",
+                          test_data=str(write_csv(tmp_path / "t.csv", test))))
+    assert len(ds.test) == 5
+    assert [(s.split, s.where) for s in ds.skipped] == [("test", "line 3")]
+
+
+def test_class_with_one_example_stays_in_train_with_a_note(tmp_path):
+    rows = toy_rows(20) + [{"text": "a lone neutral film", "label": "neutral"}]
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+    assert "neutral" in ds.train.labels and "neutral" not in ds.val.labels
+    assert any("class 'neutral' has 1 training example(s): none held out" in n for n in ds.notes)
+
+
+def test_dedupe_drops_leaked_and_repeated_train_rows(tmp_path):
+    rows = toy_rows(30)
+    rows[10]["text"] = rows[3]["text"]  # repeats an earlier train row
+    test = toy_rows(6, seed=9)
+    rows[12]["text"] = test[0]["text"]  # leaks into test
+    train_path, test_path = write_csv(tmp_path / "d.csv", rows), write_csv(tmp_path / "t.csv", test)
+    kept = load_dataset(cfg(train_path, test_data=str(test_path), dedupe=True))
+    assert len(kept.train) + len(kept.val) == 28
+    reasons = sorted(s.reason for s in kept.skipped)
+    assert reasons == ["duplicate of line 5 (--dedupe)", "text also appears in test (--dedupe)"]
+    assert "--dedupe removed 1 duplicate rows and 1 rows" in " ".join(kept.notes)
+    untouched = load_dataset(cfg(train_path, test_data=str(test_path)))
+    assert len(untouched.train) + len(untouched.val) == 30 and not untouched.skipped
+
+
+def test_raises_on_broken_gzip(tmp_path):
+    (tmp_path / "d.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match=r"d.csv.gz: not a valid gzip file"):
+        load_dataset(cfg(tmp_path / "d.csv.gz"))

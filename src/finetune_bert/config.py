@@ -41,6 +41,8 @@ class DataConfig:
     on_bad_rows: str = opt("error", "What a bad row (empty text, missing label, unknown class) does: stop "
                                     "the run before training (error), or skip it and list it in "
                                     "DIR/skipped_rows.csv (skip).", choices=BAD_ROW_POLICIES)
+    dedupe: bool = opt(False, "Drop train rows whose text repeats an earlier train row or appears in the "
+                              "validation or test data; each dropped row is listed in skipped_rows.csv.")
     head_tokens: int = opt(128, "With head+tail: how many tokens come from the head (at most half the budget).")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from finetune_bert.errors import UserError
-from finetune_bert.readers import Records, read_folder_split, read_records
+from finetune_bert.readers import Records, read_source
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "target", "class")
@@ -185,45 +185,6 @@ def report_bad_rows(bad: list[SkippedRow], on_bad_rows: str, skipped: list[Skipp
                     "fix the data or pass --on-bad-rows skip")
 
 
-# ---------------------------------------------------------------- sources
-
-def read_source(spec: str, split: str) -> tuple[Records | None, dict[str, Records], list[str] | None]:
-    """Resolve a data spec. Returns (records for the split asked, other splits it brings, label names)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        found = {s: r for s in ("train", "test", "validation") if (r := read_folder_split(path, s))}
-        if not found:
-            raise UserError(f"{path}: folder has no train/ or test/ subfolder with <class>/*.txt files")
-        return found.get(split) or found.get("train") or found["test"], found, None
-    if path.suffix or path.exists() or "/" not in spec and "." in spec:
-        return read_records(path), {}, None
-    return _read_hub(spec, split)
-
-
-def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[str] | None]:
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name)
-    except Exception as exc:  # the hub raises many types: connection, not found, offline mode
-        raise UserError(f"'{name}' is not a local file or folder, and the Hugging Face dataset '{name}' could "
-                        f"not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). Offline, pass a "
-                        "local file or an aclImdb-style folder") from None
-    found, label_names = {}, None
-    for split_name, ds in loaded.items():
-        columns = list(ds.column_names)
-        for feature in ds.features.values():
-            if getattr(feature, "names", None):
-                label_names = list(feature.names)
-        rows = ds.to_list()
-        found[split_name] = Records(f"{name}[{split_name}]", columns, rows,
-                                    [f"row {i + 1}" for i in range(len(rows))])
-    found = {k: v for k, v in found.items() if k in ("train", "test", "validation")}
-    if "train" not in found:
-        raise UserError(f"hub dataset '{name}' has no train split (it has {', '.join(loaded)})")
-    return found.get(split, found["train"]), found, label_names
-
-
 # ---------------------------------------------------------------- splits and labels
 
 def seeded_sample(split: Split, n: int | None, seed: int) -> Split:
@@ -242,7 +203,7 @@ def stratified_split(split: Split, fraction: float, seed: int, notes: list[str])
     for value in sorted(set(labels)):
         members = np.flatnonzero(labels == value)
         if len(members) < 2:
-            notes.append(f"class {value!r} has {len(members)} training example(s): none held out for validation")
+            notes.append(f"class {str(value)!r} has {len(members)} training example(s): none held out for validation")
             continue
         take = min(max(1, round(len(members) * fraction)), len(members) - 1)
         val_index.extend(rng.permutation(members)[:take].tolist())
@@ -287,6 +248,27 @@ def _unknown_labels(split: Split, known: set, on_bad_rows: str, skipped: list[Sk
     return split.subset([i for i in range(len(split)) if i not in bad_set])
 
 
+def dedupe_train(train: Split, held_out: list[Split], skipped: list[SkippedRow]) -> tuple[Split, str]:
+    """--dedupe: drop train rows whose text is in a held-out split (leakage) or repeats an earlier row."""
+    elsewhere = set().union(*(set(s.texts) for s in held_out))
+    first: dict[str, int] = {}
+    keep, leaked, repeated = [], 0, 0
+    for i, text in enumerate(train.texts):
+        if text in elsewhere:
+            leaked += 1
+            reason = "text also appears in " + " or ".join(s.name for s in held_out if text in s.texts) + " (--dedupe)"
+        elif text in first:
+            repeated += 1
+            reason = f"duplicate of {train.where[first[text]]} (--dedupe)"
+        else:
+            first[text] = i
+            keep.append(i)
+            continue
+        skipped.append(SkippedRow("train", train.source, train.where[i], "text", reason, repr(text[:200])))
+    return train.subset(keep), (f"--dedupe removed {repeated} duplicate rows and {leaked} rows whose text is "
+                                "also held out from train (listed in skipped_rows.csv)")
+
+
 def load_dataset(cfg) -> Dataset:
     """Train, validation and test splits with a deterministic label mapping, from a DataConfig."""
     skipped: list[SkippedRow] = []
@@ -315,6 +297,9 @@ def load_dataset(cfg) -> Dataset:
     if test is not None:
         test = seeded_sample(test, cfg.max_test_samples, cfg.seed)
 
+    if cfg.dedupe:
+        train, note = dedupe_train(train, [s for s in (val, test) if s is not None], skipped)
+        notes.append(note)
     raw, names = label_mapping(train.labels, cfg.label_names, hub_names, train.source)
     if val is None:
         train, val = stratified_split(train, cfg.val_fraction, cfg.seed, notes)

@@ -64,6 +64,15 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def load_model_config(name: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure(name, exc) from None
+
+
 def load_classifier(name: str, label_names: list[str] | None = None, trust_remote_code: bool = False,
                     attn_implementation: str = "sdpa"):
     """AutoModelForSequenceClassification from safetensors only, with real label names in id2label.

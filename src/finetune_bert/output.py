@@ -26,17 +26,27 @@ class RunFolder:
         self._log = (self.path / "train_log.jsonl").open("a")
         self._tb = _tensorboard(self.path / "tensorboard")
 
-    def _claim(self, overwrite: bool) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--output {self.path}: is a file, not a folder")
-        marker = self.path / MARKER
-        existing = {p.name for p in self.path.iterdir()} if self.path.is_dir() else set()
-        ours = set(json.loads(marker.read_text())["files"]) | {MARKER} if marker.is_file() else {MARKER}
+    @staticmethod
+    def check(path: str, overwrite: bool) -> set[str]:
+        """The files a previous run of ours wrote there; refuses a folder holding anything else."""
+        folder = Path(path).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--output {folder}: is a file, not a folder")
+        marker = folder / MARKER
+        existing = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        try:
+            ours = set(json.loads(marker.read_text())["files"]) | {MARKER} if marker.is_file() else {MARKER}
+        except (ValueError, KeyError):
+            ours = {MARKER}
         foreign = sorted(existing - ours)
         if foreign and not overwrite:
             listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            raise UserError(f"--output {self.path}: folder exists and holds files finetune-bert did not write "
+            raise UserError(f"--output {folder}: folder exists and holds files finetune-bert did not write "
                             f"({listed}); choose a new folder or pass --overwrite")
+        return ours
+
+    def _claim(self, overwrite: bool) -> None:
+        ours = self.check(str(self.path), overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         self.files = set(ours - {MARKER}) | ({"train_log.jsonl"})
         self._write_marker()

@@ -198,3 +198,40 @@ def read_folder_split(root: Path, split: str) -> Records | None:
     if not rows:
         raise UserError(f"{base}: no <class>/*.txt files found")
     return Records(str(root), ["text", "label"], rows, where)
+
+
+def read_source(spec: str, split: str) -> tuple[Records | None, dict[str, Records], list[str] | None]:
+    """Resolve a data spec. Returns (records for the split asked, other splits it brings, label names)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        found = {s: r for s in ("train", "test", "validation") if (r := read_folder_split(path, s))}
+        if not found:
+            raise UserError(f"{path}: folder has no train/ or test/ subfolder with <class>/*.txt files")
+        return found.get(split) or found.get("train") or found["test"], found, None
+    if path.suffix or path.exists() or "/" not in spec and "." in spec:
+        return read_records(path), {}, None
+    return _read_hub(spec, split)
+
+
+def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[str] | None]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as exc:  # the hub raises many types: connection, not found, offline mode
+        raise UserError(f"'{name}' is not a local file or folder, and the Hugging Face dataset '{name}' could "
+                        f"not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). Offline, pass a "
+                        "local file or an aclImdb-style folder") from None
+    found, label_names = {}, None
+    for split_name, ds in loaded.items():
+        columns = list(ds.column_names)
+        for feature in ds.features.values():
+            if getattr(feature, "names", None):
+                label_names = list(feature.names)
+        rows = ds.to_list()
+        found[split_name] = Records(f"{name}[{split_name}]", columns, rows,
+                                    [f"row {i + 1}" for i in range(len(rows))])
+    found = {k: v for k, v in found.items() if k in ("train", "test", "validation")}
+    if "train" not in found:
+        raise UserError(f"hub dataset '{name}' has no train split (it has {', '.join(loaded)})")
+    return found.get(split, found["train"]), found, label_names

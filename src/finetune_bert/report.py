@@ -61,7 +61,7 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
             report["splits"][name]["shared_with_train"] = len(train_texts & set(other.texts))
     ratio = report["splits"]["train"].get("imbalance_ratio", 1)
     if ratio >= IMBALANCE_WARNING:
-        report["warnings"].append(f"classes are imbalanced {ratio}:1 in train; consider --metric f1_macro")
+        report["warnings"].append(f"classes are imbalanced {ratio}:1 in train; consider --class-weights auto and --metric f1_macro")
     if ds.test is not None and report["splits"]["test"]["shared_with_train"]:
         n = report["splits"]["test"]["shared_with_train"]
         report["warnings"].append(f"{n} distinct test texts also appear in train (leakage): test scores are "
@@ -94,31 +94,29 @@ def save_report(report: dict[str, Any], folder: Path) -> None:
     (folder / "data_report.txt").write_text(format_report(report) + "\n")
 
 
-def prepare(cfg, tokenizer, model_config) -> tuple[Dataset, dict[str, Encoded], dict[str, Any]]:
-    """Load, validate and tokenize every split and build the report: shared by `train` and `inspect`."""
-    from finetune_bert.data import load_dataset
+def prepare(cfg, ds: Dataset, tokenizer, model_config) -> tuple[dict[str, Encoded], dict[str, Any]]:
+    """Tokenize every split and build the report: shared by `train` and `inspect`."""
     from finetune_bert.encoding import encode, max_length_for
     from finetune_bert.output import say
 
     max_length, warning = max_length_for(tokenizer, model_config, cfg.max_length)
     if warning:
         say(f"warning: {warning}")
-    ds = load_dataset(cfg)
     to_id = ds.label_to_id
     encoded = {name: encode(tokenizer, split.texts, [to_id[x] for x in split.labels], max_length,
                             cfg.truncation, cfg.head_tokens)
                for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)) if split}
-    return ds, encoded, build_report(ds, encoded, max_length, cfg.truncation, cfg.clean)
+    return encoded, build_report(ds, encoded, max_length, cfg.truncation, cfg.clean)
 
 
 def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model."""
-    from transformers import AutoConfig
+    from finetune_bert.data import load_dataset
+    from finetune_bert.model import load_model_config, load_tokenizer
 
-    from finetune_bert.model import load_tokenizer, resolve
-
+    ds = load_dataset(cfg)  # data problems surface before any model file is touched
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    _, _, report = prepare(cfg, tokenizer, AutoConfig.from_pretrained(resolve(cfg.model)))
+    _, report = prepare(cfg, ds, tokenizer, load_model_config(cfg.model, cfg.trust_remote_code))
     print(format_report(report))
     if output:
         Path(output).mkdir(parents=True, exist_ok=True)

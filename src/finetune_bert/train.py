@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from finetune_bert.config import TrainConfig, greater_is_better
-from finetune_bert.data import Dataset, write_skipped
+from finetune_bert.data import Dataset, load_dataset, write_skipped
 from finetune_bert.encoding import Encoded, collate, train_batches
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import format_metrics, run_eval
-from finetune_bert.model import autocast_dtype, load_classifier, load_tokenizer, pick_device
+from finetune_bert.model import autocast_dtype, load_classifier, load_model_config, load_tokenizer, pick_device
 from finetune_bert.output import RunFolder, model_card, say
 from finetune_bert.report import format_report, prepare, save_report
 
@@ -43,8 +44,8 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _setup_data(cfg: TrainConfig, tokenizer, model_config, run: RunFolder) -> tuple[Dataset, dict[str, Encoded], dict]:
-    ds, encoded, report = prepare(cfg, tokenizer, model_config)
+def _setup_data(cfg: TrainConfig, ds: Dataset, tokenizer, model_config, run: RunFolder) -> tuple[dict[str, Encoded], dict]:
+    encoded, report = prepare(cfg, ds, tokenizer, model_config)
     say(format_report(report))
     save_report(report, run.path)
     run.own("data_report.json", "data_report.txt")
@@ -57,7 +58,7 @@ def _setup_data(cfg: TrainConfig, tokenizer, model_config, run: RunFolder) -> tu
         ids = encoded["train"].ids[i]
         say(f"sample {i}: label {ds.label_names[encoded['train'].labels[i]]!r}, {len(ids)} tokens: "
             f"{tokenizer.decode(ids[:24])} ... {tokenizer.decode(ids[-8:])}")
-    return ds, encoded, report
+    return encoded, report
 
 
 def _setup_model(cfg: TrainConfig, label_names: list[str], device: torch.device):
@@ -96,15 +97,17 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     started = time.time()
+    say("config: " + json.dumps({k: v for k, v in cfg.to_json().items() if v not in (None, False)}))
+    # Cheap checks first, so a bad row or a missing model fails in seconds and leaves nothing behind.
+    RunFolder.check(cfg.output, cfg.overwrite)
+    ds = load_dataset(cfg)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    model_config = load_model_config(cfg.model, cfg.trust_remote_code)
     run = RunFolder(cfg.output, cfg.overwrite)
     run.write_text("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
-    say("config: " + json.dumps({k: v for k, v in cfg.to_json().items() if v not in (None, False)}))
     device = pick_device()
     dtype = autocast_dtype(device, cfg.bf16)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    from transformers import AutoConfig
-    from finetune_bert.model import resolve
-    ds, enc, report = _setup_data(cfg, tokenizer, AutoConfig.from_pretrained(resolve(cfg.model)), run)
+    enc, report = _setup_data(cfg, ds, tokenizer, model_config, run)
     model = _setup_model(cfg, ds.label_names, device)
     optimizer = _setup_optimizer(cfg, model, device)
     weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), device)
@@ -114,6 +117,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
 
     train_enc, lengths = enc["train"], enc["train"].lengths
     step_size = cfg.batch_size * cfg.grad_accum
+    if len(train_enc) < step_size:
+        say(f"note: {len(train_enc)} training rows are fewer than one batch of {step_size}: every step uses all of them")
     steps_per_epoch = math.ceil(len(train_enc) / step_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = math.ceil(cfg.warmup_ratio * total)
@@ -131,7 +136,9 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         return m
 
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True)
+    # A live bar on a terminal; in a log file or CI, plain lines at each log record instead.
+    bar = tqdm(total=total, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
     step, best, best_step, stale, history = 0, None, 0, 0, []
     best_metrics: dict[str, Any] = {}
     tokens_seen, loss_window, t_train = 0, [], time.time()
@@ -161,6 +168,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                 rate = tokens_seen / max(time.time() - t_train, 1e-9)
                 run.log("train", step=step, loss=float(np.mean(loss_window)), lr=lr, tokens_per_s=round(rate, 1))
                 bar.set_postfix(loss=f"{np.mean(loss_window):.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+                if bar.disable:
+                    say(f"step {step}/{total}: loss {np.mean(loss_window):.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
                 loss_window = []
             epoch_done = step % steps_per_epoch == 0 or step == total
             if epoch_done or (cfg.eval_every and step % cfg.eval_every == 0):
