@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from finetune_bert.config import BAD_ROW_POLICIES, DataConfig, TrainConfig
-from finetune_bert.errors import UserError
+from finetune_bert.errors import TrainingInterrupted, UserError
 
 
 def _add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -28,7 +28,7 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
                                 help=help_text)
             continue
         kind = {int: int, float: float}.get(type(f.default), str)
-        if f.name in ("epochs", "lr", "val_fraction", "warmup_ratio", "weight_decay", "max_grad_norm"):
+        if f.name in ("epochs", "lr", "val_fraction", "warmup_ratio", "weight_decay", "max_grad_norm", "save_minutes"):
             kind = float
         if f.name in ("max_train_samples", "max_test_samples"):
             kind = int
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -72,6 +72,11 @@ class TrainConfig(DataConfig):
     log_every: int = opt(10, "Write a training log record every N optimizer steps.")
     num_threads: int = opt(0, "CPU threads for torch (0: torch's default).")
     trust_remote_code: bool = opt(False, "Allow model code from the hub to run (off: only built-in architectures).")
+    resume: bool = opt(False, "Continue from the newest complete checkpoint in --output (starts fresh if none).")
+    save_every: int = opt(0, "Also save a checkpoint every N optimizer steps (always at epoch ends).")
+    save_minutes: float = opt(10.0, "Also save a checkpoint after this many minutes of wall time since the last.")
+    keep_checkpoints: int = opt(2, "Keep the newest K checkpoints (the best model is always kept in --output).")
+    max_bad_steps: int = opt(5, "Stop after this many consecutive steps with a NaN or inf loss or gradient.")
     debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
 
     def problems(self) -> list[str]:
@@ -85,7 +90,8 @@ class TrainConfig(DataConfig):
             found.append(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.epochs <= 0:
             found.append(f"--epochs must be positive, got {self.epochs}")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_length", "log_every"):
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_length", "log_every", "keep_checkpoints",
+                     "max_bad_steps"):
             if getattr(self, name) < 1:
                 found.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_length < 8:
@@ -94,8 +100,11 @@ class TrainConfig(DataConfig):
             found.append(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             found.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.patience and self.patience < 0:
-            found.append("--patience cannot be negative")
+        for name in ("patience", "save_every", "eval_every"):
+            if getattr(self, name) < 0:
+                found.append(f"--{name.replace('_', '-')} cannot be negative")
+        if self.save_minutes <= 0:
+            found.append(f"--save-minutes must be positive, got {self.save_minutes}")
         if self.truncation not in TRUNCATION_STRATEGIES:
             found.append(f"--truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
         if self.metric not in METRICS:

@@ -100,10 +100,12 @@ def batched_logits(model, encoded: Encoded, batch_size: int, device: torch.devic
 
 
 def run_eval(model, encoded: Encoded, label_names: list[str], batch_size: int, device: torch.device,
-             dtype: torch.dtype | None, pad_id: int) -> dict[str, Any]:
+             dtype: torch.dtype | None, pad_id: int, on_batch=None) -> dict[str, Any]:
     metrics = StreamingMetrics(label_names)
-    for index, logits in batched_logits(model, encoded, batch_size, device, dtype, pad_id):
+    for i, (index, logits) in enumerate(batched_logits(model, encoded, batch_size, device, dtype, pad_id)):
         metrics.update(logits, torch.from_numpy(encoded.labels[index]))
+        if on_batch is not None:
+            on_batch(i + 1)
     return metrics.compute()
 
 

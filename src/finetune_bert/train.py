@@ -18,16 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from finetune_bert import checkpoint, faults
+from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
 from finetune_bert.data import Dataset, load_dataset, write_skipped
-from finetune_bert.encoding import Encoded, collate, train_batches
-from finetune_bert.errors import UserError
+from finetune_bert.encoding import Encoded, train_batches
+from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.evaluate import format_metrics, run_eval
 from finetune_bert.model import autocast_dtype, load_classifier, load_model_config, load_tokenizer, pick_device
 from finetune_bert.output import RunFolder, model_card, say
 from finetune_bert.report import format_report, prepare, save_report
+from finetune_bert.steps import evaluate_step, stop_on_signal, train_step
 
 
 @dataclass
@@ -89,6 +91,22 @@ def _is_better(value: float, best: float | None, metric: str) -> bool:
     return value > best if greater_is_better(metric) else value < best
 
 
+def _setup_resume(cfg: TrainConfig, run: RunFolder, model, optimizer, device, fresh: TrainState) -> TrainState:
+    """The newest complete checkpoint's state, or `fresh`; a checkpoint from another run is refused."""
+    found = checkpoint.complete_checkpoints(run.path) if cfg.resume else []
+    if cfg.resume and not found:
+        say(f"--resume: no complete checkpoint in {run.path / 'checkpoints'}; starting fresh")
+    if not found:
+        return fresh
+    state = checkpoint.load(found[-1], model, optimizer, device)
+    if diff := checkpoint.differences(state.fingerprint, fresh.fingerprint):
+        raise UserError(f"--resume: {found[-1]} was made with other arguments or data; differences: "
+                        + "; ".join(diff) + ". Use the original arguments, or a new --output")
+    say(f"resumed from {found[-1]} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    run.log("resume", step=state.step, checkpoint=str(found[-1]))
+    return state
+
+
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data`; the best model by `cfg.metric` ends up in `cfg.output`."""
     cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
@@ -104,6 +122,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model_config = load_model_config(cfg.model, cfg.trust_remote_code)
     run = RunFolder(cfg.output, cfg.overwrite)
+    run.own("checkpoints")
     run.write_text("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
     device = pick_device()
     dtype = autocast_dtype(device, cfg.bf16)
@@ -124,86 +143,104 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     warmup = math.ceil(cfg.warmup_ratio * total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     multiple = 8 if device.type == "cuda" else 1
+    fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
+                       fingerprint=checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts))
+    state = _setup_resume(cfg, run, model, optimizer, device, fresh)
     say(f"training {cfg.model} on {device.type}{' with bf16' if dtype else ', fp32'}: {len(train_enc)} texts, "
-        f"{total} steps of {step_size} ({steps_per_epoch} per epoch), warm-up {warmup}")
-    run.log("start", device=device.type, steps=total, examples=len(train_enc), labels=ds.label_names)
+        f"{state.total_steps} steps of {step_size} ({steps_per_epoch} per epoch), warm-up {warmup}")
+    run.log("start", device=device.type, steps=state.total_steps, examples=len(train_enc), labels=ds.label_names)
 
-    def evaluate_now(step: int, epoch: float) -> dict[str, Any]:
-        m = run_eval(model, enc["validation"], ds.label_names, cfg.eval_batch_size, device, dtype, pad_id)
-        run.log("eval", step=step, epoch=round(epoch, 3), **{k: m[k] for k in ("accuracy", "f1_macro", "loss")})
-        say(f"step {step} (epoch {epoch:.2f}): validation accuracy {m['accuracy']:.4f}, "
-            f"macro F1 {m['f1_macro']:.4f}, loss {m['loss']:.4f}")
-        return m
+    def save_checkpoint() -> None:
+        nonlocal last_save
+        path = checkpoint.save(run.path, model, optimizer, state, cfg.keep_checkpoints)
+        run.log("checkpoint", step=state.step, path=str(path))
+        last_save = time.time()
 
     from tqdm.auto import tqdm
     # A live bar on a terminal; in a log file or CI, plain lines at each log record instead.
-    bar = tqdm(total=total, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
-    step, best, best_step, stale, history = 0, None, 0, 0, []
-    best_metrics: dict[str, Any] = {}
-    tokens_seen, loss_window, t_train = 0, [], time.time()
-    epoch = 0
-    while step < total:
-        for batch_index in train_batches(lengths, step_size, cfg.seed, epoch, cfg.group_by_length):
-            lr = lr_at(step, total, warmup, cfg.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = 0.0
-            for micro in np.array_split(batch_index, min(cfg.grad_accum, len(batch_index))):
-                batch = {k: v.to(device, non_blocking=True) for k, v in collate(train_enc, micro, pad_id, multiple).items()}
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction="sum") / len(batch_index)
-                loss.backward()
-                step_loss += loss.item()
-                tokens_seen += int(batch["attention_mask"].sum())
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_window.append(step_loss)
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
-                rate = tokens_seen / max(time.time() - t_train, 1e-9)
-                run.log("train", step=step, loss=float(np.mean(loss_window)), lr=lr, tokens_per_s=round(rate, 1))
-                bar.set_postfix(loss=f"{np.mean(loss_window):.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
-                if bar.disable:
-                    say(f"step {step}/{total}: loss {np.mean(loss_window):.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
-                loss_window = []
-            epoch_done = step % steps_per_epoch == 0 or step == total
-            if epoch_done or (cfg.eval_every and step % cfg.eval_every == 0):
-                m = evaluate_now(step, step / steps_per_epoch)
-                history.append({"step": step, **{k: m[k] for k in ("accuracy", "f1_macro", "loss", "roc_auc")}})
-                if _is_better(m[cfg.metric], best, cfg.metric):
-                    best, best_step, best_metrics, stale = m[cfg.metric], step, m, 0
-                    run.save_model(model, tokenizer, run_info)
-                else:
-                    stale += 1
-                if cfg.patience and stale >= cfg.patience:
-                    say(f"early stop: no {cfg.metric} improvement in {stale} evaluations")
-                    total = step
-            if step >= total:
-                break
-        epoch += 1
-    bar.close()
-    train_seconds = time.time() - t_train
+    bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
+               dynamic_ncols=True, disable=not sys.stderr.isatty())
+    stop, restore_signals = stop_on_signal()
+    losses, t_train, last_save, tokens_at_start = [], time.time(), time.time(), state.tokens_seen
+    try:
+        while state.step < state.total_steps:
+            batches = train_batches(lengths, step_size, cfg.seed, state.epoch, cfg.group_by_length)
+            while state.batch_in_epoch < len(batches) and state.step < state.total_steps:
+                lr = lr_at(state.step, total, warmup, cfg.lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, applied = train_step(model, optimizer, train_enc, batches[state.batch_in_epoch], state, weights,
+                                           device, dtype, pad_id, multiple, cfg.max_grad_norm, cfg.max_bad_steps)
+                state.step += 1
+                state.batch_in_epoch += 1
+                losses.append(loss) if applied else None
+                bar.update(1)
+                if state.step % cfg.log_every == 0 or state.step == state.total_steps:
+                    rate = (state.tokens_seen - tokens_at_start) / max(time.time() - t_train, 1e-9)
+                    mean = float(np.mean(losses)) if losses else float("nan")
+                    run.log("train", step=state.step, loss=mean, lr=lr, tokens_per_s=round(rate, 1),
+                            skipped_steps=state.skipped_steps)
+                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+                    if bar.disable:
+                        say(f"step {state.step}/{state.total_steps}: loss {mean:.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
+                    losses = []
+                epoch_end = state.batch_in_epoch == len(batches) or state.step == state.total_steps
+                if epoch_end or (cfg.eval_every and state.step % cfg.eval_every == 0):
+                    m = evaluate_step(model, enc["validation"], ds.label_names, state, device, dtype, pad_id)
+                    _record_eval(cfg, state, m, run)
+                    if state.best_step == state.step:
+                        run.save_model(model, tokenizer, run_info)
+                    if cfg.patience and state.stale_evals >= cfg.patience:
+                        say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
+                        state.total_steps = state.step
+                faults.hit("step", state.step)  # tests kill the process here: between checkpoints
+                if epoch_end or (cfg.save_every and state.step % cfg.save_every == 0) or \
+                        time.time() - last_save > cfg.save_minutes * 60 or stop["signal"]:
+                    save_checkpoint()
+                if stop["signal"]:
+                    raise TrainingInterrupted(f"stopped at step {state.step}; checkpoint saved in {run.path / 'checkpoints'}. "
+                                              "Resume with the same command and --resume")
+            if state.batch_in_epoch >= len(batches):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    finally:
+        restore_signals()
+        bar.close()
+    return _finish(cfg, run, model, tokenizer, enc, ds.label_names, state, report, device, dtype, pad_id,
+                   started, time.time() - t_train)
 
-    if best_step != step:  # the last weights are not the best: score the best on test
+
+def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: RunFolder) -> None:
+    epoch = state.epoch + (state.batch_in_epoch > 0)
+    run.log("eval", step=state.step, **{k: m[k] for k in ("accuracy", "f1_macro", "loss")})
+    say(f"step {state.step} (epoch {epoch}): validation accuracy {m['accuracy']:.4f}, "
+        f"macro F1 {m['f1_macro']:.4f}, loss {m['loss']:.4f}")
+    state.history.append({"step": state.step, **{k: m[k] for k in ("accuracy", "f1_macro", "loss", "roc_auc")}})
+    value = m[cfg.metric]
+    if value is not None and _is_better(value, state.best, cfg.metric):
+        state.best, state.best_step, state.best_metrics, state.stale_evals = value, state.step, m, 0
+    else:
+        state.stale_evals += 1
+
+
+def _finish(cfg, run, model, tokenizer, enc, label_names, state, report, device, dtype, pad_id, started,
+            train_seconds) -> TrainResult:
+    """Score the best model on test; write metrics and the model card."""
+    if state.best_step != state.step:
         from safetensors.torch import load_file
         model.load_state_dict(load_file(str(run.path / "model.safetensors"), device=str(device)), strict=False)
-    metrics: dict[str, Any] = {"validation": best_metrics, "best_step": best_step, "history": history,
-                               "train": {"steps": step, "seconds": round(train_seconds, 1),
-                                         "tokens_per_s": round(tokens_seen / max(train_seconds, 1e-9), 1),
-                                         "examples": len(train_enc)}}
+    metrics: dict[str, Any] = {"validation": state.best_metrics, "best_step": state.best_step,
+                               "history": state.history,
+                               "train": {"steps": state.step, "seconds": round(train_seconds, 1),
+                                         "skipped_steps": state.skipped_steps, "examples": len(enc["train"]),
+                                         "micro_splits": state.micro_splits}}
     if "test" in enc:
-        metrics["test"] = run_eval(model, enc["test"], ds.label_names, cfg.eval_batch_size, device, dtype, pad_id)
-        say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {best_step}"))
+        metrics["test"] = run_eval(model, enc["test"], label_names, state.eval_batch_size, device, dtype, pad_id)
+        say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
     metrics["seconds_total"] = round(time.time() - started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.write_text("README.md", model_card(cfg, report, metrics))
-    run.log("end", step=step, best_step=best_step, seconds=metrics["seconds_total"])
+    run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
     run.close()
-    say(f"model saved to {run.path} (best {cfg.metric} {best:.4f} at step {best_step}); "
+    say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
         f"training took {train_seconds:.0f}s")
-    return TrainResult(str(run.path), metrics, best_step)
+    return TrainResult(str(run.path), metrics, state.best_step)

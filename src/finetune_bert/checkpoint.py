@@ -1,0 +1,160 @@
+"""Crash-safe checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint is the folder DIR/checkpoints/step-NNNNNNN holding
+  model.safetensors   the weights (safetensors: loading it cannot run code)
+  optimizer.pt        AdamW state, loaded with torch.load(weights_only=True)
+  rng.pt              python, numpy, torch CPU and CUDA generator states (weights_only=True)
+  state.json          step counters, data position, best metric, early stopping, backoff, run fingerprint
+  COMPLETE            written last; a folder without it is never used
+It is written into a temporary sibling folder, each file fsynced, then renamed into place. The learning
+rate is a pure function of the step and bf16 needs no grad scaler, so there is no scheduler or scaler state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_bert import faults
+from finetune_bert.errors import UserError
+
+DONE = "COMPLETE"
+# Options whose change would make a resumed run differ from the one it continues.
+MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_column", "label_names",
+              "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",
+              "dedupe", "on_bad_rows", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
+              "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric")
+
+
+@dataclass
+class TrainState:
+    """Where a run is. Everything in it is plain JSON."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0          # optimizer steps already taken in this epoch
+    total_steps: int = 0             # lowered by early stopping
+    best: float | None = None
+    best_step: int = 0
+    stale_evals: int = 0
+    history: list = field(default_factory=list)
+    best_metrics: dict = field(default_factory=dict)
+    micro_splits: int = 1            # micro-batches per step; doubled by out-of-memory backoff
+    eval_batch_size: int = 64        # halved by out-of-memory backoff in evaluation
+    bad_steps: int = 0               # consecutive NaN/inf steps
+    skipped_steps: int = 0           # all NaN/inf steps skipped so far
+    tokens_seen: int = 0
+    fingerprint: dict = field(default_factory=dict)
+
+
+def fingerprint(cfg, train_texts: list[str], train_labels, val_texts: list[str]) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for text, label in zip(train_texts, train_labels):
+        digest.update(text.encode())
+        digest.update(b"\0" + str(label).encode() + b"\1")
+    digest.update(b"\2".join(t.encode() for t in val_texts))
+    return {**{k: getattr(cfg, k) for k in MUST_MATCH}, "data_sha256": digest.hexdigest()}
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return [f"{k}: checkpoint has {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
+
+
+def _rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(folder: Path, model, optimizer, state: TrainState, keep: int) -> Path:
+    """Write a complete checkpoint atomically, then prune all but the newest `keep`."""
+    from safetensors.torch import save_file
+
+    root = folder / "checkpoints"
+    root.mkdir(exist_ok=True)
+    final = root / f"step-{state.step:07d}"
+    tmp = root / f".tmp-step-{state.step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(_untie(weights), str(tmp / "model.safetensors"))
+    faults.hit("checkpoint", state.step)  # tests kill the process here: mid-write
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(asdict(state)) + "\n")
+    for name in ("model.safetensors", "optimizer.pt", "rng.pt", "state.json"):
+        _fsync(tmp / name)
+    (tmp / DONE).write_text("ok\n")
+    _fsync(tmp / DONE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync(root)
+    for old in complete_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied embeddings); clone the repeats."""
+    seen, out = set(), {}
+    for key, tensor in weights.items():
+        ptr = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        out[key] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return out
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    root = folder / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / DONE).is_file())
+
+
+def load(path: Path, model, optimizer, device: torch.device) -> TrainState:
+    """Restore weights, optimizer, RNG and counters. Pickled code is refused, never run."""
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)), strict=False)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+    except Exception as exc:  # weights_only raises UnpicklingError for anything that is not plain data
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: {first}); "
+                        "it may be damaged or tampered with. Remove it to resume from an older one") from None
+    _set_rng_state(rng)
+    payload = json.loads((path / "state.json").read_text())
+    return TrainState(**payload)

@@ -1,0 +1,56 @@
+"""Fault injection for the crash, out-of-memory and NaN tests.
+
+FINETUNE_BERT_FAULTS="kill@checkpoint:4,oom@forward:3" makes the run, at those places and steps:
+  kill  send itself SIGKILL (a real, uncatchable kill, as from the OOM killer or a preemption)
+  oom   raise the framework's own out-of-memory exception, torch.OutOfMemoryError
+  nan   poison the loss with NaN (only at place `loss`)
+  int / term  send itself SIGINT / SIGTERM (Ctrl-C, a scheduler's stop)
+A kind ending in "!" (e.g. "oom!@forward:2") fires every time, not once.
+Places: step (after an optimizer step, between checkpoints), forward (a training forward pass),
+eval (inside an evaluation), checkpoint (mid-write), loss.
+Unless marked "!", each fault fires once per process. Unset, this module costs one dict lookup per call.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+
+def _parse(spec: str) -> dict[tuple[str, int], str]:
+    faults = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        kind, _, where = item.partition("@")
+        place, _, step = where.partition(":")
+        faults[(place, int(step))] = kind
+    return faults
+
+
+_PENDING = _parse(os.environ.get("FINETUNE_BERT_FAULTS", ""))
+
+
+def configure(spec: str) -> None:
+    """For in-process tests: replace the pending faults."""
+    _PENDING.clear()
+    _PENDING.update(_parse(spec))
+
+
+def hit(place: str, step: int) -> bool:
+    """Fire the fault planned for (place, step), if any. True means: poison this value with NaN."""
+    if not _PENDING:
+        return False
+    kind = _PENDING.get((place, step))
+    if kind is None:
+        return False
+    if not kind.endswith("!"):
+        del _PENDING[(place, step)]
+    kind = kind.rstrip("!")
+    if kind in ("int", "term"):
+        os.kill(os.getpid(), signal.SIGINT if kind == "int" else signal.SIGTERM)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "oom":
+        raise torch.OutOfMemoryError(f"injected out-of-memory at {place} step {step}")
+    return kind == "nan"

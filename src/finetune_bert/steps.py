@@ -1,0 +1,135 @@
+"""One optimizer step and one evaluation, each surviving out-of-memory errors and NaNs.
+
+Out of memory: the step's batch is split into twice as many micro-batches (the effective batch, and so the
+update, stays the same because losses are summed and divided by the step's example count) and the step is
+redone from scratch; evaluation halves its batch. Past micro-batch 1 there is nothing left to halve.
+NaN/inf: a step whose loss or gradient is not finite is skipped (no update), counted, and after
+`max_bad_steps` in a row the run stops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from finetune_bert import faults
+from finetune_bert.checkpoint import TrainState
+from finetune_bert.encoding import Encoded, collate
+from finetune_bert.errors import UserError
+from finetune_bert.evaluate import run_eval
+from finetune_bert.output import say
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int, weights, device, dtype,
+                      pad_id: int, multiple: int, step: int) -> tuple[float, int]:
+    loss_sum, tokens = 0.0, 0
+    for micro in np.array_split(batch_index, min(splits, len(batch_index))):
+        faults.hit("forward", step)
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, micro, pad_id, multiple).items()}
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction="sum") / len(batch_index)
+        if faults.hit("loss", step):
+            loss = loss * float("nan")
+        loss.backward()
+        loss_sum += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    return loss_sum, tokens
+
+
+def train_step(model, optimizer, enc: Encoded, batch_index: np.ndarray, state: TrainState, weights, device,
+               dtype, pad_id: int, multiple: int, max_grad_norm: float, max_bad_steps: int) -> tuple[float, bool]:
+    """Forward, backward and update for one step's batch. Returns (loss, whether the update was applied)."""
+    step = state.step + 1
+    while True:
+        try:
+            loss, tokens = _forward_backward(model, enc, batch_index, state.micro_splits, weights, device, dtype,
+                                             pad_id, multiple, step)
+            break
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            _free(device)
+            if state.micro_splits >= len(batch_index):
+                raise UserError(f"out of memory at step {step} even with micro-batch 1; lower --max-length "
+                                "or use a smaller model") from None
+            state.micro_splits = min(state.micro_splits * 2, len(batch_index))
+            micro = math.ceil(len(batch_index) / state.micro_splits)
+            say(f"warning: out of memory at step {step}: micro-batch now {micro} with {state.micro_splits} "
+                "accumulation steps (effective batch unchanged); retrying the step")
+    state.tokens_seen += tokens
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+    if math.isfinite(loss) and bool(torch.isfinite(norm)):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.bad_steps = 0
+        return loss, True
+    optimizer.zero_grad(set_to_none=True)
+    state.bad_steps += 1
+    state.skipped_steps += 1
+    say(f"warning: step {step} skipped: loss {loss} or gradient norm {float(norm)} is not finite "
+        f"({state.bad_steps} in a row)")
+    if state.bad_steps >= max_bad_steps:
+        raise UserError(f"{state.bad_steps} steps in a row had a NaN or inf loss or gradient (last at step {step}); "
+                        "stopping. The last good checkpoint is kept in OUTPUT/checkpoints; try a lower --lr")
+    return loss, False
+
+
+def evaluate_step(model, enc: Encoded, label_names: list[str], state: TrainState, device, dtype,
+                  pad_id: int) -> dict[str, Any]:
+    """Validation metrics; on out-of-memory the evaluation batch is halved and the evaluation redone."""
+    step = state.step
+
+    def on_batch(i: int) -> None:
+        if i == 1:
+            faults.hit("eval", step)  # tests kill or OOM here: mid-evaluation
+
+    while True:
+        try:
+            return run_eval(model, enc, label_names, state.eval_batch_size, device, dtype, pad_id, on_batch)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            _free(device)
+            if state.eval_batch_size == 1:
+                raise UserError("out of memory in evaluation even with batch 1; lower --max-length") from None
+            state.eval_batch_size //= 2
+            say(f"warning: out of memory in evaluation: evaluation batch now {state.eval_batch_size}")
+
+
+def stop_on_signal() -> tuple[dict[str, int], Callable[[], None]]:
+    """SIGINT/SIGTERM set a flag the loop checks between steps; returns (flag, restore)."""
+    import signal
+    import threading
+
+    flag = {"signal": 0}
+    if threading.current_thread() is not threading.main_thread():
+        return flag, lambda: None
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if flag["signal"]:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+        say("\nstopping: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+    for s in previous:
+        signal.signal(s, handler)
+    return flag, lambda: [signal.signal(s, h) for s, h in previous.items()]
