@@ -17,17 +17,8 @@ from finetune_bert.errors import TrainingInterrupted, UserError
 @pytest.fixture(scope="module")
 def dropout_model(tmp_path_factory):
     """Like tiny_model but with dropout on, so an exact resume must restore the RNG too."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-    from conftest import VOCAB
-
-    folder = tmp_path_factory.mktemp("tiny-bert-dropout")
-    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, model_max_length=64).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
+    from conftest import make_tiny_bert
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-dropout"), dropout=0.1)
 
 
 @pytest.fixture(autouse=True)

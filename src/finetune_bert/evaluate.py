@@ -15,6 +15,7 @@ import torch
 
 from finetune_bert.encoding import Encoded, collate, eval_batches
 
+EVAL_CHUNK = 8192  # texts tokenized at once by `evaluate`
 AUC_BINS = 6000
 AUC_RANGE = 30.0
 
@@ -140,8 +141,13 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
     if max_samples:
         from finetune_bert.data import seeded_sample
         split = seeded_sample(split, max_samples, seed)
-    encoded = clf.encode(split.texts, split.labels)
-    metrics = run_eval(clf.model, encoded, clf.label_names, batch_size, clf.device, clf.dtype, clf.pad_id)
+    # Tokenize and score a chunk at a time: memory stays flat however many texts there are.
+    stream = StreamingMetrics(clf.label_names)
+    for start in range(0, len(split), EVAL_CHUNK):
+        encoded = clf.encode(split.texts[start:start + EVAL_CHUNK], split.labels[start:start + EVAL_CHUNK])
+        for index, logits in batched_logits(clf.model, encoded, batch_size, clf.device, clf.dtype, clf.pad_id):
+            stream.update(logits, torch.from_numpy(encoded.labels[index]))
+    metrics = stream.compute()
     metrics["data"] = data
     metrics["model"] = model
     if not quiet:

