@@ -48,3 +48,14 @@ def test_class_weights_auto_is_inverse_frequency():
     w = _class_weights(TrainConfig(class_weights="auto"), np.array([0] * 90 + [1] * 10), 2, torch.device("cpu"))
     assert torch.allclose(w, torch.tensor([100 / 180, 100 / 20]))
     assert _class_weights(TrainConfig(), np.array([0, 1]), 2, torch.device("cpu")) is None
+
+
+def test_report_describes_train_as_given_before_the_validation_split():
+    full = _split("train", ["a", "a", "b", "c", "d", "e"], ["pos", "pos", "neg", "pos", "neg", "neg"])
+    train, val = full.subset([0, 1, 2, 3]), full.subset([4, 5])
+    test = _split("test", ["a", "e", "z"], ["pos", "neg", "pos"])
+    ds = Dataset(train, val, test, ["neg", "pos"], ["neg", "pos"], train_all=full)
+    report = build_report(ds, {}, 8, "head", True)
+    assert report["train_data"]["rows"] == 6 and report["train_data"]["duplicate_rows"] == 1
+    assert report["train_data"]["shared_with_test"] == 2  # 'a' and 'e'; 'e' went to validation
+    assert "train data as given: 6 rows (neg 3, pos 3); duplicate rows 1" in format_report(report)

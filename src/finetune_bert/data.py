@@ -62,6 +62,7 @@ class Dataset:
     raw_labels: list[Any]           # id -> label value as it appeared in the data
     skipped: list[SkippedRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    train_all: Split | None = None  # train as given, before the validation split
 
     @property
     def label_to_id(self) -> dict[Any, int]:
@@ -301,6 +302,7 @@ def load_dataset(cfg) -> Dataset:
         train, note = dedupe_train(train, [s for s in (val, test) if s is not None], skipped)
         notes.append(note)
     raw, names = label_mapping(train.labels, cfg.label_names, hub_names, train.source)
+    train_all = train
     if val is None:
         train, val = stratified_split(train, cfg.val_fraction, cfg.seed, notes)
         notes.append(f"validation: {len(val)} rows held out of train (stratified, seed {cfg.seed})")
@@ -310,7 +312,7 @@ def load_dataset(cfg) -> Dataset:
         test = _unknown_labels(test, known, cfg.on_bad_rows, skipped)
     if len(val) == 0:
         raise UserError(f"{train.source}: too few rows to hold out a validation set; pass --val-data")
-    return Dataset(train, val, test, names, raw, skipped, notes)
+    return Dataset(train, val, test, names, raw, skipped, notes, train_all)
 
 
 def write_skipped(skipped: list[SkippedRow], path: Path) -> None:

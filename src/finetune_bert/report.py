@@ -55,6 +55,11 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
         "notes": list(ds.notes),
         "warnings": [],
     }
+    if ds.train_all is not None and ds.train_all is not ds.train:
+        whole = _split_report(ds.train_all, None, ds.label_names, to_id, max_length)
+        if ds.test is not None:
+            whole["shared_with_test"] = len(set(ds.train_all.texts) & set(ds.test.texts))
+        report["train_data"] = whole
     train_texts = set(ds.train.texts)
     for name, other in (("validation", ds.val), ("test", ds.test)):
         if other is not None:
@@ -73,6 +78,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines = ["Data report", f"  labels: " + ", ".join(f"{i}={n}" for i, n in report["labels"].items()),
              f"  cleaning: {report['cleaning']}",
              f"  max length {report['max_length']} tokens, truncation {report['truncation']}"]
+    if "train_data" in report:
+        w = report["train_data"]
+        classes = ", ".join(f"{k} {v}" for k, v in w["classes"].items())
+        lines.append(f"  train data as given: {w['rows']} rows ({classes}); duplicate rows {w['duplicate_rows']}, "
+                     f"conflicting duplicates {w['conflicting_duplicates']}"
+                     + (f"; distinct texts shared with test {w['shared_with_test']}" if "shared_with_test" in w else ""))
     for name, s in report["splits"].items():
         classes = ", ".join(f"{k} {v}" for k, v in s["classes"].items())
         lines.append(f"  {name}: {s['rows']} rows ({classes}) from {s['source']}")
