@@ -32,7 +32,8 @@ DONE = "COMPLETE"
 MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_column", "label_names",
               "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",
               "dedupe", "on_bad_rows", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
-              "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric")
+              "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric",
+              "cls_fast_path")
 
 
 @dataclass

@@ -22,7 +22,7 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             continue
         meta = dict(f.metadata)
         flag = "--" + f.name.replace("_", "-")
-        help_text = meta.pop("help", "")
+        help_text = meta.pop("help", "").replace("%", "%%")  # argparse formats help with %
         if isinstance(f.default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_text)

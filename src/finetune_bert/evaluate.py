@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from finetune_bert import fastpath
 from finetune_bert.encoding import Encoded, collate, eval_batches
 
 EVAL_CHUNK = 8192  # texts tokenized at once by `evaluate`
@@ -83,7 +84,7 @@ class StreamingMetrics:
 
 
 def batched_logits(model, encoded: Encoded, batch_size: int, device: torch.device,
-                   dtype: torch.dtype | None, pad_id: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+                   dtype: torch.dtype | None, pad_id: int, fast: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(row indices, fp32 logits) per batch, shortest padding first-sorted; one batch in memory at a time."""
     was_training = model.training
     model.eval()
@@ -93,17 +94,17 @@ def batched_logits(model, encoded: Encoded, batch_size: int, device: torch.devic
             for index in eval_batches(encoded.lengths, batch_size):
                 batch = collate(encoded, index, pad_id, multiple)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    out = model(input_ids=batch["input_ids"].to(device, non_blocking=True),
-                                attention_mask=batch["attention_mask"].to(device, non_blocking=True))
-                yield index, out.logits.float()
+                    logits = fastpath.logits(model, batch["input_ids"].to(device, non_blocking=True),
+                                             batch["attention_mask"].to(device, non_blocking=True), fast)
+                yield index, logits.float()
     finally:
         model.train(was_training)
 
 
 def run_eval(model, encoded: Encoded, label_names: list[str], batch_size: int, device: torch.device,
-             dtype: torch.dtype | None, pad_id: int, on_batch=None) -> dict[str, Any]:
+             dtype: torch.dtype | None, pad_id: int, on_batch=None, fast: bool = True) -> dict[str, Any]:
     metrics = StreamingMetrics(label_names)
-    for i, (index, logits) in enumerate(batched_logits(model, encoded, batch_size, device, dtype, pad_id)):
+    for i, (index, logits) in enumerate(batched_logits(model, encoded, batch_size, device, dtype, pad_id, fast)):
         metrics.update(logits, torch.from_numpy(encoded.labels[index]))
         if on_batch is not None:
             on_batch(i + 1)

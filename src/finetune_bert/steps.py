@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune_bert import faults
+from finetune_bert import fastpath, faults
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.encoding import Encoded, collate
 from finetune_bert.errors import UserError
@@ -37,13 +37,13 @@ def _free(device: torch.device) -> None:
 
 
 def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int, weights, device, dtype,
-                      pad_id: int, multiple: int, step: int) -> tuple[float, int]:
+                      pad_id: int, multiple: int, step: int, fast: bool) -> tuple[float, int]:
     loss_sum, tokens = 0.0, 0
     for micro in np.array_split(batch_index, min(splits, len(batch_index))):
         faults.hit("forward", step)
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, micro, pad_id, multiple).items()}
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = fastpath.logits(model, batch["input_ids"], batch["attention_mask"], fast)
         loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction="sum") / len(batch_index)
         if faults.hit("loss", step):
             loss = loss * float("nan")
@@ -54,13 +54,14 @@ def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int,
 
 
 def train_step(model, optimizer, enc: Encoded, batch_index: np.ndarray, state: TrainState, weights, device,
-               dtype, pad_id: int, multiple: int, max_grad_norm: float, max_bad_steps: int) -> tuple[float, bool]:
+               dtype, pad_id: int, multiple: int, max_grad_norm: float, max_bad_steps: int,
+               fast: bool = True) -> tuple[float, bool]:
     """Forward, backward and update for one step's batch. Returns (loss, whether the update was applied)."""
     step = state.step + 1
     while True:
         try:
             loss, tokens = _forward_backward(model, enc, batch_index, state.micro_splits, weights, device, dtype,
-                                             pad_id, multiple, step)
+                                             pad_id, multiple, step, fast)
             break
         except Exception as exc:
             if not is_oom(exc):
@@ -93,7 +94,7 @@ def train_step(model, optimizer, enc: Encoded, batch_index: np.ndarray, state: T
 
 
 def evaluate_step(model, enc: Encoded, label_names: list[str], state: TrainState, device, dtype,
-                  pad_id: int) -> dict[str, Any]:
+                  pad_id: int, fast: bool = True) -> dict[str, Any]:
     """Validation metrics; on out-of-memory the evaluation batch is halved and the evaluation redone."""
     step = state.step
 
@@ -103,7 +104,7 @@ def evaluate_step(model, enc: Encoded, label_names: list[str], state: TrainState
 
     while True:
         try:
-            return run_eval(model, enc, label_names, state.eval_batch_size, device, dtype, pad_id, on_batch)
+            return run_eval(model, enc, label_names, state.eval_batch_size, device, dtype, pad_id, on_batch, fast)
         except Exception as exc:
             if not is_oom(exc):
                 raise

@@ -170,7 +170,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss, applied = train_step(model, optimizer, train_enc, batches[state.batch_in_epoch], state, weights,
-                                           device, dtype, pad_id, multiple, cfg.max_grad_norm, cfg.max_bad_steps)
+                                           device, dtype, pad_id, multiple, cfg.max_grad_norm, cfg.max_bad_steps,
+                                           cfg.cls_fast_path)
                 state.step += 1
                 state.batch_in_epoch += 1
                 if applied:
@@ -187,7 +188,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                     losses = []
                 epoch_end = state.batch_in_epoch == len(batches) or state.step == state.total_steps
                 if epoch_end or (cfg.eval_every and state.step % cfg.eval_every == 0):
-                    m = evaluate_step(model, enc["validation"], ds.label_names, state, device, dtype, pad_id)
+                    m = evaluate_step(model, enc["validation"], ds.label_names, state, device, dtype, pad_id,
+                                      cfg.cls_fast_path)
                     _record_eval(cfg, state, m, run)
                     if state.best_step == state.step:
                         run.save_model(model, tokenizer, run_info)
