@@ -47,14 +47,15 @@ def model_source(name: str) -> str:
     return name
 
 
-def build_model(name: str, attn: str):
-    """bert-base-random: a randomly initialised bert-base-uncased config (speed does not depend on weights)."""
+def build_model(name: str, attn: str | None):
+    """bert-base-random: a randomly initialised bert-base-uncased config (speed does not depend on weights).
+    attn=None: whatever transformers picks by default (SDPA in transformers 5), as a tutorial gets."""
     from transformers import AutoModelForSequenceClassification, BertConfig
 
+    kwargs = {} if attn is None else {"attn_implementation": attn}
     if name == "bert-base-random":
-        return AutoModelForSequenceClassification.from_config(BertConfig(num_labels=2), attn_implementation=attn)
-    return AutoModelForSequenceClassification.from_pretrained(model_source(name), num_labels=2,
-                                                              attn_implementation=attn)
+        return AutoModelForSequenceClassification.from_config(BertConfig(num_labels=2), **kwargs)
+    return AutoModelForSequenceClassification.from_pretrained(model_source(name), num_labels=2, **kwargs)
 
 
 def flops_per_token(config, seq_len: float) -> float:
@@ -92,7 +93,7 @@ def worker_hf(setup: str, args) -> dict:
 
     train_ds = datasets.Dataset.from_dict({"text": texts, "label": labels}).map(tokenize, batched=True, remove_columns=["text"])
     eval_ds = datasets.Dataset.from_dict({"text": eval_texts, "label": eval_labels}).map(tokenize, batched=True, remove_columns=["text"])
-    model = build_model(args.model, "sdpa" if setup == "B" else "eager")
+    model = build_model(args.model, "sdpa" if setup == "B" else None)
     extra = {}
     if setup == "A" and gpu:
         extra = {"fp16": True}

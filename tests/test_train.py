@@ -101,3 +101,21 @@ def test_skipped_rows_are_written_out(tiny_model, tmp_path):
     assert len(skipped) == 3 and "line 7" in skipped[1] and "line 11" in skipped[2]
     assert json.loads((tmp_path / "o" / "data_report.json").read_text())["skipped_rows"] == 2
     assert out.metrics["train"]["examples"] + out.metrics["validation"]["n"] == 38
+
+
+def test_patience_stops_early_when_validation_does_not_improve(tiny_model, toy_data, tmp_path, capsys):
+    from finetune_bert import train
+    # A learning rate too small to change anything: the first evaluation stays the best.
+    result = train(data=str(toy_data["train"]), model=str(tiny_model), output=str(tmp_path / "o"), epochs=3,
+                   batch_size=16, lr=1e-12, warmup_ratio=0, eval_every=2, patience=2, max_length=32)
+    assert result.metrics["train"]["steps"] == 6 and result.best_step == 2
+    assert "early stop: no accuracy improvement in 2 evaluations" in capsys.readouterr().out
+
+
+def test_fewer_rows_than_a_batch_trains_and_says_so(tiny_model, tmp_path, capsys):
+    from finetune_bert import train
+    data = write_csv(tmp_path / "small.csv", toy_rows(12))
+    result = train(data=str(data), model=str(tiny_model), output=str(tmp_path / "o"), epochs=2, batch_size=16,
+                   max_length=32)
+    assert "10 training rows are fewer than one batch of 16: every step uses all of them" in capsys.readouterr().out
+    assert result.metrics["train"]["steps"] == 2
