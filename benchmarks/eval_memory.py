@@ -54,7 +54,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     make_model(work / "model")
     print("| texts | input CSV | peak RSS | evaluate time |\n| --- | --- | --- | --- |")
-    for n in (1000, 25000):
+    for n in (1000, 10000, 25000):
         rss, seconds, mb = measure(work / "model", args.data, n, work)
         print(f"| {n:,} | {mb:.1f} MiB | {rss:.0f} MiB | {seconds:.1f} s |")
 

@@ -59,3 +59,16 @@ def test_evaluate_maps_integer_labels_through_saved_names(trained, tmp_path):
     rows = [{"text": r["text"], "label": r["label"]} for r in toy_rows(20, seed=5)]
     m = evaluate(trained.output, str(write_csv(tmp_path / "e.csv", rows)), str(tmp_path / "m.json"), quiet=True)
     assert m["n"] == 20 and sum(map(sum, m["confusion_matrix"])) == 20
+
+
+def test_evaluate_other_classifier_takes_integer_labels_as_ids(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from conftest import toy_rows, write_csv
+    folder = tmp_path / "hf-classifier"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2,
+                                                               id2label={0: "negative", 1: "positive"})
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in toy_rows(10)]
+    m = evaluate(str(folder), str(write_csv(tmp_path / "e.csv", rows)), str(tmp_path / "m.json"), quiet=True)
+    assert m["n"] == 10 and [c["support"] for c in m["per_class"].values()] == [5, 5]

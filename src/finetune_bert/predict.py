@@ -42,7 +42,9 @@ class Classifier:
         self.truncation = info.get("truncation", "head+tail")
         self.head_tokens = info.get("head_tokens", 128)
         self.clean = info.get("clean", True)
-        raw = info.get("raw_labels", self.label_names)
+        # Labels in data may be names or the values used in training; for a model finetune-bert did not
+        # train, integer labels are taken as ids.
+        raw = info.get("raw_labels", list(range(len(self.label_names))))
         self._to_id = {**{str(n): i for i, n in enumerate(self.label_names)}, **{r: i for i, r in enumerate(raw)}}
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
