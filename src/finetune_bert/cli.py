@@ -27,13 +27,16 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_text)
             continue
-        kind = {int: int, float: float}.get(type(f.default), str)
-        if f.name in ("epochs", "lr", "val_fraction", "warmup_ratio", "weight_decay", "max_grad_norm", "save_minutes"):
-            kind = float
-        if f.name in ("max_train_samples", "max_test_samples"):
-            kind = int
+        kind = _arg_type(f)
         default = "" if f.default is None else f" (default: {f.default})"
         parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text + default, **meta)
+
+
+def _arg_type(f: dataclasses.Field) -> type:
+    """The argparse type from the field's declared type ("float", "int | None", "str", ...)."""
+    declared = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    base = declared.split("|")[0].strip()
+    return {"float": float, "int": int}.get(base, str)
 
 
 def build_parser() -> argparse.ArgumentParser:

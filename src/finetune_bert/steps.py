@@ -41,7 +41,9 @@ def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int,
     loss_sum, tokens = 0.0, 0
     for micro in np.array_split(batch_index, min(splits, len(batch_index))):
         faults.hit("forward", step)
-        batch = {k: v.to(device, non_blocking=True) for k, v in collate(enc, micro, pad_id, multiple).items()}
+        host = collate(enc, micro, pad_id, multiple)
+        tokens += int(host["attention_mask"].sum())  # counted on the host: no device sync per micro-batch
+        batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = fastpath.logits(model, batch["input_ids"], batch["attention_mask"], fast)
         loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction="sum") / len(batch_index)
@@ -49,7 +51,6 @@ def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int,
             loss = loss * float("nan")
         loss.backward()
         loss_sum += loss.item()
-        tokens += int(batch["attention_mask"].sum())
     return loss_sum, tokens
 
 
