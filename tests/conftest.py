@@ -72,10 +72,13 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def trained(tiny_model, toy_data, tmp_path_factory):
-    """One short training run shared by the evaluate, predict and pipeline tests."""
+    """One short training run shared by the evaluate, predict and pipeline tests.
+
+    fp32 on every device: in bf16 this 32-wide model at lr 1e-2 learns the toy task or not depending on the
+    seed (measured on an H200: seeds 1 and 2 learn, 0 and 3 stay at chance, packed and padded alike)."""
     from finetune_bert import train
 
     out = tmp_path_factory.mktemp("trained") / "model"
     return train(data=str(toy_data["train"]), test_data=str(toy_data["test"]), model=str(tiny_model),
                  output=str(out), epochs=6, batch_size=16, lr=1e-2, warmup_ratio=0.05, max_length=32,
-                 seed=0, log_every=5)
+                 seed=0, log_every=5, bf16=False)

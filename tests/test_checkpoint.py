@@ -153,7 +153,7 @@ def test_out_of_memory_in_evaluation_halves_eval_batch(tiny_model, crash_data, t
 def test_nan_loss_skips_the_step_and_counts_it(tiny_model, crash_data, tmp_path, capsys):
     faults.configure("nan@loss:3")
     result = _train(tiny_model, crash_data, tmp_path / "o")
-    assert "step 3 skipped: loss nan" in capsys.readouterr().err
+    assert "step 3 skipped: its loss (nan)" in capsys.readouterr().err
     assert result.metrics["train"]["skipped_steps"] == 1
     weights = load_file(str(tmp_path / "o" / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())

@@ -1,10 +1,14 @@
-"""The [CLS]-only last layer computes the stock classifier's logits and gradients."""
+"""The [CLS]-only last layer and packed (unpadded) batches compute the stock classifier's logits and gradients.
+
+The CUDA tests run on the device machine (FlashAttention's variable-length kernel); on CPU the packed layout
+uses its per-text SDPA fallback, which checks the packing itself."""
 
 import numpy as np
+import pytest
 import torch
 
 from finetune_bert import fastpath
-from finetune_bert.encoding import collate, encode
+from finetune_bert.encoding import collate, collate_packed, encode, real_tokens, to_device
 from finetune_bert.model import load_classifier, load_tokenizer
 
 TEXTS = ["good film", "the plot was long and the music was dull and the ending was bad", "loved it",
@@ -23,7 +27,7 @@ def test_fast_logits_equal_stock_logits_in_eval(tiny_model):
         model = load_classifier(str(tiny_model), ["a", "b"], attn_implementation=attn).eval()
         assert fastpath.supported(model)
         with torch.no_grad():
-            fast = fastpath.logits(model, batch["input_ids"], batch["attention_mask"])
+            fast = fastpath.logits(model, batch)
             stock = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         assert torch.allclose(fast, stock, atol=1e-5), attn
 
@@ -31,13 +35,16 @@ def test_fast_logits_equal_stock_logits_in_eval(tiny_model):
 def test_fast_gradients_equal_stock_gradients_without_dropout(tiny_model):
     batch = _batch(tiny_model)
     model = load_classifier(str(tiny_model), ["a", "b"]).train()  # the tiny model has dropout 0
-    grads = []
-    for fast in (True, False):
-        model.zero_grad()
-        out = fastpath.logits(model, batch["input_ids"], batch["attention_mask"], fast=fast)
-        torch.nn.functional.cross_entropy(out, batch["labels"]).backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    fast, stock = grads
+    _assert_same_gradients(_grads(model, batch, True), _grads(model, batch, False))
+
+
+def _grads(model, batch, fast: bool) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(fastpath.logits(model, batch, fast), batch["labels"]).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_gradients(fast: dict, stock: dict) -> None:
     # the last layer's per-token parameters get no gradient from positions the classifier never reads
     for name, g in stock.items():
         assert torch.allclose(fast.get(name, torch.zeros_like(g)), g, atol=1e-5), name
@@ -47,3 +54,82 @@ def test_unsupported_models_use_the_stock_forward(tiny_model):
     model = load_classifier(str(tiny_model), ["a", "b"]).eval()
     model.bert.pooler = None
     assert not fastpath.supported(model)
+
+
+def _packed(model_dir):
+    tok = load_tokenizer(str(model_dir))
+    enc = encode(tok, TEXTS, [0, 1, 0, 1], 64, "head+tail")
+    index = np.arange(len(TEXTS))
+    return enc, collate(enc, index, tok.pad_token_id), collate_packed(enc, index)
+
+
+def test_packed_batch_lays_texts_end_to_end(tiny_model):
+    enc, padded, packed = _packed(tiny_model)
+    lengths = enc.lengths
+    assert packed["cu_seqlens"].tolist() == [0, *np.cumsum(lengths).tolist()]
+    assert packed["cu_seqlens"].dtype == torch.int32 and packed["max_len"] == lengths.max()
+    for i, (start, end) in enumerate(zip(packed["cu_seqlens"][:-1], packed["cu_seqlens"][1:])):
+        assert packed["input_ids"][start:end].tolist() == padded["input_ids"][i, :lengths[i]].tolist()
+        assert packed["position_ids"][start:end].tolist() == list(range(lengths[i]))
+    assert real_tokens(packed) == real_tokens(padded) == lengths.sum()
+
+
+def test_packed_logits_equal_stock_logits_in_eval(tiny_model):
+    _, padded, packed = _packed(tiny_model)
+    model = load_classifier(str(tiny_model), ["a", "b"]).eval()
+    with torch.no_grad():
+        stock = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        assert torch.allclose(fastpath.logits(model, packed), stock, atol=1e-5)
+
+
+def test_packed_gradients_equal_stock_gradients_without_dropout(tiny_model):
+    _, padded, packed = _packed(tiny_model)
+    model = load_classifier(str(tiny_model), ["a", "b"]).train()  # the tiny model has dropout 0
+    _assert_same_gradients(_grads(model, packed, True), _grads(model, padded, False))
+
+
+def test_packed_layout_only_where_flash_attention_runs(tiny_model):
+    model = load_classifier(str(tiny_model), ["a", "b"])
+    assert not fastpath.layout(model, torch.device("cpu"), None, 0).packed
+    assert fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0).packed
+    assert not fastpath.layout(model, torch.device("cuda"), None, 0).packed  # fp32: no flash kernel
+    assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, unpadded=False).packed
+    assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, fast=False).packed
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on the device machine)")
+
+
+def _bf16_close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return float((a.float() - b.float()).norm() / b.float().norm()) < 2e-2
+
+
+@cuda
+def test_cuda_flash_packed_logits_and_gradients_match_stock_bf16(tiny_model):
+    _, padded, packed = _packed(tiny_model)
+    model = load_classifier(str(tiny_model), ["a", "b"]).cuda().train()
+    outs, grads = [], []
+    for batch, fast in ((to_device(packed, "cuda"), True), (to_device(padded, "cuda"), False)):
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = fastpath.logits(model, batch, fast)
+        torch.nn.functional.cross_entropy(out.float(), batch["labels"]).backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.bert.encoder.layer[0].parameters()]))
+    assert _bf16_close(outs[0], outs[1])
+    assert _bf16_close(grads[0], grads[1])
+
+
+@cuda
+def test_cuda_flash_packed_applies_attention_dropout(tiny_model):
+    _, _, packed = _packed(tiny_model)
+    model = load_classifier(str(tiny_model), ["a", "b"]).cuda()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5 if module is model.bert.encoder.layer[0].attention.self.dropout else 0.0
+    batch = to_device(packed, "cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        first, second = (fastpath.logits(model.train(), batch) for _ in range(2))
+        evaluated = fastpath.logits(model.eval(), batch)
+    assert not torch.equal(first, second)  # a fresh dropout mask each call
+    assert not torch.equal(first, evaluated)

@@ -70,6 +70,8 @@ class TrainConfig(DataConfig):
     group_by_length: bool = opt(True, "Batch texts of similar length together, so little padding is computed.")
     cls_fast_path: bool = opt(True, "BERT classifiers: run the last layer for [CLS] only, the one position the "
                                     "classifier reads; same logits, ~14% fewer FLOPs for MiniLM-L6 (--no-cls-fast-path: stock forward).")
+    unpadded: bool = opt(True, "GPU, BERT classifiers: pack each batch's real tokens with no padding and use "
+                         "variable-length FlashAttention (dropout inside the kernel).")
     bf16: bool = opt(True, "bf16 autocast on a GPU that supports it (always fp32 on CPU, where bf16 is slower).")
     log_every: int = opt(10, "Write a training log record every N optimizer steps.")
     num_threads: int = opt(0, "CPU threads for torch (0: torch's default).")

@@ -114,6 +114,43 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a batch is laid out for the model: padded to its longest text (rounded up to `multiple`), or
+    packed with no padding (`packed`, GPU). `fast`: the [CLS]-only last layer (fastpath.py)."""
+    pad_id: int
+    multiple: int = 1
+    packed: bool = False
+    fast: bool = True
+
+    def batch(self, encoded: Encoded, index: np.ndarray) -> dict:
+        return collate_packed(encoded, index) if self.packed else collate(encoded, index, self.pad_id, self.multiple)
+
+
+def collate_packed(encoded: Encoded, index: np.ndarray) -> dict:
+    """The batch's texts end to end with no padding: token ids, positions within each text, int32 offsets
+    of each text (cu_seqlens, as variable-length FlashAttention takes them) and the longest length."""
+    rows = [encoded.ids[i] for i in index]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    positions = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1].astype(np.int64), lengths)
+    batch = {"input_ids": torch.from_numpy(np.concatenate(rows).astype(np.int64)),
+             "position_ids": torch.from_numpy(positions), "cu_seqlens": torch.from_numpy(offsets),
+             "max_len": int(lengths.max())}
+    if encoded.labels is not None:
+        batch["labels"] = torch.from_numpy(encoded.labels[index])
+    return batch
+
+
+def real_tokens(batch: dict) -> int:
+    return len(batch["input_ids"]) if "cu_seqlens" in batch else int(batch["attention_mask"].sum())
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
     """Pad a batch to its own longest text (rounded up to a multiple, for tensor cores on GPU)."""
     rows = [encoded.ids[i] for i in index]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from finetune_bert import fastpath
-from finetune_bert.encoding import Encoded, collate, eval_batches
+from finetune_bert.encoding import Encoded, Layout, eval_batches, to_device
 
 EVAL_CHUNK = 8192  # texts tokenized at once by `evaluate`
 AUC_BINS = 6000
@@ -83,28 +83,35 @@ class StreamingMetrics:
         }
 
 
-def batched_logits(model, encoded: Encoded, batch_size: int, device: torch.device,
-                   dtype: torch.dtype | None, pad_id: int, fast: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """(row indices, fp32 logits) per batch, shortest padding first-sorted; one batch in memory at a time."""
+def batched_logits(model, encoded: Encoded, batch_size: int, device: torch.device, dtype: torch.dtype | None,
+                   layout: Layout) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(row indices, fp32 logits on the CPU) per batch, longest first; one batch in flight at a time.
+
+    A batch's logits are read back only after the next batch has been queued, so the GPU never waits
+    for the host to collate and launch.
+    """
     was_training = model.training
     model.eval()
-    multiple = 8 if device.type == "cuda" else 1
+    pending = None
     try:
         with torch.inference_mode():
             for index in eval_batches(encoded.lengths, batch_size):
-                batch = collate(encoded, index, pad_id, multiple)
+                batch = to_device(layout.batch(encoded, index), device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = fastpath.logits(model, batch["input_ids"].to(device, non_blocking=True),
-                                             batch["attention_mask"].to(device, non_blocking=True), fast)
-                yield index, logits.float()
+                    logits = fastpath.logits(model, batch, layout.fast).float()
+                if pending is not None:
+                    yield pending[0], pending[1].cpu()
+                pending = (index, logits)
+            if pending is not None:
+                yield pending[0], pending[1].cpu()
     finally:
         model.train(was_training)
 
 
 def run_eval(model, encoded: Encoded, label_names: list[str], batch_size: int, device: torch.device,
-             dtype: torch.dtype | None, pad_id: int, on_batch=None, fast: bool = True) -> dict[str, Any]:
+             dtype: torch.dtype | None, layout: Layout, on_batch=None) -> dict[str, Any]:
     metrics = StreamingMetrics(label_names)
-    for i, (index, logits) in enumerate(batched_logits(model, encoded, batch_size, device, dtype, pad_id, fast)):
+    for i, (index, logits) in enumerate(batched_logits(model, encoded, batch_size, device, dtype, layout)):
         metrics.update(logits, torch.from_numpy(encoded.labels[index]))
         if on_batch is not None:
             on_batch(i + 1)
@@ -146,7 +153,7 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
     stream = StreamingMetrics(clf.label_names)
     for start in range(0, len(split), EVAL_CHUNK):
         encoded = clf.encode(split.texts[start:start + EVAL_CHUNK], split.labels[start:start + EVAL_CHUNK])
-        for index, logits in batched_logits(clf.model, encoded, batch_size, clf.device, clf.dtype, clf.pad_id):
+        for index, logits in batched_logits(clf.model, encoded, batch_size, clf.device, clf.dtype, clf.layout):
             stream.update(logits, torch.from_numpy(encoded.labels[index]))
     metrics = stream.compute()
     metrics["data"] = data

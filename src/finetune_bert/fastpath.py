@@ -7,12 +7,28 @@ last layer runs for [CLS] alone: for MiniLM-L6 that skips ~14% of the model's FL
 where attention dominates. The function is the same: in evaluation the logits equal the stock forward's
 (tested to 1e-5); in training only which random numbers dropout draws differs (a smaller mask), not its law.
 Other architectures go through their stock forward.
+
+Packed batches (GPU): the batch's real tokens are laid end to end with no padding at all, every dense layer
+runs on real tokens only, and attention is FlashAttention's variable-length kernel, which also draws the
+attention-probability dropout inside the kernel. A padded batch with a mask cannot use FlashAttention, and
+PyTorch's masked kernels with dropout measured 2-3x slower per step on an H200 (benchmarks/NOTES.md).
+Where that kernel is missing (CPU, fp32) the packed layout falls back to SDPA one text at a time.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from finetune_bert.encoding import Layout
+
+
+def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, fast: bool = True,
+           unpadded: bool = True) -> Layout:
+    """Packed batches where variable-length FlashAttention runs (CUDA, bf16/fp16, a supported BERT);
+    otherwise padded batches, to a multiple of 8 on GPU (tensor-core shapes)."""
+    packed = fast and unpadded and device.type == "cuda" and dtype is not None and supported(model)
+    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast)
 
 
 def supported(model) -> bool:
@@ -23,7 +39,11 @@ def supported(model) -> bool:
             and model.config._attn_implementation in ("sdpa", "eager"))
 
 
-def logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def logits(model, batch: dict, fast: bool = True) -> torch.Tensor:
+    """Logits for a padded batch (input_ids, attention_mask) or a packed one (see encoding.collate_packed)."""
+    if "cu_seqlens" in batch:
+        return _packed_logits(model, batch)
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if not (fast and supported(model)):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
     from transformers.masking_utils import create_bidirectional_mask
@@ -57,3 +77,46 @@ def _cls_only_layer(layer, hidden: torch.Tensor, mask: torch.Tensor | None) -> t
     context = context.transpose(1, 2).reshape(batch, 1, heads * size)
     attended = layer.attention.output(context, hidden[:, :1])
     return layer.output(layer.intermediate(attended), attended)
+
+
+def _packed_logits(model, batch: dict) -> torch.Tensor:
+    bert = model.bert
+    ids, cu, longest = batch["input_ids"], batch["cu_seqlens"], batch["max_len"]
+    hidden = bert.embeddings(input_ids=ids[None], position_ids=batch["position_ids"][None],
+                             token_type_ids=torch.zeros_like(ids)[None])[0]
+    *layers, last = bert.encoder.layer
+    for layer in layers:
+        hidden = _packed_layer(layer, hidden, hidden, cu, cu, longest, longest)
+    starts = cu[:-1].long()  # each text's [CLS]
+    queries = torch.arange(len(starts) + 1, device=cu.device, dtype=cu.dtype)
+    cls = _packed_layer(last, hidden[starts], hidden, queries, cu, 1, longest)
+    return model.classifier(model.dropout(bert.pooler(cls[:, None])))
+
+
+def _packed_layer(layer, queries_from: torch.Tensor, hidden: torch.Tensor, cu_q: torch.Tensor,
+                  cu_k: torch.Tensor, max_q: int, max_k: int) -> torch.Tensor:
+    """A BertLayer over packed tokens; queries from `queries_from` (all tokens, or [CLS] only)."""
+    attn = layer.attention.self
+    heads, size = attn.num_attention_heads, attn.attention_head_size
+    q = attn.query(queries_from).view(-1, heads, size)
+    k = attn.key(hidden).view(-1, heads, size)
+    v = attn.value(hidden).view(-1, heads, size)
+    dropout = attn.dropout.p if attn.training else 0.0
+    context = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, dropout, attn.scaling)
+    attended = layer.attention.output(context.reshape(-1, heads * size), queries_from)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout: float, scale: float) -> torch.Tensor:
+    """Attention within each packed text: q (Tq, H, D), k and v (Tk, H, D); cu_* are int32 offsets."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype == v.dtype:
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout, False, False,
+                                                       scale=scale)[0]
+    out = []
+    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
+    for i in range(len(bounds_q) - 1):
+        qi = q[bounds_q[i]:bounds_q[i + 1]].transpose(0, 1)
+        ki, vi = (t[bounds_k[i]:bounds_k[i + 1]].transpose(0, 1) for t in (k, v))
+        out.append(F.scaled_dot_product_attention(qi, ki.to(qi.dtype), vi.to(qi.dtype), dropout_p=dropout,
+                                                  scale=scale).transpose(0, 1))
+    return torch.cat(out)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from finetune_bert import fastpath
 from finetune_bert.data import SkippedRow, Split, clean_text, read_source, report_bad_rows, to_split, write_skipped
 from finetune_bert.encoding import Encoded, encode
 from finetune_bert.errors import UserError
@@ -36,6 +37,7 @@ class Classifier:
         self.model, self.tokenizer, self.info, self.device = model, tokenizer, info, device
         self.dtype = autocast_dtype(device, True)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.layout = fastpath.layout(model, device, self.dtype, self.pad_id)
         config = model.config
         self.label_names = [config.id2label[i] for i in range(config.num_labels)]
         self.max_length = min(info.get("max_length", 512), getattr(config, "max_position_embeddings", 512))
@@ -62,7 +64,7 @@ class Classifier:
             items = [clean_text(t) for t in items]
         encoded = self.encode(items)
         probs = np.zeros((len(items), len(self.label_names)), dtype=np.float32)
-        for index, logits in batched_logits(self.model, encoded, batch_size, self.device, self.dtype, self.pad_id):
+        for index, logits in batched_logits(self.model, encoded, batch_size, self.device, self.dtype, self.layout):
             probs[index] = torch.softmax(logits, dim=-1).numpy()
         return probs[0] if single else probs
 

@@ -4,7 +4,9 @@ Out of memory: the step's batch is split into twice as many micro-batches (the e
 update, stays the same because losses are summed and divided by the step's example count) and the step is
 redone from scratch; evaluation halves its batch. Past micro-batch 1 there is nothing left to halve.
 NaN/inf: a step whose loss or gradient is not finite is skipped (no update), counted, and after
-`max_bad_steps` in a row the run stops.
+`max_bad_steps` in a row the run stops. With a fused optimizer (GPU) the skip happens on the device and the
+host learns of it at the next `settle` (each log record, evaluation and checkpoint), so a step never waits
+for the GPU to finish the one before it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 
 from finetune_bert import fastpath, faults
 from finetune_bert.checkpoint import TrainState
-from finetune_bert.encoding import Encoded, collate
+from finetune_bert.encoding import Encoded, Layout, real_tokens, to_device
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import run_eval
 from finetune_bert.output import say
@@ -37,32 +39,38 @@ def _free(device: torch.device) -> None:
 
 
 def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int, weights, device, dtype,
-                      pad_id: int, multiple: int, step: int, fast: bool) -> tuple[float, int]:
-    loss_sum, tokens = 0.0, 0
+                      layout: Layout, step: int) -> tuple[torch.Tensor, int]:
+    loss_sum, tokens = torch.zeros((), device=device), 0
     for micro in np.array_split(batch_index, min(splits, len(batch_index))):
         faults.hit("forward", step)
-        host = collate(enc, micro, pad_id, multiple)
-        tokens += int(host["attention_mask"].sum())  # counted on the host: no device sync per micro-batch
-        batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
+        host = layout.batch(enc, micro)
+        tokens += real_tokens(host)  # counted on the host: no device sync per micro-batch
+        batch = to_device(host, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = fastpath.logits(model, batch["input_ids"], batch["attention_mask"], fast)
+            logits = fastpath.logits(model, batch, layout.fast)
         loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction="sum") / len(batch_index)
         if faults.hit("loss", step):
             loss = loss * float("nan")
         loss.backward()
-        loss_sum += loss.item()
+        loss_sum += loss.detach()
     return loss_sum, tokens
 
 
+def defers_checks(optimizer) -> bool:
+    """A fused AdamW can skip a non-finite step on the device itself (`found_inf`, as GradScaler uses it),
+    so the step needs no host sync: the CPU queues the next step while the GPU runs this one."""
+    return bool(optimizer.defaults.get("fused"))
+
+
 def train_step(model, optimizer, enc: Encoded, batch_index: np.ndarray, state: TrainState, weights, device,
-               dtype, pad_id: int, multiple: int, max_grad_norm: float, max_bad_steps: int,
-               fast: bool = True) -> tuple[float, bool]:
-    """Forward, backward and update for one step's batch. Returns (loss, whether the update was applied)."""
+               dtype, layout: Layout, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and update for one step's batch. Returns (loss, finite) as 0-d tensors, still on
+    the device: `settle` reads them later. A step whose loss or gradient norm is not finite is not applied."""
     step = state.step + 1
     while True:
         try:
             loss, tokens = _forward_backward(model, enc, batch_index, state.micro_splits, weights, device, dtype,
-                                             pad_id, multiple, step, fast)
+                                             layout, step)
             break
         except Exception as exc:
             if not is_oom(exc):
@@ -78,24 +86,43 @@ def train_step(model, optimizer, enc: Encoded, batch_index: np.ndarray, state: T
                 "accumulation steps (effective batch unchanged); retrying the step")
     state.tokens_seen += tokens
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
-    if math.isfinite(loss) and bool(torch.isfinite(norm)):
+    finite = torch.isfinite(loss) & torch.isfinite(norm)
+    if defers_checks(optimizer):
+        optimizer.found_inf = (~finite).float()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.bad_steps = 0
-        return loss, True
+    elif bool(finite):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    state.bad_steps += 1
-    state.skipped_steps += 1
-    say(f"warning: step {step} skipped: loss {loss} or gradient norm {float(norm)} is not finite "
-        f"({state.bad_steps} in a row)")
-    if state.bad_steps >= max_bad_steps:
-        raise UserError(f"{state.bad_steps} steps in a row had a NaN or inf loss or gradient (last at step {step}); "
-                        "stopping. The last good checkpoint is kept in OUTPUT/checkpoints; try a lower --lr")
-    return loss, False
+    return loss, finite
+
+
+def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainState, max_bad_steps: int) -> list[float]:
+    """Read the queued steps' losses and finiteness (one device sync); warn about skipped steps and stop after
+    `max_bad_steps` in a row. Returns the losses of the applied steps; empties `pending`."""
+    if not pending:
+        return []
+    losses = torch.stack([loss for _, loss, _ in pending]).tolist()
+    finite = torch.stack([ok for _, _, ok in pending]).tolist()
+    steps = [step for step, _, _ in pending]
+    pending.clear()
+    applied = []
+    for step, loss, ok in zip(steps, losses, finite):
+        if ok:
+            state.bad_steps = 0
+            applied.append(loss)
+            continue
+        state.bad_steps += 1
+        state.skipped_steps += 1
+        say(f"warning: step {step} skipped: its loss ({loss}) or gradient norm is not finite "
+            f"({state.bad_steps} in a row)")
+        if state.bad_steps >= max_bad_steps:
+            raise UserError(f"{state.bad_steps} steps in a row had a NaN or inf loss or gradient (last at step {step}); "
+                            "stopping. The last good checkpoint is kept in OUTPUT/checkpoints; try a lower --lr")
+    return applied
 
 
 def evaluate_step(model, enc: Encoded, label_names: list[str], state: TrainState, device, dtype,
-                  pad_id: int, fast: bool = True) -> dict[str, Any]:
+                  layout: Layout) -> dict[str, Any]:
     """Validation metrics; on out-of-memory the evaluation batch is halved and the evaluation redone."""
     step = state.step
 
@@ -105,7 +132,7 @@ def evaluate_step(model, enc: Encoded, label_names: list[str], state: TrainState
 
     while True:
         try:
-            return run_eval(model, enc, label_names, state.eval_batch_size, device, dtype, pad_id, on_batch, fast)
+            return run_eval(model, enc, label_names, state.eval_batch_size, device, dtype, layout, on_batch)
         except Exception as exc:
             if not is_oom(exc):
                 raise

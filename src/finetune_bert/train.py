@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_bert import checkpoint, faults
+from finetune_bert import checkpoint, fastpath, faults
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
 from finetune_bert.data import Dataset, load_dataset, write_skipped
@@ -29,7 +29,7 @@ from finetune_bert.evaluate import format_metrics, run_eval
 from finetune_bert.model import autocast_dtype, load_classifier, load_model_config, load_tokenizer, pick_device
 from finetune_bert.output import RunFolder, model_card, say
 from finetune_bert.report import format_report, prepare, save_report
-from finetune_bert.steps import evaluate_step, stop_on_signal, train_step
+from finetune_bert.steps import defers_checks, evaluate_step, settle, stop_on_signal, train_step
 
 
 @dataclass
@@ -142,16 +142,18 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = math.ceil(cfg.warmup_ratio * total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    multiple = 8 if device.type == "cuda" else 1
+    layout = fastpath.layout(model, device, dtype, pad_id, cfg.cls_fast_path, cfg.unpadded)
     fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
                        fingerprint=checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts))
     state = _setup_resume(cfg, run, model, optimizer, device, fresh)
-    say(f"training {cfg.model} on {device.type}{' with bf16' if dtype else ', fp32'}: {len(train_enc)} texts, "
+    say(f"training {cfg.model} on {device.type}{' with bf16' if dtype else ', fp32'}"
+        f"{', packed batches (no padding)' if layout.packed else ''}: {len(train_enc)} texts, "
         f"{state.total_steps} steps of {step_size} ({steps_per_epoch} per epoch), warm-up {warmup}")
     run.log("start", device=device.type, steps=state.total_steps, examples=len(train_enc), labels=ds.label_names)
 
     def save_checkpoint() -> None:
         nonlocal last_save
+        losses.extend(settle(pending, state, cfg.max_bad_steps))  # the counters it saves must be current
         path = checkpoint.save(run.path, model, optimizer, state, cfg.keep_checkpoints)
         run.log("checkpoint", step=state.step, path=str(path))
         last_save = time.time()
@@ -162,6 +164,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                dynamic_ncols=True, disable=not sys.stderr.isatty())
     stop, restore_signals = stop_on_signal()
     losses, t_train, last_save, tokens_at_start = [], time.time(), time.time(), state.tokens_seen
+    pending: list = []  # (step, loss, finite) still on the device; see steps.settle
+    deferred = defers_checks(optimizer)
     try:
         while state.step < state.total_steps:
             batches = train_batches(lengths, step_size, cfg.seed, state.epoch, cfg.group_by_length)
@@ -169,15 +173,16 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                 lr = lr_at(state.step, total, warmup, cfg.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, applied = train_step(model, optimizer, train_enc, batches[state.batch_in_epoch], state, weights,
-                                           device, dtype, pad_id, multiple, cfg.max_grad_norm, cfg.max_bad_steps,
-                                           cfg.cls_fast_path)
+                loss, finite = train_step(model, optimizer, train_enc, batches[state.batch_in_epoch], state, weights,
+                                          device, dtype, layout, cfg.max_grad_norm)
                 state.step += 1
                 state.batch_in_epoch += 1
-                if applied:
-                    losses.append(loss)
+                pending.append((state.step, loss, finite))
                 bar.update(1)
-                if state.step % cfg.log_every == 0 or state.step == state.total_steps:
+                log_now = state.step % cfg.log_every == 0 or state.step == state.total_steps
+                if not deferred or log_now:
+                    losses.extend(settle(pending, state, cfg.max_bad_steps))
+                if log_now:
                     rate = (state.tokens_seen - tokens_at_start) / max(time.time() - t_train, 1e-9)
                     mean = float(np.mean(losses)) if losses else float("nan")
                     run.log("train", step=state.step, loss=mean, lr=lr, tokens_per_s=round(rate, 1),
@@ -188,8 +193,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
                     losses = []
                 epoch_end = state.batch_in_epoch == len(batches) or state.step == state.total_steps
                 if epoch_end or (cfg.eval_every and state.step % cfg.eval_every == 0):
-                    m = evaluate_step(model, enc["validation"], ds.label_names, state, device, dtype, pad_id,
-                                      cfg.cls_fast_path)
+                    losses.extend(settle(pending, state, cfg.max_bad_steps))
+                    m = evaluate_step(model, enc["validation"], ds.label_names, state, device, dtype, layout)
                     _record_eval(cfg, state, m, run)
                     if state.best_step == state.step:
                         run.save_model(model, tokenizer, run_info)
@@ -208,7 +213,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     finally:
         restore_signals()
         bar.close()
-    return _finish(cfg, run, model, tokenizer, enc, ds.label_names, state, report, device, dtype, pad_id,
+    return _finish(cfg, run, model, tokenizer, enc, ds.label_names, state, report, device, dtype, layout,
                    started, time.time() - t_train)
 
 
@@ -225,7 +230,7 @@ def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: Ru
         state.stale_evals += 1
 
 
-def _finish(cfg, run, model, tokenizer, enc, label_names, state, report, device, dtype, pad_id, started,
+def _finish(cfg, run, model, tokenizer, enc, label_names, state, report, device, dtype, layout, started,
             train_seconds) -> TrainResult:
     """Score the best model on test; write metrics and the model card."""
     if state.best_step != state.step:
@@ -237,7 +242,7 @@ def _finish(cfg, run, model, tokenizer, enc, label_names, state, report, device,
                                          "skipped_steps": state.skipped_steps, "examples": len(enc["train"]),
                                          "micro_splits": state.micro_splits}}
     if "test" in enc:
-        metrics["test"] = run_eval(model, enc["test"], label_names, state.eval_batch_size, device, dtype, pad_id)
+        metrics["test"] = run_eval(model, enc["test"], label_names, state.eval_batch_size, device, dtype, layout)
         say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
     metrics["seconds_total"] = round(time.time() - started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
