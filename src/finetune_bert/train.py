@@ -149,7 +149,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     say(f"training {cfg.model} on {device.type}{' with bf16' if dtype else ', fp32'}"
         f"{', packed batches (no padding)' if layout.packed else ''}: {len(train_enc)} texts, "
         f"{state.total_steps} steps of {step_size} ({steps_per_epoch} per epoch), warm-up {warmup}")
-    run.log("start", device=device.type, steps=state.total_steps, examples=len(train_enc), labels=ds.label_names)
+    run.log("start", device=device.type, steps=state.total_steps, examples=len(train_enc), labels=ds.label_names,
+            packed=layout.packed, bf16=dtype is not None)
 
     def save_checkpoint() -> None:
         nonlocal last_save
