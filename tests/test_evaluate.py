@@ -72,3 +72,58 @@ def test_evaluate_other_classifier_takes_integer_labels_as_ids(tiny_model, tmp_p
     rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in toy_rows(10)]
     m = evaluate(str(folder), str(write_csv(tmp_path / "e.csv", rows)), str(tmp_path / "m.json"), quiet=True)
     assert m["n"] == 10 and [c["support"] for c in m["per_class"].values()] == [5, 5]
+
+
+def test_evaluate_in_chunks_gives_the_metrics_of_one_chunk(trained, toy_data, tmp_path):
+    one = evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "a.json"), quiet=True, rows_per_chunk=1000)
+    many = evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "b.json"), quiet=True, rows_per_chunk=7)
+    assert many["n"] == one["n"] == 40
+    assert many["confusion_matrix"] == one["confusion_matrix"]
+    assert many["log_loss"] == pytest.approx(one["log_loss"], rel=1e-5)
+    assert many["roc_auc"] == pytest.approx(one["roc_auc"], abs=1e-6)
+
+
+def test_evaluate_max_samples_in_chunks_scores_the_rows_seeded_sample_picks(trained, toy_data, tmp_path):
+    from finetune_bert import load
+    from finetune_bert.data import seeded_sample
+    from finetune_bert.evaluate import run_eval
+
+    clf = load(trained.output)
+    split = seeded_sample(clf.read_labelled(str(toy_data["test"]), None, None), 13, 7)
+    expected = run_eval(clf.model, clf.encode(split.texts, split.labels), clf.label_names, 64, clf.device,
+                        clf.dtype, clf.layout)
+    for rows_per_chunk in (4, 1000):
+        m = evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "m.json"), max_samples=13, seed=7,
+                     quiet=True, rows_per_chunk=rows_per_chunk)
+        assert m["n"] == 13 and m["confusion_matrix"] == expected["confusion_matrix"]
+        assert m["log_loss"] == pytest.approx(expected["log_loss"], rel=1e-5)
+
+
+def test_evaluate_bad_label_in_a_later_chunk_stops_before_scoring_in_one_line(trained, tmp_path):
+    from conftest import toy_rows, write_csv
+    from finetune_bert.errors import UserError
+    rows = toy_rows(30, seed=3)
+    rows[25]["label"] = "neutral"
+    rows[28]["label"] = "mixed"
+    data = write_csv(tmp_path / "e.csv", rows)
+    with pytest.raises(UserError) as info:
+        evaluate(trained.output, str(data), str(tmp_path / "m.json"), quiet=True, rows_per_chunk=4)
+    assert str(info.value) == (f"{data}: line 27, column 'label': label 'neutral' is not one of the model's labels "
+                               "(negative, positive) (1 more bad rows); fix the data or pass --on-bad-rows skip")
+    assert not (tmp_path / "m.json").exists()
+    m = evaluate(trained.output, str(data), str(tmp_path / "m.json"), on_bad_rows="skip", quiet=True,
+                 rows_per_chunk=4)
+    assert m["n"] == 28 and m["skipped_rows"] == 2
+
+
+def test_evaluate_writes_out_the_rows_it_skips(trained, tmp_path, capsys):
+    import csv
+    from conftest import toy_rows, write_csv
+    rows = toy_rows(12, seed=4)
+    rows[3]["label"] = "neutral"
+    rows[9]["text"] = ""
+    data = write_csv(tmp_path / "e.csv", rows)
+    evaluate(trained.output, str(data), str(tmp_path / "m.json"), on_bad_rows="skip", quiet=True, rows_per_chunk=5)
+    skipped = list(csv.DictReader((tmp_path / "m.skipped.csv").open()))
+    assert len(skipped) == 2 and "2 rows skipped and not scored" in capsys.readouterr().out
+    assert {"line 5", "line 11"} <= {value for row in skipped for value in row.values()}

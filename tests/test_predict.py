@@ -1,6 +1,7 @@
 """The Python API and the predict command."""
 
 import csv
+import json
 
 import numpy as np
 
@@ -54,3 +55,42 @@ def test_predict_txt_input_one_text_per_line(trained, tmp_path):
     assert main(["predict", "--model", trained.output, "--input", str(tmp_path / "in.txt"),
                  "--output", str(tmp_path / "o.jsonl")]) == 0
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+
+
+def _read(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_file_in_chunks_writes_rows_in_the_input_order(trained, toy_data, tmp_path):
+    from finetune_bert import load
+    from finetune_bert.predict import predict_file
+    clf = load(trained.output)
+    assert predict_file(clf, str(toy_data["test"]), str(tmp_path / "one.csv"), rows_per_chunk=1000) == 40
+    assert predict_file(clf, str(toy_data["test"]), str(tmp_path / "many.csv"), rows_per_chunk=3) == 40
+    one, many = _read(tmp_path / "one.csv"), _read(tmp_path / "many.csv")
+    assert [r["text"] for r in many] == [r["text"] for r in _read(toy_data["test"])]
+    assert [r["row"] for r in many] == [f"line {i}" for i in range(2, 42)]
+    assert [r["predicted"] for r in many] == [r["predicted"] for r in one]
+    assert np.allclose([float(r["prob_positive"]) for r in many], [float(r["prob_positive"]) for r in one],
+                       atol=1e-5)
+
+
+def test_predict_file_bad_row_in_a_later_chunk(trained, tmp_path):
+    import pytest
+    from conftest import toy_rows, write_csv
+    from finetune_bert import load
+    from finetune_bert.errors import UserError
+    from finetune_bert.predict import predict_file
+    clf = load(trained.output)
+    rows = toy_rows(12)
+    rows[9]["text"] = " "
+    data = write_csv(tmp_path / "in.csv", rows)
+    with pytest.raises(UserError) as info:
+        predict_file(clf, str(data), str(tmp_path / "out.jsonl"), rows_per_chunk=2)
+    assert str(info.value) == f"{data}: line 11, column 'text': text is empty; fix the data or pass --on-bad-rows skip"
+    assert not (tmp_path / "out.jsonl").exists()
+    assert predict_file(clf, str(data), str(tmp_path / "out.jsonl"), rows_per_chunk=2, on_bad_rows="skip") == 11
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in written] == [f"line {i}" for i in range(2, 14) if i != 11]
+    assert [(r["row"], r["reason"]) for r in _read(tmp_path / "out.skipped.csv")] == [("line 11", "text is empty")]

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_csv
 from finetune_bert.errors import UserError
-from finetune_bert.readers import read_folder_split, read_records
+from finetune_bert.readers import iter_record_chunks, read_folder_split, read_records, source_chunks
 
 ROWS = [{"text": "a good film, truly", "label": "positive"}, {"text": 'said "bad"\nand left', "label": "negative"}]
 
@@ -116,3 +116,116 @@ def test_raises_on_wrong_field_count(tmp_path):
     (tmp_path / "f.csv").write_text("text,label\nok,positive\ntoo,many,fields\n")
     with pytest.raises(UserError, match=r"f.csv: line 3: 3 fields where the header has 2"):
         read_records(tmp_path / "f.csv")
+
+
+# ---------------------------------------------------------------- streaming: the same records, chunk by chunk
+
+MANY = [{"text": f"review {i}, {'very ' * (i % 3)}good", "label": "positive" if i % 2 else "negative"}
+        for i in range(11)]
+MANY[3]["text"] = 'she said "dull"\nthen\r\nleft'  # quoted multi-line field: one row over three lines
+MANY[8]["text"] = "café, naïve ✓"
+
+
+def _write(path, rows, gz=False):
+    """rows in the format the name says; .gz: compressed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    plain = path.with_suffix("") if gz else path
+    if plain.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), plain, row_group_size=4)
+    elif plain.suffix in (".jsonl", ".txt"):
+        lines = [json.dumps(r) if plain.suffix == ".jsonl" else " ".join(r["text"].split()) for r in rows]
+        lines.insert(5, "")  # a blank line counts in the numbering and gives no record
+        plain.write_text("\n".join(lines) + "\n")
+    else:
+        write_csv(plain, rows, delimiter="\t" if plain.suffix == ".tsv" else ",")
+    if gz:
+        path.write_bytes(gzip.compress(plain.read_bytes()))
+        plain.unlink()
+    return path
+
+
+def _joined(chunks):
+    rows, where = [], []
+    for chunk in chunks:
+        rows += chunk.rows
+        where += chunk.where
+    return rows, where
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.tsv", "d.jsonl", "d.txt", "d.parquet",
+                                  "d.csv.gz", "d.tsv.gz", "d.jsonl.gz", "d.txt.gz"])
+@pytest.mark.parametrize("rows_per_chunk", [1, 3, 4, 100])
+def test_streamed_chunks_are_the_whole_file_records(tmp_path, name, rows_per_chunk):
+    path = _write(tmp_path / name, MANY, gz=name.endswith(".gz"))
+    whole = read_records(path)
+    chunks = list(iter_record_chunks(path, rows_per_chunk))
+    assert [len(c.rows) for c in chunks][:-1] == [rows_per_chunk] * (len(chunks) - 1)
+    assert _joined(chunks) == (whole.rows, whole.where)
+    assert all(c.columns == whole.columns and c.source == whole.source for c in chunks)
+    assert len(whole.rows) == 11 and whole.where[-1] != "line 11"  # rows are not numbered naively
+
+
+def test_streamed_csv_locations_count_multiline_fields_and_windows_newlines(tmp_path):
+    raw = ('\ufefftext,label\r\n"one\r\ntwo",a\r\n\r\nthree,b\r\n"x\ry",c\rlast,d\n').encode()
+    (tmp_path / "w.csv").write_bytes(raw)
+    whole = read_records(tmp_path / "w.csv")
+    assert whole.columns == ["text", "label"]
+    assert whole.where == ["line 2", "line 5", "line 6", "line 8"]
+    assert _joined(iter_record_chunks(tmp_path / "w.csv", 1)) == (whole.rows, whole.where)
+
+
+def _message(call):
+    with pytest.raises(UserError) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("late.csv", "text,label\n" + "ok,a\n" * 6 + '"never closed,b\nmore,a\n'),
+    ("fields.tsv", "text\tlabel\n" + "ok\ta\n" * 6 + "too\tmany\tfields\n"),
+    ("late.jsonl", '{"text": "a", "label": 1}\n' * 6 + '{"text": "b", "label": }\n'),
+    ("list.jsonl", '{"text": "a", "label": 1}\n' * 6 + '["b", 1]\n'),
+    ("empty.csv", "\n \n\n"),
+    ("header.csv", "text,label\n\n"),
+])
+def test_streamed_errors_are_the_whole_file_errors(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    expected = _message(lambda: read_records(tmp_path / name))
+    assert _message(lambda: list(iter_record_chunks(tmp_path / name, 2))) == expected
+
+
+def test_streamed_non_utf8_names_the_line_and_bytes(tmp_path):
+    raw = b"text,label\n" + b"ok,a\n" * 6 + b"caf\xe9\nx,b\n"
+    for name in ("u.csv", "u.csv.gz"):
+        (tmp_path / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+        expected = _message(lambda: read_records(tmp_path / name))
+        assert "line 8: bytes b'\\xe9\\nx,'" in expected
+        assert _message(lambda: list(iter_record_chunks(tmp_path / name, 2))) == expected
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "truncated"])
+def test_streamed_broken_gzip_is_one_line_naming_the_file(tmp_path, damage):
+    packed = gzip.compress(("text,label\n" + "a fine film,positive\n" * 5000).encode())
+    path = tmp_path / "b.csv.gz"
+    path.write_bytes(b"text,label\nx,y\n" if damage == "not gzip" else packed[: len(packed) // 2])
+    expected = _message(lambda: read_records(path))
+    assert expected.startswith(f"{path}: not a valid gzip file") and "\n" not in expected
+    assert _message(lambda: list(iter_record_chunks(path, 100))) == expected
+
+
+def test_streamed_missing_and_corrupt_parquet(tmp_path):
+    assert _message(lambda: list(iter_record_chunks(tmp_path / "no.parquet", 5))) == \
+        f"{tmp_path / 'no.parquet'}: file not found"
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    assert "bad.parquet: not a readable Parquet file" in _message(lambda: list(iter_record_chunks(
+        tmp_path / "bad.parquet", 5)))
+
+
+def test_source_chunks_read_again_and_fall_back_to_one_chunk(tmp_path):
+    path = _write(tmp_path / "d.csv", MANY)
+    chunks = source_chunks(str(path), "test", 4)
+    assert _joined(chunks) == _joined(chunks) and len(list(chunks)) == 3  # a second pass re-reads
+    (tmp_path / "a.json").write_text(json.dumps(MANY))
+    assert [len(c.rows) for c in source_chunks(str(tmp_path / "a.json"), "test", 4)] == [11]

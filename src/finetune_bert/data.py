@@ -128,13 +128,32 @@ def _as_label(value: Any) -> Any:
 def to_split(records: Records, name: str, text_column: str | None, label_column: str | None,
              clean: bool, need_labels: bool, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
     """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded."""
+    tcol, lcol = split_columns(records, text_column, label_column, need_labels)
+    split, bad = check_rows(records, name, tcol, lcol, clean)
+    kinds = first_label_kinds(split, {})
+    if len(kinds) > 1:
+        raise mixed_labels_error(records.source, lcol, kinds)
+    report_bad_rows(bad, on_bad_rows, skipped)
+    if not split.texts:
+        raise UserError(f"{records.source}: no usable rows")
+    return split
+
+
+def split_columns(records: Records, text_column: str | None, label_column: str | None,
+                  need_labels: bool) -> tuple[str, str | None]:
+    """The text column and the label column (None if labels are not needed and there is no such column)."""
     tcol = pick_column(records, text_column, TEXT_COLUMNS, "text", "--text-column")
     lcol = None
     if need_labels or label_column:
         lcol = pick_column(records, label_column, LABEL_COLUMNS, "label", "--label-column")
     elif any(c.lower() in LABEL_COLUMNS for c in records.columns):
         lcol = pick_column(records, None, LABEL_COLUMNS, "label", "--label-column")
+    return tcol, lcol
 
+
+def check_rows(records: Records, name: str, tcol: str, lcol: str | None,
+               clean: bool) -> tuple[Split, list[SkippedRow]]:
+    """The usable rows as a split, and the bad ones (missing or empty text, missing label)."""
     texts, labels, where, bad = [], [] if lcol else None, [], []
     for row, loc in zip(records.rows, records.where):
         text, problem, column = row.get(tcol), None, tcol
@@ -159,19 +178,23 @@ def to_split(records: Records, name: str, text_column: str | None, label_column:
         if labels is not None:
             labels.append(label)
         where.append(loc)
+    return Split(name, records.source, texts, labels, where), bad
 
-    if labels:
-        kinds = {type(x) for x in labels}
-        if int in kinds and str in kinds:
-            first_str = next(i for i, x in enumerate(labels) if isinstance(x, str))
-            first_int = next(i for i, x in enumerate(labels) if isinstance(x, int))
-            raise UserError(f"{records.source}: {where[first_str]}, column '{lcol}': label "
-                            f"{labels[first_str]!r} is text but {where[first_int]} has the integer label "
-                            f"{labels[first_int]!r}; use one kind of label throughout")
-    report_bad_rows(bad, on_bad_rows, skipped)
-    if not texts:
-        raise UserError(f"{records.source}: no usable rows")
-    return Split(name, records.source, texts, labels, where)
+
+def first_label_kinds(split: Split, kinds: dict[type, tuple[str, Any]]) -> dict[type, tuple[str, Any]]:
+    """Add to `kinds` the (location, label) of the split's first text and first integer label, if new."""
+    for kind in (str, int):
+        if kind not in kinds and split.labels:
+            found = next(((loc, x) for x, loc in zip(split.labels, split.where) if isinstance(x, kind)), None)
+            if found:
+                kinds[kind] = found
+    return kinds
+
+
+def mixed_labels_error(source: str, lcol: str | None, kinds: dict[type, tuple[str, Any]]) -> UserError:
+    (str_at, str_label), (int_at, int_label) = kinds[str], kinds[int]
+    return UserError(f"{source}: {str_at}, column '{lcol}': label {str_label!r} is text but {int_at} has the "
+                     f"integer label {int_label!r}; use one kind of label throughout")
 
 
 def report_bad_rows(bad: list[SkippedRow], on_bad_rows: str, skipped: list[SkippedRow]) -> None:
@@ -180,20 +203,30 @@ def report_bad_rows(bad: list[SkippedRow], on_bad_rows: str, skipped: list[Skipp
     if on_bad_rows == "skip":
         skipped.extend(bad)
         return
-    first = bad[0]
-    others = f" ({len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
-    raise UserError(f"{first.source}: {first.where}, column '{first.column}': {first.reason}{others}; "
-                    "fix the data or pass --on-bad-rows skip")
+    raise bad_rows_error(bad[0], len(bad))
+
+
+def bad_rows_error(first: SkippedRow, count: int) -> UserError:
+    others = f" ({count - 1} more bad rows)" if count > 1 else ""
+    return UserError(f"{first.source}: {first.where}, column '{first.column}': {first.reason}{others}; "
+                     "fix the data or pass --on-bad-rows skip")
 
 
 # ---------------------------------------------------------------- splits and labels
 
 def seeded_sample(split: Split, n: int | None, seed: int) -> Split:
     """The first n rows after a seeded shuffle: a reproducible, unbiased sample of sorted files."""
-    if n is None or n >= len(split):
-        return split
-    order = np.random.default_rng(seed).permutation(len(split))[:n]
-    return split.subset(sorted(order.tolist()))
+    keep = sample_mask(len(split), n, seed)
+    return split if keep is None else split.subset(np.flatnonzero(keep).tolist())
+
+
+def sample_mask(size: int, n: int | None, seed: int) -> np.ndarray | None:
+    """Which of `size` rows `seeded_sample` keeps (None: all); for data that is read a chunk at a time."""
+    if n is None or n >= size:
+        return None
+    keep = np.zeros(size, dtype=bool)
+    keep[np.random.default_rng(seed).permutation(size)[:n]] = True
+    return keep
 
 
 def stratified_split(split: Split, fraction: float, seed: int, notes: list[str]) -> tuple[Split, Split]:

@@ -6,6 +6,8 @@ log-odds (0.01 wide bins on [-30, 30]), which gives the AUC to well under 1e-3 a
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,9 +18,13 @@ import torch
 from finetune_bert import fastpath
 from finetune_bert.encoding import Encoded, Layout, eval_batches, to_device
 
-EVAL_CHUNK = 8192  # texts tokenized at once by `evaluate`
+# Rows read, validated, tokenized and scored at a time by `evaluate` and `predict_file`. Peak memory is
+# set by this, not by the data size (benchmarks/eval_memory.py: 25,000 IMDB reviews peak ~23 MiB above
+# 1,000); 1024 texts still keep the tokenizer's threads busy and length-sorted batches padding little.
+EVAL_CHUNK = 1024
 AUC_BINS = 6000
 AUC_RANGE = 30.0
+M_MMAP_THRESHOLD = -3  # glibc mallopt() parameter (malloc.h)
 
 
 class StreamingMetrics:
@@ -118,6 +124,25 @@ def run_eval(model, encoded: Encoded, label_names: list[str], batch_size: int, d
     return metrics.compute()
 
 
+def steady_heap(device: torch.device) -> None:
+    """On CPU with glibc, stop the heap creeping up chunk after chunk (elsewhere this does nothing).
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so after the first
+    batch the model's CPU activations come from the heap; tokenizing the next chunk fills the holes they
+    leave, the next activations extend the heap, and peak RSS grew ~25 MiB per chunk although nothing is
+    kept (10,000 reviews: 940 MiB against 630). A fixed 1 MiB threshold keeps large blocks in mmap, handed
+    back when freed, at the cost of page faults (~15-30% of evaluate time with a tiny CPU model). It holds
+    for the rest of the process. Calling `malloc_trim` between chunks instead was measured and does not
+    help (10,000 reviews: 778 MiB against 620 for 1,000).
+    """
+    if device.type != "cpu":
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
 def format_metrics(m: dict[str, Any], title: str = "") -> str:
     names = m["labels"]
     width = max(12, *(len(n) + 2 for n in names))
@@ -140,29 +165,52 @@ def format_metrics(m: dict[str, Any], title: str = "") -> str:
 def evaluate(model: str, data: str, output: str | None = None, batch_size: int = 64,
              text_column: str | None = None, label_column: str | None = None,
              on_bad_rows: str = "error", max_samples: int | None = None, seed: int = 42,
-             quiet: bool = False) -> dict[str, Any]:
-    """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON."""
+             quiet: bool = False, rows_per_chunk: int | None = None) -> dict[str, Any]:
+    """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON.
+
+    The data is read twice, a chunk of rows at a time (see streaming.ChunkedSplit): once to check every
+    row, so that bad data stops the run before any scoring, then to score it. Rows skipped under
+    on_bad_rows="skip" are written beside the metrics (NAME.skipped.csv) with their reasons.
+    """
+    from finetune_bert.data import sample_mask, write_skipped
     from finetune_bert.predict import load
 
     clf = load(model)
-    split = clf.read_labelled(data, text_column, label_column, on_bad_rows)
-    if max_samples:
-        from finetune_bert.data import seeded_sample
-        split = seeded_sample(split, max_samples, seed)
-    # Tokenize and score a chunk at a time: memory stays flat however many texts there are.
+    steady_heap(clf.device)
+    rows = clf.labelled_chunks(data, text_column, label_column, on_bad_rows, chunk_rows(rows_per_chunk, batch_size))
+    total = rows.check()
+    # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
+    sample = sample_mask(total, max_samples or None, seed)
+    # Read, tokenize and score a chunk at a time: memory stays flat however many texts there are.
     stream = StreamingMetrics(clf.label_names)
-    for start in range(0, len(split), EVAL_CHUNK):
-        encoded = clf.encode(split.texts[start:start + EVAL_CHUNK], split.labels[start:start + EVAL_CHUNK])
+    seen = 0
+    for split in rows:
+        chunk = split if sample is None else split.subset(np.flatnonzero(sample[seen:seen + len(split)]))
+        seen += len(split)
+        if not len(chunk):
+            continue
+        encoded = clf.encode(chunk.texts, chunk.labels)
         for index, logits in batched_logits(clf.model, encoded, batch_size, clf.device, clf.dtype, clf.layout):
             stream.update(logits, torch.from_numpy(encoded.labels[index]))
     metrics = stream.compute()
     metrics["data"] = data
     metrics["model"] = model
+    metrics["skipped_rows"] = len(rows.skipped)
     if not quiet:
         print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))
     target = Path(output) if output else (Path(model) / "evaluation.json" if Path(model).is_dir()
                                           else Path("evaluation.json"))
     target.write_text(json.dumps(metrics, indent=2) + "\n")
+    if rows.skipped:
+        skipped_path = target.with_name(target.stem + ".skipped.csv")
+        write_skipped(rows.skipped, skipped_path)
+        print(f"warning: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in {skipped_path}")
     if not quiet:
         print(f"metrics written to {target}")
     return metrics
+
+
+def chunk_rows(rows_per_chunk: int | None, batch_size: int) -> int:
+    """Rows per chunk: EVAL_CHUNK, or 8 batches when batches are larger (a GPU would otherwise wait for
+    each chunk's tokenization every batch or two). Memory follows this, never the size of the data."""
+    return rows_per_chunk or max(EVAL_CHUNK, 8 * batch_size)

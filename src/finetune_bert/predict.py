@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,8 +20,10 @@ from finetune_bert import fastpath
 from finetune_bert.data import SkippedRow, Split, clean_text, read_source, report_bad_rows, to_split, write_skipped
 from finetune_bert.encoding import Encoded, encode
 from finetune_bert.errors import UserError
-from finetune_bert.evaluate import batched_logits
+from finetune_bert.evaluate import EVAL_CHUNK, batched_logits, chunk_rows, steady_heap
 from finetune_bert.model import autocast_dtype, load_classifier, load_tokenizer, pick_device, read_run_info
+from finetune_bert.readers import source_chunks
+from finetune_bert.streaming import ChunkedSplit
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,19 @@ class Classifier:
         records, _, _ = read_source(data, "test")
         skipped = [] if skipped is None else skipped
         split = to_split(records, "test", text_column, label_column, self.clean, True, skipped, on_bad_rows)
+        kept, bad = self.known_labels(split)
+        report_bad_rows(bad, on_bad_rows, skipped)
+        return kept
+
+    def labelled_chunks(self, data: str, text_column: str | None, label_column: str | None,
+                        on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
+        """`read_labelled` a chunk of rows at a time: call check() (which raises what read_labelled would),
+        then iterate. Rows it skips are in its `skipped`."""
+        return ChunkedSplit(source_chunks(data, "test", rows_per_chunk), "test", text_column, label_column,
+                            self.clean, True, on_bad_rows, self.known_labels)
+
+    def known_labels(self, split: Split) -> tuple[Split, list[SkippedRow]]:
+        """The rows whose label this model knows, with labels as ids; the others as bad rows."""
         ids, keep, bad = [], [], []
         for i, value in enumerate(split.labels):
             label_id = self._to_id.get(value, self._to_id.get(str(value)))
@@ -91,10 +107,9 @@ class Classifier:
             else:
                 ids.append(label_id)
                 keep.append(i)
-        report_bad_rows(bad, on_bad_rows, skipped)
         kept = split.subset(keep)
         kept.labels = ids
-        return kept
+        return kept, bad
 
 
 def load(model_dir: str, device: str | None = None) -> Classifier:
@@ -107,31 +122,48 @@ def load(model_dir: str, device: str | None = None) -> Classifier:
 
 
 def predict_file(clf: Classifier, input_path: str, output_path: str, text_column: str | None = None,
-                 batch_size: int = 64, on_bad_rows: str = "error") -> int:
-    """Predict every row of a file; write CSV (or JSONL for .jsonl) with every class probability."""
-    records, _, _ = read_source(input_path, "test")
-    skipped: list[SkippedRow] = []
-    split = to_split(records, "input", text_column, None, False, False, skipped, on_bad_rows)
-    probs = clf.predict_proba(split.texts, batch_size)
+                 batch_size: int = 64, on_bad_rows: str = "error", rows_per_chunk: int | None = None) -> int:
+    """Predict every row of a file; write CSV (or JSONL for .jsonl) with every class probability.
+
+    The input is read, predicted and written a chunk of rows at a time, in the file's order, so memory
+    does not grow with its size; bad rows are found (and, unless skipped, reported) before any prediction.
+    """
+    rows = ChunkedSplit(source_chunks(input_path, "test", chunk_rows(rows_per_chunk, batch_size)), "input", text_column, None, False,
+                        False, on_bad_rows)
+    rows.check()
+    steady_heap(clf.device)
+    labelled = rows.picked is not None and rows.picked[1] is not None
+    fields = ["row", "text", "predicted", "confidence", *(["true_label"] if labelled else []),
+              *(f"prob_{n}" for n in clf.label_names)]
     out = Path(output_path)
-    rows = []
-    for i, p in enumerate(probs):
-        row = {"row": split.where[i], "text": split.texts[i],
-               "predicted": clf.label_names[int(p.argmax())], "confidence": round(float(p.max()), 6)}
-        if split.labels is not None:
-            row["true_label"] = split.labels[i]
-        row.update({f"prob_{n}": round(float(v), 6) for n, v in zip(clf.label_names, p)})
-        rows.append(row)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".jsonl", ".ndjson"):
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    else:
-        with out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t" if out.suffix == ".tsv" else ",")
-            writer.writeheader()
-            writer.writerows(rows)
-    if skipped:
+    written = 0
+    with _row_writer(out, fields) as write:
+        for split in rows:
+            for i, p in enumerate(clf.predict_proba(split.texts, batch_size)):
+                row = {"row": split.where[i], "text": split.texts[i],
+                       "predicted": clf.label_names[int(p.argmax())], "confidence": round(float(p.max()), 6)}
+                if split.labels is not None:
+                    row["true_label"] = split.labels[i]
+                row.update({f"prob_{n}": round(float(v), 6) for n, v in zip(clf.label_names, p)})
+                write(row)
+                written += 1
+    if rows.skipped:
         skipped_path = out.with_name(out.stem + ".skipped.csv")
-        write_skipped(skipped, skipped_path)
-        print(f"{len(skipped)} rows skipped; listed in {skipped_path}")
-    return len(rows)
+        write_skipped(rows.skipped, skipped_path)
+        print(f"{len(rows.skipped)} rows skipped; listed in {skipped_path}")
+    return written
+
+
+@contextmanager
+def _row_writer(out: Path, fields: list[str]) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Write rows one by one: JSON Lines for .jsonl/.ndjson, else CSV (tab-separated for .tsv)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        if out.suffix.lower() in (".jsonl", ".ndjson"):
+            def write_line(row: dict[str, Any]) -> None:
+                handle.write(json.dumps(row) + "\n")
+            yield write_line
+        else:
+            writer = csv.DictWriter(handle, fieldnames=fields, delimiter="\t" if out.suffix == ".tsv" else ",")
+            writer.writeheader()
+            yield writer.writerow

@@ -9,16 +9,22 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import re
+import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from finetune_bert.errors import UserError
 
 TABULAR = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet", ".txt")
 SUPPORTED = ", ".join(TABULAR) + " (each optionally .gz), or an aclImdb-style folder"
+WHOLE = sys.maxsize  # rows per chunk when a reader is to return the whole file as one chunk
+GZIP_ERRORS = (OSError, EOFError, zlib.error)  # bad header or CRC, truncated, corrupt deflate data
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,31 +47,36 @@ def file_format(path: Path) -> str:
     return ext
 
 
+def _unreadable(path: Path, exc: OSError) -> UserError:
+    if isinstance(exc, FileNotFoundError):
+        return UserError(f"{path}: file not found")
+    if isinstance(exc, IsADirectoryError):
+        return UserError(f"{path}: is a folder without train/ or test/ subfolders")
+    return UserError(f"{path}: cannot be read ({exc.strerror or exc})")
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder without train/ or test/ subfolders") from None
     except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise _unreadable(path, exc) from None
     if path.suffix.lower() == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except GZIP_ERRORS as exc:
             raise UserError(f"{path}: not a valid gzip file ({exc})") from None
     return raw
+
+
+def _not_utf8(path: Path, line: int, bad: bytes) -> UserError:
+    return UserError(f"{path}: line {line}: bytes {bad!r} are not valid UTF-8 (save the file as UTF-8)")
 
 
 def _decode(path: Path, raw: bytes) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        bad = raw[exc.start : exc.start + 4]
-        raise UserError(f"{path}: line {line}: bytes {bad!r} are not valid UTF-8 "
-                        "(save the file as UTF-8)") from None
+        raise _not_utf8(path, raw[: exc.start].count(b"\n") + 1, raw[exc.start : exc.start + 4]) from None
     return text.removeprefix("\ufeff")
 
 
@@ -77,20 +88,26 @@ def read_records(path: Path) -> Records:
     text = _decode(path, _read_bytes(path))
     if not text.strip():
         raise UserError(f"{path}: file is empty")
-    reader = {".csv": _read_delimited, ".tsv": _read_delimited, ".json": _read_json,
-              ".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".txt": _read_lines}[ext]
-    records = reader(path, text, ext)
+    if ext == ".json":
+        records = _read_json(path, text, ext)
+    else:
+        lines = io.StringIO(text, newline="") if ext in (".csv", ".tsv") else text.splitlines()
+        records = next(_CHUNKERS[ext](path, lines, ext, WHOLE), Records(str(path), [], [], []))
     if not records.rows:
         raise UserError(f"{path}: has a header but no rows")
     return records
 
 
-def _read_delimited(path: Path, text: str, ext: str) -> Records:
+def _delimited_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Iterator[Records]:
+    """CSV/TSV rows, `size` at a time. `lines` are split the way a newline='' text stream splits them, so
+    that csv counts lines (and quoted multi-line fields) as the user's editor does."""
     delimiter = "\t" if ext == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows, where = [], []
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    rows, where, start = [], [], 1
     try:
-        header = next(reader)
+        header = next(reader, None)
+        if header is None:
+            return
         columns = [c.strip() for c in header]
         start = reader.line_num + 1
         for values in reader:
@@ -103,10 +120,14 @@ def _read_delimited(path: Path, text: str, ext: str) -> Records:
             rows.append(dict(zip(columns, values)))
             where.append(f"line {start}")
             start = reader.line_num + 1
+            if len(rows) == size:
+                yield Records(str(path), columns, rows, where)
+                rows, where = [], []
     except csv.Error as exc:
         raise UserError(f"{path}: line {start}: malformed {ext[1:].upper()} ({exc}); "
                         "an opening quote is probably never closed") from None
-    return Records(str(path), columns, rows, where)
+    if rows:
+        yield Records(str(path), columns, rows, where)
 
 
 def _read_json(path: Path, text: str, ext: str) -> Records:
@@ -126,9 +147,10 @@ def _read_json(path: Path, text: str, ext: str) -> Records:
     return _from_dicts(path, payload, [f"record {i + 1}" for i in range(len(payload))])
 
 
-def _read_jsonl(path: Path, text: str, ext: str) -> Records:
+def _jsonl_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Iterator[Records]:
+    """JSON Lines, `size` records at a time; `lines` as str.splitlines() splits the text."""
     payload, where = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -136,7 +158,11 @@ def _read_jsonl(path: Path, text: str, ext: str) -> Records:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: line {number}: malformed JSON ({exc.msg})") from None
         where.append(f"line {number}")
-    return _from_dicts(path, payload, where)
+        if len(payload) == size:
+            yield _from_dicts(path, payload, where)
+            payload, where = [], []
+    if payload:
+        yield _from_dicts(path, payload, where)
 
 
 def _from_dicts(path: Path, payload: list, where: list[str]) -> Records:
@@ -149,14 +175,23 @@ def _from_dicts(path: Path, payload: list, where: list[str]) -> Records:
     return Records(str(path), list(columns), payload, where)
 
 
-def _read_lines(path: Path, text: str, ext: str) -> Records:
-    """Plain text: one text per line, no labels (for predict)."""
+def _line_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Iterator[Records]:
+    """Plain text: one text per line, no labels (for predict); `size` texts at a time."""
     rows, where = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             rows.append({"text": line})
             where.append(f"line {number}")
-    return Records(str(path), ["text"], rows, where)
+            if len(rows) == size:
+                yield Records(str(path), ["text"], rows, where)
+                rows, where = [], []
+    if rows:
+        yield Records(str(path), ["text"], rows, where)
+
+
+_CHUNKERS: dict[str, Callable[[Path, Iterable[str], str, int], Iterator[Records]]] = {
+    ".csv": _delimited_chunks, ".tsv": _delimited_chunks, ".jsonl": _jsonl_chunks, ".ndjson": _jsonl_chunks,
+    ".txt": _line_chunks}
 
 
 def _read_parquet(path: Path) -> Records:
@@ -208,9 +243,17 @@ def read_source(spec: str, split: str) -> tuple[Records | None, dict[str, Record
         if not found:
             raise UserError(f"{path}: folder has no train/ or test/ subfolder with <class>/*.txt files")
         return found.get(split) or found.get("train") or found["test"], found, None
-    if path.suffix or path.exists() or "/" not in spec and "." in spec:
-        return read_records(path), {}, None
+    if (file := local_file(spec)) is not None:
+        return read_records(file), {}, None
     return _read_hub(spec, split)
+
+
+def local_file(spec: str) -> Path | None:
+    """The file a data spec names; None for a folder or a Hugging Face dataset name."""
+    path = Path(spec).expanduser()
+    if not path.is_dir() and (path.suffix or path.exists() or "/" not in spec and "." in spec):
+        return path
+    return None
 
 
 def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[str] | None]:
@@ -235,3 +278,127 @@ def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[
     if "train" not in found:
         raise UserError(f"hub dataset '{name}' has no train split (it has {', '.join(loaded)})")
     return found.get(split, found["train"]), found, label_names
+
+
+# ---------------------------------------------------------------- streaming
+
+def iter_record_chunks(path: Path, rows_per_chunk: int) -> Iterator[Records]:
+    """A file's records, at most `rows_per_chunk` rows at a time, without holding the whole file.
+
+    Rows, locations and error messages are those of `read_records`, but a problem late in the file is found
+    only when its chunk is read; for JSON Lines, a chunk's columns are the keys its own records have.
+    CSV, TSV, JSON Lines and text (each also .gz) are decoded and parsed a line at a time, Parquet a record
+    batch at a time. A JSON file (one array or object) cannot be parsed in pieces: it comes whole, one chunk.
+    """
+    ext = file_format(path)
+    if ext == ".json":
+        yield read_records(path)
+        return
+    if ext == ".parquet":
+        yield from _parquet_chunks(path, rows_per_chunk)
+        return
+    pieces = _not_blank(path, _decoded_lines(path))
+    if ext in (".csv", ".tsv"):
+        lines = itertools.chain.from_iterable(io.StringIO(p, newline="") if "\r" in p else (p,) for p in pieces)
+    else:
+        lines = itertools.chain.from_iterable(p.splitlines() for p in pieces)
+    chunks = _CHUNKERS[ext](path, lines, ext, rows_per_chunk)
+    first = next(chunks, None)
+    if first is None:
+        raise UserError(f"{path}: has a header but no rows")
+    yield first
+    yield from chunks
+
+
+@dataclass
+class _FileChunks:
+    """Chunks of one file that can be iterated again: each pass re-reads the file."""
+
+    path: Path
+    rows_per_chunk: int
+
+    def __iter__(self) -> Iterator[Records]:
+        return iter_record_chunks(self.path, self.rows_per_chunk)
+
+
+def source_chunks(spec: str, split: str, rows_per_chunk: int) -> Iterable[Records]:
+    """A data spec (as read_source takes it) as chunks of records, iterable more than once.
+
+    Files that stream are re-read on each pass; a JSON file, an aclImdb folder or a hub dataset is read
+    whole, once, and is one chunk.
+    """
+    file = local_file(spec)
+    if file is not None and file_format(file) != ".json":
+        return _FileChunks(file, rows_per_chunk)
+    records, _, _ = read_source(spec, split)
+    return [records]
+
+
+def _guarded(items: Iterator[T], errors: tuple[type[BaseException], ...],
+             message: Callable[[BaseException], UserError]) -> Iterator[T]:
+    """The items, with a failure while producing one (a file found corrupt midway) as a one-line error."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except errors as exc:
+            raise message(exc) from None
+        yield item
+
+
+def _decoded_lines(path: Path) -> Iterator[str]:
+    """The text a line (up to and with each b'\\n') at a time, checked and decoded as `_decode` does."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    with handle:
+        if path.suffix.lower() == ".gz":
+            stream = gzip.GzipFile(fileobj=handle)
+            raws = _guarded(iter(stream), GZIP_ERRORS, lambda e: UserError(f"{path}: not a valid gzip file ({e})"))
+        else:
+            raws = _guarded(iter(handle), (OSError,), lambda e: _unreadable(path, e))
+        for number, raw in enumerate(raws, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                # The bytes shown may run on into the next lines, as they do when the whole file is decoded.
+                bad = raw[exc.start:exc.start + 4]
+                for more in itertools.islice(raws, 3):
+                    bad = (bad + more)[:4]
+                raise _not_utf8(path, number, bad) from None
+            yield text.removeprefix("\ufeff") if number == 1 else text
+
+
+def _not_blank(path: Path, lines: Iterator[str]) -> Iterator[str]:
+    """The lines, once one that is not blank is found; a file of blank lines is empty, as for read_records."""
+    head = []
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            return itertools.chain(head, lines)
+    raise UserError(f"{path}: file is empty")
+
+
+def _parquet_chunks(path: Path, size: int) -> Iterator[Records]:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+
+    def unreadable(exc: BaseException) -> UserError:
+        return UserError(f"{path}: not a readable Parquet file ({exc})")
+    try:
+        handle = pq.ParquetFile(path)
+        empty = handle.metadata.num_rows == 0
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise unreadable(exc) from None
+    if empty:
+        raise UserError(f"{path}: has columns but no rows")
+    with handle:
+        columns, done = handle.schema_arrow.names, 0
+        for batch in _guarded(handle.iter_batches(batch_size=size), (Exception,), unreadable):
+            rows = batch.to_pylist()
+            yield Records(str(path), columns, rows, [f"row {done + i + 1}" for i in range(len(rows))])
+            done += len(rows)

@@ -1,0 +1,109 @@
+"""A data source as validated splits a chunk of rows at a time, so memory does not grow with its size.
+
+`data.to_split` validates a whole source at once: an error names the first bad row and says how many
+more there are, and texts and integers mixed in one label column are refused. `ChunkedSplit` keeps those
+messages and that precedence exactly, with two passes over the source: `check()` reads every row and keeps
+only counts and first occurrences (so an error comes before any model work, and the number of usable rows
+is known for seeded samples); iterating then yields each chunk's usable rows, recording skipped ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from finetune_bert.data import (SkippedRow, Split, bad_rows_error, check_rows, first_label_kinds,
+                                mixed_labels_error, report_bad_rows, split_columns)
+from finetune_bert.errors import UserError
+from finetune_bert.readers import Records
+
+# A split's rows that pass a further check (for evaluate: labels the model knows), and the bad rest.
+RowFilter = Callable[[Split], tuple[Split, list[SkippedRow]]]
+
+
+@dataclass
+class _Tally:
+    """What the first pass keeps of the rows: counts and first occurrences, never the rows."""
+
+    columns: dict[str, None] = field(default_factory=dict)  # every column seen, in order of appearance
+    picked: tuple[str, str | None] | None = None            # the columns the rows were checked against
+    bad: int = 0
+    first_bad: SkippedRow | None = None
+    kinds: dict[type, tuple[str, Any]] = field(default_factory=dict)
+    usable: int = 0
+    filtered: int = 0
+    first_filtered: SkippedRow | None = None
+    source: str = ""
+
+
+class ChunkedSplit:
+    """Validated splits of `chunks` (e.g. readers.source_chunks: iterable more than once), one per chunk.
+
+    Bad rows are reported as `to_split` reports them: with on_bad_rows="error", `check()` raises for the
+    first one with the count of all; with "skip", iterating appends them to `skipped`, chunk by chunk.
+    """
+
+    def __init__(self, chunks: Iterable[Records], name: str, text_column: str | None, label_column: str | None,
+                 clean: bool, need_labels: bool, on_bad_rows: str, row_filter: RowFilter | None = None):
+        self.chunks, self.name, self.clean, self.on_bad_rows = chunks, name, clean, on_bad_rows
+        self.wanted = (text_column, label_column, need_labels)
+        self.row_filter = row_filter
+        self.skipped: list[SkippedRow] = []
+        self.picked: tuple[str, str | None] | None = None  # (text column, label column), set by check()
+
+    def _pick(self, source: str, columns: Iterable[str]) -> tuple[str, str | None]:
+        return split_columns(Records(source, list(columns), [], []), *self.wanted)
+
+    def _tally(self, picked: tuple[str, str | None] | None) -> _Tally:
+        tally = _Tally(picked=picked)
+        for records in self.chunks:
+            tally.source = records.source
+            tally.columns.update(dict.fromkeys(records.columns))
+            if tally.picked is None:
+                try:
+                    tally.picked = self._pick(records.source, records.columns)
+                except UserError:
+                    tally.picked = ("", None)  # no columns to check yet; check() picks from all and re-reads
+            if not tally.picked[0]:
+                continue
+            split, bad = check_rows(records, self.name, *tally.picked, clean=False)
+            tally.bad += len(bad)
+            tally.first_bad = tally.first_bad or (bad[0] if bad else None)
+            first_label_kinds(split, tally.kinds)
+            tally.usable += len(split)
+            if self.row_filter is not None:
+                split, bad = self.row_filter(split)
+                tally.filtered += len(bad)
+                tally.first_filtered = tally.first_filtered or (bad[0] if bad else None)
+        return tally
+
+    def check(self) -> int:
+        """Read every row once; raise what `to_split` (then the row filter) would; return the usable rows."""
+        tally = self._tally(None)
+        # Columns come from the first chunk; only JSON Lines whose later records bring other keys re-read.
+        picked = self._pick(tally.source, tally.columns)
+        if picked != tally.picked:
+            tally = self._tally(picked)
+        if len(tally.kinds) > 1:
+            raise mixed_labels_error(tally.source, picked[1], tally.kinds)
+        if tally.first_bad is not None and self.on_bad_rows != "skip":
+            raise bad_rows_error(tally.first_bad, tally.bad)
+        if tally.usable == 0:
+            raise UserError(f"{tally.source}: no usable rows")
+        if tally.first_filtered is not None and self.on_bad_rows != "skip":
+            raise bad_rows_error(tally.first_filtered, tally.filtered)
+        self.picked = picked
+        return tally.usable - tally.filtered
+
+    def __iter__(self) -> Iterator[Split]:
+        """Each chunk's usable rows (chunks left with none are left out); `check()` must have passed."""
+        if self.picked is None:
+            raise RuntimeError("ChunkedSplit: call check() before iterating")
+        for records in self.chunks:
+            split, bad = check_rows(records, self.name, *self.picked, clean=self.clean)
+            report_bad_rows(bad, self.on_bad_rows, self.skipped)
+            if self.row_filter is not None:
+                split, bad = self.row_filter(split)
+                report_bad_rows(bad, self.on_bad_rows, self.skipped)
+            if len(split):
+                yield split
