@@ -101,8 +101,8 @@ def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainSt
     `max_bad_steps` in a row. Returns the losses of the applied steps; empties `pending`."""
     if not pending:
         return []
-    losses = torch.stack([loss for _, loss, _ in pending]).tolist()
-    finite = torch.stack([ok for _, _, ok in pending]).tolist()
+    read = torch.stack([torch.stack([loss, ok.to(loss.dtype)]) for _, loss, ok in pending]).tolist()  # one sync
+    losses, finite = [r[0] for r in read], [bool(r[1]) for r in read]
     steps = [step for step, _, _ in pending]
     pending.clear()
     applied = []
