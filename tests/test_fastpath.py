@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune_bert import fastpath
+from finetune_bert import dropout, fastpath
 from finetune_bert.encoding import collate, collate_packed, encode, real_tokens, to_device
 from finetune_bert.model import load_classifier, load_tokenizer
 
@@ -133,3 +133,48 @@ def test_cuda_flash_packed_applies_attention_dropout(tiny_model):
         evaluated = fastpath.logits(model.eval(), batch)
     assert not torch.equal(first, second)  # a fresh dropout mask each call
     assert not torch.equal(first, evaluated)
+
+
+def _with_dropout(model, p: float):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    return model
+
+
+def test_lane_dropout_layers_equal_stock_layers_when_nothing_is_dropped(tiny_model, monkeypatch):
+    batch = _batch(tiny_model)  # padded: the attention bias matters
+    model = _with_dropout(load_classifier(str(tiny_model), ["a", "b"]), 0.1)
+    with torch.no_grad():
+        stock = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # every mask keeps everything, so training mode must compute the evaluation forward and its gradients
+    monkeypatch.setattr(dropout, "drop_mask", lambda shape, p: (torch.zeros(shape, dtype=torch.bool), 0.0))
+    model.train()
+    for module in (model.bert.embeddings.dropout, model.dropout, *model.bert.encoder.layer[-1].modules()):
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # layers outside lane dropout: stock dropout, off here
+    model.zero_grad()
+    lanes = fastpath.logits(model, batch, True, lane_dropout=True)
+    torch.nn.functional.cross_entropy(lanes, batch["labels"]).backward()
+    lane_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert torch.allclose(lanes, stock, atol=1e-5)
+    _assert_same_gradients(lane_grads, _grads(_with_dropout(model, 0.0), batch, True))
+
+
+def test_lane_dropout_draws_fresh_masks_in_training_only(tiny_model):
+    batch = _batch(tiny_model)
+    model = _with_dropout(load_classifier(str(tiny_model), ["a", "b"]), 0.3)
+    first, second = (fastpath.logits(model.train(), batch, True, lane_dropout=True) for _ in range(2))
+    with torch.no_grad():
+        evaluated = fastpath.logits(model.eval(), batch, True, lane_dropout=True)
+        stock = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.equal(first, second)
+    assert torch.allclose(evaluated, stock, atol=1e-5)
+
+
+def test_lane_dropout_only_for_cpu_training_on_the_fast_path(tiny_model):
+    model = load_classifier(str(tiny_model), ["a", "b"])
+    assert fastpath.layout(model, torch.device("cpu"), None, 0).lane_dropout
+    assert not fastpath.layout(model, torch.device("cpu"), None, 0, lane_dropout=False).lane_dropout
+    assert not fastpath.layout(model, torch.device("cpu"), None, 0, fast=False).lane_dropout
+    assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0).lane_dropout

@@ -119,3 +119,16 @@ def test_fewer_rows_than_a_batch_trains_and_says_so(tiny_model, tmp_path, capsys
                    max_length=32)
     assert "10 training rows are fewer than one batch of 16: every step uses all of them" in capsys.readouterr().out
     assert result.metrics["train"]["steps"] == 2
+
+
+@pytest.mark.parametrize("lane_dropout", [True, False])
+def test_model_with_dropout_learns_with_lane_and_torch_dropout(toy_data, tmp_path, lane_dropout):
+    from conftest import make_tiny_bert
+    from finetune_bert import train
+    model = make_tiny_bert(tmp_path / "bert", dropout=0.1)
+    result = train(data=str(toy_data["train"]), test_data=str(toy_data["test"]), model=str(model),
+                   output=str(tmp_path / "o"), epochs=10, batch_size=16, lr=3e-3, warmup_ratio=0.05, max_length=32,
+                   seed=0, log_every=5, lane_dropout=lane_dropout)  # with dropout, lr 1e-2 stays at chance
+    start = json.loads(open(f"{result.output}/train_log.jsonl").readline())
+    assert start["event"] == "start" and start["lane_dropout"] is lane_dropout
+    assert result.metrics["test"]["accuracy"] >= 0.9

@@ -33,7 +33,7 @@ MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_co
               "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",
               "dedupe", "on_bad_rows", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
               "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric",
-              "cls_fast_path")
+              "cls_fast_path", "lane_dropout")
 
 
 @dataclass

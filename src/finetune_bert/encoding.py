@@ -117,11 +117,13 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 @dataclass(frozen=True)
 class Layout:
     """How a batch is laid out for the model: padded to its longest text (rounded up to `multiple`), or
-    packed with no padding (`packed`, GPU). `fast`: the [CLS]-only last layer (fastpath.py)."""
+    packed with no padding (`packed`, GPU). `fast`: the [CLS]-only last layer; `lane_dropout`: CPU training
+    draws dropout as dropout.py does (both in fastpath.py)."""
     pad_id: int
     multiple: int = 1
     packed: bool = False
     fast: bool = True
+    lane_dropout: bool = False
 
     def batch(self, encoded: Encoded, index: np.ndarray) -> dict:
         return collate_packed(encoded, index) if self.packed else collate(encoded, index, self.pad_id, self.multiple)

@@ -13,6 +13,10 @@ runs on real tokens only, and attention is FlashAttention's variable-length kern
 attention-probability dropout inside the kernel. A padded batch with a mask cannot use FlashAttention, and
 PyTorch's masked kernels with dropout measured 2-3x slower per step on an H200 (benchmarks/NOTES.md).
 Where that kernel is missing (CPU, fp32) the packed layout falls back to SDPA one text at a time.
+
+CPU training with dropout (`lane_dropout`): every layer but the last runs here too, with dropout masks cut
+from 16-bit lanes of torch's generator and attention in plain ops (dropout.py); 1.1-1.3x per MiniLM step at
+16 x 512 (benchmarks/cpu_dropout.py), same dropout law.
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from finetune_bert.dropout import attention as dropout_attention
+from finetune_bert.dropout import dropout, padding_bias
 from finetune_bert.encoding import Layout
 
 
 def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, fast: bool = True,
-           unpadded: bool = True) -> Layout:
+           unpadded: bool = True, lane_dropout: bool = True) -> Layout:
     """Packed batches where variable-length FlashAttention runs (CUDA, bf16/fp16, a supported BERT);
-    otherwise padded batches, to a multiple of 8 on GPU (tensor-core shapes)."""
+    otherwise padded batches, to a multiple of 8 on GPU (tensor-core shapes). Lane dropout on CPU."""
     packed = fast and unpadded and device.type == "cuda" and dtype is not None and supported(model)
-    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast)
+    lanes = fast and lane_dropout and device.type == "cpu" and supported(model)
+    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast, lanes)
 
 
 def supported(model) -> bool:
@@ -39,8 +46,9 @@ def supported(model) -> bool:
             and model.config._attn_implementation in ("sdpa", "eager"))
 
 
-def logits(model, batch: dict, fast: bool = True) -> torch.Tensor:
-    """Logits for a padded batch (input_ids, attention_mask) or a packed one (see encoding.collate_packed)."""
+def logits(model, batch: dict, fast: bool = True, lane_dropout: bool = False) -> torch.Tensor:
+    """Logits for a padded batch (input_ids, attention_mask) or a packed one (see encoding.collate_packed).
+    `lane_dropout`: in training, layers draw dropout as dropout.py does (CPU tensors only)."""
     if "cu_seqlens" in batch:
         return _packed_logits(model, batch)
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
@@ -52,11 +60,33 @@ def logits(model, batch: dict, fast: bool = True) -> torch.Tensor:
     hidden = bert.embeddings(input_ids=input_ids)
     mask = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
     *layers, last = bert.encoder.layer
+    lanes = lane_dropout and model.training and not hidden.is_cuda and _has_dropout(bert)
+    bias = padding_bias(attention_mask, hidden.dtype) if lanes and not bool(attention_mask.all()) else None
     for layer in layers:
-        hidden = layer(hidden, mask)
+        hidden = _lane_dropout_layer(layer, hidden, bias) if lanes else layer(hidden, mask)
     cls = _cls_only_layer(last, hidden, mask)
     pooled = bert.pooler(cls)
     return model.classifier(model.dropout(pooled))
+
+
+def _has_dropout(bert) -> bool:
+    return any(m.p > 0 for m in bert.encoder.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def _lane_dropout_layer(layer, hidden: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The stock BertLayer in training, with dropout.py's masks (its SelfOutput and Output: dense, dropout,
+    LayerNorm of the sum with the input)."""
+    attn = layer.attention.self
+    batch, length, _ = hidden.shape
+    heads, size = attn.num_attention_heads, attn.attention_head_size
+    q, k, v = (proj(hidden).view(batch, length, heads, size).transpose(1, 2)
+               for proj in (attn.query, attn.key, attn.value))
+    context = dropout_attention(q, k, v, bias, attn.dropout.p, attn.scaling)
+    context = context.transpose(1, 2).reshape(batch, length, heads * size)
+    out = layer.attention.output
+    attended = out.LayerNorm(dropout(out.dense(context), out.dropout.p) + hidden)
+    ffn = layer.output
+    return ffn.LayerNorm(dropout(ffn.dense(layer.intermediate(attended)), ffn.dropout.p) + attended)
 
 
 def _cls_only_layer(layer, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -47,7 +47,7 @@ def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int,
         tokens += real_tokens(host)  # counted on the host: no device sync per micro-batch
         batch = to_device(host, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = fastpath.logits(model, batch, layout.fast)
+            logits = fastpath.logits(model, batch, layout.fast, layout.lane_dropout)
         loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction="sum") / len(batch_index)
         if faults.hit("loss", step):
             loss = loss * float("nan")

@@ -142,15 +142,16 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = math.ceil(cfg.warmup_ratio * total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    layout = fastpath.layout(model, device, dtype, pad_id, cfg.cls_fast_path, cfg.unpadded)
+    layout = fastpath.layout(model, device, dtype, pad_id, cfg.cls_fast_path, cfg.unpadded, cfg.lane_dropout)
     fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
                        fingerprint=checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts))
     state = _setup_resume(cfg, run, model, optimizer, device, fresh)
     say(f"training {cfg.model} on {device.type}{' with bf16' if dtype else ', fp32'}"
-        f"{', packed batches (no padding)' if layout.packed else ''}: {len(train_enc)} texts, "
+        f"{', packed batches (no padding)' if layout.packed else ''}"
+        f"{', lane dropout' if layout.lane_dropout else ''}: {len(train_enc)} texts, "
         f"{state.total_steps} steps of {step_size} ({steps_per_epoch} per epoch), warm-up {warmup}")
     run.log("start", device=device.type, steps=state.total_steps, examples=len(train_enc), labels=ds.label_names,
-            packed=layout.packed, bf16=dtype is not None)
+            packed=layout.packed, lane_dropout=layout.lane_dropout, bf16=dtype is not None)
 
     def save_checkpoint() -> None:
         nonlocal last_save
