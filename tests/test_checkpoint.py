@@ -194,3 +194,13 @@ def test_model_without_safetensors_is_refused(tiny_model, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(UserError, match="has no model.safetensors; finetune-bert loads weights only from safetensors"):
         load_classifier(str(folder), ["a", "b"])
+
+
+def test_checkpoint_from_before_lane_dropout_resumes_with_no_lane_dropout():
+    from finetune_bert import checkpoint
+    from finetune_bert.config import TrainConfig
+    old = checkpoint.fingerprint(TrainConfig(lane_dropout=False), ["a"], [0], [])
+    del old["lane_dropout"]  # written before the option existed, with PyTorch's dropout
+    assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(lane_dropout=False), ["a"], [0], [])) == []
+    assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(), ["a"], [0], [])) == \
+        ["lane_dropout: checkpoint has False, now True"]

@@ -66,7 +66,12 @@ def fingerprint(cfg, train_texts: list[str], train_labels, val_texts: list[str])
     return {**{k: getattr(cfg, k) for k in MUST_MATCH}, "data_sha256": digest.hexdigest()}
 
 
+# What a checkpoint written before an option existed did, so it can still be resumed (with that value).
+BEFORE_OPTION = {"lane_dropout": False}
+
+
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    saved = {**BEFORE_OPTION, **saved}
     return [f"{k}: checkpoint has {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)]
 
