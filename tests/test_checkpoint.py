@@ -204,3 +204,14 @@ def test_checkpoint_from_before_lane_dropout_resumes_with_no_lane_dropout():
     assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(lane_dropout=False), ["a"], [0], [])) == []
     assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(), ["a"], [0], [])) == \
         ["lane_dropout: checkpoint has False, now True"]
+
+
+def test_resume_refuses_a_flipped_unpadded_flag():
+    # On a GPU the packed path draws its dropout inside FlashAttention: the run would continue differently.
+    from finetune_bert import checkpoint
+    from finetune_bert.config import TrainConfig
+    saved = checkpoint.fingerprint(TrainConfig(), ["a"], [0], [])
+    assert checkpoint.differences(saved, checkpoint.fingerprint(TrainConfig(unpadded=False), ["a"], [0], [])) == \
+        ["unpadded: checkpoint has True, now False"]
+    del saved["unpadded"]  # written before the flag was recorded: either value is accepted
+    assert checkpoint.differences(saved, checkpoint.fingerprint(TrainConfig(unpadded=False), ["a"], [0], [])) == []

@@ -33,7 +33,7 @@ MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_co
               "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",
               "dedupe", "on_bad_rows", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
               "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric",
-              "cls_fast_path", "lane_dropout")
+              "cls_fast_path", "lane_dropout", "unpadded")
 
 
 @dataclass
@@ -68,11 +68,14 @@ def fingerprint(cfg, train_texts: list[str], train_labels, val_texts: list[str])
 
 # What a checkpoint written before an option existed did, so it can still be resumed (with that value).
 BEFORE_OPTION = {"lane_dropout": False}
+# Options that existed before they were recorded: an older checkpoint does not say which value it used.
+RECORDED_LATER = ("unpadded",)
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     saved = {**BEFORE_OPTION, **saved}
-    return [f"{k}: checkpoint has {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+    keys = set(saved) | (set(now) - {k for k in RECORDED_LATER if k not in saved})
+    return [f"{k}: checkpoint has {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(keys)
             if saved.get(k) != now.get(k)]
 
 
