@@ -71,6 +71,16 @@ def test_attention_with_a_given_mask_equals_pytorch_math_attention():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("lq, masked", [(9, True), (1, False)])  # full layer with padding; [CLS]-only query
+def test_attention_with_dropout_passes_gradcheck(lq, masked):
+    q, k, v = _qkv(lq=lq)
+    keys = torch.ones(2, 9, dtype=torch.long)
+    keys[0, 5:] = 0
+    bias = dropout.padding_bias(keys, q.dtype) if masked else None
+    drop = torch.rand(2, 3, lq, 9) < 0.3
+    assert torch.autograd.gradcheck(lambda *t: dropout.attention(*t, bias, 0.3, 0.4, drop=drop), (q, k, v))
+
+
 def test_attention_without_dropout_equals_sdpa():
     q, k, v = _qkv(lq=1)  # a [CLS]-only query, as the last layer asks
     assert torch.allclose(dropout.attention(q, k, v, None, 0.0, 0.5),
