@@ -206,6 +206,17 @@ def test_checkpoint_from_before_lane_dropout_resumes_with_no_lane_dropout():
         ["lane_dropout: checkpoint has False, now True"]
 
 
+def test_checkpoint_from_before_cpu_micro_batches_resumes_only_with_whole_batches():
+    # Micro-batches draw their dropout masks in other shapes: the resumed run would differ.
+    from finetune_bert import checkpoint
+    from finetune_bert.config import TrainConfig
+    old = checkpoint.fingerprint(TrainConfig(cpu_micro_batches=False), ["a"], [0], [])
+    del old["cpu_micro_batches"]
+    assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(cpu_micro_batches=False), ["a"], [0], [])) == []
+    assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(), ["a"], [0], [])) == \
+        ["cpu_micro_batches: checkpoint has False, now True"]
+
+
 def test_resume_refuses_a_flipped_unpadded_flag():
     # On a GPU the packed path draws its dropout inside FlashAttention: the run would continue differently.
     from finetune_bert import checkpoint

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from finetune_bert.encoding import (Encoded, collate, encode, eval_batches, max_length_for, special_tokens,
-                                    train_batches, truncate)
+from finetune_bert.encoding import (CPU_BLOCK_BYTES, Encoded, Layout, collate, encode, eval_batches, max_length_for,
+                                    micro_batches, special_tokens, train_batches, truncate)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,34 @@ def test_length_grouping_cuts_padding():
 def test_eval_batches_sorted_longest_first():
     lengths = np.array([3, 9, 1, 7, 5])
     assert [b.tolist() for b in eval_batches(lengths, 2)] == [[1, 3], [4, 0], [2]]
+
+
+def test_eval_batches_hold_no_more_texts_than_fit_allows():
+    lengths = np.array([3, 9, 1, 7, 5])
+    fit = lambda length: 2 if length > 6 else 5  # noqa: E731
+    assert [b.tolist() for b in eval_batches(lengths, 4, fit)] == [[1, 3], [4, 0, 2]]
+
+
+def test_micro_batches_are_sorted_cut_by_fit_and_at_least_splits():
+    index, lengths = np.array([10, 11, 12, 13, 14]), np.array([3, 9, 1, 7, 5])
+    fit = lambda length: 2 if length > 4 else 5  # noqa: E731
+    assert [b.tolist() for b in micro_batches(index, lengths, 1, fit)] == [[11, 13], [14, 10], [12]]
+    assert [b.tolist() for b in micro_batches(index, lengths, 1)] == [[11, 13, 14, 10, 12]]
+    # Out-of-memory backoff asks for 4: more than fit makes, so the step is split evenly into 4.
+    assert [b.tolist() for b in micro_batches(index, lengths, 4, fit)] == [[11, 13], [14], [10], [12]]
+    assert [b.tolist() for b in micro_batches(index, lengths, 9)] == [[11], [13], [14], [10], [12]]
+
+
+def test_cpu_fit_keeps_the_largest_activation_within_the_heap_threshold():
+    minilm = Layout(0, cpu_cap=(12, 1536))  # MiniLM-L6 and bert-base: 12 heads; feed-forward 1536 / 3072
+    assert minilm.fit(512) == 2 and minilm.fit(128) == 42 and minilm.fit(4096) == 1
+    for heads, width in ((12, 1536), (12, 3072), (16, 4096), (2, 64)):
+        layout = Layout(0, cpu_cap=(heads, width))
+        for length in range(8, 1025, 8):
+            n = layout.fit(length)
+            biggest = 4 * length * max(heads * length, width)
+            assert n == 1 or n * biggest <= CPU_BLOCK_BYTES < (n + 1) * biggest
+    assert Layout(0).capped_fit is None and minilm.capped_fit is not None
 
 
 def test_max_length_is_clamped_with_warning(tokenizer, tiny_model):

@@ -97,6 +97,14 @@ def test_packed_layout_only_where_flash_attention_runs(tiny_model):
     assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, fast=False).packed
 
 
+
+def test_cpu_micro_batches_only_on_cpu_and_only_when_asked(tiny_model):
+    model = load_classifier(str(tiny_model), ["a", "b"])
+    assert fastpath.layout(model, torch.device("cpu"), None, 0).cpu_cap == (2, 64)  # the tiny BERT's shape
+    assert fastpath.layout(model, torch.device("cpu"), None, 0, cpu_micro_batches=False).cpu_cap is None
+    assert fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0).cpu_cap is None
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on the device machine)")
 
 

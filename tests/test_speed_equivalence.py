@@ -2,13 +2,18 @@
 
 Dynamic padding and length grouping only change how much padding a text shares a batch with; SDPA only
 changes the attention kernel; sorted evaluation only changes the order (restored); gradient accumulation
-is covered in test_train.py (same update, 1e-5).
+is covered in test_train.py (same update, 1e-5); CPU micro-batches sum the same gradients and score the
+same logits (below).
 """
+
+import dataclasses
 
 import numpy as np
 import torch
 
+from finetune_bert import fastpath, steps
 from finetune_bert.encoding import collate, encode
+from finetune_bert.evaluate import batched_logits
 from finetune_bert.model import load_classifier, load_tokenizer
 
 TEXTS = ["good film", "the plot was long and the music was dull and the ending was bad", "loved it",
@@ -49,3 +54,44 @@ def test_sdpa_equals_eager_attention(tiny_model):
     torch.manual_seed(0)
     eager = load_classifier(str(tiny_model), ["a", "b"], attn_implementation="eager").eval()
     assert torch.allclose(_logits(sdpa, batch), _logits(eager, batch), atol=1e-5)
+
+
+def _layouts(model, pad_id):
+    whole = fastpath.layout(model, torch.device("cpu"), None, pad_id, cpu_micro_batches=False)
+    # An absurd head count makes every text its own micro-batch, so the tiny model is split too.
+    return whole, dataclasses.replace(whole, cpu_cap=(10**9, 1))
+
+
+def test_cpu_micro_batches_give_the_whole_batchs_loss_and_gradients(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    model = load_classifier(str(tiny_model), ["a", "b"]).train()  # the tiny model has dropout 0
+    enc = encode(tok, TEXTS * 2, [0, 1, 0, 1] * 2, 64, "head+tail")
+    index = np.array([5, 0, 7, 2, 1, 6])
+    whole, split = _layouts(model, tok.pad_token_id)
+    assert split.fit(5) == 1
+    results = []
+    for layout in (whole, split):
+        model.zero_grad()
+        loss, tokens = steps._forward_backward(model, enc, index, 1, None, torch.device("cpu"), None, layout, 1)
+        results.append((loss, tokens, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, tokens_a, grads_a), (loss_b, tokens_b, grads_b) = results
+    assert tokens_a == tokens_b and torch.allclose(loss_a, loss_b, atol=1e-6)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_cpu_micro_batched_evaluation_gives_the_same_logits(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    model = load_classifier(str(tiny_model), ["a", "b"]).eval()
+    enc = encode(tok, TEXTS * 3, [0, 1, 0, 1] * 3, 64, "head+tail")
+    whole, split = _layouts(model, tok.pad_token_id)
+    out = []
+    for layout in (whole, split):
+        logits = torch.zeros(len(enc), 2)
+        batches = 0
+        for index, batch_logits in batched_logits(model, enc, 8, torch.device("cpu"), None, layout):
+            logits[torch.from_numpy(index)] = batch_logits
+            batches += 1
+        out.append((logits, batches))
+    assert out[0][1] == 2 and out[1][1] == len(enc)
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-5)

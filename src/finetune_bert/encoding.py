@@ -9,11 +9,13 @@ longest text, never to a fixed max length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 TOKENIZE_CHUNK = 2048
+CPU_BLOCK_BYTES = 32 * 2**20  # glibc's largest dynamic mmap threshold on 64-bit
 
 
 @dataclass
@@ -108,10 +110,33 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     return [first, *rest]
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Longest first, sorted, so each batch pads little; callers restore the original order."""
+def eval_batches(lengths: np.ndarray, batch_size: int, fit: Callable[[int], int] | None = None) -> list[np.ndarray]:
+    """Longest first, sorted, so each batch pads little; callers restore the original order.
+    `fit(length)`: at most that many texts in a batch whose longest text has that length."""
     order = np.argsort(-lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return _cut(order, lengths[order], batch_size, fit)
+
+
+def micro_batches(index: np.ndarray, lengths: np.ndarray, splits: int,
+                  fit: Callable[[int], int] | None = None) -> list[np.ndarray]:
+    """One optimizer step's texts (`index`, their `lengths`) as micro-batches whose gradients are summed:
+    at least `splits` of them (gradient accumulation, out-of-memory backoff), none over `fit(length)`
+    texts. Sorted longest first, so each pads only to its own longest text."""
+    by_length = np.argsort(-lengths, kind="stable")
+    order, widths = index[by_length], lengths[by_length]
+    splits = min(splits, len(order))
+    batches = _cut(order, widths, -(-len(order) // splits), fit)
+    return batches if len(batches) >= splits else np.array_split(order, splits)
+
+
+def _cut(order: np.ndarray, widths: np.ndarray, batch_size: int, fit: Callable[[int], int] | None) -> list[np.ndarray]:
+    """`order` (sorted longest first, `widths` its lengths) in consecutive batches of at most `batch_size`."""
+    batches, start = [], 0
+    while start < len(order):
+        size = batch_size if fit is None else max(1, min(batch_size, fit(int(widths[start]))))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,23 @@ class Layout:
     packed: bool = False
     fast: bool = True
     lane_dropout: bool = False
+    cpu_cap: tuple[int, int] | None = None  # CPU: (attention heads, feed-forward width); see `fit`
+
+    @property
+    def capped_fit(self) -> Callable[[int], int] | None:
+        return self.fit if self.cpu_cap else None
+
+    def fit(self, length: int) -> int:
+        """How many texts of `length` tokens a CPU batch may hold: as many as keep its largest fp32
+        activation, the (texts, heads, length, length) attention scores or the (texts, length, width)
+        feed-forward input, within glibc's 32 MiB mmap threshold.
+
+        Larger blocks are mapped and page-faulted afresh on every allocation: in a MiniLM step at 16 x 512
+        the faults cost 5-7 s of system time in a 15-17 s step, against none in micro-batches of 2 texts
+        (benchmarks/RESULTS.md). Gradients are summed over micro-batches, so the step is the same.
+        """
+        heads, width = self.cpu_cap or (0, 0)
+        return max(1, CPU_BLOCK_BYTES // (4 * length * max(heads * length, width, 1)))
 
     def batch(self, encoded: Encoded, index: np.ndarray) -> dict:
         return collate_packed(encoded, index) if self.packed else collate(encoded, index, self.pad_id, self.multiple)

@@ -101,7 +101,7 @@ def batched_logits(model, encoded: Encoded, batch_size: int, device: torch.devic
     pending = None
     try:
         with torch.inference_mode():
-            for index in eval_batches(encoded.lengths, batch_size):
+            for index in eval_batches(encoded.lengths, batch_size, layout.capped_fit):
                 batch = to_device(layout.batch(encoded, index), device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     logits = fastpath.logits(model, batch, layout.fast).float()

@@ -30,12 +30,22 @@ from finetune_bert.encoding import Layout
 
 
 def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, fast: bool = True,
-           unpadded: bool = True, lane_dropout: bool = True) -> Layout:
+           unpadded: bool = True, lane_dropout: bool = True, cpu_micro_batches: bool = True) -> Layout:
     """Packed batches where variable-length FlashAttention runs (CUDA, bf16/fp16, a supported BERT);
-    otherwise padded batches, to a multiple of 8 on GPU (tensor-core shapes). Lane dropout on CPU."""
+    otherwise padded batches, to a multiple of 8 on GPU (tensor-core shapes). On CPU, lane dropout and
+    batches cut so that no activation outgrows the allocator's heap (Layout.fit)."""
     packed = fast and unpadded and device.type == "cuda" and dtype is not None and supported(model)
     lanes = fast and lane_dropout and device.type == "cpu" and supported(model)
-    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast, lanes)
+    cap = _activation_shape(model.config) if cpu_micro_batches and device.type == "cpu" else None
+    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast, lanes, cap)
+
+
+def _activation_shape(config) -> tuple[int, int]:
+    """(attention heads, feed-forward width), under the names BERT-family configs use."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 12
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 768
+    width = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None) or 4 * hidden
+    return int(heads), int(max(width, hidden))
 
 
 def supported(model) -> bool:

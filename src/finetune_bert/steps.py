@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from finetune_bert import fastpath, faults
 from finetune_bert.checkpoint import TrainState
-from finetune_bert.encoding import Encoded, Layout, real_tokens, to_device
+from finetune_bert.encoding import Encoded, Layout, micro_batches, real_tokens, to_device
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import run_eval
 from finetune_bert.output import say
@@ -41,7 +41,8 @@ def _free(device: torch.device) -> None:
 def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int, weights, device, dtype,
                       layout: Layout, step: int) -> tuple[torch.Tensor, int]:
     loss_sum, tokens = torch.zeros((), device=device), 0
-    for micro in np.array_split(batch_index, min(splits, len(batch_index))):
+    lengths = np.fromiter((len(enc.ids[i]) for i in batch_index), dtype=np.int64, count=len(batch_index))
+    for micro in micro_batches(batch_index, lengths, splits, layout.capped_fit):
         faults.hit("forward", step)
         host = layout.batch(enc, micro)
         tokens += real_tokens(host)  # counted on the host: no device sync per micro-batch

@@ -142,7 +142,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = math.ceil(cfg.warmup_ratio * total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    layout = fastpath.layout(model, device, dtype, pad_id, cfg.cls_fast_path, cfg.unpadded, cfg.lane_dropout)
+    layout = fastpath.layout(model, device, dtype, pad_id, cfg.cls_fast_path, cfg.unpadded, cfg.lane_dropout,
+                             cfg.cpu_micro_batches)
     fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
                        fingerprint=checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts))
     state = _setup_resume(cfg, run, model, optimizer, device, fresh)
@@ -244,7 +245,9 @@ def _finish(cfg, run, model, tokenizer, enc, label_names, state, report, device,
                                          "skipped_steps": state.skipped_steps, "examples": len(enc["train"]),
                                          "micro_splits": state.micro_splits}}
     if "test" in enc:
+        scoring = time.time()
         metrics["test"] = run_eval(model, enc["test"], label_names, state.eval_batch_size, device, dtype, layout)
+        metrics["test"]["seconds"] = round(time.time() - scoring, 2)
         say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
     metrics["seconds_total"] = round(time.time() - started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
