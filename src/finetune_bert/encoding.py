@@ -164,7 +164,9 @@ class Layout:
         the faults cost 5-7 s of system time in a 15-17 s step, against none in micro-batches of 2 texts
         (benchmarks/RESULTS.md). Gradients are summed over micro-batches, so the step is the same.
         """
-        heads, width = self.cpu_cap or (0, 0)
+        if not self.cpu_cap:
+            return np.iinfo(np.int64).max  # not capped: whole batches
+        heads, width = self.cpu_cap
         return max(1, CPU_BLOCK_BYTES // (4 * length * max(heads * length, width, 1)))
 
     def batch(self, encoded: Encoded, index: np.ndarray) -> dict:
