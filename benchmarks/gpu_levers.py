@@ -71,14 +71,25 @@ def make_model(state: dict, attn: str):
 
 def train_variant(name: str, enc, state: dict, *, batch: int, steps: int, warm: int, bf16: bool = True,
                   attn: str = "sdpa", fused: bool = True, host_sync: bool = True, compile_mode: str | None = None,
-                  fast: bool = True, multiple: int = 8, pin: bool = False, packed: bool = False) -> dict:
+                  fast: bool = True, multiple: int = 8, pin: bool = False, packed: bool = False,
+                  master: bool = False) -> dict:
+    """`master`: the model's weights are bf16 and the optimizer updates fp32 master copies, which are cast
+    back in one foreach copy per step; no autocast, so no per-weight cast kernels in forward and backward."""
     torch.manual_seed(0)
     model = make_model(state, attn)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
+    params = list(model.parameters())
+    if master:
+        masters = [p.detach().float().clone() for p in params]
+        for m in masters:
+            m.grad = torch.zeros_like(m)
+        model.to(torch.bfloat16)
+        params = list(model.parameters())
+    stepped = masters if master else params
+    decay = [p for p in stepped if p.ndim >= 2]
+    rest = [p for p in stepped if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=5e-5, fused=fused, foreach=None if fused else True)
-    dtype = torch.bfloat16 if bf16 else None
+    dtype = torch.bfloat16 if bf16 and not master else None
 
     layout = Layout(0, multiple, packed, fast)
 
@@ -100,7 +111,9 @@ def train_variant(name: str, enc, state: dict, *, batch: int, steps: int, warm: 
             host = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in host.items()}
         loss = fn(to_device(host, DEV))
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if master:
+            torch._foreach_copy_([m.grad for m in masters], [p.grad for p in params])
+        norm = torch.nn.utils.clip_grad_norm_(stepped, 1.0)
         if host_sync:  # the step as the product ran it: the loss and the norm read on the host every step
             ok = math.isfinite(loss.item()) and bool(torch.isfinite(norm))
             if ok:
@@ -108,8 +121,13 @@ def train_variant(name: str, enc, state: dict, *, batch: int, steps: int, warm: 
         else:  # on the device: the fused optimizer skips the update itself when found_inf is set
             opt.found_inf = (~(torch.isfinite(loss) & torch.isfinite(norm))).float()
             opt.step()
-            pending.append(loss.detach())
-        opt.zero_grad(set_to_none=True)
+        pending.append(loss.detach())
+        if master:
+            with torch.no_grad():
+                torch._foreach_copy_(params, masters)
+            model.zero_grad(set_to_none=True)
+        else:
+            opt.zero_grad(set_to_none=True)
 
     sync()
     t0 = time.perf_counter()
@@ -124,15 +142,18 @@ def train_variant(name: str, enc, state: dict, *, batch: int, steps: int, warm: 
         one(index)
     sync()
     seconds = time.perf_counter() - t0
-    if pending:
-        torch.stack(pending).cpu()
+    # Sanity checks that every variant trains the same task: its last losses, and how far the weights moved.
+    losses = torch.stack(pending).float().cpu()
+    names = [name for name, _ in model.named_parameters()]
+    moved = math.sqrt(sum(float((w.float().cpu() - state[k]).pow(2).sum()) for k, w in zip(names, stepped)))
     timed = batches[warm:]
     real = int(sum(enc.lengths[b].sum() for b in timed))
     computed = real if packed else int(sum(len(b) * (-(-int(enc.lengths[b].max()) // multiple) * multiple) for b in timed))
     samples = int(sum(len(b) for b in timed))
     out = {"name": name, "batch": batch, "ms_per_step": 1e3 * seconds / len(timed), "tokens_per_s": real / seconds,
            "samples_per_s": samples / seconds, "epoch_25k_s": 25000 / (samples / seconds),
-           "padded": 1 - real / computed, "warm_s": warm_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0}
+           "padded": 1 - real / computed, "mean_loss_last10": float(losses[-10:].mean()),
+           "weights_moved": moved, "warm_s": warm_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0}
     del model, opt
     if DEV == "cuda":
         torch.cuda.empty_cache()
@@ -140,11 +161,15 @@ def train_variant(name: str, enc, state: dict, *, batch: int, steps: int, warm: 
     return out
 
 
-def eval_variant(name: str, enc, state: dict, *, batch: int, fast: bool = True, packed: bool = False) -> dict:
-    """finetune-bert's own evaluation loop (sorted batches, one in flight, logits read back one batch late)."""
+def eval_variant(name: str, enc, state: dict, *, batch: int, fast: bool = True, packed: bool = False,
+                 bf16_weights: bool = False) -> dict:
+    """finetune-bert's own evaluation loop (sorted batches, one in flight, logits read back one batch late).
+    `bf16_weights`: the model cast to bf16 once, instead of autocast casting every weight in every batch."""
     from finetune_bert.evaluate import batched_logits
     model = make_model(state, "sdpa").eval()
     dtype = torch.bfloat16 if DEV == "cuda" else None
+    if bf16_weights:
+        model, dtype = model.to(torch.bfloat16), None
     sync()
     t0 = time.perf_counter()
     n = sum(len(index) for index, _ in batched_logits(model, enc, batch, torch.device(DEV), dtype,
@@ -200,6 +225,9 @@ def main() -> None:
         ("packed-b32", dict(batch=32, host_sync=False, packed=True)),
         ("packed-b64", dict(batch=64, host_sync=False, packed=True)),
         ("packed-b32-sync", dict(batch=32, packed=True)),
+        ("master-packed-b32", dict(batch=32, host_sync=False, packed=True, master=True)),
+        ("master-packed-b64", dict(batch=64, host_sync=False, packed=True, master=True)),
+        ("master-padded-b32", dict(batch=32, host_sync=False, master=True)),
         ("bf16-nosync-b16-compile", dict(batch=16, host_sync=False, compile_mode="default", multiple=64)),
         ("bf16-nosync-b32-compile", dict(batch=32, host_sync=False, compile_mode="default", multiple=64)),
         ("bf16-nosync-b16-compile-cg", dict(batch=16, host_sync=False, compile_mode="reduce-overhead", multiple=64)),
@@ -218,7 +246,9 @@ def main() -> None:
         results.append(r)
     for name, kw in [("eval-padded-b64", dict(batch=64)), ("eval-padded-b256", dict(batch=256)),
                      ("eval-packed-b64", dict(batch=64, packed=True)), ("eval-packed-b256", dict(batch=256, packed=True)),
-                     ("eval-packed-b512", dict(batch=512, packed=True)), ("eval-packed-b1024", dict(batch=1024, packed=True))]:
+                     ("eval-packed-b512", dict(batch=512, packed=True)), ("eval-packed-b1024", dict(batch=1024, packed=True)),
+                     ("eval-packed-b1024-bf16w", dict(batch=1024, packed=True, bf16_weights=True)),
+                     ("eval-packed-b256-bf16w", dict(batch=256, packed=True, bf16_weights=True))]:
         if only and name not in only:
             continue
         try:
@@ -238,7 +268,8 @@ def main() -> None:
         elif "ms_per_step" in r:
             mfu = r["tokens_per_s"] * flops / (info["peak_tflops"] * 1e12)
             print(f"{r['name']:<34} {r['ms_per_step']:7.1f} ms/step {r['tokens_per_s']:9.0f} tok/s  epoch {r['epoch_25k_s']:6.1f}s "
-                  f"MFU {mfu:.0%} pad {r['padded']:.1%} warm {r['warm_s']:.0f}s {r['peak_gib']:.1f}GiB")
+                  f"MFU {mfu:.0%} pad {r['padded']:.1%} warm {r['warm_s']:.0f}s {r['peak_gib']:.1f}GiB "
+                  f"loss {r['mean_loss_last10']:.3f} moved {r['weights_moved']:.3g}")
         else:
             print(f"{r['name']:<34} {r['seconds']:6.2f} s for {args.n} texts, {r['tokens_per_s']:9.0f} tok/s")
 
