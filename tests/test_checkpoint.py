@@ -217,6 +217,16 @@ def test_checkpoint_from_before_cpu_micro_batches_resumes_only_with_whole_batche
         ["cpu_micro_batches: checkpoint has False, now True"]
 
 
+def test_checkpoint_from_before_dynamic_padding_flag_resumes_with_dynamic_padding():
+    from finetune_bert import checkpoint
+    from finetune_bert.config import TrainConfig
+    old = checkpoint.fingerprint(TrainConfig(), ["a"], [0], [])
+    del old["dynamic_padding"]  # written before the flag: batches were always padded to their longest text
+    assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(), ["a"], [0], [])) == []
+    assert checkpoint.differences(old, checkpoint.fingerprint(TrainConfig(dynamic_padding=False), ["a"], [0], [])) == \
+        ["dynamic_padding: checkpoint has True, now False"]
+
+
 def test_resume_refuses_a_flipped_unpadded_flag():
     # On a GPU the packed path draws its dropout inside FlashAttention: the run would continue differently.
     from finetune_bert import checkpoint

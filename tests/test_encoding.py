@@ -57,6 +57,15 @@ def test_collate_pads_to_longest_in_batch_only():
     assert collate(enc, np.array([1]), pad_id=0, pad_to_multiple=8)["input_ids"].shape == (1, 8)
 
 
+def test_no_dynamic_padding_pads_every_batch_to_max_length():
+    enc = Encoded([np.array([2, 5, 6, 3], np.int32), np.array([2, 7, 3], np.int32)], np.array([4, 3]), np.array([1, 0]))
+    fixed = Layout(0, pad_to=6).batch(enc, np.array([1]))
+    assert fixed["input_ids"].tolist() == [[2, 7, 3, 0, 0, 0]] and fixed["attention_mask"].sum() == 3
+    assert Layout(0, pad_to=2).batch(enc, np.array([0, 1]))["input_ids"].shape == (2, 4)  # never cuts
+    # CPU micro-batches are sized for the padded width, not the text's own length.
+    assert Layout(0, cpu_cap=(12, 1536), pad_to=512).fit(40) == Layout(0, cpu_cap=(12, 1536)).fit(512) == 2
+
+
 def test_train_batches_cover_every_example_once_and_are_reproducible():
     lengths = np.random.default_rng(0).integers(5, 500, size=1000)
     batches = train_batches(lengths, 16, seed=1, epoch=0, group_by_length=True)

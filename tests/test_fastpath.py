@@ -95,6 +95,8 @@ def test_packed_layout_only_where_flash_attention_runs(tiny_model):
     assert not fastpath.layout(model, torch.device("cuda"), None, 0).packed  # fp32: no flash kernel
     assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, unpadded=False).packed
     assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, fast=False).packed
+    fixed = fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, pad_to=512)  # --no-dynamic-padding
+    assert not fixed.packed and fixed.pad_to == 512
 
 
 

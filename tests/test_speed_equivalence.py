@@ -1,6 +1,7 @@
 """Each speed technique computes what the plain path computes (tolerance 1e-5 in fp32).
 
-Dynamic padding and length grouping only change how much padding a text shares a batch with; SDPA only
+Dynamic padding (against padding to --max-length) and length grouping only change how much padding a
+text shares a batch with; SDPA only
 changes the attention kernel; sorted evaluation only changes the order (restored); gradient accumulation
 is covered in test_train.py (same update, 1e-5); CPU micro-batches sum the same gradients and score the
 same logits (below).
@@ -31,7 +32,7 @@ def test_dynamic_padding_equals_padding_to_max_length(tiny_model):
     enc = encode(tok, TEXTS, [0, 1, 0, 1], 64, "head+tail")
     index = np.arange(len(TEXTS))
     dynamic = _logits(model, collate(enc, index, tok.pad_token_id))
-    fixed = _logits(model, collate(enc, index, tok.pad_token_id, pad_to_multiple=64))
+    fixed = _logits(model, collate(enc, index, tok.pad_token_id, pad_to=64))
     assert collate(enc, index, tok.pad_token_id)["input_ids"].shape[1] < 64
     assert torch.allclose(dynamic, fixed, atol=1e-5)
 
@@ -76,6 +77,24 @@ def test_cpu_micro_batches_give_the_whole_batchs_loss_and_gradients(tiny_model):
         results.append((loss, tokens, {n: p.grad.clone() for n, p in model.named_parameters()}))
     (loss_a, tokens_a, grads_a), (loss_b, tokens_b, grads_b) = results
     assert tokens_a == tokens_b and torch.allclose(loss_a, loss_b, atol=1e-6)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_no_dynamic_padding_gives_the_same_loss_and_gradients(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    model = load_classifier(str(tiny_model), ["a", "b"]).train()  # the tiny model has dropout 0
+    enc = encode(tok, TEXTS, [0, 1, 0, 1], 64, "head+tail")
+    results = []
+    for pad_to in (0, 64):
+        layout = fastpath.layout(model, torch.device("cpu"), None, tok.pad_token_id, pad_to=pad_to)
+        assert layout.batch(enc, np.arange(4))["input_ids"].shape[1] == (pad_to or int(enc.lengths.max())) and \
+            enc.lengths.max() < 64
+        model.zero_grad()
+        loss, _ = steps._forward_backward(model, enc, np.arange(4), 1, None, torch.device("cpu"), None, layout, 1)
+        results.append((loss, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
     for name in grads_a:
         assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5), name
 

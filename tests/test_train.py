@@ -61,6 +61,21 @@ def test_grad_accum_gives_the_same_update_as_one_big_batch(tiny_model, toy_data,
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
 
 
+def test_no_dynamic_padding_trains_the_same_model_padded_to_max_length(tiny_model, toy_data, tmp_path, capsys):
+    from finetune_bert import train
+    import torch
+    from safetensors.torch import load_file
+
+    common = dict(data=str(toy_data["train"]), model=str(tiny_model), epochs=1, lr=1e-3, max_length=32,
+                  seed=0, eval_every=0)
+    a = train(output=str(tmp_path / "a"), **common)
+    b = train(output=str(tmp_path / "b"), dynamic_padding=False, **common)
+    assert "every batch padded to 32" in capsys.readouterr().out
+    wa, wb = load_file(f"{a.output}/model.safetensors"), load_file(f"{b.output}/model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert a.metrics["validation"]["accuracy"] == b.metrics["validation"]["accuracy"]
+
+
 def test_raises_on_all_option_problems_at_once():
     cfg = TrainConfig(data="x.csv", output="o", epochs=0, batch_size=0, lr=-1)
     problems = cfg.problems()

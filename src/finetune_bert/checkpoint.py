@@ -33,7 +33,7 @@ MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_co
               "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",
               "dedupe", "on_bad_rows", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
               "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric",
-              "cls_fast_path", "lane_dropout", "unpadded", "cpu_micro_batches")
+              "cls_fast_path", "lane_dropout", "unpadded", "cpu_micro_batches", "dynamic_padding")
 
 
 @dataclass
@@ -67,7 +67,7 @@ def fingerprint(cfg, train_texts: list[str], train_labels, val_texts: list[str])
 
 
 # What a checkpoint written before an option existed did, so it can still be resumed (with that value).
-BEFORE_OPTION = {"lane_dropout": False, "cpu_micro_batches": False}
+BEFORE_OPTION = {"lane_dropout": False, "cpu_micro_batches": False, "dynamic_padding": True}
 # Options that existed before they were recorded: an older checkpoint does not say which value it used.
 RECORDED_LATER = ("unpadded",)
 

@@ -67,6 +67,8 @@ class TrainConfig(DataConfig):
     patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).")
     class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not (none).",
                              choices=("none", "auto"))
+    dynamic_padding: bool = opt(True, "Pad each batch to its own longest text (--no-dynamic-padding: every batch "
+                                "to --max-length, as the tutorial recipe does, and never packed; same logits).")
     group_by_length: bool = opt(True, "Batch texts of similar length together, so little padding is computed.")
     cls_fast_path: bool = opt(True, "BERT classifiers: run the last layer for [CLS] only, the one position the "
                                     "classifier reads; same logits, ~14% fewer FLOPs for MiniLM-L6 (--no-cls-fast-path: stock forward).")

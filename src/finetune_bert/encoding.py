@@ -150,6 +150,7 @@ class Layout:
     fast: bool = True
     lane_dropout: bool = False
     cpu_cap: tuple[int, int] | None = None  # CPU: (attention heads, feed-forward width); see `fit`
+    pad_to: int = 0  # pad every batch to this many tokens (--no-dynamic-padding); 0: to its longest text
 
     @property
     def capped_fit(self) -> Callable[[int], int] | None:
@@ -167,10 +168,13 @@ class Layout:
         if not self.cpu_cap:
             return np.iinfo(np.int64).max  # not capped: whole batches
         heads, width = self.cpu_cap
+        length = max(length, self.pad_to)
         return max(1, CPU_BLOCK_BYTES // (4 * length * max(heads * length, width, 1)))
 
     def batch(self, encoded: Encoded, index: np.ndarray) -> dict:
-        return collate_packed(encoded, index) if self.packed else collate(encoded, index, self.pad_id, self.multiple)
+        if self.packed:
+            return collate_packed(encoded, index)
+        return collate(encoded, index, self.pad_id, self.multiple, self.pad_to)
 
 
 def collate_packed(encoded: Encoded, index: np.ndarray) -> dict:
@@ -197,10 +201,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest text (rounded up to a multiple, for tensor cores on GPU)."""
+def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: int = 1,
+            pad_to: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest text, or to `pad_to` tokens if longer (rounded up to a multiple, for
+    tensor cores on GPU)."""
     rows = [encoded.ids[i] for i in index]
-    width = max(len(r) for r in rows)
+    width = max(pad_to, *(len(r) for r in rows))
     width = -(-width // pad_to_multiple) * pad_to_multiple
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)

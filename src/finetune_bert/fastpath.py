@@ -30,14 +30,16 @@ from finetune_bert.encoding import Layout
 
 
 def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, fast: bool = True,
-           unpadded: bool = True, lane_dropout: bool = True, cpu_micro_batches: bool = True) -> Layout:
+           unpadded: bool = True, lane_dropout: bool = True, cpu_micro_batches: bool = True,
+           pad_to: int = 0) -> Layout:
     """Packed batches where variable-length FlashAttention runs (CUDA, bf16/fp16, a supported BERT);
     otherwise padded batches, to a multiple of 8 on GPU (tensor-core shapes). On CPU, lane dropout and
-    batches cut so that no activation outgrows the allocator's heap (Layout.fit)."""
-    packed = fast and unpadded and device.type == "cuda" and dtype is not None and supported(model)
+    batches cut so that no activation outgrows the allocator's heap (Layout.fit). `pad_to` > 0: every
+    batch padded to that many tokens, never packed (--no-dynamic-padding)."""
+    packed = fast and unpadded and not pad_to and device.type == "cuda" and dtype is not None and supported(model)
     lanes = fast and lane_dropout and device.type == "cpu" and supported(model)
     cap = _activation_shape(model.config) if cpu_micro_batches and device.type == "cpu" else None
-    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast, lanes, cap)
+    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast, lanes, cap, pad_to)
 
 
 def _activation_shape(config) -> tuple[int, int]:

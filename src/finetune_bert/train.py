@@ -143,12 +143,13 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     warmup = math.ceil(cfg.warmup_ratio * total)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     layout = fastpath.layout(model, device, dtype, pad_id, cfg.cls_fast_path, cfg.unpadded, cfg.lane_dropout,
-                             cfg.cpu_micro_batches)
+                             cfg.cpu_micro_batches, 0 if cfg.dynamic_padding else report["max_length"])
     fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
                        fingerprint=checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts))
     state = _setup_resume(cfg, run, model, optimizer, device, fresh)
     say(f"training {cfg.model} on {device.type}{' with bf16' if dtype else ', fp32'}"
         f"{', packed batches (no padding)' if layout.packed else ''}"
+        f"{f', every batch padded to {layout.pad_to}' if layout.pad_to else ''}"
         f"{', lane dropout' if layout.lane_dropout else ''}: {len(train_enc)} texts, "
         f"{state.total_steps} steps of {step_size} ({steps_per_epoch} per epoch), warm-up {warmup}")
     run.log("start", device=device.type, steps=state.total_steps, examples=len(train_enc), labels=ds.label_names,
