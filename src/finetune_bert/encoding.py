@@ -157,9 +157,9 @@ class Layout:
         return self.fit if self.cpu_cap else None
 
     def fit(self, length: int) -> int:
-        """How many texts of `length` tokens a CPU batch may hold: as many as keep its largest fp32
-        activation, the (texts, heads, length, length) attention scores or the (texts, length, width)
-        feed-forward input, within glibc's 32 MiB mmap threshold.
+        """How many texts of `length` tokens (or `pad_to`, if longer) a CPU batch may hold: as many as keep
+        its largest fp32 activation, the (texts, heads, length, length) attention scores or the (texts,
+        length, width) feed-forward input, within glibc's 32 MiB mmap threshold.
 
         Larger blocks are mapped and page-faulted afresh on every allocation: in a MiniLM step at 16 x 512
         the faults cost 5-7 s of system time in a 15-17 s step, against none in micro-batches of 2 texts
