@@ -69,6 +69,16 @@ def make_model(state: dict, attn: str):
     return model.to(DEV).train()
 
 
+def bf16_with_masters(model) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Cast `model` to bf16 in place; return its parameters and fp32 master copies with gradient buffers
+    (a step copies the gradients in, steps the masters, and copies them back)."""
+    masters = [p.detach().float().clone() for p in model.parameters()]
+    for m in masters:
+        m.grad = torch.zeros_like(m)
+    model.to(torch.bfloat16)
+    return list(model.parameters()), masters
+
+
 def train_variant(name: str, enc, state: dict, *, batch: int, steps: int, warm: int, bf16: bool = True,
                   attn: str = "sdpa", fused: bool = True, host_sync: bool = True, compile_mode: str | None = None,
                   fast: bool = True, multiple: int = 8, pin: bool = False, packed: bool = False,
@@ -79,11 +89,7 @@ def train_variant(name: str, enc, state: dict, *, batch: int, steps: int, warm: 
     model = make_model(state, attn)
     params = list(model.parameters())
     if master:
-        masters = [p.detach().float().clone() for p in params]
-        for m in masters:
-            m.grad = torch.zeros_like(m)
-        model.to(torch.bfloat16)
-        params = list(model.parameters())
+        params, masters = bf16_with_masters(model)
     stepped = masters if master else params
     decay = [p for p in stepped if p.ndim >= 2]
     rest = [p for p in stepped if p.ndim < 2]
