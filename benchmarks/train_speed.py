@@ -8,7 +8,8 @@ in the same run, so MFU is against what this hardware actually does.
     python benchmarks/train_speed.py --model bert-base-random --n 25000   # GPU, random bert-base config
 
 Evaluation time is model time on the tokenized test reviews (A, B: `Trainer.predict`; C: the test scoring of
-`finetune-bert train --test-data`). Whole-process time runs from launch until training and test predictions
+`finetune-bert train --test-data`); a second table reports it as the first does training (samples/s, real
+tokens/s, padding, time for 25k reviews, MFU at a third of training's FLOPs per token). Whole-process time runs from launch until training and test predictions
 are done; the benchmark's own counting afterwards is left out (and shown apart, as time until exit).
 
 Results are printed and appended to benchmarks/RESULTS.md.
@@ -123,9 +124,26 @@ def worker_hf(setup: str, args) -> dict:
     eval_s = time.perf_counter() - start
     done_at = time.time()  # the script's work ends here; what follows is the benchmark's own counting
     eval_real = sum(sum(m) for m in eval_ds["attention_mask"])
+    eval_computed = padded_tokens_of(trainer.get_test_dataloader(eval_ds))
     return {"train_s": train_s, "real_tokens": real, "computed_tokens": computed, "samples": len(texts),
             "eval_s": eval_s, "eval_real_tokens": eval_real, "eval_samples": len(eval_texts),
+            "eval_computed_tokens": eval_computed,
             "peak_mb": peak_memory_mb(), "mean_len": real / len(texts), "done_at": done_at}
+
+
+def eval_table(results: dict, config, peak: float) -> str:
+    """Evaluation throughput, measured as training's is; forward FLOPs are a third of training's."""
+    base = results.get("A")
+    rows = ["\n| evaluation | samples/s | real tokens/s | padded | 25k test reviews (s) | MFU | tokens/s vs A |",
+            "|" + " --- |" * 7]
+    for name, r in results.items():
+        tps = r["eval_real_tokens"] / r["eval_s"]
+        mfu = tps * flops_per_token(config, r["eval_real_tokens"] / r["eval_samples"]) / 3 / (peak * 1e9)
+        rows.append(f"| {name} | {r['eval_samples'] / r['eval_s']:.2f} | {tps:.0f} | "
+                    f"{1 - r['eval_real_tokens'] / r['eval_computed_tokens']:.1%} | "
+                    f"{25000 * r['eval_s'] / r['eval_samples']:.0f} | {mfu:.1%} | "
+                    + (f"{tps / (base['eval_real_tokens'] / base['eval_s']):.2f}x |" if base else "- |"))
+    return "\n".join(rows) + "\n\nPeak memory (first table) covers training and evaluation together.\n"
 
 
 def padded_tokens_of(loader) -> int:
@@ -136,6 +154,7 @@ def worker_ours(args) -> dict:
     """C: finetune-bert's default train path, through its public API."""
     import pandas as pd
     from finetune_bert import train
+    from finetune_bert.encoding import eval_batches
 
     texts, labels = load_reviews(args.data / "train.csv.gz", args.n)
     eval_texts, eval_labels = load_reviews(args.data / "test.csv.gz", args.eval_n, seed=1)
@@ -156,12 +175,17 @@ def worker_ours(args) -> dict:
     real = sum(int(x) for x in _lengths(work / "out", texts, args.max_length))
     train_s = real / last["tokens_per_s"]
     eval_s = result.metrics["test"]["seconds"]  # model time on the tokenized reviews, as A's `predict`
-    eval_real = sum(int(x) for x in _lengths(work / "out", eval_texts, args.max_length))
+    eval_lengths = _lengths(work / "out", eval_texts, args.max_length)
+    eval_real = int(eval_lengths.sum())
     # On a GPU the default path packs each batch's texts end to end: no padding is computed at all.
     packed = next(r for r in log if r["event"] == "start").get("packed", False)
     padded = real if packed else _padded(work / "out", texts, args)
+    # Evaluation batches are sorted by length (an upper bound: CPU micro-batches pad less).
+    eval_padded = eval_real if packed else int(sum(len(b) * eval_lengths[b].max()
+                                                   for b in eval_batches(eval_lengths, args.eval_batch_size)))
     return {"train_s": train_s, "real_tokens": real, "computed_tokens": padded, "samples": len(texts),
             "eval_s": eval_s, "eval_real_tokens": eval_real, "eval_samples": len(eval_texts),
+            "eval_computed_tokens": eval_padded,
             "peak_mb": peak_memory_mb(), "mean_len": real / len(texts), "done_at": done_at,
             "accuracy": result.metrics["test"]["accuracy"]}
 
@@ -298,6 +322,7 @@ def main() -> None:
     if "B" in results and "C" in results:
         b, c = results["B"], results["C"]
         text += (f"\nC / B real tokens/s: {(c['real_tokens'] / c['train_s']) / (b['real_tokens'] / b['train_s']):.2f}x\n")
+    text += eval_table(results, config, peak)
     print(text)
     if not args.no_record:
         with (HERE / "RESULTS.md").open("a") as handle:
