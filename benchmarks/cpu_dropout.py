@@ -11,17 +11,13 @@ Prints a markdown block; `--record` appends it to RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
+from results import cpu_hardware, now, publish
 
 
 def best_of(fn, reps: int) -> float:
@@ -82,10 +78,8 @@ def main() -> None:
 
     steps = alternate({"stock": lambda: step(False), "lanes": lambda: step(True)}, args.reps)
 
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n### {when}: lane dropout against PyTorch's dropout (CPU)\n\n"
-            f"Hardware: CPU, {os.cpu_count()} cores ({platform.machine()}); torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads. Command: `python benchmarks/cpu_dropout.py {' '.join(sys.argv[1:])}` "
+    text = (f"\n### {now()}: lane dropout against PyTorch's dropout (CPU)\n\n"
+            f"Hardware: {cpu_hardware()}, {torch.get_num_threads()} threads. Command: `python benchmarks/cpu_dropout.py {' '.join(sys.argv[1:])}` "
             f"(best of {args.reps}, the two paths alternated).\n\n"
             "| measurement | PyTorch | lane dropout | ratio |\n| --- | --- | --- | --- |\n"
             f"| mask for 16 × 12 × 512 × 512 | {mask['bernoulli']:.3f} s | {mask['lanes']:.3f} s | "
@@ -94,10 +88,7 @@ def main() -> None:
             f"{attn['sdpa'] / attn['lanes']:.2f}× |\n"
             f"| MiniLM-L6 training step, 16 × 512 | {steps['stock']:.2f} s | {steps['lanes']:.2f} s | "
             f"{steps['stock'] / steps['lanes']:.2f}× |\n")
-    print(text)
-    if args.record:
-        with (HERE / "RESULTS.md").open("a") as handle:
-            handle.write(text)
+    publish(text, args.record)
 
 
 if __name__ == "__main__":

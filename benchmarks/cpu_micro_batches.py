@@ -13,14 +13,13 @@ each: wall time, minor page faults and system time of the step (getrusage). Prin
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from results import cpu_hardware, now, publish
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "imdb" / "train.csv.gz"
@@ -84,17 +83,13 @@ def main() -> None:
                     f"{med(w for w, _, _ in whole) / med(w for w, _, _ in micro):.2f}x | "
                     f"{med(f for _, f, _ in whole):,.0f} / {med(f for _, f, _ in micro):,.0f} | "
                     f"{med(s for _, _, s in whole):.2f} / {med(s for _, _, s in micro):.2f} |")
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n### {when}: CPU micro-batches against whole batches, MiniLM-L6 training step\n\n"
-            f"Hardware: CPU, {os.cpu_count()} cores ({platform.machine()}); torch {torch.__version__}. "
+    text = (f"\n### {now()}: CPU micro-batches against whole batches, MiniLM-L6 training step\n\n"
+            f"Hardware: {cpu_hardware()}. "
             f"{args.reps} alternated reps, medians.\n"
             f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`\n\n"
             "| batch | micro-batches | whole s | micro s | speed-up | page faults whole / micro | "
             "system s whole / micro |\n| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
-    print(text)
-    if args.record:
-        with (HERE / "RESULTS.md").open("a") as handle:
-            handle.write(text)
+    publish(text, args.record)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from results import now, publish
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "imdb"
@@ -309,7 +310,7 @@ def main() -> None:
                     + (f"{base['process_s'] / r['process_s']:.2f}x |" if base and base["samples"] == r["samples"] else "- |"))
     header = ("| setup | samples/s | real tokens/s | padded | epoch of 25k (s) | MFU | peak MB | eval tokens/s | "
               "process s | tokens/s vs A | process vs A |\n|" + " --- |" * 11)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = now()
     sizes = f"{args.n} train" + (f" (A, B: {args.n_baseline})" if args.n_baseline else "")
     text = (f"\n### {when}: {args.model}, max length {args.max_length}, batch {args.batch_size}, {sizes} / "
             f"{args.eval_n} eval reviews\n\n"
@@ -323,10 +324,7 @@ def main() -> None:
         b, c = results["B"], results["C"]
         text += (f"\nC / B real tokens/s: {(c['real_tokens'] / c['train_s']) / (b['real_tokens'] / b['train_s']):.2f}x\n")
     text += eval_table(results, config, peak)
-    print(text)
-    if not args.no_record:
-        with (HERE / "RESULTS.md").open("a") as handle:
-            handle.write(text)
+    publish(text, not args.no_record)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,20 @@ def _layouts(model, pad_id):
     return whole, dataclasses.replace(whole, cpu_cap=(10**9, 1))
 
 
+def _step(model, enc, index, layout):
+    """One training step's forward and backward: (loss, real tokens, gradients)."""
+    model.zero_grad()
+    loss, tokens = steps._forward_backward(model, enc, index, 1, None, torch.device("cpu"), None, layout, 1)
+    return loss, tokens, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _assert_same_step(a, b):
+    (loss_a, tokens_a, grads_a), (loss_b, tokens_b, grads_b) = a, b
+    assert tokens_a == tokens_b and torch.allclose(loss_a, loss_b, atol=1e-6)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5), name
+
+
 def test_cpu_micro_batches_give_the_whole_batchs_loss_and_gradients(tiny_model):
     tok = load_tokenizer(str(tiny_model))
     model = load_classifier(str(tiny_model), ["a", "b"]).train()  # the tiny model has dropout 0
@@ -70,15 +84,7 @@ def test_cpu_micro_batches_give_the_whole_batchs_loss_and_gradients(tiny_model):
     index = np.array([5, 0, 7, 2, 1, 6])
     whole, split = _layouts(model, tok.pad_token_id)
     assert split.fit(5) == 1
-    results = []
-    for layout in (whole, split):
-        model.zero_grad()
-        loss, tokens = steps._forward_backward(model, enc, index, 1, None, torch.device("cpu"), None, layout, 1)
-        results.append((loss, tokens, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (loss_a, tokens_a, grads_a), (loss_b, tokens_b, grads_b) = results
-    assert tokens_a == tokens_b and torch.allclose(loss_a, loss_b, atol=1e-6)
-    for name in grads_a:
-        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5), name
+    _assert_same_step(_step(model, enc, index, whole), _step(model, enc, index, split))
 
 
 def test_no_dynamic_padding_gives_the_same_loss_and_gradients(tiny_model):
@@ -90,13 +96,8 @@ def test_no_dynamic_padding_gives_the_same_loss_and_gradients(tiny_model):
         layout = fastpath.layout(model, torch.device("cpu"), None, tok.pad_token_id, pad_to=pad_to)
         assert layout.batch(enc, np.arange(4))["input_ids"].shape[1] == (pad_to or int(enc.lengths.max())) and \
             enc.lengths.max() < 64
-        model.zero_grad()
-        loss, _ = steps._forward_backward(model, enc, np.arange(4), 1, None, torch.device("cpu"), None, layout, 1)
-        results.append((loss, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    assert torch.allclose(loss_a, loss_b, atol=1e-6)
-    for name in grads_a:
-        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5), name
+        results.append(_step(model, enc, np.arange(4), layout))
+    _assert_same_step(*results)
 
 
 def test_cpu_micro_batched_evaluation_gives_the_same_logits(tiny_model):
