@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,20 @@ def make_tiny_bert(folder: Path, dropout: float = 0.0) -> Path:
     return folder
 
 
+def same_update_tolerance(lr: float) -> float:
+    """How far apart two runs that take mathematically the same updates may end, in the dtype they train in.
+
+    fp32 (CPU, or a GPU without bf16): 1e-5, the rounding of sums taken in another order. bf16 autocast (the
+    default on a CUDA GPU) keeps 8 significant bits: splitting a step into micro-batches rounds the partial
+    sums differently, which can flip the sign of a near-zero gradient element, and AdamW's normalised step
+    moves every element by up to ~lr whatever its gradient's size. So the bound is a few lr: 4 lr. Measured
+    on an H200: 6.9e-3 at lr 5e-3 (OOM backoff), 2.0e-3 at lr 1e-3 (gradient accumulation), i.e. 1.4-2 lr.
+    """
+    import torch
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return 4 * lr if bf16 else 1e-5
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
@@ -82,3 +98,25 @@ def trained(tiny_model, toy_data, tmp_path_factory):
     return train(data=str(toy_data["train"]), test_data=str(toy_data["test"]), model=str(tiny_model),
                  output=str(out), epochs=6, batch_size=16, lr=1e-2, warmup_ratio=0.05, max_length=32,
                  seed=0, log_every=5, bf16=False)
+
+
+@pytest.fixture
+def read_only():
+    """`with read_only(folder):` nothing can be created or changed in folder, not even by root.
+
+    Root ignores permission bits, so as root the folder is made immutable (chattr +i, which needs a file
+    system that supports it); as another user, mode 0555 does it. Skips where neither is possible."""
+    @contextmanager
+    def make(folder: Path):
+        immutable = os.geteuid() == 0
+        if immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a folder read-only for root here (chattr +i failed)")
+        if not immutable:
+            os.chmod(folder, 0o555)
+        try:
+            yield folder
+        finally:
+            if immutable:
+                subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+            os.chmod(folder, 0o755)
+    return make

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import same_update_tolerance
 from finetune_bert import faults
 from finetune_bert.errors import TrainingInterrupted, UserError
 
@@ -134,7 +135,7 @@ def test_out_of_memory_in_training_halves_micro_batch_same_update(tiny_model, cr
     backed = _train(tiny_model, crash_data, tmp_path / "oom", eval_every=0, save_every=0)
     assert "out of memory at step 2: micro-batch now 4 with 2 accumulation steps" in capsys.readouterr().err
     assert backed.metrics["train"]["micro_splits"] == 2
-    assert _max_diff(tmp_path / "plain", tmp_path / "oom") < 1e-5
+    assert _max_diff(tmp_path / "plain", tmp_path / "oom") < same_update_tolerance(5e-3)  # _train's lr
 
 
 def test_out_of_memory_at_micro_batch_one_gives_up_clearly(tiny_model, crash_data, tmp_path):

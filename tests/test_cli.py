@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import toy_rows, write_csv
 
 
@@ -52,3 +54,64 @@ def test_option_problems_reported_together(tmp_path, capsys):
     code = main(["train", "--data", "x.csv", "--output", str(tmp_path / "o"), "--epochs", "0", "--lr", "-1"])
     err = capsys.readouterr().err
     assert code == 2 and "--epochs must be positive" in err and "--lr must be positive" in err
+
+
+def test_version_prints_the_package_version(capsys):
+    from finetune_bert import __version__
+    from finetune_bert.cli import main
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"finetune-bert {__version__}"
+
+
+@pytest.mark.parametrize("command, required", [("train", ("--data", "--output")), ("evaluate", ("--model", "--data")),
+                                               ("predict", ("--model",))])
+def test_help_shows_required_options_as_required(command, required, capsys):
+    from finetune_bert.cli import main
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    section = out[out.index("required options:"):]
+    assert all(flag in section for flag in required)
+
+
+def test_help_has_no_meaningless_negations(capsys):
+    from finetune_bert.cli import main
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--no-debug" not in out and "--no-overwrite" not in out and "--no-resume" not in out
+    assert "--no-clean" in out and "--no-dynamic-padding" in out  # on by default: a --no- form means something
+
+
+def test_train_numeric_options_are_checked_all_at_once(tmp_path, capsys):
+    from finetune_bert.cli import main
+    code = main(["train", "--data", "x.csv", "--output", str(tmp_path / "o"), "--max-train-samples", "0",
+                 "--max-test-samples", "-5", "--num-threads", "-1", "--head-tokens", "-4", "--lr", "nan",
+                 "--keep-checkpoints", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    for part in ("--max-train-samples must be at least 1, got 0", "--max-test-samples must be at least 1, got -5",
+                 "--num-threads must be at least 0, got -1", "--head-tokens must be at least 0, got -4",
+                 "--lr must be a finite number, got nan", "--keep-checkpoints must be at least 0, got -1"):
+        assert part in err
+
+
+def test_inspect_checks_its_numbers_too(tmp_path, capsys):
+    from finetune_bert.cli import main
+    code = main(["inspect", "--data", "x.csv", "--max-train-samples", "-5", "--max-length", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-train-samples must be at least 1" in err and "--max-length must be at least 8" in err
+
+
+def test_an_os_error_nothing_could_foresee_is_one_line_exit_2(monkeypatch, capsys):
+    import errno
+    from finetune_bert import cli
+
+    def disk_full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/model.safetensors")
+    monkeypatch.setattr(cli, "run", disk_full)
+    assert cli.main(["predict", "--model", "m", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: /data/out/model.safetensors: No space left on device "
+                   "(run again with --debug for the traceback)\n")

@@ -1,5 +1,7 @@
 """Columns, labels, cleaning, splits and bad rows: each user mistake has its named test."""
 
+import json
+
 import pytest
 
 from conftest import toy_rows, write_csv
@@ -66,7 +68,7 @@ def test_raises_on_empty_text_naming_file_line_column(tmp_path):
 
 def test_raises_on_missing_label(tmp_path):
     rows = toy_rows(10)
-    rows[2]["label"] = "NaN"
+    rows[2]["label"] = "  "
     with pytest.raises(UserError, match=r"line 4, column 'label': label is missing"):
         load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
 
@@ -162,3 +164,61 @@ def test_raises_on_broken_gzip(tmp_path):
     (tmp_path / "d.csv.gz").write_bytes(b"not gzip at all")
     with pytest.raises(UserError, match=r"d.csv.gz: not a valid gzip file"):
         load_dataset(cfg(tmp_path / "d.csv.gz"))
+
+
+@pytest.mark.parametrize("name", ["none", "NA", "null", "nan", "None"])
+def test_a_class_named_like_a_missing_value_is_a_real_class(tmp_path, name):
+    rows = toy_rows(20)
+    for r in rows[::2]:
+        r["label"] = name
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+    assert sorted(ds.label_names) == sorted(["negative", name]) and not ds.skipped
+
+
+def test_labels_differing_only_in_case_stop_with_the_variants(tmp_path):
+    rows = toy_rows(20)
+    rows[4]["label"], rows[6]["label"] = "Positive", " POSITIVE "
+    with pytest.raises(UserError, match=r"labels that differ only in case would become separate classes: "
+                                        r"'positive' \(8 rows, first at .*d.csv: line 2\), 'Positive' \(1 rows, "
+                                        r"first at .*line 6\), 'POSITIVE' \(1 rows, .*line 8\)\. .*--fold-labels"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+
+
+def test_fold_labels_merges_case_variants_into_the_most_frequent_spelling(tmp_path):
+    rows, test = toy_rows(20), toy_rows(6, seed=3)
+    rows[4]["label"], test[0]["label"] = "Positive", "POSITIVE"
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows), fold_labels=True,
+                          test_data=str(write_csv(tmp_path / "t.csv", test))))
+    assert ds.label_names == ["negative", "positive"]
+    assert set(ds.test.labels) == {"negative", "positive"}
+    assert any("--fold-labels merged" in n for n in ds.notes)
+
+
+def test_text_cells_that_are_lists_or_numbers_are_bad_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = toy_rows(12)
+    texts = [[r["text"], "more"] for r in rows]  # a Parquet list column: never trained on as "['a', 'b']"
+    pq.write_table(pa.table({"text": texts, "label": [r["label"] for r in rows]}), tmp_path / "d.parquet")
+    with pytest.raises(UserError, match=r"d.parquet: row 1, column 'text': text is a list, not a string "
+                                        r"\(11 more bad rows\)"):
+        load_dataset(cfg(tmp_path / "d.parquet"))
+    (tmp_path / "n.jsonl").write_text("".join(json.dumps({"text": 5 if i == 3 else r["text"], "label": r["label"]})
+                                              + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(UserError, match=r"n.jsonl: line 4, column 'text': text is a int, not a string"):
+        load_dataset(cfg(tmp_path / "n.jsonl"))
+
+
+def test_a_label_that_is_a_list_is_a_bad_row(tmp_path):
+    rows = toy_rows(12)
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps({"text": r["text"], "label": ["a", "b"] if i == 2 else r["label"]})
+                                              + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(UserError, match=r"l.jsonl: line 3, column 'label': label is a list, not a single class"):
+        load_dataset(cfg(tmp_path / "l.jsonl"))
+
+
+def test_a_test_split_with_every_row_skipped_is_an_error(tmp_path):
+    test = [{"text": "good film", "label": "neutral"}] * 4
+    with pytest.raises(UserError, match=r"t.csv: no test rows left to score"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", toy_rows(20)), on_bad_rows="skip",
+                         test_data=str(write_csv(tmp_path / "t.csv", test))))

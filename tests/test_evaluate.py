@@ -88,8 +88,12 @@ def test_evaluate_max_samples_in_chunks_scores_the_rows_seeded_sample_picks(trai
     from finetune_bert.data import seeded_sample
     from finetune_bert.evaluate import run_eval
 
+    from finetune_bert.data import to_split
+    from finetune_bert.readers import read_records
+
     clf = load(trained.output)
-    split = seeded_sample(clf.read_labelled(str(toy_data["test"]), None, None), 13, 7)
+    whole, _ = clf.known_labels(to_split(read_records(toy_data["test"]), "test", None, None, True, True, [], "error"))
+    split = seeded_sample(whole, 13, 7)
     expected = run_eval(clf.model, clf.encode(split.texts, split.labels), clf.label_names, 64, clf.device,
                         clf.dtype, clf.layout)
     for rows_per_chunk in (4, 1000):
@@ -127,3 +131,64 @@ def test_evaluate_writes_out_the_rows_it_skips(trained, tmp_path, capsys):
     skipped = list(csv.DictReader((tmp_path / "m.skipped.csv").open()))
     assert len(skipped) == 2 and "2 rows skipped and not scored" in capsys.readouterr().out
     assert {"line 5", "line 11"} <= {value for row in skipped for value in row.values()}
+
+
+def test_evaluate_that_skips_every_row_is_an_error_not_accuracy_0(trained, tmp_path):
+    from conftest import write_csv
+    from finetune_bert.errors import UserError
+    data = write_csv(tmp_path / "e.csv", [{"text": "good film", "label": "neutral"}] * 5)
+    with pytest.raises(UserError, match=r"e.csv: no usable rows: all 5 rows are bad \(the first: line 2, column "
+                                        r"'label': label 'neutral' is not one of .*nothing is left to score"):
+        evaluate(trained.output, str(data), str(tmp_path / "m.json"), on_bad_rows="skip", quiet=True)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_evaluate_checks_options_output_and_data_before_loading_the_model(trained, toy_data, tmp_path, monkeypatch):
+    from conftest import toy_rows, write_csv
+    from finetune_bert import predict
+    from finetune_bert.errors import UserError
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before a check that should have stopped the run")
+    monkeypatch.setattr(predict, "load", no_model)
+    rows = toy_rows(8)
+    rows[5]["label"] = "neutral"
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(UserError, match=r"line 7, column 'label': label 'neutral' is not one of"):
+        evaluate(trained.output, str(bad), str(tmp_path / "m.json"), quiet=True)
+    with pytest.raises(UserError) as both:
+        evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "m.json"), batch_size=0, max_samples=0)
+    assert "--max-samples must be at least 1, got 0" in str(both.value)  # all at once, in one message
+    assert "--batch-size must be at least 1, got 0" in str(both.value)
+    with pytest.raises(UserError, match=r"--max-samples must be at least 1, got -3"):
+        evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "m.json"), max_samples=-3)
+    (tmp_path / "folder.json").mkdir()
+    for output, message in ((tmp_path / "folder.json", "is a folder"), (tmp_path / "m.txt", "give a file name ending in .json"),
+                            (toy_data["test"], "give a file name ending in .json")):
+        with pytest.raises(UserError, match=message):
+            evaluate(trained.output, str(toy_data["test"]), str(output), quiet=True)
+
+
+def test_evaluate_output_in_a_missing_folder_is_created(trained, toy_data, tmp_path):
+    target = tmp_path / "new" / "deeper" / "m.json"
+    evaluate(trained.output, str(toy_data["test"]), str(target), quiet=True)
+    assert json.loads(target.read_text())["n"] == 40
+
+
+def test_evaluate_into_a_read_only_model_folder_says_so_before_scoring(trained, toy_data, tmp_path, read_only):
+    import shutil
+    from finetune_bert.cli import main
+    model = tmp_path / "model"
+    shutil.copytree(trained.output, model)
+    with read_only(model):
+        code = main(["evaluate", "--model", str(model), "--data", str(toy_data["test"])])
+    assert code == 2 and not (model / "evaluation.json").exists()
+
+
+def test_evaluate_command_reports_every_bad_option_at_once(trained, toy_data, capsys):
+    from finetune_bert.cli import main
+    code = main(["evaluate", "--model", trained.output, "--data", str(toy_data["test"]), "--batch-size", "0",
+                 "--max-samples", "-3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--batch-size must be at least 1, got 0" in err and "--max-samples must be at least 1, got -3" in err

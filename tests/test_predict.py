@@ -2,8 +2,10 @@
 
 import csv
 import json
+import os
 
 import numpy as np
+import pytest
 
 from finetune_bert.predict import Prediction
 
@@ -94,3 +96,108 @@ def test_predict_file_bad_row_in_a_later_chunk(trained, tmp_path):
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["row"] for r in written] == [f"line {i}" for i in range(2, 14) if i != 11]
     assert [(r["row"], r["reason"]) for r in _read(tmp_path / "out.skipped.csv")] == [("line 11", "text is empty")]
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+def test_predict_refuses_an_output_that_is_the_input_and_leaves_it_whole(trained, toy_data, tmp_path, how, capsys):
+    from finetune_bert.cli import main
+    data = tmp_path / "in.csv"
+    data.write_bytes(toy_data["test"].read_bytes())
+    out = {"same path": data, "symlink": tmp_path / "link.csv", "hard link": tmp_path / "hard.csv"}[how]
+    if how == "symlink":
+        out.symlink_to(data)
+    elif how == "hard link":
+        os.link(data, out)
+    assert main(["predict", "--model", trained.output, "--input", str(data), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the input" in err
+    assert data.read_bytes() == toy_data["test"].read_bytes()
+
+
+def test_predict_an_unlabelled_export_with_an_empty_label_column(trained, tmp_path):
+    from conftest import write_csv
+    from finetune_bert.cli import main
+    data = write_csv(tmp_path / "todo.csv", [{"text": t, "label": ""} for t in ("good film", "awful film", "dull")])
+    assert main(["predict", "--model", trained.output, "--input", str(data), "--output", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [r["true_label"] for r in rows] == ["", "", ""] and len(rows) == 3
+    assert main(["predict", "--model", trained.output, "--input", str(data), "--output", str(tmp_path / "q.csv"),
+                 "--ignore-labels"]) == 0
+    assert "true_label" not in next(csv.DictReader((tmp_path / "q.csv").open()))
+
+
+@pytest.mark.parametrize("ext", [".json", ".jsonl", ".ndjson", ".tsv", ".csv"])
+def test_predict_writes_the_format_its_output_extension_says(trained, toy_data, tmp_path, ext):
+    from finetune_bert.predict import load, predict_file
+    out = tmp_path / f"p{ext}"
+    assert predict_file(load(trained.output), str(toy_data["test"]), str(out)) == 40
+    text = out.read_text()
+    if ext == ".json":
+        rows = json.loads(text)
+    elif ext in (".jsonl", ".ndjson"):
+        rows = [json.loads(line) for line in text.splitlines()]
+    else:
+        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if ext == ".tsv" else ","))
+    assert len(rows) == 40 and {"row", "predicted", "confidence", "prob_positive"} <= set(rows[0])
+
+
+def test_predict_refuses_an_unknown_output_extension_before_loading_the_model(trained, toy_data, tmp_path,
+                                                                              monkeypatch, capsys):
+    from finetune_bert import predict
+    from finetune_bert.cli import main
+    monkeypatch.setattr(predict, "load", lambda *a, **k: pytest.fail("model loaded before the output was checked"))
+    code = main(["predict", "--model", trained.output, "--input", str(toy_data["test"]),
+                 "--output", str(tmp_path / "p.txt")])
+    assert code == 2 and "unknown extension '.txt'" in capsys.readouterr().err
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_predict_checks_rows_before_loading_the_model(trained, tmp_path, monkeypatch, capsys):
+    from conftest import toy_rows, write_csv
+    from finetune_bert import predict
+    from finetune_bert.cli import main
+    monkeypatch.setattr(predict, "load", lambda *a, **k: pytest.fail("model loaded before the rows were checked"))
+    rows = toy_rows(6)
+    rows[4]["text"] = ""
+    code = main(["predict", "--model", trained.output, "--input", str(write_csv(tmp_path / "d.csv", rows)),
+                 "--output", str(tmp_path / "p.csv")])
+    assert code == 2 and "line 6, column 'text': text is empty" in capsys.readouterr().err
+
+
+def test_predict_command_checks_every_number(trained, capsys):
+    from finetune_bert.cli import main
+    assert main(["predict", "--model", trained.output, "--batch-size", "0", "good"]) == 2
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_failed_predict_leaves_no_half_written_output(trained, toy_data, tmp_path, monkeypatch):
+    from finetune_bert.predict import Classifier, load, predict_file
+    out = tmp_path / "p.csv"
+    out.write_text("an earlier run's predictions\n")
+    clf = load(trained.output)
+    calls = []
+
+    def fail_on_second_chunk(self, texts, batch_size=64):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return original(self, texts, batch_size)
+    original = Classifier.predict_proba
+    monkeypatch.setattr(Classifier, "predict_proba", fail_on_second_chunk)
+    with pytest.raises(RuntimeError):
+        predict_file(clf, str(toy_data["test"]), str(out), rows_per_chunk=8)
+    assert out.read_text() == "an earlier run's predictions\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.csv"]
+
+
+def test_predict_with_a_base_model_warns_that_its_head_is_untrained(tiny_model, capsys):
+    from finetune_bert.cli import main
+    assert main(["predict", "--model", str(tiny_model), "good film"]) == 0
+    err = capsys.readouterr().err
+    assert "has no trained classification head" in err and "predictions are random" in err
+
+
+def test_a_trained_model_loads_without_a_head_warning(trained, capsys):
+    from finetune_bert import load
+    load(trained.output)
+    assert "classification head" not in capsys.readouterr().err

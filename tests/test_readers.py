@@ -2,12 +2,13 @@
 
 import gzip
 import json
+import sys
 
 import pytest
 
 from conftest import write_csv
 from finetune_bert.errors import UserError
-from finetune_bert.readers import iter_record_chunks, read_folder_split, read_records, source_chunks
+from finetune_bert.readers import iter_record_chunks, read_folder_split, read_records, read_source, source_chunks
 
 ROWS = [{"text": "a good film, truly", "label": "positive"}, {"text": 'said "bad"\nand left', "label": "negative"}]
 
@@ -229,3 +230,143 @@ def test_source_chunks_read_again_and_fall_back_to_one_chunk(tmp_path):
     assert _joined(chunks) == _joined(chunks) and len(list(chunks)) == 3  # a second pass re-reads
     (tmp_path / "a.json").write_text(json.dumps(MANY))
     assert [len(c.rows) for c in source_chunks(str(tmp_path / "a.json"), "test", 4)] == [11]
+
+
+# ---------------------------------------------------------------- unusual but valid files, and broken ones
+
+
+def _all_ways(path, rows_per_chunk=1):
+    """(rows, where) as read whole, streamed in small chunks and through source_chunks: all must agree."""
+    whole = read_records(path)
+    for chunks in (iter_record_chunks(path, rows_per_chunk), source_chunks(str(path), "train", rows_per_chunk)):
+        assert _joined(chunks) == (whole.rows, whole.where)
+    return whole
+
+
+@pytest.mark.parametrize("name", ["long.csv", "long.csv.gz"])
+def test_reads_csv_fields_longer_than_csv_default_field_limit(tmp_path, name):
+    long_text = 'a "long" document, ' * 15_790  # 300,010 characters: over csv's default cap of 131,072
+    rows = [{"text": "short", "label": "a"}, {"text": long_text, "label": "b"}, {"text": "end", "label": "a"}]
+    whole = _all_ways(_write(tmp_path / name, rows, gz=name.endswith(".gz")))
+    assert [r["text"] for r in whole.rows] == ["short", long_text, "end"] and len(long_text) > 300_000
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_reads_csv_delimited_by_what_its_header_is(tmp_path, delimiter):
+    comma = read_records(write_csv(tmp_path / "comma.csv", MANY))
+    other = _all_ways(write_csv(tmp_path / "other.csv", MANY, delimiter=delimiter), 4)
+    assert (other.columns, other.rows, other.where) == (comma.columns, comma.rows, comma.where)
+    assert "," in other.rows[0]["text"]  # a ',' in the text did not split it
+
+
+def test_reads_tsv_that_is_really_comma_delimited(tmp_path):
+    comma = read_records(write_csv(tmp_path / "comma.csv", MANY))
+    tsv = _all_ways(write_csv(tmp_path / "comma.tsv", MANY), 3)
+    assert (tsv.columns, tsv.rows, tsv.where) == (comma.columns, comma.rows, comma.where)
+
+
+def test_one_column_csv_with_commas_only_in_quotes_stays_one_column(tmp_path):
+    (tmp_path / "one.csv").write_text('"review, in full"\n"good, very good"\n"bad; not good"\n')
+    whole = _all_ways(tmp_path / "one.csv")
+    assert whole.columns == ["review, in full"]
+    assert whole.rows == [{"review, in full": "good, very good"}, {"review, in full": "bad; not good"}]
+
+
+def test_csv_header_with_semicolon_and_comma_keeps_comma_and_names_semicolon_if_a_row_fails(tmp_path):
+    (tmp_path / "both.csv").write_text("text;note,label\nfine;x,a\n")
+    assert read_records(tmp_path / "both.csv").rows == [{"text;note": "fine;x", "label": "a"}]
+    (tmp_path / "bad.csv").write_text("text;note,label\nfine;x,a\nnot,fine,b\n")
+    message = _message(lambda: read_records(tmp_path / "bad.csv"))
+    assert message.startswith(f"{tmp_path / 'bad.csv'}: line 3: 3 fields where the header has 2")
+    assert message.endswith("the header looks ';'-delimited")
+    assert _message(lambda: list(iter_record_chunks(tmp_path / "bad.csv", 1))) == message
+
+
+def test_hub_name_without_datasets_package_is_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails as if not installed
+    for call in (lambda: read_source("imdb", "train"), lambda: source_chunks("imdb", "train", 10)):
+        message = _message(call)
+        assert message.startswith("'imdb' is not a local file or folder") and "\n" not in message
+        assert "`datasets` package" in message and "pip install datasets" in message
+        assert "local files work without it" in message
+
+
+@pytest.mark.parametrize("name", ["dup.csv", "dup.tsv", "dup.parquet"])
+def test_duplicate_column_names_are_refused_not_silently_merged(tmp_path, name):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table([["a"], ["x"], ["b"]], names=["text", "label", "text"]), path)
+        where = f"{path}"
+    else:
+        sep = "\t" if name.endswith(".tsv") else ","
+        path.write_text(sep.join(["text", "label", " text"]) + "\n" + sep.join("axb") + "\n")
+        where = f"{path}: line 1"
+    expected = f"{where}: column name 'text' appears twice (columns 1 and 3); rename one"
+    assert _message(lambda: read_records(path)) == expected
+    assert _message(lambda: list(iter_record_chunks(path, 1))) == expected
+
+
+@pytest.mark.parametrize("name", ["u16.csv", "u16.csv.gz", "u16.jsonl", "u16.txt"])
+def test_nul_bytes_name_the_line(tmp_path, name):
+    head = '{"text": "ok"}\n' * 2 if ".jsonl" in name else "text,label\nok,a\n"
+    raw = head.encode() + "utf,16\n".encode("utf-16-le")  # valid UTF-8, but a NUL every second byte
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    expected = f"{path}: line 3: has NUL bytes; is it UTF-16 or not text? (save the file as UTF-8)"
+    assert _message(lambda: read_records(path)) == expected
+    assert _message(lambda: list(iter_record_chunks(path, 1))) == expected
+
+
+def test_jsonl_and_txt_split_lines_only_at_line_ends(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028 raw; str.splitlines() would split the record there.
+    texts = ["one\u2028two", "page\x0cbreak", "next\x85line", "last\x1cone"]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
+    (tmp_path / "d.txt").write_text("\r\n".join(texts) + "\r\n")
+    for name in ("d.jsonl", "d.txt"):
+        whole = _all_ways(tmp_path / name)
+        assert [r["text"] for r in whole.rows] == texts and whole.where == ["line 1", "line 2", "line 3", "line 4"]
+
+
+def test_reads_gzipped_parquet(tmp_path):
+    plain = _write(tmp_path / "d.parquet", MANY)
+    (tmp_path / "d.parquet.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    whole = _all_ways(tmp_path / "d.parquet.gz", 4)
+    assert (whole.rows, whole.where) == (read_records(plain).rows, read_records(plain).where)
+
+
+def test_parquet_list_and_struct_cells_pass_through_unchanged(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": ["a", "b"], "meta": {"n": 1}, "label": 2}, {"text": [], "meta": {"n": 3}, "label": 0}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "nested.parquet")
+    assert _all_ways(tmp_path / "nested.parquet").rows == rows  # data.py judges them, not the reader
+
+
+def test_blank_lines_before_csv_header_are_skipped(tmp_path):
+    (tmp_path / "b.csv").write_text("\n\ntext,label\nfine,a\n")
+    whole = _all_ways(tmp_path / "b.csv")
+    assert whole.columns == ["text", "label"] and whole.where == ["line 4"]
+
+
+def test_unescaped_quote_inside_quoted_field_says_so(tmp_path):
+    (tmp_path / "q.csv").write_text('text,label\nfine,a\n"he said "hi" twice",b\n')
+    message = _message(lambda: read_records(tmp_path / "q.csv"))
+    assert message.startswith(f"{tmp_path / 'q.csv'}: line 3: malformed CSV")
+    assert message.endswith('a quote inside a quoted field must be doubled ("")')
+
+
+def test_empty_json_list_has_no_records(tmp_path):
+    (tmp_path / "e.json").write_text("[]")
+    assert _message(lambda: read_records(tmp_path / "e.json")) == f"{tmp_path / 'e.json'}: has no records"
+
+
+@pytest.mark.parametrize("raw", [b"", gzip.compress(b""), gzip.compress(b"\n\n")])
+def test_empty_gzip_is_an_empty_file(tmp_path, raw):
+    (tmp_path / "e.csv.gz").write_bytes(raw)
+    expected = f"{tmp_path / 'e.csv.gz'}: file is empty"
+    assert _message(lambda: read_records(tmp_path / "e.csv.gz")) == expected
+    assert _message(lambda: list(iter_record_chunks(tmp_path / "e.csv.gz", 1))) == expected

@@ -65,17 +65,21 @@ def test_mixed_label_kinds_across_chunks(tmp_path):
 def test_no_usable_rows(tmp_path):
     rows = [{"text": "", "label": "a"}] * 7
     whole, chunked = _both(write_csv(tmp_path / "e.csv", rows), on_bad_rows="skip")
-    assert chunked == whole == f"{tmp_path / 'e.csv'}: no usable rows"
+    assert chunked == whole == (f"{tmp_path / 'e.csv'}: no usable rows: all 7 rows are bad (the first: line 2, "
+                                "column 'text': text is empty); nothing is left to use")
 
 
 def test_jsonl_label_key_first_seen_in_a_later_chunk(tmp_path):
-    # Columns are the keys of all records: a label column that appears late makes earlier rows bad.
+    # Columns are the keys of all records: a label column that appears late makes earlier rows bad where
+    # labels are needed; predict (need_labels=False) only copies labels, so their absence is fine there.
     lines = [{"text": "good film"}] * 4 + [{"text": "bad film", "label": "negative"}] * 4
     (tmp_path / "late.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    whole, chunked = _both(tmp_path / "late.jsonl", need_labels=False)
+    whole, chunked = _both(tmp_path / "late.jsonl")
     assert chunked == whole and "line 1, column 'label': label is missing (3 more bad rows)" in chunked
-    whole, chunked = _both(tmp_path / "late.jsonl", need_labels=False, on_bad_rows="skip")
+    whole, chunked = _both(tmp_path / "late.jsonl", on_bad_rows="skip")
     assert chunked == whole and len(chunked[3]) == 4
+    whole, chunked = _both(tmp_path / "late.jsonl", need_labels=False)
+    assert chunked == whole and chunked[1] == [None] * 4 + ["negative"] * 4 and chunked[3] == []
 
 
 def test_missing_column_named_as_the_whole_file_names_it(tmp_path):

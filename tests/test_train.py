@@ -1,10 +1,11 @@
 """Training: the loss falls on a learnable task, the output folder is a loadable HF model folder."""
 
 import json
+import os
 
 import pytest
 
-from conftest import toy_rows, write_csv
+from conftest import same_update_tolerance, toy_rows, write_csv
 from finetune_bert.config import TrainConfig
 from finetune_bert.errors import UserError
 from finetune_bert.train import lr_at
@@ -58,7 +59,7 @@ def test_grad_accum_gives_the_same_update_as_one_big_batch(tiny_model, toy_data,
     a = train(output=str(tmp_path / "a"), batch_size=16, grad_accum=1, **common)
     b = train(output=str(tmp_path / "b"), batch_size=4, grad_accum=4, **common)
     wa, wb = load_file(f"{a.output}/model.safetensors"), load_file(f"{b.output}/model.safetensors")
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < same_update_tolerance(common["lr"])
 
 
 def test_no_dynamic_padding_trains_the_same_model_padded_to_max_length(tiny_model, toy_data, tmp_path, capsys):
@@ -145,5 +146,135 @@ def test_model_with_dropout_learns_with_lane_and_torch_dropout(toy_data, tmp_pat
                    output=str(tmp_path / "o"), epochs=10, batch_size=16, lr=3e-3, warmup_ratio=0.05, max_length=32,
                    seed=0, log_every=5, lane_dropout=lane_dropout)  # with dropout, lr 1e-2 stays at chance
     start = json.loads(open(f"{result.output}/train_log.jsonl").readline())
-    assert start["event"] == "start" and start["lane_dropout"] is lane_dropout
+    # Lane dropout is a CPU technique: on a GPU the packed path's kernel does dropout, whatever the option.
+    assert start["event"] == "start" and start["lane_dropout"] is (lane_dropout and start["device"] == "cpu")
     assert result.metrics["test"]["accuracy"] >= 0.9
+
+
+def _quick(model, data, out, **kw):
+    from finetune_bert import train
+    return train(**{**dict(data=str(data), model=str(model), output=str(out), epochs=1, max_length=32, seed=0), **kw})
+
+
+def test_rerun_into_a_finished_model_is_refused_unless_overwrite_or_resume(tiny_model, toy_data, tmp_path):
+    _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    before = (tmp_path / "o" / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match=r"already holds a trained model; pass --overwrite to replace it, --resume"):
+        _quick(tiny_model, toy_data["train"], tmp_path / "o", lr=1e-3)
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == before
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", resume=True)  # continues its run: nothing left to do
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", lr=1e-3, overwrite=True)
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() != before
+
+
+def test_resume_of_a_finished_model_without_checkpoints_is_refused(tiny_model, toy_data, tmp_path):
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", keep_checkpoints=0)
+    with pytest.raises(UserError, match=r"--resume: .* holds a finished model and no checkpoint to continue from"):
+        _quick(tiny_model, toy_data["train"], tmp_path / "o", resume=True)
+
+
+def test_keep_checkpoints_0_removes_them_after_a_successful_run(tiny_model, toy_data, tmp_path):
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", keep_checkpoints=0)
+    assert not (tmp_path / "o" / "checkpoints").exists() and (tmp_path / "o" / "model.safetensors").is_file()
+    marker = json.loads((tmp_path / "o" / ".finetune-bert").read_text())
+    assert "checkpoints" not in marker["files"]
+
+
+def test_a_second_run_into_a_folder_in_use_names_the_holder(tiny_model, toy_data, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "o"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from finetune_bert.safefiles import OutputLock\n"
+                               f"OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"another finetune-bert run is using this folder \(pid {holder.pid} on host "):
+            _quick(tiny_model, toy_data["train"], out)
+    finally:
+        holder.kill()
+        holder.wait()
+    _quick(tiny_model, toy_data["train"], out)  # the holder is gone: its lock is stale and is taken over
+
+
+def test_resume_is_not_refused_because_of_tensorboard_files(tiny_model, toy_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    assert (tmp_path / "o" / "tensorboard").is_dir()
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", resume=True)
+
+
+def test_a_run_that_fails_leaves_the_previous_model_and_its_files_as_they_were(tiny_model, toy_data, tmp_path,
+                                                                               monkeypatch):
+    import importlib
+    train_module = importlib.import_module("finetune_bert.train")  # the package's `train` is the function
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", keep_checkpoints=0)
+    names = ("model.safetensors", "run_config.json", "data_report.json", "data_report.txt", "metrics.json")
+    before = {n: (tmp_path / "o" / n).read_bytes() for n in names}
+
+    def crash(*a, **k):
+        raise RuntimeError("crash before the first evaluation")
+    monkeypatch.setattr(train_module, "evaluate_step", crash)
+    with pytest.raises(RuntimeError):
+        _quick(tiny_model, toy_data["train"], tmp_path / "o", lr=1e-3, max_train_samples=100, overwrite=True)
+    assert {n: (tmp_path / "o" / n).read_bytes() for n in names} == before
+    assert not any(p.name.startswith(".saving") for p in (tmp_path / "o").iterdir())
+
+
+def test_fine_tuning_a_model_trained_for_other_labels_starts_a_fresh_head(trained, tmp_path, capsys):
+    rows = [{"text": r["text"], "label": ["a", "b", "c"][i % 3]} for i, r in enumerate(toy_rows(60))]
+    result = _quick(trained.output, write_csv(tmp_path / "three.csv", rows), tmp_path / "o")
+    assert "note: a fresh head is started for the 3 labels here (a, b, c)" in capsys.readouterr().out
+    assert result.metrics["validation"]["n"] > 0
+    renamed = [{"text": r["text"], "label": {"positive": "good", "negative": "bad"}[r["label"]]} for r in toy_rows(60)]
+    _quick(trained.output, write_csv(tmp_path / "renamed.csv", renamed), tmp_path / "o2")
+    assert "a fresh head is started for the 2 labels here (bad, good)" in capsys.readouterr().out
+
+
+def test_continuing_from_a_model_with_the_same_labels_keeps_its_head(trained, toy_data, tmp_path, capsys):
+    _quick(trained.output, toy_data["train"], tmp_path / "o", lr=1e-12)
+    assert "note: continuing from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["validation"]["accuracy"] >= 0.9
+
+
+def test_an_output_inside_an_aclimdb_folder_is_refused(tiny_model, tmp_path):
+    data = tmp_path / "aclImdb"
+    for split in ("train", "test"):
+        for cls in ("pos", "neg"):
+            (data / split / cls).mkdir(parents=True)
+            (data / split / cls / "0_7.txt").write_text("a film")
+    with pytest.raises(UserError, match=r"--output .* must not be inside the data \(--data .*aclImdb\)"):
+        _quick(tiny_model, data, data / "train" / "run")
+    assert sorted(p.name for p in (data / "train").iterdir()) == ["neg", "pos"]
+
+
+def test_model_files_are_readable_by_everyone(tiny_model, toy_data, tmp_path):
+    old = os.umask(0o022)
+    try:
+        _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json", "finetune_bert.json", "tokenizer.json", "metrics.json"):
+        assert (tmp_path / "o" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_disk_that_fills_up_mid_run_is_one_line_and_keeps_the_previous_model(tiny_model, toy_data, tmp_path):
+    import subprocess
+    import sys
+    _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    before = (tmp_path / "o" / "model.safetensors").read_bytes()
+    # A file-size limit below the model's size: the first model save fails as a full disk would (EFBIG).
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) // 2}, {len(before) // 2}))\n"
+              "from finetune_bert.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", script, "train", "--data", str(toy_data["train"]), "--model",
+                             str(tiny_model), "--output", str(tmp_path / "o"), "--epochs", "1", "--max-length", "32",
+                             "--overwrite"], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("error: ")
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == before

@@ -26,6 +26,7 @@ import torch
 
 from finetune_bert import faults
 from finetune_bert.errors import UserError
+from finetune_bert.safefiles import as_os_error, disk_error, public_mode
 
 DONE = "COMPLETE"
 # Options whose change would make a resumed run differ from the one it continues.
@@ -108,31 +109,80 @@ def _fsync(path: Path) -> None:
 
 
 def save(folder: Path, model, optimizer, state: TrainState, keep: int) -> Path:
-    """Write a complete checkpoint atomically, then prune all but the newest `keep`."""
-    from safetensors.torch import save_file
+    """Write a complete checkpoint atomically, then prune all but the newest `keep` (at least 1).
 
+    A disk problem (full, read-only, file-size limit) removes the partial folder and is one line naming the
+    last complete checkpoint, which is left intact."""
     root = folder / "checkpoints"
-    root.mkdir(exist_ok=True)
     final = root / f"step-{state.step:07d}"
     tmp = root / f".tmp-step-{state.step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        root.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write(tmp, model, optimizer, state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync(root)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = as_os_error(exc)
+        if error is None:
+            raise
+        last = complete_checkpoints(folder)
+        intact = f"the last complete checkpoint {last[-1]} is intact" if last else "there is no earlier complete checkpoint"
+        raise UserError(f"{disk_error(error, final, 'write the checkpoint')}; {intact}") from None
+    # keep 0 would slice [:-0], deleting nothing; the newest must survive anyway, a resume needs it.
+    for old in complete_checkpoints(folder)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, model, optimizer, state: TrainState) -> None:
+    from safetensors.torch import save_file
+
     tmp.mkdir()
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(_untie(weights), str(tmp / "model.safetensors"))
     faults.hit("checkpoint", state.step)  # tests kill the process here: mid-write
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)) + "\n")
+    _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+    _torch_save(_rng_state(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(asdict(state)) + "\n", encoding="utf-8")
+    mode = public_mode()  # safetensors >= 0.8 writes 0600
     for name in ("model.safetensors", "optimizer.pt", "rng.pt", "state.json"):
+        os.chmod(tmp / name, mode)
         _fsync(tmp / name)
-    (tmp / DONE).write_text("ok\n")
+    (tmp / DONE).write_text("ok\n", encoding="utf-8")  # last, once everything else is on disk
+    os.chmod(tmp / DONE, mode)
     _fsync(tmp / DONE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync(root)
-    for old in complete_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+class _Recording:
+    """A write-only file that remembers its OSError: torch.save reports a failed write only as an
+    unexplained RuntimeError ("unexpected pos"), losing the errno a user needs (disk full, file too large)."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as handle:
+        sink = _Recording(handle)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
 
 
 def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,24 +12,29 @@ import os
 import sys
 from typing import Any
 
-from finetune_bert.config import BAD_ROW_POLICIES, DataConfig, TrainConfig
+from finetune_bert import __version__
+from finetune_bert.config import DataConfig, EvaluateConfig, PredictConfig, TrainConfig
 from finetune_bert.errors import TrainingInterrupted, UserError
 
 
 def _add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    required = parser.add_argument_group("required options")
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         meta = dict(f.metadata)
+        meta.pop("at_least", None)  # checked by the config's problems(), all at once
+        group = required if meta.pop("required", False) else parser
         flag = "--" + f.name.replace("_", "-")
         help_text = meta.pop("help", "").replace("%", "%%")  # argparse formats help with %
         if isinstance(f.default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=help_text)
+            # Only options that are on by default get a --no- form: --no-debug would mean nothing.
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            group.add_argument(flag, dest=f.name, action=action, default=f.default, help=help_text)
             continue
         kind = _arg_type(f)
         default = "" if f.default is None else f" (default: {f.default})"
-        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text + default, **meta)
+        group.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text + default, **meta)
 
 
 def _arg_type(f: dataclasses.Field) -> type:
@@ -42,36 +47,28 @@ def _arg_type(f: dataclasses.Field) -> type:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune-bert", description="Fine-tune BERT-family encoders for "
                                      "text classification.")
+    parser.add_argument("--version", action="version", version=f"finetune-bert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune a model", description="Fine-tune a model; the output folder "
                        "becomes a Hugging Face model folder with metrics, data report and model card.")
     _add_config_options(p, TrainConfig)
 
-    p = sub.add_parser("evaluate", help="score a fine-tuned model on labelled data")
-    p.add_argument("--model", required=True, help="fine-tuned model folder (or hub id)")
-    p.add_argument("--data", required=True, help="labelled data, any supported form")
-    p.add_argument("--output", help="where to write the metrics JSON (default: MODEL/evaluation.json)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
-    p.add_argument("--max-samples", type=int, help="score only N rows (a seeded sample)")
-    _common_row_options(p, labels=True)
+    p = sub.add_parser("evaluate", help="score a fine-tuned model on labelled data",
+                       description="Score a fine-tuned model on labelled data: a table, and the metrics as JSON.")
+    _add_config_options(p, EvaluateConfig)
 
-    p = sub.add_parser("predict", help="label texts with a confidence")
+    p = sub.add_parser("predict", help="label texts with a confidence",
+                       description="Label texts given as arguments, or every row of --input into --output.")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--model", required=True, help="fine-tuned model folder (or hub id)")
-    p.add_argument("--input", help="a file of texts (any supported form, or .txt with one text per line)")
-    p.add_argument("--output", help="with --input: CSV/TSV/JSONL file for labels and every class probability")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
-    _common_row_options(p, labels=False)
+    _add_config_options(p, PredictConfig)
 
     p = sub.add_parser("inspect", help="the data report alone, no training")
-    _add_config_options(p, DataConfig, skip=("max_train_samples", "max_test_samples"))
+    _add_config_options(p, DataConfig)
     p.add_argument("--model", default="minilm", help="whose tokenizer measures lengths (default: minilm, "
                    "whose vocabulary is bert-base-uncased's)")
     p.add_argument("--output", help="folder to save data_report.json/.txt in")
     p.add_argument("--seed", type=int, default=42, help="seed of the validation split")
-    p.add_argument("--max-train-samples", type=int, default=None, help="inspect a seeded sample of train")
-    p.add_argument("--max-test-samples", type=int, default=None, help="inspect a seeded sample of test")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
 
     p = sub.add_parser("demo", help="fine-tune the bundled MiniLM on the bundled reviews, offline")
@@ -79,15 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=None, help="override the demo's epochs")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
     return parser
-
-
-def _common_row_options(p: argparse.ArgumentParser, labels: bool) -> None:
-    p.add_argument("--text-column", help="text column (auto-detected)")
-    if labels:
-        p.add_argument("--label-column", help="label column (auto-detected)")
-    p.add_argument("--on-bad-rows", choices=BAD_ROW_POLICIES, default="error",
-                   help="stop on a bad row (error) or skip it and write it out (skip)")
-    p.add_argument("--debug", action="store_true", help="full tracebacks")
 
 
 def _config(cls, args: argparse.Namespace) -> Any:
@@ -101,13 +89,15 @@ def run(args: argparse.Namespace) -> int:
         train(_config(TrainConfig, args))
     elif args.command == "evaluate":
         from finetune_bert.evaluate import evaluate
-        evaluate(args.model, args.data, args.output, args.batch_size, args.text_column, args.label_column,
-                 args.on_bad_rows, args.max_samples)
+        cfg = _checked(_config(EvaluateConfig, args))
+        evaluate(cfg.model, cfg.data, cfg.output, cfg.batch_size, cfg.text_column, cfg.label_column,
+                 cfg.on_bad_rows, cfg.max_samples, cfg.seed)
     elif args.command == "predict":
-        _predict(args)
+        _predict(_checked(_config(PredictConfig, args)), args.texts)
     elif args.command == "inspect":
         from finetune_bert.report import inspect_data
         cfg = _config(TrainConfig, args)
+        _checked(cfg, DataConfig.problems(cfg) + ([] if args.seed >= 0 else ["--seed must be at least 0"]))
         inspect_data(cfg, args.output)
     elif args.command == "demo":
         from finetune_bert.demo import demo
@@ -115,17 +105,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> None:
-    if not args.texts and not args.input:
+def _checked(cfg: Any, problems: list[str] | None = None) -> Any:
+    """The config, or one UserError listing all its problems."""
+    found = cfg.problems() if problems is None else problems
+    if found:
+        raise UserError("; ".join(found))
+    return cfg
+
+
+def _predict(cfg: PredictConfig, texts: list[str]) -> None:
+    if not texts and not cfg.input:
         raise UserError("predict needs texts as arguments or --input FILE")
-    if args.input and not args.output:
+    if cfg.input and not cfg.output:
         raise UserError("--input needs --output FILE for the predictions")
-    from finetune_bert.predict import load, predict_file
-    clf = load(args.model)
-    if args.input:
-        n = predict_file(clf, args.input, args.output, args.text_column, args.batch_size, args.on_bad_rows)
-        print(f"{n} predictions written to {args.output}")
-    for text, pred in zip(args.texts, clf.predict(list(args.texts), args.batch_size)):
+    if cfg.output and not cfg.input:
+        raise UserError("--output is only for --input FILE; texts given as arguments are printed")
+    from finetune_bert.predict import check_output, chunk_rows, input_rows, load, write_predictions
+    rows = None
+    if cfg.input:  # every check of the output and the rows before the model is loaded
+        out = check_output(cfg.output, cfg.input)
+        rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
+                          chunk_rows(None, cfg.batch_size))
+        rows.check()
+    clf = load(cfg.model)
+    if rows is not None:
+        n = write_predictions(clf, rows, out, cfg.batch_size)
+        print(f"{n} predictions written to {out}")
+    for text, pred in zip(texts, clf.predict(list(texts), cfg.batch_size)):
         preview = text if len(text) <= 60 else text[:57] + "..."
         print(f"{pred.label}\t{pred.confidence:.2f}\t{preview}")
 
@@ -146,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # The file system said no where no check of ours could have known (a disk that filled up, a folder
+        # removed under us): one line naming the file; nothing of the user's was replaced (atomic writes).
+        if getattr(args, "debug", False):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (run again with --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

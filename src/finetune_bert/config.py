@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,46 @@ METRICS = ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss")
 BAD_ROW_POLICIES = ("error", "skip")
 
 
-def opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
-    """A config field whose help text and argparse extras travel with it."""
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+def opt(default: Any, help: str, at_least: float | None = None, required: bool = False,
+        **argparse_kwargs: Any) -> Any:
+    """A config field whose help text, lower bound and argparse extras travel with it.
+
+    `at_least` is checked by `range_problems` (None values are "not given" and pass); `required` fields
+    are listed under "required options" in --help and checked by the config's `problems()`.
+    """
+    meta = {"help": help, **argparse_kwargs}
+    if at_least is not None:
+        meta["at_least"] = at_least
+    if required:
+        meta["required"] = True
+    return field(default=default, metadata=meta)
+
+
+def range_problems(cfg: Any, only: type | None = None, skip: type | None = None) -> list[str]:
+    """Every numeric field that is not a finite number or is below its `at_least`, and every missing
+    required field, each as one line: all of them at once, so the user fixes them in one go. `only` and
+    `skip` limit it to the fields a dataclass declares, or to those it does not."""
+    found = []
+    skipped = {f.name for f in dataclasses.fields(skip)} if skip else set()
+    for f in dataclasses.fields(only or cfg):
+        if f.name in skipped:
+            continue
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if f.metadata.get("required") and value in (None, ""):
+            found.append(f"{flag} is required")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            found.append(f"{flag} must be a finite number, got {value}")
+        elif "at_least" in f.metadata and value < f.metadata["at_least"]:
+            found.append(f"{flag} must be at least {f.metadata['at_least']}, got {value}")
+    return found
 
 
 @dataclass
 class DataConfig:
     data: str = opt(None, "Training data: a CSV/TSV/JSON/JSONL/Parquet file (optionally .gz), an "
-                          "aclImdb-style folder, or a Hugging Face dataset name such as 'imdb'.")
+                          "aclImdb-style folder, or a Hugging Face dataset name such as 'imdb'.", required=True)
     test_data: str | None = opt(None, "Test data, same forms as --data. Folders and hub datasets bring "
                                       "their own test split.")
     val_data: str | None = opt(None, "Validation data. Without it, a stratified split is taken from train.")
@@ -31,10 +63,11 @@ class DataConfig:
     label_names: str | None = opt(None, "Names for integer labels, in id order, e.g. 'negative,positive'. "
                                         "They become id2label in the saved model.")
     val_fraction: float = opt(0.1, "Fraction of train held out for validation when --val-data is not given.")
-    max_train_samples: int | None = opt(None, "Use only the first N training rows after a seeded shuffle.")
-    max_test_samples: int | None = opt(None, "Use only the first N test rows after a seeded shuffle.")
+    max_train_samples: int | None = opt(None, "Use only the first N training rows after a seeded shuffle.", at_least=1)
+    max_test_samples: int | None = opt(None, "Use only the first N test rows after a seeded shuffle.", at_least=1)
     clean: bool = opt(True, "Turn '<br />' tags and HTML entities into plain text (--no-clean turns it off).")
-    max_length: int = opt(512, "Maximum tokens per text, [CLS] and [SEP] included; clamped to the model's limit.")
+    max_length: int = opt(512, "Maximum tokens per text, [CLS] and [SEP] included; clamped to the model's limit.",
+                          at_least=8)
     truncation: str = opt("head+tail", "Which tokens to keep from a long text: head, tail, or head+tail "
                                        "(the first 128 tokens plus the last ones; Sun et al. 2019).",
                           choices=TRUNCATION_STRATEGIES)
@@ -43,28 +76,41 @@ class DataConfig:
                                     "DIR/skipped_rows.csv (skip).", choices=BAD_ROW_POLICIES)
     dedupe: bool = opt(False, "Drop train rows whose text repeats an earlier train row or appears in the "
                               "validation or test data; each dropped row is listed in skipped_rows.csv.")
-    head_tokens: int = opt(128, "With head+tail: how many tokens come from the head (at most half the budget).")
+    head_tokens: int = opt(128, "With head+tail: how many tokens come from the head (at most half the budget).",
+                           at_least=0)
+    fold_labels: bool = opt(False, "Merge labels that differ only in case ('positive', 'Positive') into their most "
+                                   "frequent spelling; without it such labels stop the run with a list of them.")
+
+    def problems(self) -> list[str]:
+        """The data options' problems (`inspect` has only these; `train` adds its own)."""
+        found = range_problems(self, only=DataConfig)
+        if not 0 < self.val_fraction < 1:
+            found.append(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.truncation not in TRUNCATION_STRATEGIES:
+            found.append(f"--truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
+        return found
 
 
 @dataclass
 class TrainConfig(DataConfig):
     model: str = opt("bert-base-uncased", "A Hugging Face model id, a local model folder, or 'minilm' "
                                           "for the bundled offline all-MiniLM-L6-v2.")
-    output: str = opt(None, "Output folder: becomes a standard Hugging Face model folder.")
-    overwrite: bool = opt(False, "Allow writing into an existing folder this tool did not create.")
+    output: str = opt(None, "Output folder: becomes a standard Hugging Face model folder.", required=True)
+    overwrite: bool = opt(False, "Allow writing into an existing folder this tool did not create, or replacing "
+                                 "the trained model in a folder it did.")
     epochs: float = opt(3, "Number of passes over the training data.")
-    batch_size: int = opt(16, "Examples per optimizer step, before gradient accumulation.")
-    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.")
-    eval_batch_size: int = opt(64, "Examples per evaluation batch.")
+    batch_size: int = opt(16, "Examples per optimizer step, before gradient accumulation.", at_least=1)
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", at_least=1)
+    eval_batch_size: int = opt(64, "Examples per evaluation batch.", at_least=1)
     lr: float = opt(5e-5, "Peak learning rate of AdamW.")
     weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm weights).")
     warmup_ratio: float = opt(0.1, "Fraction of optimizer steps spent warming the learning rate up from 0.")
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 turns clipping off).")
-    seed: int = opt(42, "Seed for the split, data order, head initialisation and dropout.")
-    eval_every: int = opt(0, "Also evaluate on validation every N optimizer steps (0: only at epoch ends).")
+    seed: int = opt(42, "Seed for the split, data order, head initialisation and dropout.", at_least=0)
+    eval_every: int = opt(0, "Also evaluate on validation every N optimizer steps (0: only at epoch ends).", at_least=0)
     metric: str = opt("accuracy", "Validation metric that picks the best model and drives early stopping.",
                       choices=METRICS)
-    patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).")
+    patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).", at_least=0)
     class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not (none).",
                              choices=("none", "auto"))
     dynamic_padding: bool = opt(True, "Pad each batch to its own longest text (--no-dynamic-padding: every batch "
@@ -82,48 +128,31 @@ class TrainConfig(DataConfig):
                                   "blocks are page-faulted afresh each time: 1.2x per MiniLM step at 16 x 512 "
                                   "(--no-cpu-micro-batches: whole batches).")
     bf16: bool = opt(True, "bf16 autocast on a GPU that supports it (always fp32 on CPU, where bf16 is slower).")
-    log_every: int = opt(10, "Write a training log record every N optimizer steps.")
-    num_threads: int = opt(0, "CPU threads for torch (0: torch's default).")
+    log_every: int = opt(10, "Write a training log record every N optimizer steps.", at_least=1)
+    num_threads: int = opt(0, "CPU threads for torch (0: torch's default).", at_least=0)
     trust_remote_code: bool = opt(False, "Allow model code from the hub to run (off: only built-in architectures).")
     resume: bool = opt(False, "Continue from the newest complete checkpoint in --output (starts fresh if none).")
-    save_every: int = opt(0, "Also save a checkpoint every N optimizer steps (always at epoch ends).")
+    save_every: int = opt(0, "Also save a checkpoint every N optimizer steps (always at epoch ends).", at_least=0)
     save_minutes: float = opt(10.0, "Also save a checkpoint after this many minutes of wall time since the last.")
-    keep_checkpoints: int = opt(2, "Keep the newest K checkpoints (the best model is always kept in --output).")
-    max_bad_steps: int = opt(5, "Stop after this many consecutive steps with a NaN or inf loss or gradient.")
+    keep_checkpoints: int = opt(2, "Keep the newest K checkpoints (the best model is always kept in --output); 0 "
+                                   "keeps one while training and removes it after a successful run.", at_least=0)
+    max_bad_steps: int = opt(5, "Stop after this many consecutive steps with a NaN or inf loss or gradient.", at_least=1)
     debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
 
     def problems(self) -> list[str]:
         """Every conflicting or impossible option, so the user fixes them in one go."""
-        found = []
-        if not self.data:
-            found.append("--data is required")
-        if not self.output:
-            found.append("--output is required")
-        if not 0 < self.val_fraction < 1:
-            found.append(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        found = DataConfig.problems(self) + range_problems(self, skip=DataConfig)
         if self.epochs <= 0:
             found.append(f"--epochs must be positive, got {self.epochs}")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_length", "log_every", "keep_checkpoints",
-                     "max_bad_steps"):
-            if getattr(self, name) < 1:
-                found.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 8:
-            found.append(f"--max-length must be at least 8, got {self.max_length}")
         if self.lr <= 0:
             found.append(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             found.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("patience", "save_every", "eval_every"):
-            if getattr(self, name) < 0:
-                found.append(f"--{name.replace('_', '-')} cannot be negative")
         if self.save_minutes <= 0:
             found.append(f"--save-minutes must be positive, got {self.save_minutes}")
-        if self.truncation not in TRUNCATION_STRATEGIES:
-            found.append(f"--truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
         if self.metric not in METRICS:
             found.append(f"--metric must be one of {', '.join(METRICS)}")
-        if self.output and self.data and Path(self.output).resolve() == Path(self.data).resolve():
-            found.append("--output must not be the data path")
+        found += output_in_data(self)
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -136,6 +165,58 @@ class TrainConfig(DataConfig):
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+@dataclass
+class ScoreConfig:
+    """What `evaluate` and `predict` share: a trained model and how to read rows."""
+
+    model: str = opt(None, "A fine-tuned model folder (or hub id).", required=True)
+    batch_size: int = opt(64, "Texts per batch.", at_least=1)
+    text_column: str | None = opt(None, "Name of the text column (auto-detected: text, review, sentence, content).")
+    on_bad_rows: str = opt("error", "What a bad row does: stop before any scoring (error), or skip it and list it "
+                                    "in OUTPUT_NAME.skipped.csv (skip).", choices=BAD_ROW_POLICIES)
+    debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
+
+    def problems(self) -> list[str]:
+        return range_problems(self)
+
+
+@dataclass
+class EvaluateConfig(ScoreConfig):
+    data: str = opt(None, "Labelled data, any form `train --data` takes.", required=True)
+    output: str | None = opt(None, "Where to write the metrics, a .json file (default: MODEL/evaluation.json).")
+    label_column: str | None = opt(None, "Name of the label column (auto-detected: label, sentiment, target, class).")
+    max_samples: int | None = opt(None, "Score only N rows (a seeded sample).", at_least=1)
+    seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0)
+
+
+@dataclass
+class PredictConfig(ScoreConfig):
+    input: str | None = opt(None, "A file of texts (any form `train --data` takes, or .txt with one text per line).")
+    output: str | None = opt(None, "With --input: where to write the predictions; .csv, .tsv, .jsonl, .ndjson or "
+                                   ".json (an array), by its extension.")
+    label_column: str | None = opt(None, "A column copied to the output as true_label (auto-detected: label, "
+                                         "sentiment, target, class); empty cells are fine, predict needs no labels.")
+    ignore_labels: bool = opt(False, "Do not look for a label column: the output has no true_label.")
+
+
+def output_in_data(cfg: TrainConfig) -> list[str]:
+    """--output that is, or lies inside, a data path: a model folder inside an aclImdb-style folder would be
+    read as a new class by the next run, and an output equal to a data file would replace it."""
+    if not cfg.output:
+        return []
+    out = Path(cfg.output).expanduser().resolve()
+    found = []
+    for option in ("data", "val_data", "test_data"):
+        given = getattr(cfg, option)
+        if not given or not Path(given).expanduser().exists():
+            continue  # a hub name, or a missing file reported when the data is read
+        data = Path(given).expanduser().resolve()
+        if out == data or data in out.parents:
+            found.append(f"--output {cfg.output} must not be {'inside ' if out != data else ''}the data "
+                         f"(--{option.replace('_', '-')} {given}); choose a folder outside it")
+    return found
 
 
 def greater_is_better(metric: str) -> bool:

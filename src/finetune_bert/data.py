@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import difflib
 import html
+import io
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import numpy as np
 
 from finetune_bert.errors import UserError
 from finetune_bert.readers import Records, read_source
+from finetune_bert.safefiles import write_text_atomic
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "target", "class")
@@ -107,8 +110,13 @@ def _missing_column(records: Records, wanted: str | None, kind: str, option: str
 # ---------------------------------------------------------------- rows
 
 def _is_missing(value: Any) -> bool:
+    """Only a truly empty cell is missing: 'none', 'NA', 'null' and 'nan' can be real class names."""
     return value is None or (isinstance(value, float) and math.isnan(value)) or \
-        (isinstance(value, str) and value.strip().lower() in ("", "nan", "null", "none", "na"))
+        (isinstance(value, str) and not value.strip())
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", tuple: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
 
 
 def _as_label(value: Any) -> Any:
@@ -126,24 +134,27 @@ def _as_label(value: Any) -> Any:
 
 
 def to_split(records: Records, name: str, text_column: str | None, label_column: str | None,
-             clean: bool, need_labels: bool, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
+             clean: bool, need_labels: bool | None, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
     """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded."""
     tcol, lcol = split_columns(records, text_column, label_column, need_labels)
-    split, bad = check_rows(records, name, tcol, lcol, clean)
+    split, bad = check_rows(records, name, tcol, lcol, clean, optional_labels=not need_labels)
     kinds = first_label_kinds(split, {})
-    if len(kinds) > 1:
+    if len(kinds) > 1 and need_labels:
         raise mixed_labels_error(records.source, lcol, kinds)
     report_bad_rows(bad, on_bad_rows, skipped)
     if not split.texts:
-        raise UserError(f"{records.source}: no usable rows")
+        raise UserError(f"{records.source}: no usable rows" + all_skipped(bad[0] if bad else None, len(bad)))
     return split
 
 
 def split_columns(records: Records, text_column: str | None, label_column: str | None,
-                  need_labels: bool) -> tuple[str, str | None]:
-    """The text column and the label column (None if labels are not needed and there is no such column)."""
+                  need_labels: bool | None) -> tuple[str, str | None]:
+    """The text column and the label column: required (need_labels True), used if there is one (False:
+    predict copies it to its output), or never looked for (None: predict --ignore-labels)."""
     tcol = pick_column(records, text_column, TEXT_COLUMNS, "text", "--text-column")
     lcol = None
+    if need_labels is None:
+        return tcol, None
     if need_labels or label_column:
         lcol = pick_column(records, label_column, LABEL_COLUMNS, "label", "--label-column")
     elif any(c.lower() in LABEL_COLUMNS for c in records.columns):
@@ -151,34 +162,40 @@ def split_columns(records: Records, text_column: str | None, label_column: str |
     return tcol, lcol
 
 
-def check_rows(records: Records, name: str, tcol: str, lcol: str | None,
-               clean: bool) -> tuple[Split, list[SkippedRow]]:
-    """The usable rows as a split, and the bad ones (missing or empty text, missing label)."""
+def check_rows(records: Records, name: str, tcol: str, lcol: str | None, clean: bool,
+               optional_labels: bool = False) -> tuple[Split, list[SkippedRow]]:
+    """The usable rows as a split, and the bad ones (text missing, empty or not a string; label missing
+    unless `optional_labels`, or not a single value)."""
     texts, labels, where, bad = [], [] if lcol else None, [], []
     for row, loc in zip(records.rows, records.where):
-        text, problem, column = row.get(tcol), None, tcol
-        if not isinstance(text, str) and not _is_missing(text):
-            text = str(text)
-        if text is None or (isinstance(text, float) and math.isnan(text)):
-            problem = "text is missing"
-        elif not text.strip():
-            problem = "text is empty"
-        label = None
+        text, label = row.get(tcol), None
+        column, problem = tcol, _text_problem(text)
         if problem is None and lcol is not None:
-            column = lcol
-            raw = row.get(lcol)
+            column, raw = lcol, row.get(lcol)
             if _is_missing(raw):
-                problem = "label is missing"
+                problem = None if optional_labels else "label is missing"
+            elif isinstance(raw, (list, tuple, dict)):
+                problem = f"label is {_kind(raw)}, not a single class"
             else:
                 label = _as_label(raw)
         if problem:
-            bad.append(SkippedRow(name, records.source, loc, column, problem, repr(row.get(column))))
+            bad.append(SkippedRow(name, records.source, loc, column, problem, repr(row.get(column))[:200]))
             continue
         texts.append(clean_text(text) if clean else text)
         if labels is not None:
             labels.append(label)
         where.append(loc)
     return Split(name, records.source, texts, labels, where), bad
+
+
+def _text_problem(text: Any) -> str | None:
+    """Why a text cell is unusable: a number or a list (a Parquet list column) is never trained on as its
+    Python repr."""
+    if _is_missing(text):
+        return "text is missing" if not isinstance(text, str) else "text is empty"
+    if not isinstance(text, str):
+        return f"text is {_kind(text)}, not a string"
+    return None
 
 
 def first_label_kinds(split: Split, kinds: dict[type, tuple[str, Any]]) -> dict[type, tuple[str, Any]]:
@@ -204,6 +221,15 @@ def report_bad_rows(bad: list[SkippedRow], on_bad_rows: str, skipped: list[Skipp
         skipped.extend(bad)
         return
     raise bad_rows_error(bad[0], len(bad))
+
+
+def all_skipped(first: SkippedRow | None, count: int, doing: str = "use") -> str:
+    """The end of a "no usable rows" message when every row was bad and skipped; `doing` is what the
+    command would have done with them (use, score, predict)."""
+    if first is None:
+        return ""
+    return (f": all {count} rows are bad (the first: {first.where}, column '{first.column}': {first.reason}); "
+            f"nothing is left to {doing}")
 
 
 def bad_rows_error(first: SkippedRow, count: int) -> UserError:
@@ -282,6 +308,33 @@ def _unknown_labels(split: Split, known: set, on_bad_rows: str, skipped: list[Sk
     return split.subset([i for i in range(len(split)) if i not in bad_set])
 
 
+def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
+    """Labels that differ only in case ('positive', 'Positive') would silently become separate classes:
+    stop with the variants listed, or (--fold-labels) merge each group into its most frequent spelling.
+    Surrounding spaces never count: `_as_label` strips them."""
+    counts: dict[str, Counter] = {}
+    first_at: dict[str, str] = {}
+    for split in splits:
+        for label, loc in zip(split.labels, split.where):
+            if isinstance(label, str):
+                counts.setdefault(label.casefold(), Counter())[label] += 1
+                first_at.setdefault(label, f"{split.source}: {loc}")
+    clashes = [c for c in counts.values() if len(c) > 1]
+    if not clashes:
+        return
+    groups = [", ".join(f"{v!r} ({n} rows, first at {first_at[v]})" for v, n in c.most_common()) for c in clashes]
+    if not fold:
+        more = f" (and {len(groups) - 3} more groups)" if len(groups) > 3 else ""
+        raise UserError("labels that differ only in case would become separate classes: "
+                        + "; ".join(groups[:3]) + more + ". Fix the data, or pass --fold-labels to merge each "
+                        "group into its most frequent spelling")
+    to = {v: c.most_common(1)[0][0] for c in clashes for v in c}
+    for split in splits:
+        split.labels = [to.get(x, x) if isinstance(x, str) else x for x in split.labels]
+    notes.append("--fold-labels merged " + "; ".join(f"{', '.join(map(repr, c))} into {c.most_common(1)[0][0]!r}"
+                                                     for c in clashes))
+
+
 def dedupe_train(train: Split, held_out: list[Split], skipped: list[SkippedRow]) -> tuple[Split, str]:
     """--dedupe: drop train rows whose text is in a held-out split (leakage) or repeats an earlier row."""
     elsewhere = set().union(*(set(s.texts) for s in held_out))
@@ -331,6 +384,7 @@ def load_dataset(cfg) -> Dataset:
     if test is not None:
         test = seeded_sample(test, cfg.max_test_samples, cfg.seed)
 
+    case_variants([s for s in (train, val, test) if s is not None], cfg.fold_labels, notes)
     if cfg.dedupe:
         train, note = dedupe_train(train, [s for s in (val, test) if s is not None], skipped)
         notes.append(note)
@@ -344,14 +398,23 @@ def load_dataset(cfg) -> Dataset:
     if test is not None:
         test = _unknown_labels(test, known, cfg.on_bad_rows, skipped)
     if len(val) == 0:
-        raise UserError(f"{train.source}: too few rows to hold out a validation set; pass --val-data")
+        raise UserError(f"{val.source}: no validation rows left to score" if cfg.val_data or "validation" in brought
+                        else f"{train.source}: too few rows to hold out a validation set; pass --val-data")
+    if test is not None and len(test) == 0:  # every test row skipped: scoring nothing is not a result
+        raise UserError(f"{test.source}: no test rows left to score; every row was skipped (see skipped_rows.csv "
+                        "reasons with --on-bad-rows skip), or drop --test-data")
     return Dataset(train, val, test, names, raw, skipped, notes, train_all)
 
 
+def skipped_csv(skipped: list[SkippedRow]) -> str:
+    """Every skipped row with its reason, as CSV: nothing the user gave disappears without a record."""
+    handle = io.StringIO()
+    writer = csv.writer(handle)
+    writer.writerow(["split", "source", "row", "column", "reason", "value"])
+    for s in skipped:
+        writer.writerow([s.split, s.source, s.where, s.column, s.reason, s.value])
+    return handle.getvalue()
+
+
 def write_skipped(skipped: list[SkippedRow], path: Path) -> None:
-    """Every skipped row with its reason: nothing the user gave disappears without a record."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["split", "source", "row", "column", "reason", "value"])
-        for s in skipped:
-            writer.writerow([s.split, s.source, s.where, s.column, s.reason, s.value])
+    write_text_atomic(path, skipped_csv(skipped))

@@ -17,6 +17,8 @@ import torch
 
 from finetune_bert import fastpath
 from finetune_bert.encoding import Encoded, Layout, eval_batches, to_device
+from finetune_bert.errors import UserError
+from finetune_bert.safefiles import check_output_file, write_text_atomic
 
 # Rows read, validated, tokenized and scored at a time by `evaluate` and `predict_file`. Peak memory is
 # set by this, not by the data size (benchmarks/eval_memory.py: 25,000 IMDB reviews peak ~23 MiB above
@@ -168,20 +170,43 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
              quiet: bool = False, rows_per_chunk: int | None = None) -> dict[str, Any]:
     """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON.
 
-    The data is read twice, a chunk of rows at a time (see streaming.ChunkedSplit): once to check every
-    row, so that bad data stops the run before any scoring, then to score it. Rows skipped under
-    on_bad_rows="skip" are written beside the metrics (NAME.skipped.csv) with their reasons.
+    Options, then the output's place, then every row are checked before the model is loaded: the data is
+    read twice, a chunk of rows at a time (see streaming.ChunkedSplit), once to check it and once to score
+    it. Rows skipped under on_bad_rows="skip" are written beside the metrics (NAME.skipped.csv).
     """
+    from finetune_bert.config import EvaluateConfig
     from finetune_bert.data import sample_mask, write_skipped
-    from finetune_bert.predict import load
+    from finetune_bert.model import load_model_config, read_run_info
+    from finetune_bert.predict import LabelMap, labelled_rows, load
 
+    cfg = EvaluateConfig(model=model, data=data, output=output, batch_size=batch_size, max_samples=max_samples,
+                         seed=seed, on_bad_rows=on_bad_rows)
+    if problems := cfg.problems():
+        raise UserError("; ".join(problems))
+    target, skipped_at = _metrics_path(model, data, output)
+    info = read_run_info(model)
+    labels = LabelMap.of(load_model_config(model), info)
+    rows = labelled_rows(data, labels, info.get("clean", True), text_column, label_column, on_bad_rows,
+                         chunk_rows(rows_per_chunk, batch_size))
+    total = rows.check()
     clf = load(model)
     steady_heap(clf.device)
-    rows = clf.labelled_chunks(data, text_column, label_column, on_bad_rows, chunk_rows(rows_per_chunk, batch_size))
-    total = rows.check()
     # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
-    sample = sample_mask(total, max_samples or None, seed)
-    # Read, tokenize and score a chunk at a time: memory stays flat however many texts there are.
+    metrics = _score(clf, rows, sample_mask(total, max_samples, seed), batch_size)
+    metrics.update(data=data, model=model, skipped_rows=len(rows.skipped))
+    if not quiet:
+        print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))
+    write_text_atomic(target, json.dumps(metrics, indent=2) + "\n")
+    if rows.skipped:
+        write_skipped(rows.skipped, skipped_at)
+        print(f"warning: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in {skipped_at}")
+    if not quiet:
+        print(f"metrics written to {target}")
+    return metrics
+
+
+def _score(clf, rows, sample: np.ndarray | None, batch_size: int) -> dict[str, Any]:
+    """Read, tokenize and score a chunk at a time: memory stays flat however many texts there are."""
     stream = StreamingMetrics(clf.label_names)
     seen = 0
     for split in rows:
@@ -192,22 +217,24 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
         encoded = clf.encode(chunk.texts, chunk.labels)
         for index, logits in batched_logits(clf.model, encoded, batch_size, clf.device, clf.dtype, clf.layout):
             stream.update(logits, torch.from_numpy(encoded.labels[index]))
-    metrics = stream.compute()
-    metrics["data"] = data
-    metrics["model"] = model
-    metrics["skipped_rows"] = len(rows.skipped)
-    if not quiet:
-        print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))
-    target = Path(output) if output else (Path(model) / "evaluation.json" if Path(model).is_dir()
-                                          else Path("evaluation.json"))
-    target.write_text(json.dumps(metrics, indent=2) + "\n")
-    if rows.skipped:
-        skipped_path = target.with_name(target.stem + ".skipped.csv")
-        write_skipped(rows.skipped, skipped_path)
-        print(f"warning: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in {skipped_path}")
-    if not quiet:
-        print(f"metrics written to {target}")
-    return metrics
+    return stream.compute()
+
+
+def _metrics_path(model: str, data: str, output: str | None) -> tuple[Path, Path]:
+    """Where the metrics and the skipped rows go (default: MODEL/evaluation.json), checked before any work:
+    a JSON name, a writable place, not the data itself."""
+    target = Path(output).expanduser() if output else (
+        Path(model) / "evaluation.json" if Path(model).is_dir() else Path("evaluation.json"))
+    if target.suffix.lower() != ".json":
+        raise UserError(f"--output {target}: the metrics are written as JSON; give a file name ending in .json")
+    skipped_at = target.with_name(target.stem + ".skipped.csv")
+    for path in (target, skipped_at):
+        try:
+            check_output_file(path, "--output", inputs=[data])
+        except UserError as exc:
+            default = "" if output else "; pass --output FILE.json to write the metrics elsewhere"
+            raise UserError(f"{exc}{default}") from None
+    return target, skipped_at
 
 
 def chunk_rows(rows_per_chunk: int | None, batch_size: int) -> int:

@@ -74,28 +74,44 @@ def load_model_config(name: str, trust_remote_code: bool = False):
 
 
 def load_classifier(name: str, label_names: list[str] | None = None, trust_remote_code: bool = False,
-                    attn_implementation: str = "sdpa"):
+                    attn_implementation: str = "sdpa", notes: list[str] | None = None):
     """AutoModelForSequenceClassification from safetensors only, with real label names in id2label.
 
-    `label_names=None` loads a fine-tuned classifier as saved (evaluate, predict).
+    `label_names=None` loads a fine-tuned classifier as saved (evaluate, predict). Given names, a head
+    trained for other labels (another count, or other names) is replaced by a fresh one. What the user
+    should know about the head (untrained, replaced, continued) is appended to `notes`.
     """
+    source = resolve(name)
+    saved = load_model_config(name, trust_remote_code)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
+                              "output_loading_info": True}
+    if label_names is not None:
+        kwargs.update(num_labels=len(label_names), ignore_mismatched_sizes=True,
+                      id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    model, info = _from_pretrained(name, source, attn_implementation, kwargs)
+    head = [n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")]
+    missing = sorted(set(head) & set(info.get("missing_keys", ())))
+    resized = sorted(key for key, *_ in info.get("mismatched_keys", ()))
+    found = _head_note(name, saved, label_names, missing, resized)
+    if found and found.startswith("note: a fresh head") and not resized:
+        _fresh_head(model, head)
+    if found and notes is not None:
+        notes.append(found)
+    return model
+
+
+def _from_pretrained(name: str, source: str, attn_implementation: str, kwargs: dict[str, Any]):
     from transformers import AutoModelForSequenceClassification
 
-    source = resolve(name)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code}
-    if label_names is not None:
-        kwargs.update(num_labels=len(label_names),
-                      id2label=dict(enumerate(label_names)),
-                      label2id={n: i for i, n in enumerate(label_names)})
-    with quiet_transformers():  # the "newly initialised classifier" report is expected
+    with quiet_transformers():  # the "newly initialised classifier" report is ours to word (_head_note)
         try:
             try:
-                model = AutoModelForSequenceClassification.from_pretrained(
+                return AutoModelForSequenceClassification.from_pretrained(
                     source, attn_implementation=attn_implementation, **kwargs)
             except (ValueError, ImportError) as exc:
                 if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
                     raise
-                model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+                return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
         except OSError as exc:
             if "safetensors" in str(exc) and Path(source).is_dir():
                 raise UserError(f"--model {name}: has no model.safetensors; finetune-bert loads weights only "
@@ -103,7 +119,45 @@ def load_classifier(name: str, label_names: list[str] | None = None, trust_remot
             raise _hub_failure(name, exc) from None
         except ValueError as exc:
             raise UserError(f"--model {name}: cannot be used for sequence classification ({exc})") from None
-    return model
+
+
+def _head_note(name: str, saved, label_names: list[str] | None, missing: list[str], resized: list[str]) -> str | None:
+    """One line about the classification head, or None when there is nothing to say (a base model in train)."""
+    old = [str(saved.id2label.get(i, i)) for i in range(saved.num_labels)]
+    if label_names is None:
+        if missing:
+            return (f"warning: {name} has no trained classification head ({', '.join(missing)} not in its "
+                    "weights): its predictions are random. Fine-tune it first with `finetune-bert train`")
+        return None
+    if missing:
+        return None  # a base model: the head is new, as expected
+    generic = old == [f"LABEL_{i}" for i in range(len(old))]
+    if resized or (old != list(label_names) and not generic):
+        return (f"note: a fresh head is started for the {len(label_names)} labels here "
+                f"({', '.join(label_names)}): {name}'s classification head was trained for {len(old)} labels "
+                f"({', '.join(old)})")
+    if generic:
+        return (f"note: continuing from {name}'s trained classification head; its labels {', '.join(old)} "
+                f"are taken as {', '.join(label_names)}, in that order")
+    return f"note: continuing from {name}'s trained classification head ({', '.join(old)})"
+
+
+def _fresh_head(model, head_params: list[str]) -> None:
+    """Re-initialise the head as BERT initialises one (normal(0, initializer_range), zero biases).
+
+    transformers 5 skips parameters it already loaded when asked to initialise them again, so this is
+    done here; `train` seeds torch before loading, which makes the new head reproducible."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key in head_params:
+            p = params[key]
+            if key.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1:  # a LayerNorm weight
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, std)
 
 
 @contextmanager

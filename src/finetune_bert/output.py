@@ -1,13 +1,16 @@
-"""The output folder: ownership, atomic model saves, the JSONL log, and the model card.
+"""The output folder: ownership, a run lock, atomic model saves, the JSONL log, and the model card.
 
 A folder is ours when it holds the marker file, and we only ever replace files the marker lists; a user's
-folder with other files in it is refused unless --overwrite, so nothing of theirs is lost.
+folder with other files in it is refused unless --overwrite, and a finished model unless --overwrite or
+--resume, so nothing of theirs is lost. Every file is owned (listed) before it is written, so the next run
+never mistakes our own output for the user's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -15,44 +18,71 @@ from pathlib import Path
 from typing import Any
 
 from finetune_bert.errors import UserError
+from finetune_bert.safefiles import (LOCK_NAME, OutputLock, as_os_error, check_output_folder, disk_error,
+                                     fsync_folder, public_mode, write_text_atomic)
 
 MARKER = ".finetune-bert"
+MODEL = "model.safetensors"
+# Our own transient files (the lock, stale locks moved aside, staging, temporaries, write probes): never foreign.
+_LEFTOVER = re.compile(r"^\.(saving|finetune-bert-probe-.*|.+\.tmp|" + re.escape(LOCK_NAME[1:]) + r"(\.stale-.*)?)$")
 
 
 class RunFolder:
-    def __init__(self, path: str, overwrite: bool):
+    def __init__(self, path: str, overwrite: bool, resume: bool = False):
         self.path = Path(path).expanduser()
-        self._claim(overwrite)
-        self._log = (self.path / "train_log.jsonl").open("a")
-        self._tb = _tensorboard(self.path / "tensorboard")
+        self.files: set[str] = set()
+        self._staged: dict[str, str] = {}
+        self._log = self._tb = self._lock = None
+        try:
+            self._open(overwrite, resume)
+        except BaseException:
+            self.close()  # a failure part-way must not leave the lock behind
+            raise
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @staticmethod
-    def check(path: str, overwrite: bool) -> set[str]:
-        """The files a previous run of ours wrote there; refuses a folder holding anything else."""
-        folder = Path(path).expanduser()
-        if folder.exists() and not folder.is_dir():
-            raise UserError(f"--output {folder}: is a file, not a folder")
-        marker = folder / MARKER
-        existing = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-        try:
-            ours = set(json.loads(marker.read_text())["files"]) | {MARKER} if marker.is_file() else {MARKER}
-        except (ValueError, KeyError):
-            ours = {MARKER}
-        foreign = sorted(existing - ours)
-        if foreign and not overwrite:
-            listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            raise UserError(f"--output {folder}: folder exists and holds files finetune-bert did not write "
-                            f"({listed}); choose a new folder or pass --overwrite")
-        return ours
+    def check(path: str, overwrite: bool, resume: bool = False) -> set[str]:
+        """The files a previous run of ours wrote there. Refuses, before any data is read, a folder holding
+        anything else, a finished model, a folder another run is using, or one that cannot be written."""
+        folder = check_output_folder(path, "--output")
+        if folder.is_dir():
+            OutputLock(folder).check()
+        return _ours(folder, overwrite, resume)
 
-    def _claim(self, overwrite: bool) -> None:
-        ours = self.check(str(self.path), overwrite)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.files = set(ours - {MARKER}) | ({"train_log.jsonl"})
+    def _open(self, overwrite: bool, resume: bool) -> None:
+        self.check(str(self.path), overwrite, resume)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.path, "create the output folder") from None
+        self._lock = OutputLock(self.path).acquire()
+        # Again under the lock: another run may have finished a model here since the check.
+        self.files = (_ours(self.path, overwrite, resume) - {MARKER}) | {"train_log.jsonl"}
         self._write_marker()
+        try:
+            self._log = (self.path / "train_log.jsonl").open("a", encoding="utf-8")
+        except OSError as exc:
+            raise disk_error(exc, self.path / "train_log.jsonl", "open the training log") from None
+        self._tb = self._tensorboard()
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        self.own("tensorboard")  # before it exists, or the next --resume would call it foreign
+        try:
+            return SummaryWriter(str(self.path / "tensorboard"))
+        except OSError as exc:
+            raise disk_error(exc, self.path / "tensorboard", "create the TensorBoard log") from None
 
     def _write_marker(self) -> None:
-        (self.path / MARKER).write_text(json.dumps({"tool": "finetune-bert", "files": sorted(self.files)}) + "\n")
+        write_text_atomic(self.path / MARKER, json.dumps({"tool": "finetune-bert", "files": sorted(self.files)}) + "\n")
 
     def own(self, *names: str) -> None:
         """Record files we are about to write so that a later run may replace them."""
@@ -61,55 +91,124 @@ class RunFolder:
 
     def write_text(self, name: str, text: str) -> Path:
         self.own(name)
-        target = self.path / name
-        tmp = target.with_name(f".{name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
-        return target
+        return write_text_atomic(self.path / name, text)
+
+    def stage(self, name: str, text: str) -> None:
+        """Publish `text` as `name` together with the next save_model, so that a run failing before it never
+        leaves, say, a new run_config.json beside the old model."""
+        self._staged[name] = text
 
     def save_model(self, model, tokenizer, run_info: dict[str, Any]) -> None:
         """Write to a temporary folder, fsync, then rename file by file: a crash leaves the old model whole."""
         staging = self.path / ".saving"
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            names = self._write_staging(staging, model, tokenizer, run_info)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            error = as_os_error(exc)
+            if error is None:
+                raise
+            raise UserError(f"{disk_error(error, self.path, 'save the model')}; nothing was replaced: the previous "
+                            "model in this folder, if any, and the last checkpoint are intact") from None
+        self.own(*names)
+        try:
+            for name in names:
+                os.replace(staging / name, self.path / name)
+            fsync_folder(self.path)
+            staging.rmdir()
+        except OSError as exc:
+            raise UserError(f"{disk_error(exc, self.path, 'finish replacing the model')}; the last checkpoint "
+                            "is intact") from None
+        self._staged.clear()
+
+    def _write_staging(self, staging: Path, model, tokenizer, run_info: dict[str, Any]) -> list[str]:
         from finetune_bert.model import quiet_transformers
 
+        shutil.rmtree(staging, ignore_errors=True)
         with quiet_transformers():
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-        (staging / "finetune_bert.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
-        names = [p.name for p in staging.iterdir()]
-        self.own(*names)
+        (staging / "finetune_bert.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n",
+                                                    encoding="utf-8")
+        for name, text in self._staged.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        names = sorted(p.name for p in staging.iterdir())
+        mode = public_mode()  # safetensors >= 0.8 writes 0600: a shared model folder would be unreadable
         for name in names:
-            with open(staging / name, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(staging / name, self.path / name)
-        staging.rmdir()
+            fd = os.open(staging / name, os.O_RDONLY)
+            try:
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return names
+
+    def remove_checkpoints(self) -> None:
+        """Delete the checkpoints (--keep-checkpoints 0, after a successful run)."""
+        try:
+            shutil.rmtree(self.path / "checkpoints")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise disk_error(exc, self.path / "checkpoints", "remove the checkpoints") from None
+        self.files.discard("checkpoints")  # only once gone: a half-removed folder must stay replaceable
+        self._write_marker()
 
     def log(self, event: str, **fields: Any) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields}
-        self._log.write(json.dumps(record, default=_jsonable) + "\n")
-        self._log.flush()
+        try:
+            self._log.write(json.dumps(record, default=_jsonable) + "\n")
+            self._log.flush()
+        except OSError as exc:
+            raise disk_error(exc, self.path / "train_log.jsonl", "append to the training log") from None
         if self._tb is not None and "step" in fields:
             for key, value in fields.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self._tb.add_scalar(f"{event}/{key}", value, fields["step"])
 
     def close(self) -> None:
-        self._log.close()
-        if self._tb is not None:
-            self._tb.close()
+        """Idempotent, and safe after __init__ failed part-way; the lock is released whatever else fails."""
+        log, tb, lock = self._log, self._tb, self._lock
+        self._log = self._tb = self._lock = None
+        try:
+            if log is not None:
+                try:
+                    log.close()
+                except OSError:  # only a failed append is left in the buffer, and log() reported it
+                    pass
+            if tb is not None:
+                tb.close()
+        except OSError as exc:
+            raise disk_error(exc, self.path / "tensorboard", "write the TensorBoard log") from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _ours(folder: Path, overwrite: bool, resume: bool) -> set[str]:
+    """The files the marker lists; refuses foreign files unless overwrite, a finished model unless either flag."""
+    try:
+        existing = {p.name for p in folder.iterdir() if not _LEFTOVER.match(p.name)} if folder.is_dir() else set()
+    except OSError as exc:
+        raise disk_error(exc, folder, "list the output folder") from None
+    marker = folder / MARKER
+    try:
+        ours = set(json.loads(marker.read_text())["files"]) | {MARKER} if marker.is_file() else {MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = {MARKER}
+    foreign = sorted(existing - ours)
+    if foreign and not overwrite:
+        listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise UserError(f"--output {folder}: folder exists and holds files finetune-bert did not write "
+                        f"({listed}); choose a new folder or pass --overwrite")
+    if MODEL in ours and MODEL in existing and not (overwrite or resume):
+        raise UserError(f"--output {folder} already holds a trained model; pass --overwrite to replace it, "
+                        "--resume to continue its run from its last checkpoint, or choose a new folder")
+    return ours
 
 
 def _jsonable(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
-
-
-def _tensorboard(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(folder))
 
 
 def say(message: str) -> None:

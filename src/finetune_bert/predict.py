@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import csv
 import json
-from contextlib import contextmanager
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from finetune_bert import fastpath
-from finetune_bert.data import SkippedRow, Split, clean_text, read_source, report_bad_rows, to_split, write_skipped
+from finetune_bert.data import SkippedRow, Split, clean_text, write_skipped
 from finetune_bert.encoding import Encoded, encode
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import EVAL_CHUNK, batched_logits, chunk_rows, steady_heap
 from finetune_bert.model import autocast_dtype, load_classifier, load_tokenizer, pick_device, read_run_info
 from finetune_bert.readers import source_chunks
+from finetune_bert.safefiles import atomic_output, check_output_file
 from finetune_bert.streaming import ChunkedSplit
 
 
@@ -35,6 +36,10 @@ class Prediction:
         return f"{self.label}, confidence {self.confidence:.2f}"
 
 
+# Output formats of predictions, by the extension of --output.
+OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+
+
 class Classifier:
     def __init__(self, model, tokenizer, info: dict[str, Any], device: torch.device):
         self.model, self.tokenizer, self.info, self.device = model, tokenizer, info, device
@@ -42,15 +47,12 @@ class Classifier:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.layout = fastpath.layout(model, device, self.dtype, self.pad_id)
         config = model.config
-        self.label_names = [config.id2label[i] for i in range(config.num_labels)]
+        self.labels = LabelMap.of(config, info)
+        self.label_names = self.labels.names
         self.max_length = min(info.get("max_length", 512), getattr(config, "max_position_embeddings", 512))
         self.truncation = info.get("truncation", "head+tail")
         self.head_tokens = info.get("head_tokens", 128)
         self.clean = info.get("clean", True)
-        # Labels in data may be names or the values used in training; for a model finetune-bert did not
-        # train, integer labels are taken as ids.
-        raw = info.get("raw_labels", list(range(len(self.label_names))))
-        self._to_id = {**{str(n): i for i, n in enumerate(self.label_names)}, **{r: i for i, r in enumerate(raw)}}
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
         return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
@@ -78,32 +80,39 @@ class Classifier:
         out = [Prediction(self.label_names[int(p.argmax())], float(p.max())) for p in rows]
         return out[0] if isinstance(texts, str) else out
 
-    def read_labelled(self, data: str, text_column: str | None, label_column: str | None,
-                      on_bad_rows: str = "error", skipped: list[SkippedRow] | None = None) -> Split:
-        """Data with labels mapped to this model's ids; labels it does not know are bad rows."""
-        records, _, _ = read_source(data, "test")
-        skipped = [] if skipped is None else skipped
-        split = to_split(records, "test", text_column, label_column, self.clean, True, skipped, on_bad_rows)
-        kept, bad = self.known_labels(split)
-        report_bad_rows(bad, on_bad_rows, skipped)
-        return kept
-
     def labelled_chunks(self, data: str, text_column: str | None, label_column: str | None,
                         on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
-        """`read_labelled` a chunk of rows at a time: call check() (which raises what read_labelled would),
-        then iterate. Rows it skips are in its `skipped`."""
-        return ChunkedSplit(source_chunks(data, "test", rows_per_chunk), "test", text_column, label_column,
-                            self.clean, True, on_bad_rows, self.known_labels)
+        """Labelled data a chunk of rows at a time, labels as this model's ids: call check() (which raises
+        for the first bad row or unknown label), then iterate. Rows it skips are in its `skipped`."""
+        return labelled_rows(data, self.labels, self.clean, text_column, label_column, on_bad_rows, rows_per_chunk)
 
     def known_labels(self, split: Split) -> tuple[Split, list[SkippedRow]]:
+        return self.labels.known(split)
+
+
+@dataclass
+class LabelMap:
+    """A model's classes, and how labels in data map to them: read from config.json and finetune_bert.json,
+    so that data can be checked before the weights are loaded."""
+
+    names: list[str]
+    to_id: dict[Any, int]
+
+    @classmethod
+    def of(cls, config, info: dict[str, Any]) -> "LabelMap":
+        names = [str(config.id2label[i]) for i in range(config.num_labels)]
+        # Labels in data may be names or the values used in training; for a model finetune-bert did not
+        # train, integer labels are taken as ids.
+        raw = info.get("raw_labels", list(range(len(names))))
+        return cls(names, {**{n: i for i, n in enumerate(names)}, **{r: i for i, r in enumerate(raw)}})
+
+    def known(self, split: Split) -> tuple[Split, list[SkippedRow]]:
         """The rows whose label this model knows, with labels as ids; the others as bad rows."""
         ids, keep, bad = [], [], []
         for i, value in enumerate(split.labels):
-            label_id = self._to_id.get(value, self._to_id.get(str(value)))
+            label_id = self.to_id.get(value, self.to_id.get(str(value)))
             if label_id is None:
-                bad.append(SkippedRow("test", split.source, split.where[i], "label",
-                                      f"label {value!r} is not one of the model's labels "
-                                      f"({', '.join(self.label_names)})", repr(value)))
+                bad.append(SkippedRow("test", split.source, split.where[i], "label", self._unknown(value), repr(value)))
             else:
                 ids.append(label_id)
                 keep.append(i)
@@ -111,59 +120,107 @@ class Classifier:
         kept.labels = ids
         return kept, bad
 
+    def _unknown(self, value: Any) -> str:
+        same = [n for n in self.names if isinstance(value, str) and n.casefold() == value.casefold()]
+        hint = f"; labels are case-sensitive: the model has {same[0]!r}" if same else ""
+        return f"label {value!r} is not one of the model's labels ({', '.join(self.names)}){hint}"
+
+
+def labelled_rows(data: str, labels: LabelMap, clean: bool, text_column: str | None, label_column: str | None,
+                  on_bad_rows: str, rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
+    return ChunkedSplit(source_chunks(data, "test", rows_per_chunk), "test", text_column, label_column, clean, True,
+                        on_bad_rows, labels.known)
+
 
 def load(model_dir: str, device: str | None = None) -> Classifier:
-    """Load a fine-tuned classifier folder (or hub id) for prediction."""
+    """Load a fine-tuned classifier folder (or hub id) for prediction; a warning on stderr if its
+    classification head was never trained (its predictions would be random)."""
     info = read_run_info(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    model = load_classifier(model_dir)
+    notes: list[str] = []
+    model = load_classifier(model_dir, notes=notes)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
     target = torch.device(device) if device else pick_device()
     return Classifier(model.to(target).eval(), tokenizer, info, target)
 
 
-def predict_file(clf: Classifier, input_path: str, output_path: str, text_column: str | None = None,
-                 batch_size: int = 64, on_bad_rows: str = "error", rows_per_chunk: int | None = None) -> int:
-    """Predict every row of a file; write CSV (or JSONL for .jsonl) with every class probability.
+def check_output(output_path: str, input_path: str) -> Path:
+    """Before any row is read or the model loaded: a known extension, a writable place, not the input.
+    The file of skipped rows beside it is checked as well."""
+    out = Path(output_path).expanduser()
+    ext = "".join(out.suffixes[-1:]).lower()
+    if ext not in OUTPUT_FORMATS:
+        raise UserError(f"--output {output_path}: unknown extension {ext or '(none)'!r}; predictions are written "
+                        f"as {', '.join(OUTPUT_FORMATS)}, by the extension")
+    for path in (out, skipped_path(out)):
+        check_output_file(path, "--output", inputs=[input_path])
+    return out
 
-    The input is read, predicted and written a chunk of rows at a time, in the file's order, so memory
-    does not grow with its size; bad rows are found (and, unless skipped, reported) before any prediction.
-    """
-    rows = ChunkedSplit(source_chunks(input_path, "test", chunk_rows(rows_per_chunk, batch_size)), "input", text_column, None, False,
-                        False, on_bad_rows)
+
+def skipped_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".skipped.csv")
+
+
+def input_rows(input_path: str, text_column: str | None = None, label_column: str | None = None,
+               ignore_labels: bool = False, on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
+    """The texts to predict, a chunk at a time. A label column, if any, is only copied to the output:
+    its empty cells are fine, and with `ignore_labels` it is not looked for."""
+    return ChunkedSplit(source_chunks(input_path, "test", rows_per_chunk), "input", text_column, label_column, False,
+                        None if ignore_labels else False, on_bad_rows)
+
+
+def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size: int = 64,
+                 rows_per_chunk: int | None = None, **read: Any) -> int:
+    """Predict every row of a file into `output_path` (format by extension: OUTPUT_FORMATS), with every
+    class probability; `read` are `input_rows`' options. Returns the number of predictions."""
+    out = check_output(output_path, input_path)
+    rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), **read)
     rows.check()
+    return write_predictions(clf, rows, out, batch_size)
+
+
+def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size: int = 64) -> int:
+    """Read, predict and write a chunk of rows at a time, in the file's order, so memory does not grow with
+    its size; the output appears whole, by rename, only when every row is written. `rows.check()` must
+    have passed (so bad rows were reported before any prediction)."""
     steady_heap(clf.device)
     labelled = rows.picked is not None and rows.picked[1] is not None
     fields = ["row", "text", "predicted", "confidence", *(["true_label"] if labelled else []),
               *(f"prob_{n}" for n in clf.label_names)]
-    out = Path(output_path)
     written = 0
-    with _row_writer(out, fields) as write:
+    with atomic_output(out, newline="") as handle:
+        write = _row_writer(handle, OUTPUT_FORMATS[out.suffix.lower()], fields)
         for split in rows:
             for i, p in enumerate(clf.predict_proba(split.texts, batch_size)):
                 row = {"row": split.where[i], "text": split.texts[i],
                        "predicted": clf.label_names[int(p.argmax())], "confidence": round(float(p.max()), 6)}
-                if split.labels is not None:
+                if labelled:
                     row["true_label"] = split.labels[i]
                 row.update({f"prob_{n}": round(float(v), 6) for n, v in zip(clf.label_names, p)})
                 write(row)
                 written += 1
+        write(None)
     if rows.skipped:
-        skipped_path = out.with_name(out.stem + ".skipped.csv")
-        write_skipped(rows.skipped, skipped_path)
-        print(f"{len(rows.skipped)} rows skipped; listed in {skipped_path}")
+        write_skipped(rows.skipped, skipped_path(out))
+        print(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
     return written
 
 
-@contextmanager
-def _row_writer(out: Path, fields: list[str]) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """Write rows one by one: JSON Lines for .jsonl/.ndjson, else CSV (tab-separated for .tsv)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        if out.suffix.lower() in (".jsonl", ".ndjson"):
-            def write_line(row: dict[str, Any]) -> None:
-                handle.write(json.dumps(row) + "\n")
-            yield write_line
-        else:
-            writer = csv.DictWriter(handle, fieldnames=fields, delimiter="\t" if out.suffix == ".tsv" else ",")
-            writer.writeheader()
-            yield writer.writerow
+def _row_writer(handle, fmt: str, fields: list[str]) -> Callable[[dict[str, Any] | None], None]:
+    """Write rows one by one in `fmt`; a final call with None closes the format (the JSON array)."""
+    if fmt in ("csv", "tsv"):
+        writer = csv.DictWriter(handle, fieldnames=fields, delimiter="\t" if fmt == "tsv" else ",")
+        writer.writeheader()
+        return lambda row: None if row is None else writer.writerow(row)
+    if fmt == "jsonl":
+        return lambda row: None if row is None else handle.write(json.dumps(row) + "\n")
+    first = [True]
+
+    def write_json_array(row: dict[str, Any] | None) -> None:
+        if row is None:
+            handle.write("[]\n" if first[0] else "\n]\n")
+            return
+        handle.write(("[\n" if first[0] else ",\n") + json.dumps(row))
+        first[0] = False
+    return write_json_array

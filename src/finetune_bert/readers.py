@@ -24,7 +24,17 @@ TABULAR = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet", ".txt")
 SUPPORTED = ", ".join(TABULAR) + " (each optionally .gz), or an aclImdb-style folder"
 WHOLE = sys.maxsize  # rows per chunk when a reader is to return the whole file as one chunk
 GZIP_ERRORS = (OSError, EOFError, zlib.error)  # bad header or CRC, truncated, corrupt deflate data
+FOLDER_LABELS = {"pos": "positive", "neg": "negative"}
+_NUMBERED = re.compile(r"(\d+)")
+# Lines split as an editor splits them: csv keeps line ends ('') to count quoted multi-line fields; the others
+# split on \r, \n, \r\n (None) only, not on U+2028, form feed etc. as splitlines() does: JSON strings hold those.
+_NEWLINE = {".csv": "", ".tsv": ""}
 T = TypeVar("T")
+
+try:  # long documents are real data: lift csv's cap of 131,072 characters on one field
+    csv.field_size_limit(sys.maxsize)
+except OverflowError:  # the cap is a C long, 32-bit on some platforms (Windows)
+    csv.field_size_limit(2**31 - 1)
 
 
 @dataclass
@@ -72,11 +82,18 @@ def _not_utf8(path: Path, line: int, bad: bytes) -> UserError:
     return UserError(f"{path}: line {line}: bytes {bad!r} are not valid UTF-8 (save the file as UTF-8)")
 
 
+def _has_nul(path: Path, line: int) -> UserError:
+    # NUL is valid UTF-8, but in a text file it means UTF-16 without a BOM (or not text): every name is garbled.
+    return UserError(f"{path}: line {line}: has NUL bytes; is it UTF-16 or not text? (save the file as UTF-8)")
+
+
 def _decode(path: Path, raw: bytes) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _not_utf8(path, raw[: exc.start].count(b"\n") + 1, raw[exc.start : exc.start + 4]) from None
+    if "\0" in text:
+        raise _has_nul(path, text[: text.index("\0")].count("\n") + 1)
     return text.removeprefix("\ufeff")
 
 
@@ -84,31 +101,53 @@ def read_records(path: Path) -> Records:
     """Read one data file of any supported format."""
     ext = file_format(path)
     if ext == ".parquet":
-        return _read_parquet(path)
+        return next(_parquet_chunks(path, WHOLE))
     text = _decode(path, _read_bytes(path))
     if not text.strip():
         raise UserError(f"{path}: file is empty")
     if ext == ".json":
         records = _read_json(path, text, ext)
     else:
-        lines = io.StringIO(text, newline="") if ext in (".csv", ".tsv") else text.splitlines()
-        records = next(_CHUNKERS[ext](path, lines, ext, WHOLE), Records(str(path), [], [], []))
+        records = next(_CHUNKERS[ext](path, io.StringIO(text, newline=_NEWLINE.get(ext)), ext, WHOLE),
+                       Records(str(path), [], [], []))
     if not records.rows:
-        raise UserError(f"{path}: has a header but no rows")
+        raise UserError(f"{path}: has no records" if ext == ".json" else f"{path}: has a header but no rows")
     return records
+
+
+def _delimiter(lines: Iterator[str], ext: str) -> tuple[str, str, Iterator[str]]:
+    """(delimiter, hint for a failed row, all the lines). Judged from the header line alone: cheap, the same for
+    every chunk. The extension's delimiter wins if there; else the only one there (Excel saves a ';'-delimited
+    .csv where ',' is the decimal mark). Others in the header (outside quotes, not a trailing tab) go in the hint."""
+    header, lines = _first_line(lines)
+    default, unquoted = "\t" if ext == ".tsv" else ",", "".join(header.strip().split('"')[::2])
+    found = [d for d in ",\t;|" if d in unquoted]
+    if default not in found and len(found) == 1:
+        return found[0], "", lines
+    others = [d for d in found if d != default]
+    return default, f"; the header looks {' or '.join(map(repr, others))}-delimited" if others else "", lines
+
+
+def _unique(where: str, columns: list[str]) -> list[str]:
+    """The columns; a name twice would silently keep only one column's values per row."""
+    for number, name in enumerate(columns, start=1):
+        if name and name in columns[: number - 1]:
+            raise UserError(f"{where}: column name '{name}' appears twice (columns {columns.index(name) + 1} and "
+                            f"{number}); rename one")
+    return columns
 
 
 def _delimited_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Iterator[Records]:
     """CSV/TSV rows, `size` at a time. `lines` are split the way a newline='' text stream splits them, so
     that csv counts lines (and quoted multi-line fields) as the user's editor does."""
-    delimiter = "\t" if ext == ".tsv" else ","
+    delimiter, hint, lines = _delimiter(iter(lines), ext)
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
     rows, where, start = [], [], 1
     try:
-        header = next(reader, None)
+        header = next((values for values in reader if any(v.strip() for v in values)), None)
         if header is None:
             return
-        columns = [c.strip() for c in header]
+        columns = _unique(f"{path}: line {reader.line_num}", [c.strip() for c in header])
         start = reader.line_num + 1
         for values in reader:
             if not any(v.strip() for v in values):
@@ -116,7 +155,7 @@ def _delimited_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> 
                 continue  # blank line between records
             if len(values) != len(columns):
                 raise UserError(f"{path}: line {start}: {len(values)} fields where the header has "
-                                f"{len(columns)} (check for an unquoted '{delimiter}' or a stray quote)")
+                                f"{len(columns)} (check for an unquoted {delimiter!r} or a stray quote){hint}")
             rows.append(dict(zip(columns, values)))
             where.append(f"line {start}")
             start = reader.line_num + 1
@@ -124,8 +163,9 @@ def _delimited_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> 
                 yield Records(str(path), columns, rows, where)
                 rows, where = [], []
     except csv.Error as exc:
-        raise UserError(f"{path}: line {start}: malformed {ext[1:].upper()} ({exc}); "
-                        "an opening quote is probably never closed") from None
+        cause = ('a quote inside a quoted field must be doubled ("")' if "expected after" in str(exc)
+                 else "an opening quote is probably never closed")
+        raise UserError(f"{path}: line {start}: malformed {ext[1:].upper()} ({exc}); {cause}{hint}") from None
     if rows:
         yield Records(str(path), columns, rows, where)
 
@@ -137,11 +177,10 @@ def _read_json(path: Path, text: str, ext: str) -> Records:
         raise UserError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
     if isinstance(payload, dict):
         lists = {k: v for k, v in payload.items() if isinstance(v, list)}
-        if lists and all(len(v) == len(next(iter(lists.values()))) for v in lists.values()) and len(lists) > 1:
-            keys = list(lists)  # column-oriented: {"text": [...], "label": [...]}
-            payload = [dict(zip(keys, values)) for values in zip(*lists.values())]
-        elif len(lists) == 1:
+        if len(lists) == 1:
             payload = next(iter(lists.values()))  # {"data": [...]}
+        elif lists and len({len(v) for v in lists.values()}) == 1:  # columns: {"text": [...], "label": [...]}
+            payload = [dict(zip(lists, values)) for values in zip(*lists.values())]
     if not isinstance(payload, list):
         raise UserError(f"{path}: JSON must be a list of records, e.g. [{{\"text\": ..., \"label\": ...}}]")
     return _from_dicts(path, payload, [f"record {i + 1}" for i in range(len(payload))])
@@ -180,7 +219,7 @@ def _line_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Itera
     rows, where = [], []
     for number, line in enumerate(lines, start=1):
         if line.strip():
-            rows.append({"text": line})
+            rows.append({"text": line.removesuffix("\n")})
             where.append(f"line {number}")
             if len(rows) == size:
                 yield Records(str(path), ["text"], rows, where)
@@ -194,29 +233,8 @@ _CHUNKERS: dict[str, Callable[[Path, Iterable[str], str, int], Iterator[Records]
     ".txt": _line_chunks}
 
 
-def _read_parquet(path: Path) -> Records:
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise UserError(f"{path}: not a readable Parquet file ({exc})") from None
-    if table.num_rows == 0:
-        raise UserError(f"{path}: has columns but no rows")
-    rows = table.to_pylist()
-    return Records(str(path), table.column_names, rows, [f"row {i + 1}" for i in range(len(rows))])
-
-
-_NUMBERED = re.compile(r"(\d+)")
-
-
 def _natural_key(path: Path) -> list:
     return [int(p) if p.isdigit() else p for p in _NUMBERED.split(path.name)]
-
-
-FOLDER_LABELS = {"pos": "positive", "neg": "negative"}
 
 
 def read_folder_split(root: Path, split: str) -> Records | None:
@@ -228,7 +246,7 @@ def read_folder_split(root: Path, split: str) -> Records | None:
     for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "unsup"):
         label = FOLDER_LABELS.get(class_dir.name, class_dir.name)
         for file in sorted(class_dir.glob("*.txt"), key=_natural_key):
-            rows.append({"text": _decode(file, file.read_bytes()), "label": label})
+            rows.append({"text": _decode(file, _read_bytes(file)), "label": label})
             where.append(str(file.relative_to(root)))
     if not rows:
         raise UserError(f"{base}: no <class>/*.txt files found")
@@ -257,8 +275,11 @@ def local_file(spec: str) -> Path | None:
 
 
 def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[str] | None]:
-    import datasets
-
+    try:
+        import datasets
+    except ImportError as exc:  # an optional extra for users of local files only
+        raise UserError(f"'{name}' is not a local file or folder; reading it as a Hugging Face hub dataset needs "
+                        f"the `datasets` package ({exc}): pip install datasets (local files work without it)") from None
     try:
         loaded = datasets.load_dataset(name)
     except Exception as exc:  # the hub raises many types: connection, not found, offline mode
@@ -285,11 +306,9 @@ def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[
 def iter_record_chunks(path: Path, rows_per_chunk: int) -> Iterator[Records]:
     """A file's records, at most `rows_per_chunk` rows at a time, without holding the whole file.
 
-    Rows, locations and error messages are those of `read_records`, but a problem late in the file is found
-    only when its chunk is read; for JSON Lines, a chunk's columns are the keys its own records have.
-    CSV, TSV, JSON Lines and text (each also .gz) are decoded and parsed a line at a time, Parquet a record
-    batch at a time. A JSON file (one array or object) cannot be parsed in pieces: it comes whole, one chunk.
-    """
+    Rows, locations and errors are those of `read_records`, but a problem late in the file is found only when
+    its chunk is read; a JSON Lines chunk's columns are its own records' keys. Text formats are parsed a line
+    at a time, Parquet a batch at a time; a JSON file (one array or object) comes whole, as one chunk."""
     ext = file_format(path)
     if ext == ".json":
         yield read_records(path)
@@ -297,11 +316,12 @@ def iter_record_chunks(path: Path, rows_per_chunk: int) -> Iterator[Records]:
     if ext == ".parquet":
         yield from _parquet_chunks(path, rows_per_chunk)
         return
-    pieces = _not_blank(path, _decoded_lines(path))
-    if ext in (".csv", ".tsv"):
-        lines = itertools.chain.from_iterable(io.StringIO(p, newline="") if "\r" in p else (p,) for p in pieces)
-    else:
-        lines = itertools.chain.from_iterable(p.splitlines() for p in pieces)
+    first, pieces = _first_line(_decoded_lines(path))
+    if not first:  # a file of blank lines is empty, as for read_records
+        raise UserError(f"{path}: file is empty")
+    # A piece is one line up to b'\n'; one with a '\r' may be several, split as read_records splits them.
+    lines = itertools.chain.from_iterable(io.StringIO(p, newline=_NEWLINE.get(ext)) if "\r" in p else (p,)
+                                          for p in pieces)
     chunks = _CHUNKERS[ext](path, lines, ext, rows_per_chunk)
     first = next(chunks, None)
     if first is None:
@@ -322,11 +342,8 @@ class _FileChunks:
 
 
 def source_chunks(spec: str, split: str, rows_per_chunk: int) -> Iterable[Records]:
-    """A data spec (as read_source takes it) as chunks of records, iterable more than once.
-
-    Files that stream are re-read on each pass; a JSON file, an aclImdb folder or a hub dataset is read
-    whole, once, and is one chunk.
-    """
+    """A data spec (as read_source takes it) as chunks of records, iterable more than once: files that stream
+    are re-read on each pass; a JSON file, an aclImdb folder or a hub dataset is read once, as one chunk."""
     file = local_file(spec)
     if file is not None and file_format(file) != ".json":
         return _FileChunks(file, rows_per_chunk)
@@ -368,37 +385,44 @@ def _decoded_lines(path: Path) -> Iterator[str]:
                 for more in itertools.islice(raws, 3):
                     bad = (bad + more)[:4]
                 raise _not_utf8(path, number, bad) from None
+            if "\0" in text:
+                raise _has_nul(path, number)
             yield text.removeprefix("\ufeff") if number == 1 else text
 
 
-def _not_blank(path: Path, lines: Iterator[str]) -> Iterator[str]:
-    """The lines, once one that is not blank is found; a file of blank lines is empty, as for read_records."""
+def _first_line(lines: Iterator[str]) -> tuple[str, Iterator[str]]:
+    """The first line that is not blank ('' if none), and all the lines, that one included."""
     head = []
     for line in lines:
         head.append(line)
         if line.strip():
-            return itertools.chain(head, lines)
-    raise UserError(f"{path}: file is empty")
+            return line, itertools.chain(head, lines)
+    return "", iter(head)
 
 
 def _parquet_chunks(path: Path, size: int) -> Iterator[Records]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.exists():
         raise UserError(f"{path}: file not found")
 
-    def unreadable(exc: BaseException) -> UserError:
-        return UserError(f"{path}: not a readable Parquet file ({exc})")
+    def unreadable(exc: BaseException) -> UserError:  # pyarrow's messages can run over several lines
+        return UserError(f"{path}: not a readable Parquet file ({(str(exc) or type(exc).__name__).splitlines()[0]})")
+    # Parquet is read by seeking, so a .parquet.gz is decompressed into memory first.
+    source = pa.BufferReader(_read_bytes(path)) if path.suffix.lower() == ".gz" else path
     try:
-        handle = pq.ParquetFile(path)
+        handle = pq.ParquetFile(source)
         empty = handle.metadata.num_rows == 0
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise unreadable(exc) from None
     if empty:
         raise UserError(f"{path}: has columns but no rows")
     with handle:
-        columns, done = handle.schema_arrow.names, 0
-        for batch in _guarded(handle.iter_batches(batch_size=size), (Exception,), unreadable):
+        columns, done = _unique(str(path), handle.schema_arrow.names), 0
+        # Whole: one table, as iter_batches is not promised to return one batch however large.
+        batches = (handle.read() for _ in "1") if size == WHOLE else handle.iter_batches(batch_size=size)
+        for batch in _guarded(batches, (Exception,), unreadable):
             rows = batch.to_pylist()
             yield Records(str(path), columns, rows, [f"row {done + i + 1}" for i in range(len(rows))])
             done += len(rows)

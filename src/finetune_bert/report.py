@@ -100,9 +100,17 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_files(report: dict[str, Any]) -> dict[str, str]:
+    """The report's files by name: JSON for programs, text for people."""
+    return {"data_report.json": json.dumps(report, indent=2, default=str) + "\n",
+            "data_report.txt": format_report(report) + "\n"}
+
+
 def save_report(report: dict[str, Any], folder: Path) -> None:
-    (folder / "data_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (folder / "data_report.txt").write_text(format_report(report) + "\n")
+    from finetune_bert.safefiles import write_text_atomic
+
+    for name, text in report_files(report).items():
+        write_text_atomic(folder / name, text)
 
 
 def prepare(cfg, ds: Dataset, tokenizer, model_config) -> tuple[dict[str, Encoded], dict[str, Any]]:
@@ -122,14 +130,18 @@ def prepare(cfg, ds: Dataset, tokenizer, model_config) -> tuple[dict[str, Encode
 
 def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model."""
-    from finetune_bert.data import load_dataset
+    from finetune_bert.data import load_dataset, write_skipped
     from finetune_bert.model import load_model_config, load_tokenizer
+    from finetune_bert.safefiles import check_output_folder
 
+    if output:
+        check_output_folder(output, "--output")  # before the data is read: a report with nowhere to go is lost work
     ds = load_dataset(cfg)  # data problems surface before any model file is touched
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     _, report = prepare(cfg, ds, tokenizer, load_model_config(cfg.model, cfg.trust_remote_code))
     print(format_report(report))
     if output:
-        Path(output).mkdir(parents=True, exist_ok=True)
         save_report(report, Path(output))
+        if ds.skipped:
+            write_skipped(ds.skipped, Path(output) / "skipped_rows.csv")
     return report

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from finetune_bert.data import (SkippedRow, Split, bad_rows_error, check_rows, first_label_kinds,
+from finetune_bert.data import (SkippedRow, Split, all_skipped, bad_rows_error, check_rows, first_label_kinds,
                                 mixed_labels_error, report_bad_rows, split_columns)
 from finetune_bert.errors import UserError
 from finetune_bert.readers import Records
@@ -44,7 +44,7 @@ class ChunkedSplit:
     """
 
     def __init__(self, chunks: Iterable[Records], name: str, text_column: str | None, label_column: str | None,
-                 clean: bool, need_labels: bool, on_bad_rows: str, row_filter: RowFilter | None = None):
+                 clean: bool, need_labels: bool | None, on_bad_rows: str, row_filter: RowFilter | None = None):
         self.chunks, self.name, self.clean, self.on_bad_rows = chunks, name, clean, on_bad_rows
         self.wanted = (text_column, label_column, need_labels)
         self.row_filter = row_filter
@@ -66,7 +66,7 @@ class ChunkedSplit:
                     tally.picked = ("", None)  # no columns to check yet; check() picks from all and re-reads
             if not tally.picked[0]:
                 continue
-            split, bad = check_rows(records, self.name, *tally.picked, clean=False)
+            split, bad = check_rows(records, self.name, *tally.picked, clean=False, optional_labels=not self.wanted[2])
             tally.bad += len(bad)
             tally.first_bad = tally.first_bad or (bad[0] if bad else None)
             first_label_kinds(split, tally.kinds)
@@ -84,14 +84,17 @@ class ChunkedSplit:
         picked = self._pick(tally.source, tally.columns)
         if picked != tally.picked:
             tally = self._tally(picked)
-        if len(tally.kinds) > 1:
+        if len(tally.kinds) > 1 and self.wanted[2]:  # predict only copies its labels: any mix is fine
             raise mixed_labels_error(tally.source, picked[1], tally.kinds)
         if tally.first_bad is not None and self.on_bad_rows != "skip":
             raise bad_rows_error(tally.first_bad, tally.bad)
-        if tally.usable == 0:
-            raise UserError(f"{tally.source}: no usable rows")
+        if tally.usable == 0:  # worded as data.to_split words it
+            raise UserError(f"{tally.source}: no usable rows" + all_skipped(tally.first_bad, tally.bad))
         if tally.first_filtered is not None and self.on_bad_rows != "skip":
             raise bad_rows_error(tally.first_filtered, tally.filtered)
+        if tally.usable == tally.filtered:  # scoring nothing is never a result
+            first = tally.first_bad or tally.first_filtered
+            raise UserError(f"{tally.source}: no usable rows" + all_skipped(first, tally.bad + tally.filtered, "score"))
         self.picked = picked
         return tally.usable - tally.filtered
 
@@ -100,10 +103,12 @@ class ChunkedSplit:
         if self.picked is None:
             raise RuntimeError("ChunkedSplit: call check() before iterating")
         for records in self.chunks:
-            split, bad = check_rows(records, self.name, *self.picked, clean=self.clean)
+            split, bad = check_rows(records, self.name, *self.picked, clean=self.clean,
+                                    optional_labels=not self.wanted[2])
             report_bad_rows(bad, self.on_bad_rows, self.skipped)
             if self.row_filter is not None:
                 split, bad = self.row_filter(split)
                 report_bad_rows(bad, self.on_bad_rows, self.skipped)
             if len(split):
                 yield split
+

@@ -14,6 +14,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,13 @@ import torch
 from finetune_bert import checkpoint, fastpath, faults
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
-from finetune_bert.data import Dataset, load_dataset, write_skipped
+from finetune_bert.data import Dataset, load_dataset, skipped_csv
 from finetune_bert.encoding import Encoded, train_batches
 from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.evaluate import format_metrics, run_eval
-from finetune_bert.model import autocast_dtype, load_classifier, load_model_config, load_tokenizer, pick_device
+from finetune_bert.model import autocast_dtype, load_classifier, load_tokenizer, pick_device
 from finetune_bert.output import RunFolder, model_card, say
-from finetune_bert.report import format_report, prepare, save_report
+from finetune_bert.report import format_report, prepare, report_files
 from finetune_bert.steps import defers_checks, evaluate_step, settle, stop_on_signal, train_step
 
 
@@ -49,13 +50,14 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 def _setup_data(cfg: TrainConfig, ds: Dataset, tokenizer, model_config, run: RunFolder) -> tuple[dict[str, Encoded], dict]:
     encoded, report = prepare(cfg, ds, tokenizer, model_config)
     say(format_report(report))
-    save_report(report, run.path)
-    run.own("data_report.json", "data_report.txt")
+    # Staged, not written: they appear with the first model saved, so that a run failing before it never
+    # leaves a report of its own beside an earlier run's model.
+    for name, text in report_files(report).items():
+        run.stage(name, text)
     if ds.skipped:
-        run.own("skipped_rows.csv")
-        write_skipped(ds.skipped, run.path / "skipped_rows.csv")
+        run.stage("skipped_rows.csv", skipped_csv(ds.skipped))
         say(f"warning: {len(ds.skipped)} bad rows skipped; each is listed with its reason in "
-            f"{run.path / 'skipped_rows.csv'}")
+            f"{run.path / 'skipped_rows.csv'} (written with the model)")
     for i in range(min(2, len(ds.train))):
         ids = encoded["train"].ids[i]
         say(f"sample {i}: label {ds.label_names[encoded['train'].labels[i]]!r}, {len(ids)} tokens: "
@@ -65,8 +67,20 @@ def _setup_data(cfg: TrainConfig, ds: Dataset, tokenizer, model_config, run: Run
 
 def _setup_model(cfg: TrainConfig, label_names: list[str], device: torch.device):
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation
-    model = load_classifier(cfg.model, label_names, cfg.trust_remote_code)
+    notes: list[str] = []
+    model = load_classifier(cfg.model, label_names, cfg.trust_remote_code, notes=notes)
+    for note in notes:
+        say(note)
     return model.to(device).train()
+
+
+def _setup_output(cfg: TrainConfig) -> None:
+    """Refuse, before any data is read, an output folder this run must not write into."""
+    RunFolder.check(cfg.output, cfg.overwrite, cfg.resume)
+    if cfg.resume and not cfg.overwrite and (Path(cfg.output) / "model.safetensors").is_file() \
+            and not checkpoint.complete_checkpoints(Path(cfg.output)):
+        raise UserError(f"--resume: {cfg.output} holds a finished model and no checkpoint to continue from; "
+                        "pass --overwrite to train it again from the start, or choose a new --output")
 
 
 def _setup_optimizer(cfg: TrainConfig, model, device: torch.device) -> torch.optim.Optimizer:
@@ -116,18 +130,24 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         torch.set_num_threads(cfg.num_threads)
     started = time.time()
     say("config: " + json.dumps({k: v for k, v in cfg.to_json().items() if v not in (None, False)}))
-    # Cheap checks first, so a bad row or a missing model fails in seconds and leaves nothing behind.
-    RunFolder.check(cfg.output, cfg.overwrite)
+    # Cheap checks first, so a bad row, a missing model or an unusable output fails in seconds and leaves
+    # nothing behind; the model is loaded before the folder is touched (a head that cannot be made stops here).
+    _setup_output(cfg)
     ds = load_dataset(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    model_config = load_model_config(cfg.model, cfg.trust_remote_code)
-    run = RunFolder(cfg.output, cfg.overwrite)
-    run.own("checkpoints")
-    run.write_text("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
     device = pick_device()
-    dtype = autocast_dtype(device, cfg.bf16)
-    enc, report = _setup_data(cfg, ds, tokenizer, model_config, run)
     model = _setup_model(cfg, ds.label_names, device)
+    with RunFolder(cfg.output, cfg.overwrite, cfg.resume) as run:
+        return _fit(cfg, run, ds, tokenizer, model, started)
+
+
+def _fit(cfg: TrainConfig, run: RunFolder, ds: Dataset, tokenizer, model, started: float) -> TrainResult:
+    """Tokenize, train, keep the best model, score it on test: everything that writes into `run`."""
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(device, cfg.bf16)
+    run.own("checkpoints")
+    run.stage("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
+    enc, report = _setup_data(cfg, ds, tokenizer, model.config, run)
     optimizer = _setup_optimizer(cfg, model, device)
     weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), device)
     run_info = {"max_length": report["max_length"], "truncation": cfg.truncation, "head_tokens": cfg.head_tokens,
@@ -158,7 +178,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     def save_checkpoint() -> None:
         nonlocal last_save
         losses.extend(settle(pending, state, cfg.max_bad_steps))  # the counters it saves must be current
-        path = checkpoint.save(run.path, model, optimizer, state, cfg.keep_checkpoints)
+        path = checkpoint.save(run.path, model, optimizer, state, max(1, cfg.keep_checkpoints))
         run.log("checkpoint", step=state.step, path=str(path))
         last_save = time.time()
 
@@ -254,7 +274,8 @@ def _finish(cfg, run, model, tokenizer, enc, label_names, state, report, device,
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.write_text("README.md", model_card(cfg, report, metrics))
     run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
-    run.close()
+    if cfg.keep_checkpoints == 0:  # they were only kept for a crash; the run is done
+        run.remove_checkpoints()
     say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
         f"training took {train_seconds:.0f}s")
     return TrainResult(str(run.path), metrics, state.best_step)
