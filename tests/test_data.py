@@ -1,6 +1,7 @@
 """Columns, labels, cleaning, splits and bad rows: each user mistake has its named test."""
 
 import json
+import re
 
 import pytest
 
@@ -178,7 +179,7 @@ def test_a_class_named_like_a_missing_value_is_a_real_class(tmp_path, name):
 def test_labels_differing_only_in_case_stop_with_the_variants(tmp_path):
     rows = toy_rows(20)
     rows[4]["label"], rows[6]["label"] = "Positive", " POSITIVE "
-    with pytest.raises(UserError, match=r"labels that differ only in case would become separate classes: "
+    with pytest.raises(UserError, match=r"labels that differ only in case, Unicode form or invisible characters would become separate classes: "
                                         r"'positive' \(8 rows, first at .*d.csv: line 2\), 'Positive' \(1 rows, "
                                         r"first at .*line 6\), 'POSITIVE' \(1 rows, .*line 8\)\. .*--fold-labels"):
         load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
@@ -192,6 +193,62 @@ def test_fold_labels_merges_case_variants_into_the_most_frequent_spelling(tmp_pa
     assert ds.label_names == ["negative", "positive"]
     assert set(ds.test.labels) == {"negative", "positive"}
     assert any("--fold-labels merged" in n for n in ds.notes)
+
+
+@pytest.mark.parametrize("variant", ["cafe\u0301", "caf\u00e9\u200b"])
+def test_labels_differing_in_unicode_form_or_invisible_characters_stop_with_the_variants(tmp_path, variant):
+    rows = toy_rows(20)
+    for r in rows[::2]:
+        r["label"] = "caf\u00e9"
+    rows[2]["label"] = variant
+    with pytest.raises(UserError, match=r"Unicode form or invisible characters .*'café' \(9 rows.*'caf[eé]\\u(0301|200b)' \(1 rows"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+    ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows), fold_labels=True))
+    assert ds.label_names == ["café", "negative"]
+
+
+@pytest.mark.parametrize("spelling", ["01", "+1", "\uff11"])
+def test_integer_labels_in_another_spelling_are_not_merged_with_the_integer(tmp_path, spelling):
+    rows = [{"text": r["text"], "label": [0, 1][i % 2]} for i, r in enumerate(toy_rows(20))]
+    rows[3]["label"] = spelling
+    with pytest.raises(UserError, match=rf"label '{re.escape(spelling)}' is text but .* has the integer label"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+
+
+def test_zero_padded_integer_labels_keep_their_spelling(tmp_path):
+    rows = [{"text": r["text"], "label": ["01", "02"][i % 2]} for i, r in enumerate(toy_rows(20))]
+    assert load_dataset(cfg(write_csv(tmp_path / "d.csv", rows))).label_names == ["01", "02"]
+
+
+@pytest.mark.parametrize("header", ["text,Text,label", "review,text,label", "text,label,Label"])
+def test_two_columns_that_could_be_the_text_or_label_column_are_refused(tmp_path, header):
+    path = tmp_path / "d.csv"
+    path.write_text(header + "\n" + "".join(f"good film {i},x{i},{'positive' if i % 2 else 'negative'}\n"
+                                              for i in range(12)))
+    with pytest.raises(UserError, match=r"2 columns could be the (text|label) column \('.*', '.*'\); name one with "
+                                        r"--(text|label)-column"):
+        load_dataset(cfg(path))
+
+
+@pytest.mark.parametrize("options", [{"text_column": "label"}, {"label_column": "text"},
+                                     {"text_column": "label", "label_column": "label"}])
+def test_the_text_column_cannot_also_be_the_label_column(tmp_path, options):
+    with pytest.raises(UserError, match=r"column '(label|text)' is both the text column and the label column"):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", toy_rows(20)), **options))
+
+
+@pytest.mark.parametrize("text,reason", [("<br /><br />", "text is empty once cleaned ('<br />' tags and HTML "
+                                                         "entities); --no-clean keeps them"),
+                                         ("&nbsp;", "text is empty once cleaned"),
+                                         ("\u200b\u200b", "text has no visible characters"),
+                                         ("  \t ", "text is empty")])
+def test_a_text_with_nothing_visible_is_a_bad_row(tmp_path, text, reason):
+    rows = toy_rows(20)
+    rows[3]["text"] = text
+    with pytest.raises(UserError, match=re.escape(f"line 5, column 'text': {reason}")):
+        load_dataset(cfg(write_csv(tmp_path / "d.csv", rows)))
+    if "<br" in text:
+        assert "<br /><br />" in load_dataset(cfg(tmp_path / "d.csv", clean=False)).train_all.texts
 
 
 def test_text_cells_that_are_lists_or_numbers_are_bad_rows(tmp_path):

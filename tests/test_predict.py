@@ -201,3 +201,30 @@ def test_a_trained_model_loads_without_a_head_warning(trained, capsys):
     from finetune_bert import load
     load(trained.output)
     assert "classification head" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,reason", [("<br /><br />", "text is empty once cleaned"),
+                                         ("\u200b \u00a0", "text has no visible characters")])
+def test_predict_input_with_nothing_visible_is_a_bad_row(trained, tmp_path, text, reason, capsys):
+    from conftest import toy_rows, write_csv
+    from finetune_bert.cli import main
+    rows = toy_rows(6)
+    rows[2]["text"] = text
+    src = write_csv(tmp_path / "d.csv", rows)
+    assert main(["predict", "--model", trained.output, "--input", str(src), "--output", str(tmp_path / "p.csv")]) == 2
+    assert f"line 4, column 'text': {reason}" in capsys.readouterr().err
+    assert main(["predict", "--model", trained.output, "--input", str(src), "--output", str(tmp_path / "p.csv"),
+                 "--on-bad-rows", "skip"]) == 0
+    with open(tmp_path / "p.csv", newline="") as handle:
+        assert [r["row"] for r in csv.DictReader(handle)] == ["line 2", "line 3", "line 5", "line 6", "line 7"]
+    with open(tmp_path / "p.skipped.csv", newline="") as handle:
+        assert [r["row"] for r in csv.DictReader(handle)] == ["line 4"]
+
+
+def test_a_damaged_run_file_beside_the_model_is_one_line(trained, tmp_path, capsys):
+    import shutil
+    from finetune_bert.cli import main
+    model = shutil.copytree(trained.output, tmp_path / "m")
+    (model / "finetune_bert.json").write_text("{not json")
+    assert main(["predict", "--model", str(model), "good"]) == 2
+    assert "finetune_bert.json: cannot be read (" in capsys.readouterr().err

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import write_csv
 from finetune_bert.errors import UserError
-from finetune_bert.readers import iter_record_chunks, read_folder_split, read_records, read_source, source_chunks
+from finetune_bert.readers import iter_record_chunks, read_records
+from finetune_bert.sources import source_chunks
 
 ROWS = [{"text": "a good film, truly", "label": "positive"}, {"text": 'said "bad"\nand left', "label": "negative"}]
 
@@ -57,19 +58,6 @@ def test_reads_parquet(tmp_path):
     rec = read_records(tmp_path / "d.parquet")
     _expect(rec.rows)
     assert rec.where == ["row 1", "row 2"]
-
-
-def test_reads_aclimdb_folder(tmp_path):
-    for split in ("train", "test"):
-        for cls, text in (("pos", "great"), ("neg", "awful")):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for i in (10, 2):
-                (tmp_path / split / cls / f"{i}_7.txt").write_text(f"{text} {i}")
-    (tmp_path / "train" / "unsup").mkdir()
-    (tmp_path / "train" / "unsup" / "0_0.txt").write_text("unlabelled")
-    rec = read_folder_split(tmp_path, "train")
-    assert [r["label"] for r in rec.rows] == ["negative", "negative", "positive", "positive"]
-    assert rec.where[0] == "train/neg/2_7.txt"  # natural order: 2 before 10
 
 
 def test_raises_on_missing_file(tmp_path):
@@ -224,14 +212,6 @@ def test_streamed_missing_and_corrupt_parquet(tmp_path):
         tmp_path / "bad.parquet", 5)))
 
 
-def test_source_chunks_read_again_and_fall_back_to_one_chunk(tmp_path):
-    path = _write(tmp_path / "d.csv", MANY)
-    chunks = source_chunks(str(path), "test", 4)
-    assert _joined(chunks) == _joined(chunks) and len(list(chunks)) == 3  # a second pass re-reads
-    (tmp_path / "a.json").write_text(json.dumps(MANY))
-    assert [len(c.rows) for c in source_chunks(str(tmp_path / "a.json"), "test", 4)] == [11]
-
-
 # ---------------------------------------------------------------- unusual but valid files, and broken ones
 
 
@@ -280,15 +260,6 @@ def test_csv_header_with_semicolon_and_comma_keeps_comma_and_names_semicolon_if_
     assert message.startswith(f"{tmp_path / 'bad.csv'}: line 3: 3 fields where the header has 2")
     assert message.endswith("the header looks ';'-delimited")
     assert _message(lambda: list(iter_record_chunks(tmp_path / "bad.csv", 1))) == message
-
-
-def test_hub_name_without_datasets_package_is_one_line_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails as if not installed
-    for call in (lambda: read_source("imdb", "train"), lambda: source_chunks("imdb", "train", 10)):
-        message = _message(call)
-        assert message.startswith("'imdb' is not a local file or folder") and "\n" not in message
-        assert "`datasets` package" in message and "pip install datasets" in message
-        assert "local files work without it" in message
 
 
 @pytest.mark.parametrize("name", ["dup.csv", "dup.tsv", "dup.parquet"])
@@ -370,3 +341,28 @@ def test_empty_gzip_is_an_empty_file(tmp_path, raw):
     expected = f"{tmp_path / 'e.csv.gz'}: file is empty"
     assert _message(lambda: read_records(tmp_path / "e.csv.gz")) == expected
     assert _message(lambda: list(iter_record_chunks(tmp_path / "e.csv.gz", 1))) == expected
+
+
+@pytest.mark.parametrize("name,text,where", [
+    ("d.jsonl", '{"text": "good", "label": "positive", "text": "other"}\n', r"line 1"),
+    ("d.json", '[{"text": "good", "label": "positive"}, {"text": "a", "label": "b", "label": "c"}]', r"record 2"),
+])
+def test_a_key_twice_in_one_json_record_is_refused_not_silently_overwritten(tmp_path, name, text, where):
+    (tmp_path / name).write_text(text)
+    key = "text" if name.endswith("l") else "label"
+    with pytest.raises(UserError, match=rf"d.json.*: {where}: key '{key}' appears twice in one record"):
+        read_records(tmp_path / name)
+
+
+def test_json_columns_of_different_lengths_are_refused_not_cut_to_the_shortest(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"text": ["a", "b", "c"], "label": ["x", "y"]}))
+    with pytest.raises(UserError, match=r"the columns have different lengths \('text' 3, 'label' 2\)"):
+        read_records(tmp_path / "d.json")
+
+
+def test_a_csv_row_of_empty_fields_is_a_row_not_a_blank_line(tmp_path):
+    (tmp_path / "d.csv").write_text('text,label\nhello,a\n,\n"  ",b\n\nbye,a\n')
+    rec = read_records(tmp_path / "d.csv")
+    assert rec.where == ["line 2", "line 3", "line 4", "line 6"]  # only the truly empty line 5 is blank
+    (tmp_path / "one.csv").write_text('text\nhello\n"   "\nbye\n')
+    assert read_records(tmp_path / "one.csv").where == ["line 2", "line 3", "line 4"]

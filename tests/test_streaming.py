@@ -7,7 +7,8 @@ import pytest
 from conftest import toy_rows, write_csv
 from finetune_bert.data import SkippedRow, to_split
 from finetune_bert.errors import UserError
-from finetune_bert.readers import read_records, source_chunks
+from finetune_bert.readers import read_records
+from finetune_bert.sources import source_chunks
 from finetune_bert.streaming import ChunkedSplit
 
 

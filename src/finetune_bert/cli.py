@@ -120,12 +120,13 @@ def _predict(cfg: PredictConfig, texts: list[str]) -> None:
         raise UserError("--input needs --output FILE for the predictions")
     if cfg.output and not cfg.input:
         raise UserError("--output is only for --input FILE; texts given as arguments are printed")
+    from finetune_bert.model import read_run_info
     from finetune_bert.predict import check_output, chunk_rows, input_rows, load, write_predictions
     rows = None
     if cfg.input:  # every check of the output and the rows before the model is loaded
         out = check_output(cfg.output, cfg.input)
         rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
-                          chunk_rows(None, cfg.batch_size))
+                          chunk_rows(None, cfg.batch_size), cleaned=read_run_info(cfg.model).get("clean", True))
         rows.check()
     clf = load(cfg.model)
     if rows is not None:

@@ -12,6 +12,7 @@ import html
 import io
 import math
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from finetune_bert.errors import UserError
-from finetune_bert.readers import Records, read_source
+from finetune_bert.readers import Records
+from finetune_bert.sources import read_source
 from finetune_bert.safefiles import write_text_atomic
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content")
@@ -85,15 +87,19 @@ def clean_text(text: str) -> str:
 # ---------------------------------------------------------------- columns
 
 def pick_column(records: Records, wanted: str | None, candidates: tuple[str, ...], kind: str,
-                option: str) -> str:
+                option: str, besides: str | None = None) -> str:
+    """The named column, or the one column whose name is a candidate (any case); `besides` is already taken.
+    Two candidates ('text' and 'review', or 'text' and 'Text') are refused: either could be meant."""
     if wanted:
         if wanted in records.columns:
             return wanted
         raise UserError(_missing_column(records, wanted, kind, option))
-    by_lower = {c.lower(): c for c in records.columns}
-    for name in candidates:
-        if name in by_lower:
-            return by_lower[name]
+    found = [c for c in records.columns if c.strip().lower() in candidates and c != besides]
+    if len(found) > 1:
+        raise UserError(f"{records.source}: {len(found)} columns could be the {kind} column "
+                        f"({', '.join(map(repr, found))}); name one with {option}")
+    if found:
+        return found[0]
     raise UserError(_missing_column(records, None, kind, option, candidates))
 
 
@@ -127,7 +133,9 @@ def _as_label(value: Any) -> Any:
         return int(value)
     if isinstance(value, str):
         stripped = value.strip()
-        if re.fullmatch(r"[+-]?\d+", stripped):
+        # Only the one canonical spelling of an integer: '01', '+1' or a full-width '１' would otherwise
+        # silently merge with '1' and be renamed; left as text, they meet the mixed-kinds check instead.
+        if re.fullmatch(r"0|-?[1-9][0-9]*", stripped):
             return int(stripped)
         return stripped
     return value
@@ -157,19 +165,27 @@ def split_columns(records: Records, text_column: str | None, label_column: str |
         return tcol, None
     if need_labels or label_column:
         lcol = pick_column(records, label_column, LABEL_COLUMNS, "label", "--label-column")
-    elif any(c.lower() in LABEL_COLUMNS for c in records.columns):
-        lcol = pick_column(records, None, LABEL_COLUMNS, "label", "--label-column")
+    elif any(c.strip().lower() in LABEL_COLUMNS and c != tcol for c in records.columns):
+        lcol = pick_column(records, None, LABEL_COLUMNS, "label", "--label-column", tcol)
+    if lcol == tcol:  # the labels would be trained on as the texts, or the texts taken as classes
+        raise UserError(f"{records.source}: column {tcol!r} is both the text column and the label column; "
+                        "name the other one with " + ("--label-column" if text_column else "--text-column"))
     return tcol, lcol
 
 
 def check_rows(records: Records, name: str, tcol: str, lcol: str | None, clean: bool,
-               optional_labels: bool = False) -> tuple[Split, list[SkippedRow]]:
-    """The usable rows as a split, and the bad ones (text missing, empty or not a string; label missing
-    unless `optional_labels`, or not a single value)."""
+               optional_labels: bool = False, *, judge_cleaned: bool | None = None) -> tuple[Split, list[SkippedRow]]:
+    """The usable rows as a split, and the bad ones (text missing, not a string, or with nothing visible, as
+    cleaned if `judge_cleaned` (default: `clean`); label missing unless `optional_labels`, or not a single
+    value). Texts are kept cleaned if `clean`: predict keeps the text as given and lets the model clean it."""
+    judged = clean if judge_cleaned is None else judge_cleaned
     texts, labels, where, bad = [], [] if lcol else None, [], []
     for row, loc in zip(records.rows, records.where):
         text, label = row.get(tcol), None
         column, problem = tcol, _text_problem(text)
+        cleaned = clean_text(text) if problem is None and (clean or judged) else text
+        if problem is None:
+            problem = _nothing_visible(cleaned if judged else text, judged and cleaned != text)
         if problem is None and lcol is not None:
             column, raw = lcol, row.get(lcol)
             if _is_missing(raw):
@@ -181,7 +197,7 @@ def check_rows(records: Records, name: str, tcol: str, lcol: str | None, clean: 
         if problem:
             bad.append(SkippedRow(name, records.source, loc, column, problem, repr(row.get(column))[:200]))
             continue
-        texts.append(clean_text(text) if clean else text)
+        texts.append(cleaned if clean else text)
         if labels is not None:
             labels.append(label)
         where.append(loc)
@@ -196,6 +212,16 @@ def _text_problem(text: Any) -> str | None:
     if not isinstance(text, str):
         return f"text is {_kind(text)}, not a string"
     return None
+
+
+def _nothing_visible(text: str, by_cleaning: bool) -> str | None:
+    """A text of only spaces, zero-width characters or (cleaned away) '<br />' tags gives the model nothing but
+    [CLS] [SEP]: a bad row, as an empty one is."""
+    if any(ch.isprintable() and not ch.isspace() for ch in text):
+        return None
+    if by_cleaning:
+        return "text is empty once cleaned ('<br />' tags and HTML entities); --no-clean keeps them"
+    return "text has no visible characters (only spaces or invisible ones)"
 
 
 def first_label_kinds(split: Split, kinds: dict[type, tuple[str, Any]]) -> dict[type, tuple[str, Any]]:
@@ -308,31 +334,43 @@ def _unknown_labels(split: Split, known: set, on_bad_rows: str, skipped: list[Sk
     return split.subset([i for i in range(len(split)) if i not in bad_set])
 
 
+def _label_key(label: str) -> str:
+    """What two spellings of one label share: Unicode-normalised (NFKC: 'é' as one code point or as 'e' and an
+    accent), without invisible format characters (a zero-width space), case-folded."""
+    folded = unicodedata.normalize("NFKC", label).casefold()
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+
+
 def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
-    """Labels that differ only in case ('positive', 'Positive') would silently become separate classes:
-    stop with the variants listed, or (--fold-labels) merge each group into its most frequent spelling.
-    Surrounding spaces never count: `_as_label` strips them."""
+    """Labels that differ only in case ('positive', 'Positive'), Unicode form or invisible characters would
+    silently become separate classes: stop with the variants listed, or (--fold-labels) merge each group into
+    its most frequent spelling. Surrounding spaces never count: `_as_label` strips them."""
     counts: dict[str, Counter] = {}
     first_at: dict[str, str] = {}
     for split in splits:
         for label, loc in zip(split.labels, split.where):
             if isinstance(label, str):
-                counts.setdefault(label.casefold(), Counter())[label] += 1
+                counts.setdefault(_label_key(label), Counter())[label] += 1
                 first_at.setdefault(label, f"{split.source}: {loc}")
     clashes = [c for c in counts.values() if len(c) > 1]
     if not clashes:
         return
-    groups = [", ".join(f"{v!r} ({n} rows, first at {first_at[v]})" for v, n in c.most_common()) for c in clashes]
+    groups = [", ".join(f"{_shown(v)} ({n} rows, first at {first_at[v]})" for v, n in c.most_common()) for c in clashes]
     if not fold:
         more = f" (and {len(groups) - 3} more groups)" if len(groups) > 3 else ""
-        raise UserError("labels that differ only in case would become separate classes: "
-                        + "; ".join(groups[:3]) + more + ". Fix the data, or pass --fold-labels to merge each "
-                        "group into its most frequent spelling")
+        raise UserError("labels that differ only in case, Unicode form or invisible characters would become "
+                        "separate classes: " + "; ".join(groups[:3]) + more + ". Fix the data, or pass "
+                        "--fold-labels to merge each group into its most frequent spelling")
     to = {v: c.most_common(1)[0][0] for c in clashes for v in c}
     for split in splits:
         split.labels = [to.get(x, x) if isinstance(x, str) else x for x in split.labels]
-    notes.append("--fold-labels merged " + "; ".join(f"{', '.join(map(repr, c))} into {c.most_common(1)[0][0]!r}"
+    notes.append("--fold-labels merged " + "; ".join(f"{', '.join(map(_shown, c))} into {_shown(c.most_common(1)[0][0])}"
                                                      for c in clashes))
+
+
+def _shown(label: str) -> str:
+    """A label as the user can tell it apart: repr, with combining and invisible characters escaped."""
+    return "'" + "".join(ch if unicodedata.category(ch)[0] not in "MC" else f"\\u{ord(ch):04x}" for ch in label) + "'"
 
 
 def dedupe_train(train: Split, held_out: list[Split], skipped: list[SkippedRow]) -> tuple[Split, str]:
@@ -362,6 +400,7 @@ def load_dataset(cfg) -> Dataset:
     notes: list[str] = []
 
     def split_from(records: Records, name: str) -> Split:
+        notes.extend(n for n in records.notes if n not in notes)  # how it was read: into the data report
         return to_split(records, name, cfg.text_column, cfg.label_column, cfg.clean, True, skipped,
                         cfg.on_bad_rows)
 

@@ -197,6 +197,13 @@ RUN_FILE = "finetune_bert.json"
 def read_run_info(model_dir: str) -> dict[str, Any]:
     """What finetune-bert saved beside the weights: cleaning, truncation, raw labels. {} for other models."""
     path = Path(resolve(model_dir)) / RUN_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {}
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise UserError(f"{path}: cannot be read ({exc}); it tells how the model cleans and truncates texts. "
+                        "Restore it from the training run, or delete it to use the defaults") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path}: is not a JSON object; restore it from the training run, or delete it")
+    return info

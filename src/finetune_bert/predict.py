@@ -22,7 +22,7 @@ from finetune_bert.encoding import Encoded, encode
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import EVAL_CHUNK, batched_logits, chunk_rows, steady_heap
 from finetune_bert.model import autocast_dtype, load_classifier, load_tokenizer, pick_device, read_run_info
-from finetune_bert.readers import source_chunks
+from finetune_bert.sources import source_chunks
 from finetune_bert.safefiles import atomic_output, check_output_file
 from finetune_bert.streaming import ChunkedSplit
 
@@ -163,11 +163,13 @@ def skipped_path(out: Path) -> Path:
 
 
 def input_rows(input_path: str, text_column: str | None = None, label_column: str | None = None,
-               ignore_labels: bool = False, on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
-    """The texts to predict, a chunk at a time. A label column, if any, is only copied to the output:
-    its empty cells are fine, and with `ignore_labels` it is not looked for."""
+               ignore_labels: bool = False, on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK,
+               *, cleaned: bool = True) -> ChunkedSplit:
+    """The texts to predict, a chunk at a time, as given (the model cleans them if `cleaned`, and a text left
+    with nothing visible is a bad row). A label column, if any, is only copied to the output: its empty cells
+    are fine, and with `ignore_labels` it is not looked for."""
     return ChunkedSplit(source_chunks(input_path, "test", rows_per_chunk), "input", text_column, label_column, False,
-                        None if ignore_labels else False, on_bad_rows)
+                        None if ignore_labels else False, on_bad_rows, judge_cleaned=cleaned)
 
 
 def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size: int = 64,
@@ -175,7 +177,7 @@ def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size:
     """Predict every row of a file into `output_path` (format by extension: OUTPUT_FORMATS), with every
     class probability; `read` are `input_rows`' options. Returns the number of predictions."""
     out = check_output(output_path, input_path)
-    rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), **read)
+    rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean, **read)
     rows.check()
     return write_predictions(clf, rows, out, batch_size)
 

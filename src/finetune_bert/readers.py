@@ -1,4 +1,5 @@
-"""Read a user's file into records, remembering where each record stood in the file.
+"""Read a user's file into records, remembering where each record stood in the file (folders and hub
+datasets: sources.py).
 
 Every record keeps a location ("line 17", "record 3", "train/pos/0_9.txt") so that any later problem
 can be reported at the place the user sees it. Line numbers are 1-based with the header counted.
@@ -11,10 +12,9 @@ import gzip
 import io
 import itertools
 import json
-import re
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -24,8 +24,6 @@ TABULAR = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet", ".txt")
 SUPPORTED = ", ".join(TABULAR) + " (each optionally .gz), or an aclImdb-style folder"
 WHOLE = sys.maxsize  # rows per chunk when a reader is to return the whole file as one chunk
 GZIP_ERRORS = (OSError, EOFError, zlib.error)  # bad header or CRC, truncated, corrupt deflate data
-FOLDER_LABELS = {"pos": "positive", "neg": "negative"}
-_NUMBERED = re.compile(r"(\d+)")
 # Lines split as an editor splits them: csv keeps line ends ('') to count quoted multi-line fields; the others
 # split on \r, \n, \r\n (None) only, not on U+2028, form feed etc. as splitlines() does: JSON strings hold those.
 _NEWLINE = {".csv": "", ".tsv": ""}
@@ -45,6 +43,7 @@ class Records:
     columns: list[str]
     rows: list[dict[str, Any]]
     where: list[str]
+    notes: list[str] = field(default_factory=list)  # what the user should know about how it was read
 
 
 def file_format(path: Path) -> str:
@@ -150,9 +149,10 @@ def _delimited_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> 
         columns = _unique(f"{path}: line {reader.line_num}", [c.strip() for c in header])
         start = reader.line_num + 1
         for values in reader:
-            if not any(v.strip() for v in values):
+            # A blank line between records; a row of empty fields (',' or '"  "') is a row, judged as one.
+            if not values or (len(values) == 1 < len(columns) and not values[0].strip()):
                 start = reader.line_num + 1
-                continue  # blank line between records
+                continue
             if len(values) != len(columns):
                 raise UserError(f"{path}: line {start}: {len(values)} fields where the header has "
                                 f"{len(columns)} (check for an unquoted {delimiter!r} or a stray quote){hint}")
@@ -172,15 +172,21 @@ def _delimited_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> 
 
 def _read_json(path: Path, text: str, ext: str) -> Records:
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, object_pairs_hook=_JsonObject.of)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
     if isinstance(payload, dict):
+        if payload.twice is not None:
+            raise UserError(f"{path}: key {payload.twice!r} appears twice in the top-level object, and only one of "
+                            "its values would be read; rename or remove one")
         lists = {k: v for k, v in payload.items() if isinstance(v, list)}
         if len(lists) == 1:
             payload = next(iter(lists.values()))  # {"data": [...]}
         elif lists and len({len(v) for v in lists.values()}) == 1:  # columns: {"text": [...], "label": [...]}
             payload = [dict(zip(lists, values)) for values in zip(*lists.values())]
+        elif lists:  # zip would silently drop the longer columns' tail
+            sizes = ", ".join(f"{k!r} {len(v)}" for k, v in lists.items())
+            raise UserError(f"{path}: the columns have different lengths ({sizes}); each needs one value per record")
     if not isinstance(payload, list):
         raise UserError(f"{path}: JSON must be a list of records, e.g. [{{\"text\": ..., \"label\": ...}}]")
     return _from_dicts(path, payload, [f"record {i + 1}" for i in range(len(payload))])
@@ -193,7 +199,7 @@ def _jsonl_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Iter
         if not line.strip():
             continue
         try:
-            payload.append(json.loads(line))
+            payload.append(json.loads(line, object_pairs_hook=_JsonObject.of))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: line {number}: malformed JSON ({exc.msg})") from None
         where.append(f"line {number}")
@@ -204,12 +210,29 @@ def _jsonl_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Iter
         yield _from_dicts(path, payload, where)
 
 
+class _JsonObject(dict):
+    """A JSON object that remembers a key it had twice: json.loads would silently keep the last value."""
+
+    twice: str | None = None
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, Any]]) -> "_JsonObject":
+        obj = cls(pairs)
+        if len(obj) < len(pairs):
+            seen: set[str] = set()
+            obj.twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        return obj
+
+
 def _from_dicts(path: Path, payload: list, where: list[str]) -> Records:
     columns: dict[str, None] = {}
     for item, loc in zip(payload, where):
         if not isinstance(item, dict):
             raise UserError(f"{path}: {loc}: expected an object like {{\"text\": ..., \"label\": ...}}, "
                             f"got {type(item).__name__}")
+        if getattr(item, "twice", None) is not None:
+            raise UserError(f"{path}: {loc}: key {item.twice!r} appears twice in one record, and only one of its "
+                            "values would be read; rename or remove one")
         columns.update(dict.fromkeys(item))
     return Records(str(path), list(columns), payload, where)
 
@@ -231,74 +254,6 @@ def _line_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Itera
 _CHUNKERS: dict[str, Callable[[Path, Iterable[str], str, int], Iterator[Records]]] = {
     ".csv": _delimited_chunks, ".tsv": _delimited_chunks, ".jsonl": _jsonl_chunks, ".ndjson": _jsonl_chunks,
     ".txt": _line_chunks}
-
-
-def _natural_key(path: Path) -> list:
-    return [int(p) if p.isdigit() else p for p in _NUMBERED.split(path.name)]
-
-
-def read_folder_split(root: Path, split: str) -> Records | None:
-    """aclImdb layout: ROOT/SPLIT/<class>/*.txt. pos/neg become positive/negative; unsup is ignored."""
-    base = root / split
-    if not base.is_dir():
-        return None
-    rows, where = [], []
-    for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "unsup"):
-        label = FOLDER_LABELS.get(class_dir.name, class_dir.name)
-        for file in sorted(class_dir.glob("*.txt"), key=_natural_key):
-            rows.append({"text": _decode(file, _read_bytes(file)), "label": label})
-            where.append(str(file.relative_to(root)))
-    if not rows:
-        raise UserError(f"{base}: no <class>/*.txt files found")
-    return Records(str(root), ["text", "label"], rows, where)
-
-
-def read_source(spec: str, split: str) -> tuple[Records | None, dict[str, Records], list[str] | None]:
-    """Resolve a data spec. Returns (records for the split asked, other splits it brings, label names)."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        found = {s: r for s in ("train", "test", "validation") if (r := read_folder_split(path, s))}
-        if not found:
-            raise UserError(f"{path}: folder has no train/ or test/ subfolder with <class>/*.txt files")
-        return found.get(split) or found.get("train") or found["test"], found, None
-    if (file := local_file(spec)) is not None:
-        return read_records(file), {}, None
-    return _read_hub(spec, split)
-
-
-def local_file(spec: str) -> Path | None:
-    """The file a data spec names; None for a folder or a Hugging Face dataset name."""
-    path = Path(spec).expanduser()
-    if not path.is_dir() and (path.suffix or path.exists() or "/" not in spec and "." in spec):
-        return path
-    return None
-
-
-def _read_hub(name: str, split: str) -> tuple[Records, dict[str, Records], list[str] | None]:
-    try:
-        import datasets
-    except ImportError as exc:  # an optional extra for users of local files only
-        raise UserError(f"'{name}' is not a local file or folder; reading it as a Hugging Face hub dataset needs "
-                        f"the `datasets` package ({exc}): pip install datasets (local files work without it)") from None
-    try:
-        loaded = datasets.load_dataset(name)
-    except Exception as exc:  # the hub raises many types: connection, not found, offline mode
-        raise UserError(f"'{name}' is not a local file or folder, and the Hugging Face dataset '{name}' could "
-                        f"not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). Offline, pass a "
-                        "local file or an aclImdb-style folder") from None
-    found, label_names = {}, None
-    for split_name, ds in loaded.items():
-        columns = list(ds.column_names)
-        for feature in ds.features.values():
-            if getattr(feature, "names", None):
-                label_names = list(feature.names)
-        rows = ds.to_list()
-        found[split_name] = Records(f"{name}[{split_name}]", columns, rows,
-                                    [f"row {i + 1}" for i in range(len(rows))])
-    found = {k: v for k, v in found.items() if k in ("train", "test", "validation")}
-    if "train" not in found:
-        raise UserError(f"hub dataset '{name}' has no train split (it has {', '.join(loaded)})")
-    return found.get(split, found["train"]), found, label_names
 
 
 # ---------------------------------------------------------------- streaming
@@ -328,27 +283,6 @@ def iter_record_chunks(path: Path, rows_per_chunk: int) -> Iterator[Records]:
         raise UserError(f"{path}: has a header but no rows")
     yield first
     yield from chunks
-
-
-@dataclass
-class _FileChunks:
-    """Chunks of one file that can be iterated again: each pass re-reads the file."""
-
-    path: Path
-    rows_per_chunk: int
-
-    def __iter__(self) -> Iterator[Records]:
-        return iter_record_chunks(self.path, self.rows_per_chunk)
-
-
-def source_chunks(spec: str, split: str, rows_per_chunk: int) -> Iterable[Records]:
-    """A data spec (as read_source takes it) as chunks of records, iterable more than once: files that stream
-    are re-read on each pass; a JSON file, an aclImdb folder or a hub dataset is read once, as one chunk."""
-    file = local_file(spec)
-    if file is not None and file_format(file) != ".json":
-        return _FileChunks(file, rows_per_chunk)
-    records, _, _ = read_source(spec, split)
-    return [records]
 
 
 def _guarded(items: Iterator[T], errors: tuple[type[BaseException], ...],

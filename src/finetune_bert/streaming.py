@@ -9,6 +9,7 @@ is known for seeded samples); iterating then yields each chunk's usable rows, re
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -37,18 +38,21 @@ class _Tally:
 
 
 class ChunkedSplit:
-    """Validated splits of `chunks` (e.g. readers.source_chunks: iterable more than once), one per chunk.
+    """Validated splits of `chunks` (e.g. sources.source_chunks: iterable more than once), one per chunk.
 
     Bad rows are reported as `to_split` reports them: with on_bad_rows="error", `check()` raises for the
     first one with the count of all; with "skip", iterating appends them to `skipped`, chunk by chunk.
     """
 
     def __init__(self, chunks: Iterable[Records], name: str, text_column: str | None, label_column: str | None,
-                 clean: bool, need_labels: bool | None, on_bad_rows: str, row_filter: RowFilter | None = None):
+                 clean: bool, need_labels: bool | None, on_bad_rows: str, row_filter: RowFilter | None = None,
+                 *, judge_cleaned: bool | None = None):
         self.chunks, self.name, self.clean, self.on_bad_rows = chunks, name, clean, on_bad_rows
+        self.judged = clean if judge_cleaned is None else judge_cleaned  # see data.check_rows
         self.wanted = (text_column, label_column, need_labels)
         self.row_filter = row_filter
         self.skipped: list[SkippedRow] = []
+        self.notes: list[str] = []  # how the source was read (a folder's split, files not read): for the user
         self.picked: tuple[str, str | None] | None = None  # (text column, label column), set by check()
 
     def _pick(self, source: str, columns: Iterable[str]) -> tuple[str, str | None]:
@@ -58,6 +62,7 @@ class ChunkedSplit:
         tally = _Tally(picked=picked)
         for records in self.chunks:
             tally.source = records.source
+            self.notes.extend(n for n in records.notes if n not in self.notes)
             tally.columns.update(dict.fromkeys(records.columns))
             if tally.picked is None:
                 try:
@@ -66,7 +71,8 @@ class ChunkedSplit:
                     tally.picked = ("", None)  # no columns to check yet; check() picks from all and re-reads
             if not tally.picked[0]:
                 continue
-            split, bad = check_rows(records, self.name, *tally.picked, clean=False, optional_labels=not self.wanted[2])
+            split, bad = check_rows(records, self.name, *tally.picked, clean=False, optional_labels=not self.wanted[2],
+                                    judge_cleaned=self.judged)
             tally.bad += len(bad)
             tally.first_bad = tally.first_bad or (bad[0] if bad else None)
             first_label_kinds(split, tally.kinds)
@@ -78,7 +84,8 @@ class ChunkedSplit:
         return tally
 
     def check(self) -> int:
-        """Read every row once; raise what `to_split` (then the row filter) would; return the usable rows."""
+        """Read every row once; raise what `to_split` (then the row filter) would; print the source's notes;
+        return the usable rows."""
         tally = self._tally(None)
         # Columns come from the first chunk; only JSON Lines whose later records bring other keys re-read.
         picked = self._pick(tally.source, tally.columns)
@@ -96,6 +103,8 @@ class ChunkedSplit:
             first = tally.first_bad or tally.first_filtered
             raise UserError(f"{tally.source}: no usable rows" + all_skipped(first, tally.bad + tally.filtered, "score"))
         self.picked = picked
+        for note in self.notes:  # on stderr, so that predictions or metrics on stdout stay clean
+            print(f"note: {note}", file=sys.stderr, flush=True)
         return tally.usable - tally.filtered
 
     def __iter__(self) -> Iterator[Split]:
@@ -104,7 +113,7 @@ class ChunkedSplit:
             raise RuntimeError("ChunkedSplit: call check() before iterating")
         for records in self.chunks:
             split, bad = check_rows(records, self.name, *self.picked, clean=self.clean,
-                                    optional_labels=not self.wanted[2])
+                                    optional_labels=not self.wanted[2], judge_cleaned=self.judged)
             report_bad_rows(bad, self.on_bad_rows, self.skipped)
             if self.row_filter is not None:
                 split, bad = self.row_filter(split)
