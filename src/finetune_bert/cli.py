@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fine-tune the bundled MiniLM on the bundled reviews, offline")
     p.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--epochs", type=float, default=None, help="override the demo's epochs")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder holding files finetune-bert did not "
+                   "write (a previous demo's model is replaced without it)")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
     return parser
 
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         inspect_data(cfg, args.output)
     elif args.command == "demo":
         from finetune_bert.demo import demo
-        demo(args.output, args.epochs)
+        demo(args.output, args.epochs, args.overwrite)
     return 0
 
 
@@ -124,7 +126,7 @@ def _predict(cfg: PredictConfig, texts: list[str]) -> None:
     from finetune_bert.predict import check_output, chunk_rows, input_rows, load, write_predictions
     rows = None
     if cfg.input:  # every check of the output and the rows before the model is loaded
-        out = check_output(cfg.output, cfg.input)
+        out = check_output(cfg.output, cfg.input, cfg.model)
         rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
                           chunk_rows(None, cfg.batch_size), cleaned=read_run_info(cfg.model).get("clean", True))
         rows.check()

@@ -152,8 +152,19 @@ class TrainConfig(DataConfig):
             found.append(f"--save-minutes must be positive, got {self.save_minutes}")
         if self.metric not in METRICS:
             found.append(f"--metric must be one of {', '.join(METRICS)}")
-        found += output_in_data(self)
+        found += output_in_data(self) + self._output_is_model()
         return found
+
+    def _output_is_model(self) -> list[str]:
+        """Training into the folder of the model it starts from would replace that model at the first
+        evaluation, and a run failing after it would leave neither."""
+        out, model = Path(self.output or "").expanduser(), Path(self.model).expanduser()
+        try:
+            same = bool(self.output) and out.is_dir() and model.is_dir() and out.samefile(model)
+        except OSError:
+            same = False
+        return [f"--output {self.output} is the --model folder; training into it would replace the model it "
+                "starts from: choose a new folder"] if same else []
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -201,12 +212,13 @@ class PredictConfig(ScoreConfig):
     ignore_labels: bool = opt(False, "Do not look for a label column: the output has no true_label.")
 
 
-def output_in_data(cfg: TrainConfig) -> list[str]:
-    """--output that is, or lies inside, a data path: a model folder inside an aclImdb-style folder would be
-    read as a new class by the next run, and an output equal to a data file would replace it."""
-    if not cfg.output:
+def output_in_data(cfg: DataConfig, output: str | Path | None = None) -> list[str]:
+    """--output (default: cfg.output) that is, or lies inside, a data path: a folder inside an aclImdb-style
+    folder would be read as a new class by the next run, and an output equal to a data file would replace it."""
+    given_output = output if output is not None else getattr(cfg, "output", None)
+    if not given_output:
         return []
-    out = Path(cfg.output).expanduser().resolve()
+    out = Path(given_output).expanduser().resolve()
     found = []
     for option in ("data", "val_data", "test_data"):
         given = getattr(cfg, option)
@@ -214,7 +226,7 @@ def output_in_data(cfg: TrainConfig) -> list[str]:
             continue  # a hub name, or a missing file reported when the data is read
         data = Path(given).expanduser().resolve()
         if out == data or data in out.parents:
-            found.append(f"--output {cfg.output} must not be {'inside ' if out != data else ''}the data "
+            found.append(f"--output {given_output} must not be {'inside ' if out != data else ''}the data "
                          f"(--{option.replace('_', '-')} {given}); choose a folder outside it")
     return found
 

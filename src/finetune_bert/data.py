@@ -449,11 +449,25 @@ def skipped_csv(skipped: list[SkippedRow]) -> str:
     """Every skipped row with its reason, as CSV: nothing the user gave disappears without a record."""
     handle = io.StringIO()
     writer = csv.writer(handle)
-    writer.writerow(["split", "source", "row", "column", "reason", "value"])
+    writer.writerow(SKIPPED_HEADER.split(","))
     for s in skipped:
         writer.writerow([s.split, s.source, s.where, s.column, s.reason, s.value])
     return handle.getvalue()
 
 
+SKIPPED_HEADER = "split,source,row,column,reason,value"
+
+
 def write_skipped(skipped: list[SkippedRow], path: Path) -> None:
-    write_text_atomic(path, skipped_csv(skipped))
+    """The list of skipped rows beside an output; with none, an earlier run's list there is removed, so that
+    what lies beside the output always describes the run that wrote it (a file of the user's is left alone)."""
+    if skipped:
+        write_text_atomic(path, skipped_csv(skipped))
+        return
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            ours = handle.readline().strip() == SKIPPED_HEADER
+        if ours:
+            path.unlink()
+    except OSError:
+        pass  # nothing there, or nothing we could read: nothing of ours to remove

@@ -17,13 +17,25 @@ def demo_config(output: str) -> TrainConfig:
                        log_every=5)
 
 
-def demo(output: str = "runs/demo", epochs: float | None = None) -> None:
+def demo(output: str = "runs/demo", epochs: float | None = None, overwrite: bool = False) -> None:
+    """Train the demo into `output`. A second `make demo` replaces the first demo's model: a folder holding
+    only what finetune-bert wrote may be replaced; any other needs `overwrite`."""
+    from finetune_bert.errors import UserError
+    from finetune_bert.output import RunFolder
     from finetune_bert.predict import load
     from finetune_bert.train import train
 
     cfg = demo_config(output)
     if epochs is not None:
         cfg.epochs = epochs
+    if not overwrite:
+        try:
+            RunFolder.check(output, overwrite=False, resume=True)  # a foreign file stops here, a model does not
+        except UserError as exc:
+            raise UserError(str(exc).replace("pass --overwrite", "pass demo --overwrite")) from None
+    cfg.overwrite = True
+    if problems := cfg.problems():
+        raise UserError("; ".join(problems))
     result = train(cfg)
     clf = load(result.output)
     print("\nPredictions with the fine-tuned model:")

@@ -18,6 +18,7 @@ import torch
 from finetune_bert import fastpath
 from finetune_bert.encoding import Encoded, Layout, eval_batches, to_device
 from finetune_bert.errors import UserError
+from finetune_bert.model import refuse_model_file
 from finetune_bert.safefiles import check_output_file, write_text_atomic
 
 # Rows read, validated, tokenized and scored at a time by `evaluate` and `predict_file`. Peak memory is
@@ -197,8 +198,8 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
     if not quiet:
         print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))
     write_text_atomic(target, json.dumps(metrics, indent=2) + "\n")
+    write_skipped(rows.skipped, skipped_at)
     if rows.skipped:
-        write_skipped(rows.skipped, skipped_at)
         print(f"warning: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in {skipped_at}")
     if not quiet:
         print(f"metrics written to {target}")
@@ -222,15 +223,16 @@ def _score(clf, rows, sample: np.ndarray | None, batch_size: int) -> dict[str, A
 
 def _metrics_path(model: str, data: str, output: str | None) -> tuple[Path, Path]:
     """Where the metrics and the skipped rows go (default: MODEL/evaluation.json), checked before any work:
-    a JSON name, a writable place, not the data itself."""
+    a JSON name, a writable place, not the data itself, not a file of the model."""
     target = Path(output).expanduser() if output else (
         Path(model) / "evaluation.json" if Path(model).is_dir() else Path("evaluation.json"))
     if target.suffix.lower() != ".json":
         raise UserError(f"--output {target}: the metrics are written as JSON; give a file name ending in .json")
     skipped_at = target.with_name(target.stem + ".skipped.csv")
-    for path in (target, skipped_at):
+    for path, option in ((target, "--output"), (skipped_at, f"the skipped-rows file of --output {target},")):
         try:
-            check_output_file(path, "--output", inputs=[data])
+            check_output_file(path, option, inputs=[data])
+            refuse_model_file(path, model, option)
         except UserError as exc:
             default = "" if output else "; pass --output FILE.json to write the metrics elsewhere"
             raise UserError(f"{exc}{default}") from None

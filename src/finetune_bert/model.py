@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from finetune_bert.errors import UserError
+from finetune_bert.safefiles import MARKER
 
 ALIASES = ("minilm",)
 
@@ -44,6 +46,15 @@ def resolve(name: str) -> str:
     return name
 
 
+def _load_failure(name: str, source: str, exc: Exception, what: str) -> UserError:
+    """A local folder whose files are damaged is named as such; anything else is a hub failure."""
+    if not Path(source).is_dir():
+        return _hub_failure(name, exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return UserError(f"--model {name}: its {what} cannot be loaded ({type(exc).__name__}: {first}); the folder may be "
+                     "damaged or incomplete")
+
+
 def _hub_failure(name: str, exc: Exception) -> UserError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return UserError(f"--model {name}: could not load it from a local folder or the Hugging Face hub "
@@ -57,8 +68,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     source = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise _hub_failure(name, exc) from None
+    except Exception as exc:  # a damaged tokenizer.json raises TypeError, KeyError, ... as well
+        raise _load_failure(name, source, exc, "tokenizer (tokenizer.json, tokenizer_config.json or config.json)") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"--model {name}: has no fast tokenizer (tokenizer.json); finetune-bert needs one")
     return tokenizer
@@ -67,10 +78,14 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 def load_model_config(name: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    source = resolve(name)
     try:
-        return AutoConfig.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise _hub_failure(name, exc) from None
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # a damaged config.json raises TypeError, AttributeError, ... as well
+        raise _load_failure(name, source, exc, "config.json") from None
+    if not isinstance(getattr(config, "id2label", None), dict):
+        raise UserError(f"--model {name}: config.json has no usable id2label; restore the folder's config.json")
+    return config
 
 
 def load_classifier(name: str, label_names: list[str] | None = None, trust_remote_code: bool = False,
@@ -119,6 +134,8 @@ def _from_pretrained(name: str, source: str, attn_implementation: str, kwargs: d
             raise _hub_failure(name, exc) from None
         except ValueError as exc:
             raise UserError(f"--model {name}: cannot be used for sequence classification ({exc})") from None
+        except Exception as exc:  # truncated weights: SafetensorError; a damaged config: TypeError, ...
+            raise _load_failure(name, source, exc, "weights") from None
 
 
 def _head_note(name: str, saved, label_names: list[str] | None, missing: list[str], resized: list[str]) -> str | None:
@@ -192,6 +209,29 @@ def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
 
 
 RUN_FILE = "finetune_bert.json"
+# Files that make up a model folder, whoever wrote it; in a finetune-bert folder, its marker lists the rest.
+_MODEL_FILE = re.compile(r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|"
+                         r"preprocessor_config|.*\.index)\.json|vocab\.txt|merges\.txt|.*\.(safetensors|bin|pt|pth|ckpt|"
+                         r"model|onnx|h5|msgpack)|README\.md|" + re.escape(RUN_FILE))
+
+
+def refuse_model_file(target: Path, model: str, option: str) -> None:
+    """An output must never replace a file of the model being used (its config, weights, tokenizer, metrics)."""
+    try:
+        folder = Path(resolve(model))
+    except UserError:
+        return  # the model's own problem is reported when it is loaded
+    if not folder.is_dir() or not target.exists() or not target.parent.exists() \
+            or not os.path.samefile(target.parent, folder):
+        return
+    marker = folder / MARKER
+    try:
+        ours = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set()
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = set()
+    if target.name in ours or _MODEL_FILE.fullmatch(target.name):
+        raise UserError(f"{option} {target}: is a file of the model {model}; writing it would damage the model. "
+                        "Choose another file name")
 
 
 def read_run_info(model_dir: str) -> dict[str, Any]:

@@ -17,12 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune_bert.checkpoint import complete_checkpoints
 from finetune_bert.errors import UserError
-from finetune_bert.safefiles import (LOCK_NAME, OutputLock, as_os_error, check_output_folder, disk_error,
+from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, as_os_error, check_output_folder, disk_error,
                                      fsync_folder, public_mode, write_text_atomic)
 
-MARKER = ".finetune-bert"
 MODEL = "model.safetensors"
+# `evaluate`'s default outputs in a model folder: never foreign to a later run, never written by train.
+EVALUATE_FILES = frozenset({"evaluation.json", "evaluation.skipped.csv"})
+# What describes a finished run: removed when a new run publishes its first model, so that a run failing
+# after that never leaves the old run's metrics or model card beside the new weights.
+RUN_RESULTS = ("metrics.json", "README.md", "skipped_rows.csv", *sorted(EVALUATE_FILES))
 # Our own transient files (the lock, stale locks moved aside, staging, temporaries, write probes): never foreign.
 _LEFTOVER = re.compile(r"^\.(saving|finetune-bert-probe-.*|.+\.tmp|" + re.escape(LOCK_NAME[1:]) + r"(\.stale-.*)?)$")
 
@@ -32,6 +37,8 @@ class RunFolder:
         self.path = Path(path).expanduser()
         self.files: set[str] = set()
         self._staged: dict[str, str] = {}
+        self._previous: set[str] = set()  # what an earlier run wrote here, by the marker
+        self._published = False
         self._log = self._tb = self._lock = None
         try:
             self._open(overwrite, resume)
@@ -62,19 +69,23 @@ class RunFolder:
             raise disk_error(exc, self.path, "create the output folder") from None
         self._lock = OutputLock(self.path).acquire()
         # Again under the lock: another run may have finished a model here since the check.
-        self.files = (_ours(self.path, overwrite, resume) - {MARKER}) | {"train_log.jsonl"}
+        self._previous = _ours(self.path, overwrite, resume) - {MARKER}
+        self.files = self._previous | {"train_log.jsonl"}
         self._write_marker()
+        if overwrite and not resume:  # a new run: the old run's checkpoints must not mix with its own
+            self.remove_checkpoints()
         try:
             self._log = (self.path / "train_log.jsonl").open("a", encoding="utf-8")
         except OSError as exc:
             raise disk_error(exc, self.path / "train_log.jsonl", "open the training log") from None
-        self._tb = self._tensorboard()
 
     def _tensorboard(self):
+        """The TensorBoard writer, made at the first record with a step: a run refused at its start (a resume
+        that does not match) must not leave an events file in an earlier model's folder."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
-            return None
+            return False
         self.own("tensorboard")  # before it exists, or the next --resume would call it foreign
         try:
             return SummaryWriter(str(self.path / "tensorboard"))
@@ -114,12 +125,26 @@ class RunFolder:
         try:
             for name in names:
                 os.replace(staging / name, self.path / name)
+            if not self._published:
+                self._remove_old_results(names)
             fsync_folder(self.path)
             staging.rmdir()
         except OSError as exc:
             raise UserError(f"{disk_error(exc, self.path, 'finish replacing the model')}; the last checkpoint "
                             "is intact") from None
         self._staged.clear()
+        self._published = True
+
+    def _remove_old_results(self, published: list[str]) -> None:
+        """An earlier run's metrics, model card, skipped rows and evaluation describe its model, not this one."""
+        for name in RUN_RESULTS:
+            if name not in published and (name in self._previous or name in EVALUATE_FILES):
+                try:
+                    (self.path / name).unlink()
+                except FileNotFoundError:
+                    pass
+                self.files.discard(name)
+        self._write_marker()
 
     def _write_staging(self, staging: Path, model, tokenizer, run_info: dict[str, Any]) -> list[str]:
         from finetune_bert.model import quiet_transformers
@@ -144,15 +169,22 @@ class RunFolder:
         return names
 
     def remove_checkpoints(self) -> None:
-        """Delete the checkpoints (--keep-checkpoints 0, after a successful run)."""
+        """Delete our checkpoints (--keep-checkpoints 0 after a successful run; an earlier run's, when a new one
+        starts with --overwrite). Only the step folders we write: anything else in checkpoints/ stays."""
+        root = self.path / "checkpoints"
+        if "checkpoints" not in self.files or not root.is_dir():
+            return
         try:
-            shutil.rmtree(self.path / "checkpoints")
-        except FileNotFoundError:
-            pass
+            for entry in root.iterdir():
+                if entry.is_dir() and re.fullmatch(r"\.?(tmp-)?step-\d+", entry.name):
+                    shutil.rmtree(entry)
+            if not any(root.iterdir()):
+                root.rmdir()
         except OSError as exc:
-            raise disk_error(exc, self.path / "checkpoints", "remove the checkpoints") from None
-        self.files.discard("checkpoints")  # only once gone: a half-removed folder must stay replaceable
-        self._write_marker()
+            raise disk_error(exc, root, "remove the checkpoints") from None
+        if not root.exists():
+            self.files.discard("checkpoints")  # only once gone: a half-removed folder must stay replaceable
+            self._write_marker()
 
     def log(self, event: str, **fields: Any) -> None:
         record = {"time": round(time.time(), 3), "event": event, **fields}
@@ -161,7 +193,9 @@ class RunFolder:
             self._log.flush()
         except OSError as exc:
             raise disk_error(exc, self.path / "train_log.jsonl", "append to the training log") from None
-        if self._tb is not None and "step" in fields:
+        if self._tb is None and "step" in fields:
+            self._tb = self._tensorboard()
+        if self._tb and "step" in fields:
             for key, value in fields.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self._tb.add_scalar(f"{event}/{key}", value, fields["step"])
@@ -176,7 +210,7 @@ class RunFolder:
                     log.close()
                 except OSError:  # only a failed append is left in the buffer, and log() reported it
                     pass
-            if tb is not None:
+            if tb:
                 tb.close()
         except OSError as exc:
             raise disk_error(exc, self.path / "tensorboard", "write the TensorBoard log") from None
@@ -196,7 +230,7 @@ def _ours(folder: Path, overwrite: bool, resume: bool) -> set[str]:
         ours = set(json.loads(marker.read_text())["files"]) | {MARKER} if marker.is_file() else {MARKER}
     except (OSError, ValueError, KeyError, TypeError):
         ours = {MARKER}
-    foreign = sorted(existing - ours)
+    foreign = sorted(existing - ours - EVALUATE_FILES)
     if foreign and not overwrite:
         listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise UserError(f"--output {folder}: folder exists and holds files finetune-bert did not write "
@@ -204,6 +238,10 @@ def _ours(folder: Path, overwrite: bool, resume: bool) -> set[str]:
     if MODEL in ours and MODEL in existing and not (overwrite or resume):
         raise UserError(f"--output {folder} already holds a trained model; pass --overwrite to replace it, "
                         "--resume to continue its run from its last checkpoint, or choose a new folder")
+    if "checkpoints" in ours and not (overwrite or resume) and (found := complete_checkpoints(folder)):
+        raise UserError(f"--output {folder} holds the checkpoints of an unfinished run (the newest: {found[-1].name}); "
+                        "pass --resume to continue it, --overwrite to start again (its checkpoints are then "
+                        "removed), or choose a new folder")
     return ours
 
 

@@ -21,7 +21,8 @@ from finetune_bert.data import SkippedRow, Split, clean_text, write_skipped
 from finetune_bert.encoding import Encoded, encode
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import EVAL_CHUNK, batched_logits, chunk_rows, steady_heap
-from finetune_bert.model import autocast_dtype, load_classifier, load_tokenizer, pick_device, read_run_info
+from finetune_bert.model import (autocast_dtype, load_classifier, load_tokenizer, pick_device, read_run_info,
+                                 refuse_model_file)
 from finetune_bert.sources import source_chunks
 from finetune_bert.safefiles import atomic_output, check_output_file
 from finetune_bert.streaming import ChunkedSplit
@@ -41,8 +42,9 @@ OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "j
 
 
 class Classifier:
-    def __init__(self, model, tokenizer, info: dict[str, Any], device: torch.device):
+    def __init__(self, model, tokenizer, info: dict[str, Any], device: torch.device, source: str | None = None):
         self.model, self.tokenizer, self.info, self.device = model, tokenizer, info, device
+        self.source = source  # the folder or hub id it was loaded from
         self.dtype = autocast_dtype(device, True)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.layout = fastpath.layout(model, device, self.dtype, self.pad_id)
@@ -142,19 +144,21 @@ def load(model_dir: str, device: str | None = None) -> Classifier:
     for note in notes:
         print(note, file=sys.stderr, flush=True)
     target = torch.device(device) if device else pick_device()
-    return Classifier(model.to(target).eval(), tokenizer, info, target)
+    return Classifier(model.to(target).eval(), tokenizer, info, target, model_dir)
 
 
-def check_output(output_path: str, input_path: str) -> Path:
-    """Before any row is read or the model loaded: a known extension, a writable place, not the input.
-    The file of skipped rows beside it is checked as well."""
+def check_output(output_path: str, input_path: str, model: str | None = None) -> Path:
+    """Before any row is read or the model loaded: a known extension, a writable place, not the input, not
+    a file of the model. The file of skipped rows beside it is checked as well."""
     out = Path(output_path).expanduser()
     ext = "".join(out.suffixes[-1:]).lower()
     if ext not in OUTPUT_FORMATS:
         raise UserError(f"--output {output_path}: unknown extension {ext or '(none)'!r}; predictions are written "
                         f"as {', '.join(OUTPUT_FORMATS)}, by the extension")
-    for path in (out, skipped_path(out)):
-        check_output_file(path, "--output", inputs=[input_path])
+    for path, option in ((out, "--output"), (skipped_path(out), f"the skipped-rows file of --output {output_path},")):
+        check_output_file(path, option, inputs=[input_path])
+        if model is not None:
+            refuse_model_file(path, model, option)
     return out
 
 
@@ -176,7 +180,7 @@ def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size:
                  rows_per_chunk: int | None = None, **read: Any) -> int:
     """Predict every row of a file into `output_path` (format by extension: OUTPUT_FORMATS), with every
     class probability; `read` are `input_rows`' options. Returns the number of predictions."""
-    out = check_output(output_path, input_path)
+    out = check_output(output_path, input_path, clf.source)
     rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean, **read)
     rows.check()
     return write_predictions(clf, rows, out, batch_size)
@@ -203,8 +207,8 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size
                 write(row)
                 written += 1
         write(None)
+    write_skipped(rows.skipped, skipped_path(out))
     if rows.skipped:
-        write_skipped(rows.skipped, skipped_path(out))
         print(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
     return written
 

@@ -132,16 +132,35 @@ def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model."""
     from finetune_bert.data import load_dataset, write_skipped
     from finetune_bert.model import load_model_config, load_tokenizer
-    from finetune_bert.safefiles import check_output_folder
 
     if output:
-        check_output_folder(output, "--output")  # before the data is read: a report with nowhere to go is lost work
+        _check_report_folder(cfg, Path(output))  # before the data is read: a report with nowhere to go is lost work
     ds = load_dataset(cfg)  # data problems surface before any model file is touched
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     _, report = prepare(cfg, ds, tokenizer, load_model_config(cfg.model, cfg.trust_remote_code))
     print(format_report(report))
     if output:
         save_report(report, Path(output))
-        if ds.skipped:
-            write_skipped(ds.skipped, Path(output) / "skipped_rows.csv")
+        write_skipped(ds.skipped, Path(output) / "skipped_rows.csv")
     return report
+
+
+REPORT_FILES = ("data_report.json", "data_report.txt", "skipped_rows.csv")
+
+
+def _check_report_folder(cfg, folder: Path) -> None:
+    """inspect --output: a writable folder, outside the data, not a trained model's folder (whose report
+    describes that model's run), and none of the files it writes an input."""
+    from finetune_bert.config import output_in_data
+    from finetune_bert.safefiles import MARKER, check_output_file, check_output_folder
+
+    check_output_folder(str(folder), "--output")
+    problems = output_in_data(cfg, folder)
+    if (folder / MARKER).is_file() and (folder / "model.safetensors").is_file():
+        problems.append(f"--output {folder} holds a trained model, and its data report describes that model's "
+                        "run; choose another folder for this report")
+    if problems:
+        from finetune_bert.errors import UserError
+        raise UserError("; ".join(problems))
+    for name in REPORT_FILES:
+        check_output_file(folder / name, "--output", inputs=[cfg.data, cfg.val_data, cfg.test_data])

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 from finetune_bert.errors import UserError
 
 LOCK_NAME = ".finetune-bert.lock"
+MARKER = ".finetune-bert"  # the file listing what finetune-bert wrote in a folder (see output.py)
 
 _REASONS = {
     errno.ENOSPC: "disk full",
