@@ -115,3 +115,59 @@ def test_an_os_error_nothing_could_foresee_is_one_line_exit_2(monkeypatch, capsy
     err = capsys.readouterr().err
     assert err == ("error: /data/out/model.safetensors: No space left on device "
                    "(run again with --debug for the traceback)\n")
+
+
+def _inspect(tiny_model, data, output, capsys):
+    from finetune_bert.cli import main
+    capsys.readouterr()
+    code = main(["inspect", "--data", str(data), "--model", str(tiny_model), "--max-length", "16", "--output",
+                 str(output)])
+    return code, capsys.readouterr().err
+
+
+def test_inspect_output_never_replaces_its_input_or_writes_into_the_data(tiny_model, tmp_path, capsys):
+    folder = tmp_path / "udir"
+    folder.mkdir()
+    data = write_csv(folder / "data_report.json.csv", toy_rows(20))
+    (folder / "data_report.json").symlink_to(data)  # the report's name, pointing at the input
+    before = data.read_bytes()
+    code, err = _inspect(tiny_model, data, folder, capsys)
+    assert code == 2 and "data_report.json: is the input" in err and data.read_bytes() == before
+    acl = tmp_path / "acl"
+    for cls in ("pos", "neg"):
+        (acl / "train" / cls).mkdir(parents=True)
+        for i in range(6):
+            (acl / "train" / cls / f"{i}.txt").write_text(f"{'good' if cls == 'pos' else 'bad'} film {i}")
+    code, err = _inspect(tiny_model, acl, acl / "train" / "newclass", capsys)
+    assert code == 2 and "must not be inside the data (--data" in err and not (acl / "train" / "newclass").exists()
+
+
+def test_inspect_output_refuses_a_trained_models_folder(tiny_model, trained, toy_data, capsys):
+    before = open(f"{trained.output}/data_report.json", "rb").read()
+    code, err = _inspect(tiny_model, toy_data["train"], trained.output, capsys)
+    assert code == 2 and "holds a trained model, and its data report describes that model's run" in err
+    assert open(f"{trained.output}/data_report.json", "rb").read() == before
+
+
+def test_demo_rerun_replaces_its_own_model_and_a_foreign_folder_needs_demo_overwrite(tmp_path, monkeypatch, capsys):
+    import importlib
+    from finetune_bert.cli import main
+    from finetune_bert.output import RunFolder
+    seen = []
+
+    def fake_train(cfg):  # the demo's own checks, without its minutes of training
+        seen.append(cfg.overwrite)
+        raise SystemExit(0)
+    monkeypatch.setattr(importlib.import_module("finetune_bert.train"), "train", fake_train)
+    with RunFolder(str(tmp_path / "demo"), overwrite=False) as run:  # a previous demo's folder
+        run.write_text("model.safetensors", "weights")
+    with pytest.raises(SystemExit):
+        main(["demo", "--output", str(tmp_path / "demo")])
+    assert seen == [True]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    assert main(["demo", "--output", str(tmp_path / "mine")]) == 2
+    assert "pass demo --overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--output", str(tmp_path / "mine"), "--overwrite"])
+    assert seen == [True, True] and (tmp_path / "mine" / "notes.txt").read_text() == "the user's"

@@ -1,6 +1,7 @@
 """Streaming metrics agree with scikit-learn; the evaluate command prints a table and writes JSON."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -192,3 +193,27 @@ def test_evaluate_command_reports_every_bad_option_at_once(trained, toy_data, ca
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "--batch-size must be at least 1, got 0" in err and "--max-samples must be at least 1, got -3" in err
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.json", "tokenizer.json", "data_report.json"])
+def test_evaluate_output_never_replaces_a_file_of_the_model(trained, toy_data, name):
+    from finetune_bert.errors import UserError
+    target = os.path.join(trained.output, name)
+    before = open(target, "rb").read()
+    with pytest.raises(UserError, match=rf"--output .*{name}: is a file of the model .*would damage the model"):
+        evaluate(trained.output, str(toy_data["test"]), target, quiet=True)
+    assert open(target, "rb").read() == before
+
+
+def test_an_earlier_skipped_rows_file_does_not_outlive_a_run_that_skips_none(trained, toy_data, tmp_path):
+    from conftest import toy_rows, write_csv
+    rows = toy_rows(8)
+    rows[2]["label"] = "neutral"
+    evaluate(trained.output, str(write_csv(tmp_path / "bad.csv", rows)), str(tmp_path / "m.json"), quiet=True,
+             on_bad_rows="skip")
+    assert (tmp_path / "m.skipped.csv").is_file()
+    evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "m.json"), quiet=True)
+    assert not (tmp_path / "m.skipped.csv").exists()
+    (tmp_path / "m.skipped.csv").write_text("a file of the user's, named like ours\n")
+    evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "m.json"), quiet=True)
+    assert (tmp_path / "m.skipped.csv").read_text() == "a file of the user's, named like ours\n"

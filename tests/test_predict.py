@@ -228,3 +228,23 @@ def test_a_damaged_run_file_beside_the_model_is_one_line(trained, tmp_path, caps
     (model / "finetune_bert.json").write_text("{not json")
     assert main(["predict", "--model", str(model), "good"]) == 2
     assert "finetune_bert.json: cannot be read (" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "finetune_bert.json", "data_report.json"])
+def test_predict_output_never_replaces_a_file_of_the_model(trained, toy_data, name, capsys):
+    from finetune_bert.cli import main
+    target = os.path.join(trained.output, name)
+    before = open(target, "rb").read()
+    assert main(["predict", "--model", trained.output, "--input", str(toy_data["test"]), "--output", target]) == 2
+    assert f"{name}: is a file of the model {trained.output}; writing it would damage" in capsys.readouterr().err
+    assert open(target, "rb").read() == before
+
+
+def test_predict_output_may_be_a_new_file_in_the_model_folder(trained, toy_data):
+    from finetune_bert.cli import main
+    out = os.path.join(trained.output, "preds.csv")
+    try:
+        for _ in range(2):  # and again: the predictions of the first run are ours to replace
+            assert main(["predict", "--model", trained.output, "--input", str(toy_data["test"]), "--output", out]) == 0
+    finally:
+        os.remove(out)

@@ -278,3 +278,67 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_keeps_the_previous_model(t
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("error: ")
     assert (tmp_path / "o" / "model.safetensors").read_bytes() == before
+
+
+def test_training_into_the_folder_of_its_own_base_model_is_refused(tiny_model, toy_data, tmp_path):
+    import shutil
+    base = shutil.copytree(tiny_model, tmp_path / "base")
+    before = (base / "model.safetensors").read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=r"--output .*base is the --model folder; training into it would replace"):
+            _quick(base, toy_data["train"], base, overwrite=overwrite)
+    assert (base / "model.safetensors").read_bytes() == before
+
+
+def test_a_new_run_that_fails_after_its_first_save_leaves_no_old_metrics_beside_its_model(tiny_model, toy_data,
+                                                                                          tmp_path, monkeypatch):
+    import importlib
+    train_module = importlib.import_module("finetune_bert.train")
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", test_data=str(toy_data["test"]))
+    (tmp_path / "o" / "evaluation.json").write_text("{}\n")  # what `evaluate` writes there by default
+    old_weights = (tmp_path / "o" / "model.safetensors").read_bytes()
+
+    def crash(*a, **k):
+        raise RuntimeError("crash after the first save")
+    monkeypatch.setattr(train_module, "_finish", crash)
+    with pytest.raises(RuntimeError):
+        _quick(tiny_model, toy_data["train"], tmp_path / "o", lr=1e-3, overwrite=True)
+    names = {p.name for p in (tmp_path / "o").iterdir()}
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() != old_weights
+    assert not names & {"metrics.json", "README.md", "evaluation.json"}  # they described the old model
+    assert json.loads((tmp_path / "o" / "run_config.json").read_text())["lr"] == 1e-3
+
+
+def test_a_fresh_run_into_an_unfinished_run_is_refused_and_overwrite_clears_its_checkpoints(tiny_model, toy_data,
+                                                                                            tmp_path):
+    import shutil
+    big = write_csv(tmp_path / "big.csv", toy_rows(200))
+    _quick(tiny_model, big, tmp_path / "o", save_every=3, keep_checkpoints=5)
+    (tmp_path / "o" / "model.safetensors").unlink()  # as if killed before its model was saved
+    with pytest.raises(UserError, match=r"holds the checkpoints of an unfinished run \(the newest: step-\d+\); pass "
+                                        r"--resume to continue it, --overwrite to start again"):
+        _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    (tmp_path / "o" / "checkpoints" / "my_notes.txt").write_text("mine")
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", overwrite=True, keep_checkpoints=5)
+    steps = sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir() if p.name.startswith("step-"))
+    state = json.loads((tmp_path / "o" / "checkpoints" / steps[-1] / "state.json").read_text())
+    assert len(steps) == 1 and state["step"] == state["total_steps"]  # only the new run's own checkpoint
+    assert (tmp_path / "o" / "checkpoints" / "my_notes.txt").read_text() == "mine"
+    shutil.rmtree(tmp_path / "o" / "checkpoints" / steps[-1])
+
+
+def test_keep_checkpoints_0_removes_only_what_finetune_bert_wrote_in_checkpoints(tiny_model, toy_data, tmp_path):
+    out = tmp_path / "o"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "my_model.bin").write_text("the user's")
+    _quick(tiny_model, toy_data["train"], out, overwrite=True, keep_checkpoints=0)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["my_model.bin"]
+
+
+def test_a_refused_resume_leaves_no_tensorboard_file_in_the_earlier_model(tiny_model, toy_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    events = sorted((tmp_path / "o" / "tensorboard").iterdir())
+    with pytest.raises(UserError, match=r"--resume: .* differences: lr"):
+        _quick(tiny_model, toy_data["train"], tmp_path / "o", resume=True, lr=1e-3)
+    assert sorted((tmp_path / "o" / "tensorboard").iterdir()) == events
