@@ -262,7 +262,7 @@ def test_text_cells_that_are_lists_or_numbers_are_bad_rows(tmp_path):
         load_dataset(cfg(tmp_path / "d.parquet"))
     (tmp_path / "n.jsonl").write_text("".join(json.dumps({"text": 5 if i == 3 else r["text"], "label": r["label"]})
                                               + "\n" for i, r in enumerate(rows)))
-    with pytest.raises(UserError, match=r"n.jsonl: line 4, column 'text': text is a int, not a string"):
+    with pytest.raises(UserError, match=r"n.jsonl: line 4, column 'text': text is an int, not a string"):
         load_dataset(cfg(tmp_path / "n.jsonl"))
 
 

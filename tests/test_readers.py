@@ -366,3 +366,13 @@ def test_a_csv_row_of_empty_fields_is_a_row_not_a_blank_line(tmp_path):
     assert rec.where == ["line 2", "line 3", "line 4", "line 6"]  # only the truly empty line 5 is blank
     (tmp_path / "one.csv").write_text('text\nhello\n"   "\nbye\n')
     assert read_records(tmp_path / "one.csv").where == ["line 2", "line 3", "line 4"]
+
+
+@pytest.mark.parametrize("raw,hint", [
+    ("text,label\nhi,a\n".encode("utf-16"), "it starts with a UTF-16 byte-order mark: save it as UTF-8"),
+    (gzip.compress(b"text,label\nhi,a\n"), "it is gzip-compressed: add .gz to its name"),
+])
+def test_a_file_that_is_not_utf8_says_what_it_is(tmp_path, raw, hint):
+    (tmp_path / "d.csv").write_bytes(raw)
+    for read in (lambda: read_records(tmp_path / "d.csv"), lambda: list(iter_record_chunks(tmp_path / "d.csv", 5))):
+        assert _message(read).endswith(f"are not valid UTF-8 ({hint})")

@@ -122,7 +122,8 @@ def _is_missing(value: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
-    return {list: "a list", tuple: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+    name = type(value).__name__
+    return {list: "a list", tuple: "a list", dict: "an object"}.get(type(value), f"{'an' if name[0] in 'aeiou' else 'a'} {name}")
 
 
 def _as_label(value: Any) -> Any:

@@ -77,8 +77,18 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-def _not_utf8(path: Path, line: int, bad: bytes) -> UserError:
-    return UserError(f"{path}: line {line}: bytes {bad!r} are not valid UTF-8 (save the file as UTF-8)")
+# What the first bytes of a file that is not UTF-8 text often are: said, so the user knows what to do.
+_SIGNATURES = ((b"\xff\xfe", "it starts with a UTF-16 byte-order mark: save it as UTF-8"),
+               (b"\xfe\xff", "it starts with a UTF-16 byte-order mark: save it as UTF-8"),
+               (b"\x1f\x8b", "it is gzip-compressed: add .gz to its name"),
+               (b"PK\x03\x04", "it is a zip archive, as an .xlsx workbook is: export it as CSV"),
+               (b"PAR1", "it is a Parquet file: name it .parquet"))
+
+
+def _not_utf8(path: Path, line: int, bad: bytes, head: bytes = b"") -> UserError:
+    """`head`: the file's first bytes, which may say what the file really is."""
+    hint = next((what for magic, what in _SIGNATURES if head.startswith(magic)), "save the file as UTF-8")
+    return UserError(f"{path}: line {line}: bytes {bad!r} are not valid UTF-8 ({hint})")
 
 
 def _has_nul(path: Path, line: int) -> UserError:
@@ -90,7 +100,7 @@ def _decode(path: Path, raw: bytes) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _not_utf8(path, raw[: exc.start].count(b"\n") + 1, raw[exc.start : exc.start + 4]) from None
+        raise _not_utf8(path, raw[: exc.start].count(b"\n") + 1, raw[exc.start : exc.start + 4], raw[:4]) from None
     if "\0" in text:
         raise _has_nul(path, text[: text.index("\0")].count("\n") + 1)
     return text.removeprefix("\ufeff")
@@ -318,7 +328,7 @@ def _decoded_lines(path: Path) -> Iterator[str]:
                 bad = raw[exc.start:exc.start + 4]
                 for more in itertools.islice(raws, 3):
                     bad = (bad + more)[:4]
-                raise _not_utf8(path, number, bad) from None
+                raise _not_utf8(path, number, bad, raw[:4] if number == 1 else b"") from None
             if "\0" in text:
                 raise _has_nul(path, number)
             yield text.removeprefix("\ufeff") if number == 1 else text
