@@ -7,7 +7,7 @@ import pytest
 
 from conftest import toy_rows, write_csv
 from finetune_bert.config import TrainConfig
-from finetune_bert.data import clean_text, label_mapping, load_dataset, stratified_split, Split
+from finetune_bert.data import clean_text, load_dataset, stratified_split, Split
 from finetune_bert.errors import UserError
 
 
@@ -34,22 +34,10 @@ def test_raises_on_named_label_column_absent(tmp_path):
         load_dataset(cfg(write_csv(tmp_path / "d.csv", toy_rows(6)), label_column="stars"))
 
 
-def test_label_mapping_is_sorted_and_deterministic():
-    assert label_mapping(["pos", "neg", "pos"], None, None, "x") == (["neg", "pos"], ["neg", "pos"])
-    assert label_mapping([2, 0, 1], None, None, "x") == ([0, 1, 2], ["0", "1", "2"])
-    assert label_mapping([1, 0], "negative,positive", None, "x") == ([0, 1], ["negative", "positive"])
-    assert label_mapping([1, 0], None, ["neg", "pos"], "x") == ([0, 1], ["neg", "pos"])
-
-
 def test_integer_labels_from_csv_and_json_are_the_same_class(tmp_path):
     rows = [{"text": r["text"], "label": int(r["label"] == "positive")} for r in toy_rows(20)]
     ds = load_dataset(cfg(write_csv(tmp_path / "d.csv", rows), label_names="negative,positive"))
     assert ds.raw_labels == [0, 1] and ds.label_names == ["negative", "positive"]
-
-
-def test_raises_on_label_names_count_mismatch(tmp_path):
-    with pytest.raises(UserError, match="--label-names has 3 names but the data has 2 classes"):
-        label_mapping([0, 1], "a,b,c", None, "x")
 
 
 def test_raises_on_single_class(tmp_path):

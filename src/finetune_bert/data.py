@@ -12,8 +12,6 @@ import html
 import io
 import math
 import re
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from finetune_bert.errors import UserError
+from finetune_bert.labels import as_label, case_variants, label_mapping
 from finetune_bert.readers import Records
 from finetune_bert.sources import read_source
 from finetune_bert.safefiles import write_text_atomic
@@ -126,22 +125,6 @@ def _kind(value: Any) -> str:
     return {list: "a list", tuple: "a list", dict: "an object"}.get(type(value), f"{'an' if name[0] in 'aeiou' else 'a'} {name}")
 
 
-def _as_label(value: Any) -> Any:
-    """Integer-looking labels become ints so '1' (CSV) and 1 (JSON) are the same class."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        stripped = value.strip()
-        # Only the one canonical spelling of an integer: '01', '+1' or a full-width '１' would otherwise
-        # silently merge with '1' and be renamed; left as text, they meet the mixed-kinds check instead.
-        if re.fullmatch(r"0|-?[1-9][0-9]*", stripped):
-            return int(stripped)
-        return stripped
-    return value
-
-
 def to_split(records: Records, name: str, text_column: str | None, label_column: str | None,
              clean: bool, need_labels: bool | None, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
     """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded."""
@@ -194,7 +177,7 @@ def check_rows(records: Records, name: str, tcol: str, lcol: str | None, clean: 
             elif isinstance(raw, (list, tuple, dict)):
                 problem = f"label is {_kind(raw)}, not a single class"
             else:
-                label = _as_label(raw)
+                label = as_label(raw)
         if problem:
             bad.append(SkippedRow(name, records.source, loc, column, problem, repr(row.get(column))[:200]))
             continue
@@ -301,27 +284,6 @@ def stratified_split(split: Split, fraction: float, seed: int, notes: list[str])
     return split.subset(train_index), val
 
 
-def label_mapping(labels: list[Any], names_option: str | None, hub_names: list[str] | None,
-                  source: str) -> tuple[list[Any], list[str]]:
-    """Deterministic id order: sorted label values. Names come from the data, --label-names, or the hub."""
-    raw = sorted(set(labels), key=lambda x: (isinstance(x, str), x))
-    if len(raw) < 2:
-        raise UserError(f"{source}: only one class ({raw[0]!r}) in the training data; "
-                        "classification needs at least two")
-    names = [str(x) for x in raw]
-    if names_option:
-        given = [n.strip() for n in names_option.split(",")]
-        if len(given) != len(raw):
-            raise UserError(f"--label-names has {len(given)} names but the data has {len(raw)} classes: "
-                            f"{', '.join(map(str, raw))}")
-        names = given
-    elif hub_names and all(isinstance(x, int) and 0 <= x < len(hub_names) for x in raw):
-        names = [hub_names[x] for x in raw]
-    if len(set(names)) != len(names):
-        raise UserError(f"label names must be distinct, got {', '.join(names)}")
-    return raw, names
-
-
 def _unknown_labels(split: Split, known: set, on_bad_rows: str, skipped: list[SkippedRow]) -> Split:
     """Rows whose label train never had: the model cannot predict them, so they cannot be scored."""
     bad = [i for i, x in enumerate(split.labels) if x not in known]
@@ -333,45 +295,6 @@ def _unknown_labels(split: Split, known: set, on_bad_rows: str, skipped: list[Sk
     report_bad_rows(rows, on_bad_rows, skipped)
     bad_set = set(bad)
     return split.subset([i for i in range(len(split)) if i not in bad_set])
-
-
-def _label_key(label: str) -> str:
-    """What two spellings of one label share: Unicode-normalised (NFKC: 'é' as one code point or as 'e' and an
-    accent), without invisible format characters (a zero-width space), case-folded."""
-    folded = unicodedata.normalize("NFKC", label).casefold()
-    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
-
-
-def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
-    """Labels that differ only in case ('positive', 'Positive'), Unicode form or invisible characters would
-    silently become separate classes: stop with the variants listed, or (--fold-labels) merge each group into
-    its most frequent spelling. Surrounding spaces never count: `_as_label` strips them."""
-    counts: dict[str, Counter] = {}
-    first_at: dict[str, str] = {}
-    for split in splits:
-        for label, loc in zip(split.labels, split.where):
-            if isinstance(label, str):
-                counts.setdefault(_label_key(label), Counter())[label] += 1
-                first_at.setdefault(label, f"{split.source}: {loc}")
-    clashes = [c for c in counts.values() if len(c) > 1]
-    if not clashes:
-        return
-    groups = [", ".join(f"{_shown(v)} ({n} rows, first at {first_at[v]})" for v, n in c.most_common()) for c in clashes]
-    if not fold:
-        more = f" (and {len(groups) - 3} more groups)" if len(groups) > 3 else ""
-        raise UserError("labels that differ only in case, Unicode form or invisible characters would become "
-                        "separate classes: " + "; ".join(groups[:3]) + more + ". Fix the data, or pass "
-                        "--fold-labels to merge each group into its most frequent spelling")
-    to = {v: c.most_common(1)[0][0] for c in clashes for v in c}
-    for split in splits:
-        split.labels = [to.get(x, x) if isinstance(x, str) else x for x in split.labels]
-    notes.append("--fold-labels merged " + "; ".join(f"{', '.join(map(_shown, c))} into {_shown(c.most_common(1)[0][0])}"
-                                                     for c in clashes))
-
-
-def _shown(label: str) -> str:
-    """A label as the user can tell it apart: repr, with combining and invisible characters escaped."""
-    return "'" + "".join(ch if unicodedata.category(ch)[0] not in "MC" else f"\\u{ord(ch):04x}" for ch in label) + "'"
 
 
 def dedupe_train(train: Split, held_out: list[Split], skipped: list[SkippedRow]) -> tuple[Split, str]:
