@@ -171,3 +171,75 @@ def test_demo_rerun_replaces_its_own_model_and_a_foreign_folder_needs_demo_overw
     with pytest.raises(SystemExit):
         main(["demo", "--output", str(tmp_path / "mine"), "--overwrite"])
     assert seen == [True, True] and (tmp_path / "mine" / "notes.txt").read_text() == "the user's"
+
+
+def _run(argv, capsys):
+    from finetune_bert.cli import main
+    capsys.readouterr()
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_option_abbreviations_are_refused(tmp_path, capsys):
+    code, err = _run(["train", "--data", "d.csv", "--out", str(tmp_path / "o"), "--ov"], capsys)
+    assert code == 2 and "unrecognized arguments: --out" in err and err.count("\n") == 1
+
+
+def test_an_option_given_twice_is_refused(capsys):
+    code, err = _run(["train", "--data", "d.csv", "--output", "a", "--output=b", "--epochs", "1", "--epochs", "2"],
+                     capsys)
+    assert code == 2 and err == "error: --epochs, --output given more than once; give each option once\n"
+
+
+def test_unreadable_numbers_and_bad_choices_are_reported_with_every_other_problem_in_one_line(capsys):
+    code, err = _run(["train", "--data", "d.csv", "--output", "o", "--epochs", "abc", "--batch-size", "1.5",
+                      "--truncation", "middle", "--lr", "-1e-5", "--weight-decay", "-inf"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "usage" not in err
+    for problem in ("--epochs must be a number, got 'abc'", "--batch-size must be a whole number, got '1.5'",
+                    "--truncation must be one of head, tail, head+tail, got 'middle'", "--lr must be positive",
+                    "--weight-decay must be a finite number, got -inf"):
+        assert problem in err
+
+
+def test_an_argparse_error_is_one_line_naming_the_command(capsys):
+    code, err = _run(["evaluate", "--model", "m", "--data", "d.csv", "--bogus"], capsys)
+    assert code == 2 and err == "error: unrecognized arguments: --bogus (see finetune-bert evaluate --help)\n"
+
+
+@pytest.mark.parametrize("argv,problem", [
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be at least 0, got -1.0"),
+    (["--weight-decay", "-0.5"], "--weight-decay must be at least 0, got -0.5"),
+    (["--seed", str(2**64)], f"--seed must be at most {2**32 - 1}, got {2**64}"),
+    (["--num-threads", "100000"], "--num-threads must be at most"),
+    (["--label-names", "a,"], "--label-names 'a,': every name must be non-empty"),
+])
+def test_train_refuses_values_that_would_be_silently_reinterpreted(argv, problem, capsys):
+    code, err = _run(["train", "--data", "d.csv", "--output", "o", *argv], capsys)
+    assert code == 2 and problem in err and "Traceback" not in err
+
+
+def test_usage_shows_the_required_options_as_required(capsys):
+    from finetune_bert.cli import build_parser
+    parser = build_parser()
+    usages = {name: sub.format_usage() for name, sub in parser._subparsers._group_actions[0].choices.items()}
+    assert "finetune-bert train --data DATA --output OUTPUT [options]" in usages["train"]
+    assert "finetune-bert evaluate --model MODEL --data DATA [options]" in usages["evaluate"]
+
+
+@pytest.mark.parametrize("argv,problem", [
+    (["--text-column", "review", "good film"], "--text-column is only for --input FILE"),
+    (["--input", "in.csv", "--output", "p.csv", "good film"], "give texts as arguments or --input FILE, not both"),
+    (["--input", "in.csv", "--output", "p.csv", "--ignore-labels", "--label-column", "y"],
+     "--ignore-labels and --label-column contradict each other"),
+    (["", "   "], "text 1 ('') has nothing to classify once cleaned"),
+    (["<br />"], "text 1 ('<br />') has nothing to classify once cleaned"),
+])
+def test_predict_refuses_what_it_cannot_honour(trained, argv, problem, capsys):
+    code, err = _run(["predict", "--model", trained.output, *argv], capsys)
+    assert code == 2 and problem in err
+
+
+def test_predict_reports_every_problem_at_once(trained, tmp_path, capsys):
+    code, err = _run(["predict", "--model", trained.output, "--batch-size", "0", "--input", str(tmp_path / "in.csv"),
+                      "--output", str(tmp_path / "x.txt")], capsys)
+    assert code == 2 and "--batch-size must be at least 1" in err and "unknown extension '.txt'" in err

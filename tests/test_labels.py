@@ -23,3 +23,9 @@ def test_raises_on_label_names_count_mismatch():
                                         (" positive ", "positive"), ("1.5", "1.5")])
 def test_only_the_canonical_spelling_of_an_integer_becomes_an_int(cell, label):
     assert as_label(cell) == label and type(as_label(cell)) is type(label)
+
+
+def test_label_names_for_text_labels_are_refused_not_used_to_rename_them():
+    with pytest.raises(UserError, match=r"--label-names names integer labels, in id order; the labels in x are text "
+                                        r"\(negative, positive\) and are the names already"):
+        label_mapping(["positive", "negative"], "positive,negative", None, "x")

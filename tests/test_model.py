@@ -35,3 +35,11 @@ def test_model_files_are_recognised_by_name_and_by_the_marker(trained, tmp_path)
     refuse_model_file(folder / "new-predictions.csv", trained.output, "--output")  # not there yet: fine
     (tmp_path / "config.json").write_text("{}")
     refuse_model_file(tmp_path / "config.json", trained.output, "--output")  # another folder's file: fine
+
+
+def test_a_model_folder_without_tokenizer_files_is_refused_not_read_as_all_unknown(trained, tmp_path):
+    model = shutil.copytree(trained.output, tmp_path / "m")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model / name).unlink()
+    with pytest.raises(UserError, match=r"--model .*m: has no tokenizer files \(tokenizer.json, vocab.txt, "):
+        load_tokenizer(str(model))

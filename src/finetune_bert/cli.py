@@ -8,44 +8,86 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
+import re
 import sys
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from finetune_bert import __version__
-from finetune_bert.config import DataConfig, EvaluateConfig, PredictConfig, TrainConfig
+from finetune_bert.config import (MAX_SEED, DataConfig, EvaluateConfig, NotANumber, PredictConfig, TrainConfig,
+                                  range_problems)
 from finetune_bert.errors import TrainingInterrupted, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, held to the tool's rules: a problem is one line and exit 2, never the usage block; no
+    abbreviated options (`--ov` must not mean --overwrite); '-1e-5' and '-inf' are numbers, not options."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's own misses exponents and inf
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("finetune-bert").strip()
+        print(f"error: {message} (see finetune-bert {command + ' ' if command else ''}--help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def _number(kind: type) -> Callable[[str], Any]:
+    """A type for argparse that never fails: what it cannot read becomes a NotANumber, which the config
+    reports together with every other problem."""
+    def read(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            return NotANumber(text, "a whole number" if kind is int else "a number")
+    read.__name__ = kind.__name__
+    return read
 
 
 def _add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     required = parser.add_argument_group("required options")
+    names = []
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        meta = dict(f.metadata)
-        meta.pop("at_least", None)  # checked by the config's problems(), all at once
-        group = required if meta.pop("required", False) else parser
         flag = "--" + f.name.replace("_", "-")
-        help_text = meta.pop("help", "").replace("%", "%%")  # argparse formats help with %
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
+        group = required if f.metadata.get("required") else parser
+        if f.metadata.get("required"):
+            names.append(f"{flag} {f.name.upper()}")
         if isinstance(f.default, bool):
             # Only options that are on by default get a --no- form: --no-debug would mean nothing.
             action = argparse.BooleanOptionalAction if f.default else "store_true"
             group.add_argument(flag, dest=f.name, action=action, default=f.default, help=help_text)
             continue
-        kind = _arg_type(f)
+        choices = f.metadata.get("choices")
         default = "" if f.default is None else f" (default: {f.default})"
-        group.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text + default, **meta)
+        # Bounds and choices are checked by the config's problems(), all at once, not by argparse.
+        group.add_argument(flag, dest=f.name, type=_arg_type(f), default=f.default, help=help_text + default,
+                           metavar="{" + ",".join(choices) + "}" if choices else None)
+    parser.usage = f"{parser.prog} {' '.join(names)} [options]"
 
 
-def _arg_type(f: dataclasses.Field) -> type:
+def _arg_type(f: dataclasses.Field) -> Callable[[str], Any]:
     """The argparse type from the field's declared type ("float", "int | None", "str", ...)."""
     declared = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     base = declared.split("|")[0].strip()
-    return {"float": float, "int": int}.get(base, str)
+    return {"float": _number(float), "int": _number(int)}.get(base, str)
+
+
+def _repeated(argv: list[str]) -> list[str]:
+    """Options given more than once: argparse keeps the last silently, and '--output a --output b' is a typo."""
+    flags = [a.split("=", 1)[0] for a in itertools.takewhile(lambda a: a != "--", argv) if a.startswith("--")]
+    return sorted({f for f in flags if flags.count(f) > 1 and f not in ("--help", "--version")})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune-bert", description="Fine-tune BERT-family encoders for "
+    parser = _Parser(prog="finetune-bert", description="Fine-tune BERT-family encoders for "
                                      "text classification.")
     parser.add_argument("--version", action="version", version=f"finetune-bert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="minilm", help="whose tokenizer measures lengths (default: minilm, "
                    "whose vocabulary is bert-base-uncased's)")
     p.add_argument("--output", help="folder to save data_report.json/.txt in")
-    p.add_argument("--seed", type=int, default=42, help="seed of the validation split")
+    p.add_argument("--seed", type=_number(int), default=42, help="seed of the validation split (default: 42)")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
 
     p = sub.add_parser("demo", help="fine-tune the bundled MiniLM on the bundled reviews, offline")
     p.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--epochs", type=float, default=None, help="override the demo's epochs")
+    p.add_argument("--epochs", type=_number(float), default=None, help="override the demo's epochs (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder holding files finetune-bert did not "
                    "write (a previous demo's model is replaced without it)")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
@@ -95,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
         evaluate(cfg.model, cfg.data, cfg.output, cfg.batch_size, cfg.text_column, cfg.label_column,
                  cfg.on_bad_rows, cfg.max_samples, cfg.seed)
     elif args.command == "predict":
-        _predict(_checked(_config(PredictConfig, args)), args.texts)
+        _predict(_config(PredictConfig, args), args.texts)
     elif args.command == "inspect":
         from finetune_bert.report import inspect_data
         cfg = _config(TrainConfig, args)
-        _checked(cfg, DataConfig.problems(cfg) + ([] if args.seed >= 0 else ["--seed must be at least 0"]))
+        _checked(cfg, DataConfig.problems(cfg) + range_problems(cfg, only=_Seed))
         inspect_data(cfg, args.output)
     elif args.command == "demo":
         from finetune_bert.demo import demo
@@ -115,15 +157,59 @@ def _checked(cfg: Any, problems: list[str] | None = None) -> Any:
     return cfg
 
 
-def _predict(cfg: PredictConfig, texts: list[str]) -> None:
+@dataclasses.dataclass
+class _Seed:
+    seed: int = dataclasses.field(default=42, metadata={"at_least": 0, "at_most": MAX_SEED})
+
+
+def _predict_problems(cfg: PredictConfig, texts: list[str]) -> list[str]:
+    """Every problem of a predict command, at once: options, how they combine, the texts, the output."""
+    from finetune_bert.predict import check_output
+
+    found = cfg.problems()
     if not texts and not cfg.input:
-        raise UserError("predict needs texts as arguments or --input FILE")
+        found.append("predict needs texts as arguments or --input FILE")
     if cfg.input and not cfg.output:
-        raise UserError("--input needs --output FILE for the predictions")
-    if cfg.output and not cfg.input:
-        raise UserError("--output is only for --input FILE; texts given as arguments are printed")
+        found.append("--input needs --output FILE for the predictions")
+    if not cfg.input:
+        given = [f"--{n.replace('_', '-')}" for n in ("output", "text_column", "label_column", "ignore_labels")
+                 if getattr(cfg, n)] + (["--on-bad-rows"] if cfg.on_bad_rows != "error" else [])
+        if given:
+            found.append(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only for --input FILE; texts "
+                         "given as arguments are printed")
+    elif texts:
+        found.append("give texts as arguments or --input FILE, not both")
+    if cfg.ignore_labels and cfg.label_column:
+        found.append("--ignore-labels and --label-column contradict each other; give one")
+    if texts:
+        found += _empty_texts(texts, cfg.model)
+    if cfg.input and cfg.output:
+        try:
+            check_output(cfg.output, cfg.input, cfg.model)
+        except UserError as exc:
+            found.append(str(exc))
+    return found
+
+
+def _empty_texts(texts: list[str], model: str) -> list[str]:
+    """Texts given as arguments that leave the model nothing but [CLS] [SEP], as the model cleans them."""
+    from finetune_bert.data import clean_text
+    from finetune_bert.model import read_run_info
+
+    try:
+        cleans = read_run_info(model).get("clean", True)
+    except UserError:
+        cleans = True  # the model's own problem is reported when it is loaded
+    return [f"text {i} ({text!r}) has nothing to classify{' once cleaned' if cleans else ''}; give a text with words "
+            "in it" for i, text in enumerate(texts, start=1)
+            if not any(c.isprintable() and not c.isspace() for c in (clean_text(text) if cleans else text))]
+
+
+def _predict(cfg: PredictConfig, texts: list[str]) -> None:
     from finetune_bert.model import read_run_info
     from finetune_bert.predict import check_output, chunk_rows, input_rows, load, write_predictions
+
+    _checked(cfg, _predict_problems(cfg, texts))
     rows = None
     if cfg.input:  # every check of the output and the rows before the model is loaded
         out = check_output(cfg.output, cfg.input, cfg.model)
@@ -140,7 +226,20 @@ def _predict(cfg: PredictConfig, texts: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if twice := _repeated(argv):
+        print(f"error: {', '.join(twice)} given more than once; give each option once", file=sys.stderr)
+        return 2
+    parser = build_parser()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named with the command's own --help, not the top-level one
+            parser._subparsers._group_actions[0].choices[args.command].error(
+                f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as exc:  # a one-line argparse error returns its code; --help and --version exit
+        if not exc.code:
+            raise
+        return int(exc.code)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
         return run(args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,21 @@ from typing import Any
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
 METRICS = ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss")
 BAD_ROW_POLICIES = ("error", "skip")
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
-def opt(default: Any, help: str, at_least: float | None = None, required: bool = False,
-        **argparse_kwargs: Any) -> Any:
-    """A config field whose help text, lower bound and argparse extras travel with it.
+def opt(default: Any, help: str, at_least: float | None = None, required: bool = False, *,
+        at_most: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field whose help text, bounds and choices travel with it.
 
-    `at_least` is checked by `range_problems` (None values are "not given" and pass); `required` fields
-    are listed under "required options" in --help and checked by the config's `problems()`.
+    `at_least`, `at_most` and `choices` are checked by `range_problems` (None values are "not given" and
+    pass), so that the Python API and the command line refuse the same values, all at once; `required`
+    fields are listed under "required options" in --help and checked by the config's `problems()`.
     """
-    meta = {"help": help, **argparse_kwargs}
-    if at_least is not None:
-        meta["at_least"] = at_least
+    meta: dict[str, Any] = {"help": help}
+    for key, value in (("at_least", at_least), ("at_most", at_most), ("choices", choices)):
+        if value is not None:
+            meta[key] = value
     if required:
         meta["required"] = True
     return field(default=default, metadata=meta)
@@ -42,13 +46,33 @@ def range_problems(cfg: Any, only: type | None = None, skip: type | None = None)
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
         if f.metadata.get("required") and value in (None, ""):
             found.append(f"{flag} is required")
+        if isinstance(value, NotANumber):
+            found.append(f"{flag} must be {value.kind}, got {value.text!r}")
+        elif "choices" in f.metadata and value is not None and value not in f.metadata["choices"]:
+            found.append(f"{flag} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not math.isfinite(value):
             found.append(f"{flag} must be a finite number, got {value}")
         elif "at_least" in f.metadata and value < f.metadata["at_least"]:
             found.append(f"{flag} must be at least {f.metadata['at_least']}, got {value}")
+        elif "at_most" in f.metadata and value > f.metadata["at_most"]:
+            found.append(f"{flag} must be at most {f.metadata['at_most']}, got {value}")
     return found
+
+
+def _finite(value: Any) -> bool:
+    """A number the further checks can compare; anything else range_problems has reported already."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class NotANumber:
+    """What the command line gives for a number it could not read, so that the config reports it with every
+    other problem, in one line, instead of argparse stopping at the first."""
+
+    text: str
+    kind: str  # "a whole number" or "a number"
 
 
 @dataclass
@@ -81,13 +105,27 @@ class DataConfig:
     fold_labels: bool = opt(False, "Merge labels that differ only in case ('positive', 'Positive') into their most "
                                    "frequent spelling; without it such labels stop the run with a list of them.")
 
+    def warnings(self) -> list[str]:
+        """Options given that can have no effect: said, so that nobody believes they changed the run."""
+        found = []
+        if self.val_data and self.val_fraction != 0.1:
+            found.append("--val-fraction has no effect with --val-data")
+        if self.truncation != "head+tail" and self.head_tokens != 128:
+            found.append(f"--head-tokens has no effect with --truncation {self.truncation}")
+        budget = self.max_length - 2  # [CLS] and [SEP]
+        # The default 128 meets short budgets all the time ("128 or half"); a value the user chose is said.
+        if self.truncation == "head+tail" and self.head_tokens != 128 and self.head_tokens > budget // 2 >= 0:
+            found.append(f"--head-tokens {self.head_tokens} is more than half of the {budget}-token budget: "
+                         f"the first {budget // 2} tokens and the last {budget - budget // 2} are kept")
+        return found
+
     def problems(self) -> list[str]:
         """The data options' problems (`inspect` has only these; `train` adds its own)."""
         found = range_problems(self, only=DataConfig)
-        if not 0 < self.val_fraction < 1:
+        if self.label_names is not None and not all(n.strip() for n in self.label_names.split(",")):
+            found.append(f"--label-names {self.label_names!r}: every name must be non-empty, e.g. 'negative,positive'")
+        if _finite(self.val_fraction) and not 0 < self.val_fraction < 1:
             found.append(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.truncation not in TRUNCATION_STRATEGIES:
-            found.append(f"--truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
         return found
 
 
@@ -103,10 +141,11 @@ class TrainConfig(DataConfig):
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", at_least=1)
     eval_batch_size: int = opt(64, "Examples per evaluation batch.", at_least=1)
     lr: float = opt(5e-5, "Peak learning rate of AdamW.")
-    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm weights).")
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm weights).", at_least=0)
     warmup_ratio: float = opt(0.1, "Fraction of optimizer steps spent warming the learning rate up from 0.")
-    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 turns clipping off).")
-    seed: int = opt(42, "Seed for the split, data order, head initialisation and dropout.", at_least=0)
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 turns clipping off).", at_least=0)
+    seed: int = opt(42, "Seed for the split, data order, head initialisation and dropout.", at_least=0,
+                    at_most=MAX_SEED)
     eval_every: int = opt(0, "Also evaluate on validation every N optimizer steps (0: only at epoch ends).", at_least=0)
     metric: str = opt("accuracy", "Validation metric that picks the best model and drives early stopping.",
                       choices=METRICS)
@@ -129,7 +168,8 @@ class TrainConfig(DataConfig):
                                   "(--no-cpu-micro-batches: whole batches).")
     bf16: bool = opt(True, "bf16 autocast on a GPU that supports it (always fp32 on CPU, where bf16 is slower).")
     log_every: int = opt(10, "Write a training log record every N optimizer steps.", at_least=1)
-    num_threads: int = opt(0, "CPU threads for torch (0: torch's default).", at_least=0)
+    num_threads: int = opt(0, "CPU threads for torch (0: torch's default), at most this machine's CPU count.",
+                           at_least=0, at_most=os.cpu_count() or 1)
     trust_remote_code: bool = opt(False, "Allow model code from the hub to run (off: only built-in architectures).")
     resume: bool = opt(False, "Continue from the newest complete checkpoint in --output (starts fresh if none).")
     save_every: int = opt(0, "Also save a checkpoint every N optimizer steps (always at epoch ends).", at_least=0)
@@ -142,16 +182,14 @@ class TrainConfig(DataConfig):
     def problems(self) -> list[str]:
         """Every conflicting or impossible option, so the user fixes them in one go."""
         found = DataConfig.problems(self) + range_problems(self, skip=DataConfig)
-        if self.epochs <= 0:
+        if _finite(self.epochs) and self.epochs <= 0:
             found.append(f"--epochs must be positive, got {self.epochs}")
-        if self.lr <= 0:
+        if _finite(self.lr) and self.lr <= 0:
             found.append(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
+        if _finite(self.warmup_ratio) and not 0 <= self.warmup_ratio < 1:
             found.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.save_minutes <= 0:
+        if _finite(self.save_minutes) and self.save_minutes <= 0:
             found.append(f"--save-minutes must be positive, got {self.save_minutes}")
-        if self.metric not in METRICS:
-            found.append(f"--metric must be one of {', '.join(METRICS)}")
         found += output_in_data(self) + self._output_is_model()
         return found
 
@@ -199,7 +237,7 @@ class EvaluateConfig(ScoreConfig):
     output: str | None = opt(None, "Where to write the metrics, a .json file (default: MODEL/evaluation.json).")
     label_column: str | None = opt(None, "Name of the label column (auto-detected: label, sentiment, target, class).")
     max_samples: int | None = opt(None, "Score only N rows (a seeded sample).", at_least=1)
-    seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0)
+    seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0, at_most=MAX_SEED)
 
 
 @dataclass

@@ -346,6 +346,8 @@ def load_dataset(cfg) -> Dataset:
         notes.append(f"test split taken from {cfg.data}")
     if test is not None:
         test = seeded_sample(test, cfg.max_test_samples, cfg.seed)
+    elif cfg.max_test_samples is not None:
+        notes.append("--max-test-samples has no effect: there is no test data")
 
     case_variants([s for s in (train, val, test) if s is not None], cfg.fold_labels, notes)
     if cfg.dedupe:

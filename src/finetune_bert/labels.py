@@ -42,6 +42,10 @@ def label_mapping(labels: list[Any], names_option: str | None, hub_names: list[s
         raise UserError(f"{source}: only one class ({raw[0]!r}) in the training data; "
                         "classification needs at least two")
     names = [str(x) for x in raw]
+    if names_option and not all(isinstance(x, int) for x in raw):
+        raise UserError(f"--label-names names integer labels, in id order; the labels in {source} are text "
+                        f"({', '.join(map(str, raw[:5]))}{' ...' if len(raw) > 5 else ''}) and are the names "
+                        "already: drop --label-names")
     if names_option:
         given = [n.strip() for n in names_option.split(",")]
         if len(given) != len(raw):

@@ -20,6 +20,9 @@ from finetune_bert.errors import UserError
 from finetune_bert.safefiles import MARKER
 
 ALIASES = ("minilm",)
+# One of these makes a tokenizer; without any, transformers builds an empty vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 
 
 def bundled_minilm() -> Path:
@@ -66,6 +69,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     source = resolve(name)
+    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build an empty vocabulary, and every word would silently become [UNK]
+        raise UserError(f"--model {name}: has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy them "
+                        "from the model it was trained from")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:  # a damaged tokenizer.json raises TypeError, KeyError, ... as well

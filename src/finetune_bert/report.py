@@ -133,6 +133,10 @@ def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     from finetune_bert.data import load_dataset, write_skipped
     from finetune_bert.model import load_model_config, load_tokenizer
 
+    from finetune_bert.output import say
+
+    for warning in cfg.warnings():
+        say(f"warning: {warning}")
     if output:
         _check_report_folder(cfg, Path(output))  # before the data is read: a report with nowhere to go is lost work
     ds = load_dataset(cfg)  # data problems surface before any model file is touched

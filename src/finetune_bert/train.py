@@ -126,6 +126,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
+    for warning in cfg.warnings():
+        say(f"warning: {warning}")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     started = time.time()
