@@ -30,3 +30,8 @@ def test_evaluate_bounds_its_seed_as_train_does():
 def test_options_that_can_have_no_effect_are_said(options, warning):
     assert TrainConfig(data="d.csv", output="o", **options).warnings() == [warning]
     assert TrainConfig(data="d.csv", output="o", max_length=32).warnings() == []  # the default head, quietly
+
+
+def test_an_empty_model_name_is_refused_not_read_as_the_current_folder():
+    assert "--model must not be empty: a hub id, a model folder, or minilm" in TrainConfig(data="d", output="o",
+                                                                                            model=" ").problems()

@@ -190,6 +190,8 @@ class TrainConfig(DataConfig):
             found.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if _finite(self.save_minutes) and self.save_minutes <= 0:
             found.append(f"--save-minutes must be positive, got {self.save_minutes}")
+        if not str(self.model).strip():
+            found.append("--model must not be empty: a hub id, a model folder, or minilm")
         found += output_in_data(self) + self._output_is_model()
         return found
 
