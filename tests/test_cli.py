@@ -243,3 +243,12 @@ def test_predict_reports_every_problem_at_once(trained, tmp_path, capsys):
     code, err = _run(["predict", "--model", trained.output, "--batch-size", "0", "--input", str(tmp_path / "in.csv"),
                       "--output", str(tmp_path / "x.txt")], capsys)
     assert code == 2 and "--batch-size must be at least 1" in err and "unknown extension '.txt'" in err
+
+
+def test_train_into_a_folder_inspect_wrote_does_not_call_its_report_foreign(tiny_model, toy_data, tmp_path, capsys):
+    from finetune_bert.cli import main
+    out = tmp_path / "run"
+    code, err = _inspect(tiny_model, toy_data["train"], out, capsys)
+    assert code == 0 and (out / "data_report.json").is_file()
+    assert main(["train", "--data", str(toy_data["train"]), "--model", str(tiny_model), "--output", str(out),
+                 "--epochs", "1", "--max-length", "32"]) == 0

@@ -219,6 +219,17 @@ class RunFolder:
                 lock.release()
 
 
+def claim(folder: Path, names: tuple[str, ...]) -> None:
+    """Add `names` to the folder's marker (made if absent): what `inspect --output` writes is then ours to
+    replace, and a later `train` there does not call it foreign."""
+    marker = folder / MARKER
+    try:
+        files = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set()
+    except (OSError, ValueError, KeyError, TypeError):
+        files = set()
+    write_text_atomic(marker, json.dumps({"tool": "finetune-bert", "files": sorted(files | set(names))}) + "\n")
+
+
 def _ours(folder: Path, overwrite: bool, resume: bool) -> set[str]:
     """The files the marker lists; refuses foreign files unless overwrite, a finished model unless either flag."""
     try:

@@ -129,7 +129,8 @@ def prepare(cfg, ds: Dataset, tokenizer, model_config) -> tuple[dict[str, Encode
 
 
 def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
-    """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model."""
+    """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model. The files it
+    writes in `output` are recorded in the folder's marker, so a later `train` there may replace them."""
     from finetune_bert.data import load_dataset, write_skipped
     from finetune_bert.model import load_model_config, load_tokenizer
 
@@ -144,6 +145,8 @@ def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     _, report = prepare(cfg, ds, tokenizer, load_model_config(cfg.model, cfg.trust_remote_code))
     print(format_report(report))
     if output:
+        from finetune_bert.output import claim
+        claim(Path(output), REPORT_FILES)  # before they exist, as a run folder owns its files
         save_report(report, Path(output))
         write_skipped(ds.skipped, Path(output) / "skipped_rows.csv")
     return report
