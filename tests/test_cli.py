@@ -145,7 +145,7 @@ def test_inspect_output_never_replaces_its_input_or_writes_into_the_data(tiny_mo
 def test_inspect_output_refuses_a_trained_models_folder(tiny_model, trained, toy_data, capsys):
     before = open(f"{trained.output}/data_report.json", "rb").read()
     code, err = _inspect(tiny_model, toy_data["train"], trained.output, capsys)
-    assert code == 2 and "holds a trained model, and its data report describes that model's run" in err
+    assert code == 2 and "holds a training run, and its data report describes that run" in err
     assert open(f"{trained.output}/data_report.json", "rb").read() == before
 
 
@@ -159,8 +159,14 @@ def test_demo_rerun_replaces_its_own_model_and_a_foreign_folder_needs_demo_overw
         seen.append(cfg.overwrite)
         raise SystemExit(0)
     monkeypatch.setattr(importlib.import_module("finetune_bert.train"), "train", fake_train)
+    from finetune_bert.demo import demo_config
     with RunFolder(str(tmp_path / "demo"), overwrite=False) as run:  # a previous demo's folder
         run.write_text("model.safetensors", "weights")
+        run.write_text("run_config.json", json.dumps(demo_config("x").to_json()))
+    with RunFolder(str(tmp_path / "trained"), overwrite=False) as run:  # a model of the user's, not a demo
+        run.write_text("model.safetensors", "weights")
+    assert main(["demo", "--output", str(tmp_path / "trained")]) == 2
+    assert "holds a model that is not an earlier demo's" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--output", str(tmp_path / "demo")])
     assert seen == [True]

@@ -226,7 +226,7 @@ def test_the_text_column_cannot_also_be_the_label_column(tmp_path, options):
 
 
 @pytest.mark.parametrize("text,reason", [("<br /><br />", "text is empty once cleaned ('<br />' tags and HTML "
-                                                         "entities); --no-clean keeps them"),
+                                                         "entities removed)"),
                                          ("&nbsp;", "text is empty once cleaned"),
                                          ("\u200b\u200b", "text has no visible characters"),
                                          ("  \t ", "text is empty")])

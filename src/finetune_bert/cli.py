@@ -82,7 +82,9 @@ def _arg_type(f: dataclasses.Field) -> Callable[[str], Any]:
 
 def _repeated(argv: list[str]) -> list[str]:
     """Options given more than once: argparse keeps the last silently, and '--output a --output b' is a typo."""
-    flags = [a.split("=", 1)[0] for a in itertools.takewhile(lambda a: a != "--", argv) if a.startswith("--")]
+    # --clean and --no-clean are one option: given both, the last would win silently.
+    flags = ["--" + a.split("=", 1)[0].removeprefix("--").removeprefix("no-")
+             for a in itertools.takewhile(lambda a: a != "--", argv) if a.startswith("--")]
     return sorted({f for f in flags if flags.count(f) > 1 and f not in ("--help", "--version")})
 
 
@@ -138,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
                  cfg.on_bad_rows, cfg.max_samples, cfg.seed)
     elif args.command == "predict":
         _predict(_config(PredictConfig, args), args.texts)
+    elif args.command in ("inspect", "demo") and args.output is not None and not args.output.strip():
+        raise UserError("--output must not be empty")
     elif args.command == "inspect":
         from finetune_bert.report import inspect_data
         cfg = _config(TrainConfig, args)
@@ -165,6 +169,7 @@ class _Seed:
 def _predict_problems(cfg: PredictConfig, texts: list[str]) -> list[str]:
     """Every problem of a predict command, at once: options, how they combine, the texts, the output."""
     from finetune_bert.predict import check_output
+    from finetune_bert.sources import local_file
 
     found = cfg.problems()
     if not texts and not cfg.input:
@@ -183,9 +188,11 @@ def _predict_problems(cfg: PredictConfig, texts: list[str]) -> list[str]:
         found.append("--ignore-labels and --label-column contradict each other; give one")
     if texts:
         found += _empty_texts(texts, cfg.model)
+    if cfg.input and (file := local_file(cfg.input)) is not None and not file.exists():
+        found.append(f"--input {cfg.input}: file not found")
     if cfg.input and cfg.output:
         try:
-            check_output(cfg.output, cfg.input, cfg.model)
+            check_output(cfg.output, cfg.input, cfg.model, skipping=cfg.on_bad_rows == "skip")
         except UserError as exc:
             found.append(str(exc))
     return found
@@ -212,7 +219,7 @@ def _predict(cfg: PredictConfig, texts: list[str]) -> None:
     _checked(cfg, _predict_problems(cfg, texts))
     rows = None
     if cfg.input:  # every check of the output and the rows before the model is loaded
-        out = check_output(cfg.output, cfg.input, cfg.model)
+        out = check_output(cfg.output, cfg.input, cfg.model, skipping=cfg.on_bad_rows == "skip")
         rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
                           chunk_rows(None, cfg.batch_size), cleaned=read_run_info(cfg.model).get("clean", True))
         rows.check()

@@ -46,6 +46,8 @@ def range_problems(cfg: Any, only: type | None = None, skip: type | None = None)
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
         if f.metadata.get("required") and value in (None, ""):
             found.append(f"{flag} is required")
+        if isinstance(value, str) and not value.strip() and not f.metadata.get("required") and f.name != "label_names":
+            found.append(f"{flag} must not be empty")  # '' would quietly mean "not given", or the current folder
         if isinstance(value, NotANumber):
             found.append(f"{flag} must be {value.kind}, got {value.text!r}")
         elif "choices" in f.metadata and value is not None and value not in f.metadata["choices"]:

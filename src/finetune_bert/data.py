@@ -204,7 +204,7 @@ def _nothing_visible(text: str, by_cleaning: bool) -> str | None:
     if any(ch.isprintable() and not ch.isspace() for ch in text):
         return None
     if by_cleaning:
-        return "text is empty once cleaned ('<br />' tags and HTML entities); --no-clean keeps them"
+        return "text is empty once cleaned ('<br />' tags and HTML entities removed)"
     return "text has no visible characters (only spaces or invisible ones)"
 
 
@@ -384,16 +384,30 @@ def skipped_csv(skipped: list[SkippedRow]) -> str:
 SKIPPED_HEADER = "split,source,row,column,reason,value"
 
 
+def is_skipped_list(path: Path) -> bool:
+    """Whether the file at `path` is a list of skipped rows that finetune-bert wrote (by its header)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return handle.readline().strip() == SKIPPED_HEADER
+    except OSError:
+        return False
+
+
+def refuse_foreign_skipped_list(path: Path, option: str) -> None:
+    """With --on-bad-rows skip the list goes to `path`: a file of the user's there must not be replaced."""
+    if path.exists() and not is_skipped_list(path):
+        raise UserError(f"{option} {path}: exists and is not a list of skipped rows finetune-bert wrote; "
+                        "move it, or choose another --output")
+
+
 def write_skipped(skipped: list[SkippedRow], path: Path) -> None:
     """The list of skipped rows beside an output; with none, an earlier run's list there is removed, so that
     what lies beside the output always describes the run that wrote it (a file of the user's is left alone)."""
     if skipped:
         write_text_atomic(path, skipped_csv(skipped))
         return
-    try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            ours = handle.readline().strip() == SKIPPED_HEADER
-        if ours:
+    if is_skipped_list(path):
+        try:
             path.unlink()
-    except OSError:
-        pass  # nothing there, or nothing we could read: nothing of ours to remove
+        except OSError:
+            pass  # gone already, or not ours to remove after all

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
+from pathlib import Path
 
 from finetune_bert.config import TrainConfig
 
@@ -15,6 +17,15 @@ def demo_config(output: str) -> TrainConfig:
     return TrainConfig(data=str(data / "train.csv"), test_data=str(data / "test.csv"), model="minilm",
                        output=output, epochs=4, batch_size=16, lr=1e-4, max_length=128, eval_batch_size=64,
                        log_every=5)
+
+
+def _is_demo_run(folder: Path, cfg: TrainConfig) -> bool:
+    """Whether the run in `folder` trained on the demo's own data (by its run_config.json)."""
+    try:
+        saved = json.loads((folder / "run_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("data") == cfg.data and saved.get("model") == cfg.model
 
 
 def demo(output: str = "runs/demo", epochs: float | None = None, overwrite: bool = False) -> None:
@@ -33,6 +44,9 @@ def demo(output: str = "runs/demo", epochs: float | None = None, overwrite: bool
             RunFolder.check(output, overwrite=False, resume=True)  # a foreign file stops here, a model does not
         except UserError as exc:
             raise UserError(str(exc).replace("pass --overwrite", "pass demo --overwrite")) from None
+        if (Path(output) / "model.safetensors").exists() and not _is_demo_run(Path(output), cfg):
+            raise UserError(f"--output {output} holds a model that is not an earlier demo's; choose another folder "
+                            "for the demo, or pass demo --overwrite to replace that model")
     cfg.overwrite = True
     if problems := cfg.problems():
         raise UserError("; ".join(problems))

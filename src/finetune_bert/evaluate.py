@@ -19,7 +19,7 @@ from finetune_bert import fastpath
 from finetune_bert.encoding import Encoded, Layout, eval_batches, to_device
 from finetune_bert.errors import UserError
 from finetune_bert.model import refuse_model_file
-from finetune_bert.safefiles import check_output_file, write_text_atomic
+from finetune_bert.safefiles import check_output_file, claim_output, write_text_atomic
 
 # Rows read, validated, tokenized and scored at a time by `evaluate` and `predict_file`. Peak memory is
 # set by this, not by the data size (benchmarks/eval_memory.py: 25,000 IMDB reviews peak ~23 MiB above
@@ -184,7 +184,7 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
                          seed=seed, on_bad_rows=on_bad_rows)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
-    target, skipped_at = _metrics_path(model, data, output)
+    target, skipped_at = _metrics_path(model, data, output, skipping=on_bad_rows == "skip")
     info = read_run_info(model)
     labels = LabelMap.of(load_model_config(model), info)
     rows = labelled_rows(data, labels, info.get("clean", True), text_column, label_column, on_bad_rows,
@@ -199,6 +199,8 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
         print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))
     write_text_atomic(target, json.dumps(metrics, indent=2) + "\n")
     write_skipped(rows.skipped, skipped_at)
+    for written in (target, skipped_at) if rows.skipped else (target,):
+        claim_output(written)
     if rows.skipped:
         print(f"warning: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in {skipped_at}")
     if not quiet:
@@ -221,7 +223,7 @@ def _score(clf, rows, sample: np.ndarray | None, batch_size: int) -> dict[str, A
     return stream.compute()
 
 
-def _metrics_path(model: str, data: str, output: str | None) -> tuple[Path, Path]:
+def _metrics_path(model: str, data: str, output: str | None, *, skipping: bool = False) -> tuple[Path, Path]:
     """Where the metrics and the skipped rows go (default: MODEL/evaluation.json), checked before any work:
     a JSON name, a writable place, not the data itself, not a file of the model."""
     target = Path(output).expanduser() if output else (
@@ -236,6 +238,9 @@ def _metrics_path(model: str, data: str, output: str | None) -> tuple[Path, Path
         except UserError as exc:
             default = "" if output else "; pass --output FILE.json to write the metrics elsewhere"
             raise UserError(f"{exc}{default}") from None
+    if skipping:
+        from finetune_bert.data import refuse_foreign_skipped_list
+        refuse_foreign_skipped_list(skipped_at, f"the skipped-rows file of --output {target},")
     return target, skipped_at
 
 

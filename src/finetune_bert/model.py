@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from finetune_bert.errors import UserError
-from finetune_bert.safefiles import MARKER
+from finetune_bert.safefiles import read_marker
 
 ALIASES = ("minilm",)
 # One of these makes a tokenizer; without any, transformers builds an empty vocabulary.
@@ -231,12 +231,7 @@ def refuse_model_file(target: Path, model: str, option: str) -> None:
     if not folder.is_dir() or not target.exists() or not target.parent.exists() \
             or not os.path.samefile(target.parent, folder):
         return
-    marker = folder / MARKER
-    try:
-        ours = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set()
-    except (OSError, ValueError, KeyError, TypeError):
-        ours = set()
-    if target.name in ours or _MODEL_FILE.fullmatch(target.name):
+    if target.name in read_marker(folder)["files"] or _MODEL_FILE.fullmatch(target.name):
         raise UserError(f"{option} {target}: is a file of the model {model}; writing it would damage the model. "
                         "Choose another file name")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from finetune_bert.checkpoint import complete_checkpoints
 from finetune_bert.errors import UserError
-from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, as_os_error, check_output_folder, disk_error,
+from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, read_marker, as_os_error, check_output_folder, disk_error,
                                      fsync_folder, public_mode, write_text_atomic)
 
 MODEL = "model.safetensors"
@@ -72,12 +72,24 @@ class RunFolder:
         self._previous = _ours(self.path, overwrite, resume) - {MARKER}
         self.files = self._previous | {"train_log.jsonl"}
         self._write_marker()
-        if overwrite and not resume:  # a new run: the old run's checkpoints must not mix with its own
+        if overwrite and not resume:  # a new run: the old run's checkpoints and logs must not mix with its own
             self.remove_checkpoints()
+            self._remove_old_logs()
         try:
             self._log = (self.path / "train_log.jsonl").open("a", encoding="utf-8")
         except OSError as exc:
             raise disk_error(exc, self.path / "train_log.jsonl", "open the training log") from None
+
+    def _remove_old_logs(self) -> None:
+        """The earlier run's training log and TensorBoard events (TensorBoard would draw both runs as one)."""
+        try:
+            if "train_log.jsonl" in self._previous:
+                (self.path / "train_log.jsonl").unlink(missing_ok=True)
+            if "tensorboard" in self._previous and (self.path / "tensorboard").is_dir():
+                for events in (self.path / "tensorboard").glob("events.out.tfevents.*"):
+                    events.unlink()
+        except OSError as exc:
+            raise disk_error(exc, self.path, "remove the earlier run's logs") from None
 
     def _tensorboard(self):
         """The TensorBoard writer, made at the first record with a step: a run refused at its start (a resume
@@ -93,7 +105,9 @@ class RunFolder:
             raise disk_error(exc, self.path / "tensorboard", "create the TensorBoard log") from None
 
     def _write_marker(self) -> None:
-        write_text_atomic(self.path / MARKER, json.dumps({"tool": "finetune-bert", "files": sorted(self.files)}) + "\n")
+        outputs = read_marker(self.path)["outputs"]  # evaluate's and predict's, kept as they are
+        payload = {"tool": "finetune-bert", "files": sorted(self.files), **({"outputs": sorted(outputs)} if outputs else {})}
+        write_text_atomic(self.path / MARKER, json.dumps(payload) + "\n")
 
     def own(self, *names: str) -> None:
         """Record files we are about to write so that a later run may replace them."""
@@ -219,34 +233,21 @@ class RunFolder:
                 lock.release()
 
 
-def claim(folder: Path, names: tuple[str, ...]) -> None:
-    """Add `names` to the folder's marker (made if absent): what `inspect --output` writes is then ours to
-    replace, and a later `train` there does not call it foreign."""
-    marker = folder / MARKER
-    try:
-        files = set(json.loads(marker.read_text())["files"]) if marker.is_file() else set()
-    except (OSError, ValueError, KeyError, TypeError):
-        files = set()
-    write_text_atomic(marker, json.dumps({"tool": "finetune-bert", "files": sorted(files | set(names))}) + "\n")
-
-
 def _ours(folder: Path, overwrite: bool, resume: bool) -> set[str]:
     """The files the marker lists; refuses foreign files unless overwrite, a finished model unless either flag."""
     try:
         existing = {p.name for p in folder.iterdir() if not _LEFTOVER.match(p.name)} if folder.is_dir() else set()
     except OSError as exc:
         raise disk_error(exc, folder, "list the output folder") from None
-    marker = folder / MARKER
-    try:
-        ours = set(json.loads(marker.read_text())["files"]) | {MARKER} if marker.is_file() else {MARKER}
-    except (OSError, ValueError, KeyError, TypeError):
-        ours = {MARKER}
-    foreign = sorted(existing - ours - EVALUATE_FILES)
+    marker = read_marker(folder)
+    ours = marker["files"] | {MARKER}
+    foreign = sorted(existing - ours - marker["outputs"] - EVALUATE_FILES)
     if foreign and not overwrite:
         listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise UserError(f"--output {folder}: folder exists and holds files finetune-bert did not write "
                         f"({listed}); choose a new folder or pass --overwrite")
-    if MODEL in ours and MODEL in existing and not (overwrite or resume):
+    unfinished = "checkpoints" in ours and "metrics.json" not in existing and complete_checkpoints(folder)
+    if MODEL in ours and MODEL in existing and not (overwrite or resume or unfinished):
         raise UserError(f"--output {folder} already holds a trained model; pass --overwrite to replace it, "
                         "--resume to continue its run from its last checkpoint, or choose a new folder")
     if "checkpoints" in ours and not (overwrite or resume) and (found := complete_checkpoints(folder)):

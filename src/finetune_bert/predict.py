@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from finetune_bert import fastpath
-from finetune_bert.data import SkippedRow, Split, clean_text, write_skipped
+from finetune_bert.data import SkippedRow, Split, clean_text, refuse_foreign_skipped_list, write_skipped
 from finetune_bert.encoding import Encoded, encode
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import EVAL_CHUNK, batched_logits, chunk_rows, steady_heap
 from finetune_bert.model import (autocast_dtype, load_classifier, load_tokenizer, pick_device, read_run_info,
-                                 refuse_model_file)
+                                 refuse_model_file, resolve)
 from finetune_bert.sources import source_chunks
-from finetune_bert.safefiles import atomic_output, check_output_file
+from finetune_bert.safefiles import atomic_output, check_output_file, claim_output, read_marker
 from finetune_bert.streaming import ChunkedSplit
 
 
@@ -143,13 +143,18 @@ def load(model_dir: str, device: str | None = None) -> Classifier:
     model = load_classifier(model_dir, notes=notes)
     for note in notes:
         print(note, file=sys.stderr, flush=True)
+    folder = Path(resolve(model_dir))
+    if "train_log.jsonl" in read_marker(folder)["files"] and not (folder / "metrics.json").is_file():
+        print(f"warning: the training run in {model_dir} has not finished (no metrics.json): this is its best model "
+              "so far; finish the run with `finetune-bert train ... --resume`", file=sys.stderr, flush=True)
     target = torch.device(device) if device else pick_device()
     return Classifier(model.to(target).eval(), tokenizer, info, target, model_dir)
 
 
-def check_output(output_path: str, input_path: str, model: str | None = None) -> Path:
+def check_output(output_path: str, input_path: str, model: str | None = None, *, skipping: bool = False) -> Path:
     """Before any row is read or the model loaded: a known extension, a writable place, not the input, not
-    a file of the model. The file of skipped rows beside it is checked as well."""
+    a file of the model. The file of skipped rows beside it is checked as well (`skipping`: it will be written,
+    so a file of the user's there is refused)."""
     out = Path(output_path).expanduser()
     ext = "".join(out.suffixes[-1:]).lower()
     if ext not in OUTPUT_FORMATS:
@@ -159,6 +164,8 @@ def check_output(output_path: str, input_path: str, model: str | None = None) ->
         check_output_file(path, option, inputs=[input_path])
         if model is not None:
             refuse_model_file(path, model, option)
+    if skipping:
+        refuse_foreign_skipped_list(skipped_path(out), f"the skipped-rows file of --output {output_path},")
     return out
 
 
@@ -180,7 +187,7 @@ def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size:
                  rows_per_chunk: int | None = None, **read: Any) -> int:
     """Predict every row of a file into `output_path` (format by extension: OUTPUT_FORMATS), with every
     class probability; `read` are `input_rows`' options. Returns the number of predictions."""
-    out = check_output(output_path, input_path, clf.source)
+    out = check_output(output_path, input_path, clf.source, skipping=read.get("on_bad_rows") == "skip")
     rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean, **read)
     rows.check()
     return write_predictions(clf, rows, out, batch_size)
@@ -208,7 +215,9 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size
                 written += 1
         write(None)
     write_skipped(rows.skipped, skipped_path(out))
+    claim_output(out)
     if rows.skipped:
+        claim_output(skipped_path(out))
         print(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
     return written
 

@@ -190,6 +190,10 @@ def _read_json(path: Path, text: str, ext: str) -> Records:
             raise UserError(f"{path}: key {payload.twice!r} appears twice in the top-level object, and only one of "
                             "its values would be read; rename or remove one")
         lists = {k: v for k, v in payload.items() if isinstance(v, list)}
+        scalars = [k for k, v in payload.items() if not isinstance(v, (list, dict))]
+        if len(lists) == 1 and scalars and not all(isinstance(x, dict) for x in next(iter(lists.values()))):
+            raise UserError(f"{path}: column {scalars[0]!r} is a single value, not a list like column "
+                            f"{next(iter(lists))!r}; each column needs one value per record")
         if len(lists) == 1:
             payload = next(iter(lists.values()))  # {"data": [...]}
         elif lists and len({len(v) for v in lists.values()}) == 1:  # columns: {"text": [...], "label": [...]}

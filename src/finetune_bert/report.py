@@ -94,7 +94,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"    duplicate rows {s['duplicate_rows']}, conflicting duplicates {s['conflicting_duplicates']}"
                      + (f", distinct texts shared with train {s['shared_with_train']}" if "shared_with_train" in s else ""))
     if report["skipped_rows"]:
-        lines.append(f"  skipped rows: {report['skipped_rows']} (listed in skipped_rows.csv)")
+        listed = report.get("skipped_list", "skipped_rows.csv")
+        lines.append(f"  skipped rows: {report['skipped_rows']} " + (f"(listed in {listed})" if listed else
+                                                                    "(pass --output DIR to get their list)"))
     lines.extend(f"  note: {n}" for n in report["notes"])
     lines.extend(f"  WARNING: {w}" for w in report["warnings"])
     return "\n".join(lines)
@@ -143,9 +145,11 @@ def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     ds = load_dataset(cfg)  # data problems surface before any model file is touched
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     _, report = prepare(cfg, ds, tokenizer, load_model_config(cfg.model, cfg.trust_remote_code))
+    if not output:
+        report["skipped_list"] = None  # nowhere to write it: say how to get it
     print(format_report(report))
     if output:
-        from finetune_bert.output import claim
+        from finetune_bert.safefiles import claim
         claim(Path(output), REPORT_FILES)  # before they exist, as a run folder owns its files
         save_report(report, Path(output))
         write_skipped(ds.skipped, Path(output) / "skipped_rows.csv")
@@ -159,13 +163,13 @@ def _check_report_folder(cfg, folder: Path) -> None:
     """inspect --output: a writable folder, outside the data, not a trained model's folder (whose report
     describes that model's run), and none of the files it writes an input."""
     from finetune_bert.config import output_in_data
-    from finetune_bert.safefiles import MARKER, check_output_file, check_output_folder
+    from finetune_bert.safefiles import check_output_file, check_output_folder, read_marker
 
     check_output_folder(str(folder), "--output")
     problems = output_in_data(cfg, folder)
-    if (folder / MARKER).is_file() and (folder / "model.safetensors").is_file():
-        problems.append(f"--output {folder} holds a trained model, and its data report describes that model's "
-                        "run; choose another folder for this report")
+    if "train_log.jsonl" in read_marker(folder)["files"]:  # a training run's folder, finished or not
+        problems.append(f"--output {folder} holds a training run, and its data report describes that run; "
+                        "choose another folder for this report")
     if problems:
         from finetune_bert.errors import UserError
         raise UserError("; ".join(problems))

@@ -139,6 +139,35 @@ def write_text_atomic(path, text: str) -> Path:
     return Path(path).expanduser()
 
 
+def read_marker(folder) -> dict[str, set[str]]:
+    """What finetune-bert wrote in `folder`, by its marker: "files" (a run's, ours to replace) and "outputs"
+    (what evaluate and predict wrote there: never foreign to a later run, never replaced by one)."""
+    try:
+        payload = json.loads((Path(folder) / MARKER).read_text())
+        return {key: set(payload.get(key, [])) for key in ("files", "outputs")}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {"files": set(), "outputs": set()}
+
+
+def claim(folder, names, key: str = "files") -> None:
+    """Add `names` to the folder's marker, made if absent (inspect --output; evaluate and predict outputs in a
+    run folder), so that a later run there does not call them foreign."""
+    marker = read_marker(folder)
+    if set(names) <= marker[key] and (Path(folder) / MARKER).is_file():
+        return
+    marker[key] |= set(names)
+    payload = {"tool": "finetune-bert", **{k: sorted(v) for k, v in marker.items() if v or k == "files"}}
+    write_text_atomic(Path(folder) / MARKER, json.dumps(payload) + "\n")
+
+
+def claim_output(path) -> None:
+    """An evaluate or predict output written into a folder of finetune-bert's (a model folder): recorded, so
+    that the run's `--resume` does not call it foreign."""
+    target = Path(path).expanduser()
+    if (target.parent / MARKER).is_file():
+        claim(target.parent, [target.name], key="outputs")
+
+
 def same_file(a, b) -> bool:
     """Both exist and are one file: the same path, a symlink to it or a hard link of it."""
     try:
@@ -187,6 +216,10 @@ def check_output_file(path, option: str, inputs: Iterable = ()) -> Path:
         if source is not None and same_file(target, source):
             raise UserError(f"{option} {target}: is the input {source}; writing it would overwrite the input. "
                             "Choose another file name")
+        if source is not None and Path(source).expanduser().is_dir() and \
+                Path(source).expanduser().resolve() in target.resolve().parents:
+            raise UserError(f"{option} {target}: is inside the data folder {source}, where it would be read as data "
+                            "next time. Choose a place outside it")
     _check_parent(target, option)
     return target
 
