@@ -258,3 +258,30 @@ def test_train_into_a_folder_inspect_wrote_does_not_call_its_report_foreign(tiny
     assert code == 0 and (out / "data_report.json").is_file()
     assert main(["train", "--data", str(toy_data["train"]), "--model", str(tiny_model), "--output", str(out),
                  "--epochs", "1", "--max-length", "32"]) == 0
+
+
+def test_an_on_off_option_given_both_ways_is_refused(capsys):
+    code, err = _run(["train", "--data", "d.csv", "--output", "o", "--clean", "--no-clean"], capsys)
+    assert code == 2 and "--clean given more than once" in err
+
+
+@pytest.mark.parametrize("argv", [["inspect", "--data", "d.csv", "--output", ""], ["demo", "--output", " "],
+                                  ["evaluate", "--model", "m", "--data", "d.csv", "--output", ""]])
+def test_an_empty_output_is_refused_not_read_as_not_given_or_the_current_folder(argv, capsys):
+    code, err = _run(argv, capsys)
+    assert code == 2 and "--output must not be empty" in err
+
+
+def test_predict_reports_a_missing_input_with_the_other_problems(trained, tmp_path, capsys):
+    code, err = _run(["predict", "--model", trained.output, "--batch-size", "0", "--input", str(tmp_path / "no.csv"),
+                      "--output", str(tmp_path / "x.txt")], capsys)
+    assert code == 2 and "no.csv: file not found" in err and "--batch-size must be" in err and "'.txt'" in err
+
+
+def test_inspect_without_output_says_how_to_get_the_skipped_rows(tiny_model, tmp_path, capsys):
+    from finetune_bert.cli import main
+    rows = toy_rows(20)
+    rows[3]["text"] = ""
+    assert main(["inspect", "--data", str(write_csv(tmp_path / "d.csv", rows)), "--model", str(tiny_model),
+                 "--on-bad-rows", "skip"]) == 0
+    assert "skipped rows: 1 (pass --output DIR to get their list)" in capsys.readouterr().out

@@ -248,3 +248,40 @@ def test_predict_output_may_be_a_new_file_in_the_model_folder(trained, toy_data)
             assert main(["predict", "--model", trained.output, "--input", str(toy_data["test"]), "--output", out]) == 0
     finally:
         os.remove(out)
+
+
+def test_predictions_written_into_the_model_folder_do_not_block_its_resume(trained, toy_data, tmp_path):
+    import shutil
+    from finetune_bert import train
+    from finetune_bert.cli import main
+    model = shutil.copytree(trained.output, tmp_path / "m")
+    assert main(["predict", "--model", str(model), "--input", str(toy_data["test"]), "--output",
+                 str(model / "preds.csv")]) == 0
+    assert main(["evaluate", "--model", str(model), "--data", str(toy_data["test"]), "--output",
+                 str(model / "ev2.json")]) == 0
+    config = json.loads((model / "run_config.json").read_text())
+    train(**{**config, "output": str(model), "resume": True})  # continues its run: nothing foreign there
+    assert (model / "preds.csv").is_file() and (model / "ev2.json").is_file()
+
+
+def test_a_users_file_where_the_skipped_rows_would_go_is_refused_before_any_work(trained, tmp_path, capsys):
+    from conftest import toy_rows, write_csv
+    from finetune_bert.cli import main
+    rows = toy_rows(6)
+    rows[1]["text"] = ""
+    (tmp_path / "res.skipped.csv").write_text("the user's own notes\n")
+    code = main(["predict", "--model", trained.output, "--input", str(write_csv(tmp_path / "bad.csv", rows)),
+                 "--output", str(tmp_path / "res.csv"), "--on-bad-rows", "skip"])
+    assert code == 2 and "res.skipped.csv: exists and is not a list of skipped rows" in capsys.readouterr().err
+    assert (tmp_path / "res.skipped.csv").read_text() == "the user's own notes\n"
+    assert not (tmp_path / "res.csv").exists()
+
+
+def test_predict_output_inside_a_data_folder_is_refused(trained, tmp_path, capsys):
+    from finetune_bert.cli import main
+    for cls, word in (("pos", "good"), ("neg", "bad")):
+        (tmp_path / "acl" / "test" / cls).mkdir(parents=True)
+        (tmp_path / "acl" / "test" / cls / "1.txt").write_text(f"a {word} film")
+    code = main(["predict", "--model", trained.output, "--input", str(tmp_path / "acl"), "--output",
+                 str(tmp_path / "acl" / "test" / "pos" / "p.csv")])
+    assert code == 2 and "is inside the data folder" in capsys.readouterr().err

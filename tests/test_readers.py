@@ -376,3 +376,9 @@ def test_a_file_that_is_not_utf8_says_what_it_is(tmp_path, raw, hint):
     (tmp_path / "d.csv").write_bytes(raw)
     for read in (lambda: read_records(tmp_path / "d.csv"), lambda: list(iter_record_chunks(tmp_path / "d.csv", 5))):
         assert _message(read).endswith(f"are not valid UTF-8 ({hint})")
+
+
+def test_a_json_column_that_is_a_single_value_is_named(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"text": ["a", "b"], "label": "positive"}))
+    with pytest.raises(UserError, match=r"column 'label' is a single value, not a list like column 'text'"):
+        read_records(tmp_path / "d.json")

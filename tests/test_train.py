@@ -342,3 +342,24 @@ def test_a_refused_resume_leaves_no_tensorboard_file_in_the_earlier_model(tiny_m
     with pytest.raises(UserError, match=r"--resume: .* differences: lr"):
         _quick(tiny_model, toy_data["train"], tmp_path / "o", resume=True, lr=1e-3)
     assert sorted((tmp_path / "o" / "tensorboard").iterdir()) == events
+
+
+def test_a_killed_run_with_a_saved_model_is_an_unfinished_run_and_predict_says_so(tiny_model, toy_data, tmp_path,
+                                                                                   capsys):
+    from finetune_bert.predict import load
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", epochs=2)
+    (tmp_path / "o" / "metrics.json").unlink()  # as if killed after an evaluation saved the model
+    with pytest.raises(UserError, match=r"holds the checkpoints of an unfinished run .*pass --resume"):
+        _quick(tiny_model, toy_data["train"], tmp_path / "o", epochs=2)
+    capsys.readouterr()
+    load(str(tmp_path / "o"))
+    assert "has not finished (no metrics.json): this is its best model so far" in capsys.readouterr().err
+
+
+def test_overwrite_starts_a_fresh_training_log(tiny_model, toy_data, tmp_path):
+    _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", overwrite=True, lr=1e-3)
+    events = [json.loads(line)["event"] for line in (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1
+    if (tmp_path / "o" / "tensorboard").is_dir():
+        assert len(list((tmp_path / "o" / "tensorboard").glob("events.out.tfevents.*"))) == 1
