@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import sys
 
 import pytest
 

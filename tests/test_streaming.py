@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import toy_rows, write_csv
-from finetune_bert.data import SkippedRow, to_split
+from finetune_bert.data import to_split
+from finetune_bert.skipped import SkippedRow
 from finetune_bert.errors import UserError
 from finetune_bert.readers import read_records
 from finetune_bert.sources import source_chunks

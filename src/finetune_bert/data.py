@@ -6,14 +6,11 @@ location so that a bad one can be reported where the user sees it, or skipped wi
 
 from __future__ import annotations
 
-import csv
 import difflib
 import html
-import io
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +18,8 @@ import numpy as np
 from finetune_bert.errors import UserError
 from finetune_bert.labels import as_label, case_variants, label_mapping
 from finetune_bert.readers import Records
+from finetune_bert.skipped import SkippedRow
 from finetune_bert.sources import read_source
-from finetune_bert.safefiles import write_text_atomic
 
 TEXT_COLUMNS = ("text", "review", "sentence", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "target", "class")
@@ -45,16 +42,6 @@ class Split:
         labels = None if self.labels is None else [self.labels[i] for i in index]
         return Split(self.name, self.source, [self.texts[i] for i in index], labels,
                      [self.where[i] for i in index])
-
-
-@dataclass
-class SkippedRow:
-    split: str
-    source: str
-    where: str
-    column: str
-    reason: str
-    value: str
 
 
 @dataclass
@@ -371,43 +358,3 @@ def load_dataset(cfg) -> Dataset:
     return Dataset(train, val, test, names, raw, skipped, notes, train_all)
 
 
-def skipped_csv(skipped: list[SkippedRow]) -> str:
-    """Every skipped row with its reason, as CSV: nothing the user gave disappears without a record."""
-    handle = io.StringIO()
-    writer = csv.writer(handle)
-    writer.writerow(SKIPPED_HEADER.split(","))
-    for s in skipped:
-        writer.writerow([s.split, s.source, s.where, s.column, s.reason, s.value])
-    return handle.getvalue()
-
-
-SKIPPED_HEADER = "split,source,row,column,reason,value"
-
-
-def is_skipped_list(path: Path) -> bool:
-    """Whether the file at `path` is a list of skipped rows that finetune-bert wrote (by its header)."""
-    try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return handle.readline().strip() == SKIPPED_HEADER
-    except OSError:
-        return False
-
-
-def refuse_foreign_skipped_list(path: Path, option: str) -> None:
-    """With --on-bad-rows skip the list goes to `path`: a file of the user's there must not be replaced."""
-    if path.exists() and not is_skipped_list(path):
-        raise UserError(f"{option} {path}: exists and is not a list of skipped rows finetune-bert wrote; "
-                        "move it, or choose another --output")
-
-
-def write_skipped(skipped: list[SkippedRow], path: Path) -> None:
-    """The list of skipped rows beside an output; with none, an earlier run's list there is removed, so that
-    what lies beside the output always describes the run that wrote it (a file of the user's is left alone)."""
-    if skipped:
-        write_text_atomic(path, skipped_csv(skipped))
-        return
-    if is_skipped_list(path):
-        try:
-            path.unlink()
-        except OSError:
-            pass  # gone already, or not ours to remove after all

@@ -176,7 +176,8 @@ def evaluate(model: str, data: str, output: str | None = None, batch_size: int =
     it. Rows skipped under on_bad_rows="skip" are written beside the metrics (NAME.skipped.csv).
     """
     from finetune_bert.config import EvaluateConfig
-    from finetune_bert.data import sample_mask, write_skipped
+    from finetune_bert.data import sample_mask
+    from finetune_bert.skipped import write_skipped
     from finetune_bert.model import load_model_config, read_run_info
     from finetune_bert.predict import LabelMap, labelled_rows, load
 
@@ -239,7 +240,7 @@ def _metrics_path(model: str, data: str, output: str | None, *, skipping: bool =
             default = "" if output else "; pass --output FILE.json to write the metrics elsewhere"
             raise UserError(f"{exc}{default}") from None
     if skipping:
-        from finetune_bert.data import refuse_foreign_skipped_list
+        from finetune_bert.skipped import refuse_foreign_skipped_list
         refuse_foreign_skipped_list(skipped_at, f"the skipped-rows file of --output {target},")
     return target, skipped_at
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from finetune_bert import fastpath
-from finetune_bert.data import SkippedRow, Split, clean_text, refuse_foreign_skipped_list, write_skipped
+from finetune_bert.data import Split, clean_text
+from finetune_bert.skipped import SkippedRow, refuse_foreign_skipped_list, write_skipped
 from finetune_bert.encoding import Encoded, encode
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import EVAL_CHUNK, batched_logits, chunk_rows, steady_heap

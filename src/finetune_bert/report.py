@@ -133,7 +133,8 @@ def prepare(cfg, ds: Dataset, tokenizer, model_config) -> tuple[dict[str, Encode
 def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model. The files it
     writes in `output` are recorded in the folder's marker, so a later `train` there may replace them."""
-    from finetune_bert.data import load_dataset, write_skipped
+    from finetune_bert.data import load_dataset
+    from finetune_bert.skipped import write_skipped
     from finetune_bert.model import load_model_config, load_tokenizer
 
     from finetune_bert.output import say

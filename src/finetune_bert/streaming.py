@@ -13,10 +13,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from finetune_bert.data import (SkippedRow, Split, all_skipped, bad_rows_error, check_rows, first_label_kinds,
+from finetune_bert.data import (Split, all_skipped, bad_rows_error, check_rows, first_label_kinds,
                                 mixed_labels_error, report_bad_rows, split_columns)
 from finetune_bert.errors import UserError
 from finetune_bert.readers import Records
+from finetune_bert.skipped import SkippedRow
 
 # A split's rows that pass a further check (for evaluate: labels the model knows), and the bad rest.
 RowFilter = Callable[[Split], tuple[Split, list[SkippedRow]]]

@@ -23,7 +23,8 @@ import torch
 from finetune_bert import checkpoint, fastpath, faults
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
-from finetune_bert.data import Dataset, load_dataset, skipped_csv
+from finetune_bert.data import Dataset, load_dataset
+from finetune_bert.skipped import skipped_csv
 from finetune_bert.encoding import Encoded, train_batches
 from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.evaluate import format_metrics, run_eval
