@@ -285,3 +285,26 @@ def test_predict_output_inside_a_data_folder_is_refused(trained, tmp_path, capsy
     code = main(["predict", "--model", trained.output, "--input", str(tmp_path / "acl"), "--output",
                  str(tmp_path / "acl" / "test" / "pos" / "p.csv")])
     assert code == 2 and "is inside the data folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["evaluation.json", "skipped_rows.csv", "checkpoints/step-0000004/p.csv"])
+def test_predict_output_may_not_take_a_name_the_models_run_writes_or_manages(trained, toy_data, tmp_path, name,
+                                                                             capsys):
+    import shutil
+    from finetune_bert.cli import main
+    model = shutil.copytree(trained.output, tmp_path / "m")
+    code = main(["predict", "--model", str(model), "--input", str(toy_data["test"]), "--output", str(model / name)])
+    err = capsys.readouterr().err
+    assert code == 2 and ("training run of" in err or "is inside the model's checkpoints/ folder" in err)
+
+
+def test_predictions_in_a_new_subfolder_of_the_model_do_not_block_its_resume(trained, toy_data, tmp_path):
+    import shutil
+    from finetune_bert import train
+    from finetune_bert.cli import main
+    model = shutil.copytree(trained.output, tmp_path / "m")
+    assert main(["predict", "--model", str(model), "--input", str(toy_data["test"]), "--output",
+                 str(model / "sub" / "preds.csv")]) == 0
+    config = json.loads((model / "run_config.json").read_text())
+    train(**{**config, "output": str(model), "resume": True})
+    assert (model / "sub" / "preds.csv").is_file()

@@ -363,3 +363,16 @@ def test_overwrite_starts_a_fresh_training_log(tiny_model, toy_data, tmp_path):
     assert events.count("start") == 1
     if (tmp_path / "o" / "tensorboard").is_dir():
         assert len(list((tmp_path / "o" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_overwrite_never_removes_a_step_folder_holding_a_users_file(tiny_model, toy_data, tmp_path):
+    _quick(tiny_model, toy_data["train"], tmp_path / "o")
+    mine = tmp_path / "o" / "checkpoints" / "step-0000099"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    _quick(tiny_model, toy_data["train"], tmp_path / "o", overwrite=True, lr=1e-3)
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_of_only_spaces_is_refused():
+    assert "--output is required" in TrainConfig(data="d.csv", output="  ").problems()

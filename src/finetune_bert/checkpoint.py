@@ -29,6 +29,7 @@ from finetune_bert.errors import UserError
 from finetune_bert.safefiles import as_os_error, disk_error, public_mode
 
 DONE = "COMPLETE"
+CHECKPOINT_FILES = frozenset({"model.safetensors", "optimizer.pt", "rng.pt", "state.json", DONE})
 # Options whose change would make a resumed run differ from the one it continues.
 MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_column", "label_names",
               "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",

@@ -44,7 +44,7 @@ def range_problems(cfg: Any, only: type | None = None, skip: type | None = None)
         if f.name in skipped:
             continue
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
-        if f.metadata.get("required") and value in (None, ""):
+        if f.metadata.get("required") and (value is None or isinstance(value, str) and not value.strip()):
             found.append(f"{flag} is required")
         if isinstance(value, str) and not value.strip() and not f.metadata.get("required") and f.name != "label_names":
             found.append(f"{flag} must not be empty")  # '' would quietly mean "not given", or the current folder

@@ -235,7 +235,7 @@ def _metrics_path(model: str, data: str, output: str | None, *, skipping: bool =
     for path, option in ((target, "--output"), (skipped_at, f"the skipped-rows file of --output {target},")):
         try:
             check_output_file(path, option, inputs=[data])
-            refuse_model_file(path, model, option)
+            refuse_model_file(path, model, option, allow=frozenset({"evaluation.json", "evaluation.skipped.csv"}))
         except UserError as exc:
             default = "" if output else "; pass --output FILE.json to write the metrics elsewhere"
             raise UserError(f"{exc}{default}") from None

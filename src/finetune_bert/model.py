@@ -216,24 +216,42 @@ def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
 
 
 RUN_FILE = "finetune_bert.json"
+# Names a training run writes in its folder, or removes as stale (see output.RUN_RESULTS): never an output.
+RUN_NAMES = frozenset({"metrics.json", "README.md", "run_config.json", "data_report.json", "data_report.txt",
+                       "skipped_rows.csv", "train_log.jsonl", "evaluation.json", "evaluation.skipped.csv", RUN_FILE})
 # Files that make up a model folder, whoever wrote it; in a finetune-bert folder, its marker lists the rest.
 _MODEL_FILE = re.compile(r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|"
                          r"preprocessor_config|.*\.index)\.json|vocab\.txt|merges\.txt|.*\.(safetensors|bin|pt|pth|ckpt|"
                          r"model|onnx|h5|msgpack)|README\.md|" + re.escape(RUN_FILE))
 
 
-def refuse_model_file(target: Path, model: str, option: str) -> None:
-    """An output must never replace a file of the model being used (its config, weights, tokenizer, metrics)."""
+def refuse_model_file(target: Path, model: str, option: str, allow: frozenset[str] = frozenset()) -> None:
+    """An output must never replace a file of the model being used (its config, weights, tokenizer, metrics),
+    take a name a later run of it writes (`allow`: those the caller itself owns, as evaluate its
+    evaluation.json), or go inside the folders the run manages (checkpoints/, tensorboard/)."""
     try:
         folder = Path(resolve(model))
     except UserError:
         return  # the model's own problem is reported when it is loaded
-    if not folder.is_dir() or not target.exists() or not target.parent.exists() \
-            or not os.path.samefile(target.parent, folder):
+    if not folder.is_dir():
         return
-    if target.name in read_marker(folder)["files"] or _MODEL_FILE.fullmatch(target.name):
+    inside = target.expanduser().resolve().relative_to(folder.resolve()).parts \
+        if folder.resolve() in target.expanduser().resolve().parents else ()
+    if not inside:
+        return
+    if len(inside) > 1 and inside[0] in ("checkpoints", "tensorboard"):
+        raise UserError(f"{option} {target}: is inside the model's {inside[0]}/ folder, which its training run "
+                        "manages and prunes. Choose another place")
+    name = inside[0] if len(inside) == 1 else None
+    reserved = name in RUN_NAMES and name not in allow
+    existing = name is not None and target.exists() and (name in read_marker(folder)["files"]
+                                                         or _MODEL_FILE.fullmatch(name))
+    if existing:
         raise UserError(f"{option} {target}: is a file of the model {model}; writing it would damage the model. "
                         "Choose another file name")
+    if reserved:
+        raise UserError(f"{option} {target}: is a name the training run of {model} writes there, and would replace "
+                        "or remove. Choose another file name")
 
 
 def read_run_info(model_dir: str) -> dict[str, Any]:

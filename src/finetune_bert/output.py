@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_bert.checkpoint import complete_checkpoints
+from finetune_bert.checkpoint import CHECKPOINT_FILES, complete_checkpoints
 from finetune_bert.errors import UserError
 from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, read_marker, as_os_error, check_output_folder, disk_error,
                                      fsync_folder, public_mode, write_text_atomic)
@@ -190,7 +190,7 @@ class RunFolder:
             return
         try:
             for entry in root.iterdir():
-                if entry.is_dir() and re.fullmatch(r"\.?(tmp-)?step-\d+", entry.name):
+                if _our_checkpoint(entry):
                     shutil.rmtree(entry)
             if not any(root.iterdir()):
                 root.rmdir()
@@ -231,6 +231,14 @@ class RunFolder:
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _our_checkpoint(entry: Path) -> bool:
+    """A step folder as checkpoint.save writes it, holding nothing else: a folder of the user's that happens to
+    be named like one, or one they put a file in, is never removed."""
+    if not entry.is_dir() or not re.fullmatch(r"\.?(tmp-)?step-\d+", entry.name):
+        return False
+    return all(p.is_file() and p.name in CHECKPOINT_FILES for p in entry.iterdir())
 
 
 def _ours(folder: Path, overwrite: bool, resume: bool) -> set[str]:

@@ -161,11 +161,13 @@ def claim(folder, names, key: str = "files") -> None:
 
 
 def claim_output(path) -> None:
-    """An evaluate or predict output written into a folder of finetune-bert's (a model folder): recorded, so
-    that the run's `--resume` does not call it foreign."""
-    target = Path(path).expanduser()
-    if (target.parent / MARKER).is_file():
-        claim(target.parent, [target.name], key="outputs")
+    """An evaluate or predict output written into a folder of finetune-bert's (a model folder), or a folder
+    inside one: recorded, so that the run's `--resume` does not call it foreign."""
+    target = Path(path).expanduser().resolve()
+    for folder in target.parents:  # an output in a new subfolder of a model folder: the subfolder is recorded
+        if (folder / MARKER).is_file():
+            claim(folder, [target.relative_to(folder).parts[0]], key="outputs")
+            return
 
 
 def same_file(a, b) -> bool:
