@@ -20,16 +20,6 @@ import torch.nn.functional as F
 from results import cpu_hardware, now, publish
 
 
-def best_of(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def alternate(fns: dict, reps: int) -> dict[str, float]:
     """Best time of each function, the functions taking turns."""
     for fn in fns.values():

@@ -220,7 +220,7 @@ def main() -> None:
     s = {"steps": args.steps, "warm": args.warm}
     plan = [
         ("fp32-sync-b16", dict(batch=16, bf16=False)),
-        ("bf16-sync-b16 (product now)", dict(batch=16)),
+        ("bf16-sync-b16", dict(batch=16)),  # the product before packed batches
         ("bf16-nosync-b16", dict(batch=16, host_sync=False)),
         ("bf16-nosync-b16-pin", dict(batch=16, host_sync=False, pin=True)),
         ("bf16-nosync-b16-eager", dict(batch=16, host_sync=False, attn="eager")),

@@ -4,7 +4,6 @@ conflict at once, before any data or model is loaded."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -215,9 +214,6 @@ class TrainConfig(DataConfig):
     def from_json(cls, payload: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in payload.items() if k in known})
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
 @dataclass

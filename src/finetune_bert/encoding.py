@@ -3,7 +3,7 @@
 Texts are tokenized once, without special tokens and without truncation, so that the data report knows
 every text's true length; truncation then keeps the head, the tail, or both, and the model's own special
 tokens ([CLS] ... [SEP] for BERT) are added around what is kept. Batches are padded only to their own
-longest text, never to a fixed max length.
+longest text, unless `--no-dynamic-padding` asks for every batch at the max length (`Layout.pad_to`).
 """
 
 from __future__ import annotations
