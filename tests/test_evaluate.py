@@ -93,7 +93,7 @@ def test_evaluate_max_samples_in_chunks_scores_the_rows_seeded_sample_picks(trai
     from finetune_bert.readers import read_records
 
     clf = load(trained.output)
-    whole, _ = clf.known_labels(to_split(read_records(toy_data["test"]), "test", None, None, True, True, [], "error"))
+    whole, _ = clf.labels.known(to_split(read_records(toy_data["test"]), "test", None, None, True, True, [], "error"))
     split = seeded_sample(whole, 13, 7)
     expected = run_eval(clf.model, clf.encode(split.texts, split.labels), clf.label_names, 64, clf.device,
                         clf.dtype, clf.layout)

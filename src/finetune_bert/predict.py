@@ -83,15 +83,6 @@ class Classifier:
         out = [Prediction(self.label_names[int(p.argmax())], float(p.max())) for p in rows]
         return out[0] if isinstance(texts, str) else out
 
-    def labelled_chunks(self, data: str, text_column: str | None, label_column: str | None,
-                        on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
-        """Labelled data a chunk of rows at a time, labels as this model's ids: call check() (which raises
-        for the first bad row or unknown label), then iterate. Rows it skips are in its `skipped`."""
-        return labelled_rows(data, self.labels, self.clean, text_column, label_column, on_bad_rows, rows_per_chunk)
-
-    def known_labels(self, split: Split) -> tuple[Split, list[SkippedRow]]:
-        return self.labels.known(split)
-
 
 @dataclass
 class LabelMap:
