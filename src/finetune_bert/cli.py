@@ -200,7 +200,7 @@ def _predict_problems(cfg: PredictConfig, texts: list[str]) -> list[str]:
 
 def _empty_texts(texts: list[str], model: str) -> list[str]:
     """Texts given as arguments that leave the model nothing but [CLS] [SEP], as the model cleans them."""
-    from finetune_bert.data import clean_text
+    from finetune_bert.data import clean_text, visible
     from finetune_bert.model import read_run_info
 
     try:
@@ -209,7 +209,7 @@ def _empty_texts(texts: list[str], model: str) -> list[str]:
         cleans = True  # the model's own problem is reported when it is loaded
     return [f"text {i} ({text!r}) has nothing to classify{' once cleaned' if cleans else ''}; give a text with words "
             "in it" for i, text in enumerate(texts, start=1)
-            if not any(c.isprintable() and not c.isspace() for c in (clean_text(text) if cleans else text))]
+            if not visible(clean_text(text) if cleans else text)]
 
 
 def _predict(cfg: PredictConfig, texts: list[str]) -> None:

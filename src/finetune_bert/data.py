@@ -185,10 +185,15 @@ def _text_problem(text: Any) -> str | None:
     return None
 
 
+def visible(text: str) -> bool:
+    """Whether `text` has a character that shows: one of only spaces or zero-width characters gives the model
+    nothing but [CLS] [SEP]."""
+    return any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
 def _nothing_visible(text: str, by_cleaning: bool) -> str | None:
-    """A text of only spaces, zero-width characters or (cleaned away) '<br />' tags gives the model nothing but
-    [CLS] [SEP]: a bad row, as an empty one is."""
-    if any(ch.isprintable() and not ch.isspace() for ch in text):
+    """A text with nothing visible (also once '<br />' tags are cleaned away) is a bad row, as an empty one is."""
+    if visible(text):
         return None
     if by_cleaning:
         return "text is empty once cleaned ('<br />' tags and HTML entities removed)"

@@ -19,7 +19,7 @@ from typing import Any
 
 from finetune_bert.checkpoint import CHECKPOINT_FILES, complete_checkpoints
 from finetune_bert.errors import UserError
-from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, read_marker, as_os_error, check_output_folder, disk_error,
+from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, read_marker, write_marker, as_os_error, check_output_folder, disk_error,
                                      fsync_folder, public_mode, write_text_atomic)
 
 MODEL = "model.safetensors"
@@ -105,9 +105,7 @@ class RunFolder:
             raise disk_error(exc, self.path / "tensorboard", "create the TensorBoard log") from None
 
     def _write_marker(self) -> None:
-        outputs = read_marker(self.path)["outputs"]  # evaluate's and predict's, kept as they are
-        payload = {"tool": "finetune-bert", "files": sorted(self.files), **({"outputs": sorted(outputs)} if outputs else {})}
-        write_text_atomic(self.path / MARKER, json.dumps(payload) + "\n")
+        write_marker(self.path, self.files)  # evaluate's and predict's outputs there are kept as they are
 
     def own(self, *names: str) -> None:
         """Record files we are about to write so that a later run may replace them."""

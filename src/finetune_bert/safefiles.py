@@ -156,7 +156,13 @@ def claim(folder, names, key: str = "files") -> None:
     if set(names) <= marker[key] and (Path(folder) / MARKER).is_file():
         return
     marker[key] |= set(names)
-    payload = {"tool": "finetune-bert", **{k: sorted(v) for k, v in marker.items() if v or k == "files"}}
+    write_marker(folder, marker["files"], marker["outputs"])
+
+
+def write_marker(folder, files, outputs=None) -> None:
+    """The marker: `files` as given; `outputs` as given, or as the marker already has them (None)."""
+    kept = read_marker(folder)["outputs"] if outputs is None else set(outputs)
+    payload = {"tool": "finetune-bert", "files": sorted(files), **({"outputs": sorted(kept)} if kept else {})}
     write_text_atomic(Path(folder) / MARKER, json.dumps(payload) + "\n")
 
 
