@@ -39,7 +39,8 @@ def main() -> None:
 
     from finetune_bert import fastpath
     from finetune_bert.checkpoint import TrainState
-    from finetune_bert.encoding import encode, micro_batches, train_batches
+    from finetune_bert.tokens import encode
+    from finetune_bert.batches import micro_batches, train_batches
     from finetune_bert.model import load_classifier, load_tokenizer
     from finetune_bert.steps import train_step
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from finetune_bert import fastpath  # noqa: E402
-from finetune_bert.encoding import Layout, encode, to_device, train_batches  # noqa: E402
+from finetune_bert.tokens import encode
+from finetune_bert.batches import Layout, to_device, train_batches  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of the script itself, not a measurement

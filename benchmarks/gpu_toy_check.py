@@ -37,7 +37,8 @@ def profile(batch: int = 32) -> None:
     from transformers import BertConfig, BertForSequenceClassification
     import torch.nn.functional as F
     from finetune_bert import fastpath
-    from finetune_bert.encoding import Encoded, Layout, to_device
+    from finetune_bert.tokens import Encoded
+    from finetune_bert.batches import Layout, to_device
 
     rng = np.random.default_rng(0)
     enc = Encoded([rng.integers(1000, 20000, size=int(n)).astype(np.int32) for n in rng.integers(150, 512, batch * 20)],

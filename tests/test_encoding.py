@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from finetune_bert.encoding import (CPU_BLOCK_BYTES, Encoded, Layout, collate, encode, eval_batches, max_length_for,
-                                    micro_batches, special_tokens, train_batches, truncate)
+from finetune_bert.tokens import Encoded, encode, max_length_for, special_tokens, truncate
+from finetune_bert.batches import CPU_BLOCK_BYTES, Layout, collate, eval_batches, micro_batches, train_batches
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def test_evaluate_in_chunks_gives_the_metrics_of_one_chunk(trained, toy_data, tm
 def test_evaluate_max_samples_in_chunks_scores_the_rows_seeded_sample_picks(trained, toy_data, tmp_path):
     from finetune_bert import load
     from finetune_bert.data import seeded_sample
-    from finetune_bert.evaluate import run_eval
+    from finetune_bert.metrics import score
 
     from finetune_bert.data import to_split
     from finetune_bert.readers import read_records
@@ -95,8 +95,7 @@ def test_evaluate_max_samples_in_chunks_scores_the_rows_seeded_sample_picks(trai
     clf = load(trained.output)
     whole, _ = clf.labels.known(to_split(read_records(toy_data["test"]), "test", None, None, True, True, [], "error"))
     split = seeded_sample(whole, 13, 7)
-    expected = run_eval(clf.model, clf.encode(split.texts, split.labels), clf.label_names, 64, clf.device,
-                        clf.dtype, clf.layout)
+    expected = score(clf.engine, clf.encode(split.texts, split.labels), clf.label_names, 64)
     for rows_per_chunk in (4, 1000):
         m = evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "m.json"), max_samples=13, seed=7,
                      quiet=True, rows_per_chunk=rows_per_chunk)

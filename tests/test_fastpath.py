@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from finetune_bert import dropout, fastpath
-from finetune_bert.encoding import collate, collate_packed, encode, real_tokens, to_device
+from finetune_bert.tokens import encode
+from finetune_bert.batches import collate, collate_packed, real_tokens, to_device
 from finetune_bert.model import load_classifier, load_tokenizer
 
 TEXTS = ["good film", "the plot was long and the music was dull and the ending was bad", "loved it",

@@ -3,7 +3,7 @@
 import numpy as np
 
 from finetune_bert.data import Dataset, Split
-from finetune_bert.encoding import Encoded
+from finetune_bert.tokens import Encoded
 from finetune_bert.report import build_report, format_report
 
 

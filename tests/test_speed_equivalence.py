@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from finetune_bert import fastpath, steps
-from finetune_bert.encoding import collate, encode
-from finetune_bert.evaluate import batched_logits
+from finetune_bert.tokens import encode
+from finetune_bert.batches import collate
+from finetune_bert.engine import Engine
 from finetune_bert.model import load_classifier, load_tokenizer
 
 TEXTS = ["good film", "the plot was long and the music was dull and the ending was bad", "loved it",
@@ -63,10 +64,16 @@ def _layouts(model, pad_id):
     return whole, dataclasses.replace(whole, cpu_cap=(10**9, 1))
 
 
+def _engine(model, layout):
+    engine = Engine(model, torch.device("cpu"), layout.pad_id, training=model.training)
+    engine.layout = layout
+    return engine
+
+
 def _step(model, enc, index, layout):
     """One training step's forward and backward: (loss, real tokens, gradients)."""
     model.zero_grad()
-    loss, tokens = steps._forward_backward(model, enc, index, 1, None, torch.device("cpu"), None, layout, 1)
+    loss, tokens = steps._forward_backward(_engine(model, layout), enc, index, 1, None, 1)
     return loss, tokens, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -109,7 +116,7 @@ def test_cpu_micro_batched_evaluation_gives_the_same_logits(tiny_model):
     for layout in (whole, split):
         logits = torch.zeros(len(enc), 2)
         batches = 0
-        for index, batch_logits in batched_logits(model, enc, 8, torch.device("cpu"), None, layout):
+        for index, batch_logits in _engine(model, layout).infer(enc, 8):
             logits[torch.from_numpy(index)] = batch_logits
             batches += 1
         out.append((logits, batches))

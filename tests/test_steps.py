@@ -21,9 +21,10 @@ def data(tmp_path_factory):
 
 @pytest.fixture
 def fused(monkeypatch):
-    def setup(cfg, model, device):
-        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    def setup(cfg, engine):
+        params = engine.trainable()
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     monkeypatch.setattr(train_module, "_setup_optimizer", setup)
     yield

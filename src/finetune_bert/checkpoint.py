@@ -35,7 +35,7 @@ MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_co
               "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",
               "dedupe", "on_bad_rows", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
               "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric",
-              "cls_fast_path", "lane_dropout", "unpadded", "cpu_micro_batches", "dynamic_padding")
+              "cls_fast_path", "lane_dropout", "unpadded", "cpu_micro_batches", "dynamic_padding", "bf16_weights")
 
 
 @dataclass
@@ -69,7 +69,7 @@ def fingerprint(cfg, train_texts: list[str], train_labels, val_texts: list[str])
 
 
 # What a checkpoint written before an option existed did, so it can still be resumed (with that value).
-BEFORE_OPTION = {"lane_dropout": False, "cpu_micro_batches": False, "dynamic_padding": True}
+BEFORE_OPTION = {"lane_dropout": False, "cpu_micro_batches": False, "dynamic_padding": True, "bf16_weights": False}
 # Options that existed before they were recorded: an older checkpoint does not say which value it used.
 RECORDED_LATER = ("unpadded",)
 
@@ -109,18 +109,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save(folder: Path, model, optimizer, state: TrainState, keep: int) -> Path:
+def save(folder: Path, engine, optimizer, state: TrainState, keep: int) -> Path:
     """Write a complete checkpoint atomically, then prune all but the newest `keep` (at least 1).
 
     A disk problem (full, read-only, file-size limit) removes the partial folder and is one line naming the
-    last complete checkpoint, which is left intact."""
+    last complete checkpoint, which is left intact. `engine`: an engine.Engine; its full-precision weights
+    (the fp32 masters when the model runs in bf16) are what is saved."""
     root = folder / "checkpoints"
     final = root / f"step-{state.step:07d}"
     tmp = root / f".tmp-step-{state.step:07d}"
     try:
         root.mkdir(exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        _write(tmp, model, optimizer, state)
+        _write(tmp, engine.weights(), optimizer, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _fsync(root)
@@ -138,11 +139,11 @@ def save(folder: Path, model, optimizer, state: TrainState, keep: int) -> Path:
     return final
 
 
-def _write(tmp: Path, model, optimizer, state: TrainState) -> None:
+def _write(tmp: Path, state_dict: dict[str, torch.Tensor], optimizer, state: TrainState) -> None:
     from safetensors.torch import save_file
 
     tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     save_file(_untie(weights), str(tmp / "model.safetensors"))
     faults.hit("checkpoint", state.step)  # tests kill the process here: mid-write
     _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -203,13 +204,13 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / DONE).is_file())
 
 
-def load(path: Path, model, optimizer, device: torch.device) -> TrainState:
-    """Restore weights, optimizer, RNG and counters. Pickled code is refused, never run."""
+def load(path: Path, engine, optimizer) -> TrainState:
+    """Restore weights (into an engine.Engine), optimizer, RNG and counters. Pickled code is refused, never run."""
     from safetensors.torch import load_file
 
     try:
-        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)), strict=False)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        engine.load_weights(load_file(str(path / "model.safetensors"), device=str(engine.device)))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=engine.device, weights_only=True))
         rng = torch.load(path / "rng.pt", weights_only=True)
     except Exception as exc:  # weights_only raises UnpicklingError for anything that is not plain data
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         from finetune_bert.evaluate import evaluate
         cfg = _checked(_config(EvaluateConfig, args))
-        evaluate(cfg.model, cfg.data, cfg.output, cfg.batch_size, cfg.text_column, cfg.label_column,
-                 cfg.on_bad_rows, cfg.max_samples, cfg.seed)
+        evaluate(cfg.model, cfg.data, cfg.output, batch_size=cfg.batch_size, text_column=cfg.text_column,
+                 label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows, max_samples=cfg.max_samples, seed=cfg.seed)
     elif args.command == "predict":
         _predict(_config(PredictConfig, args), args.texts)
     elif args.command in ("inspect", "demo") and args.output is not None and not args.output.strip():
@@ -214,7 +214,8 @@ def _empty_texts(texts: list[str], model: str) -> list[str]:
 
 def _predict(cfg: PredictConfig, texts: list[str]) -> None:
     from finetune_bert.model import read_run_info
-    from finetune_bert.predict import check_output, chunk_rows, input_rows, load, write_predictions
+    from finetune_bert.predict import check_output, input_rows, load, write_predictions
+    from finetune_bert.streaming import chunk_rows
 
     _checked(cfg, _predict_problems(cfg, texts))
     rows = None

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 from finetune_bert.dropout import attention as dropout_attention
 from finetune_bert.dropout import dropout, padding_bias
-from finetune_bert.encoding import Layout
+from finetune_bert.batches import Layout
 
 
-def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, fast: bool = True,
+def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, *, fast: bool = True,
            unpadded: bool = True, lane_dropout: bool = True, cpu_micro_batches: bool = True,
            pad_to: int = 0) -> Layout:
     """Packed batches where variable-length FlashAttention runs (CUDA, bf16/fp16, a supported BERT);
@@ -51,34 +51,62 @@ def _activation_shape(config) -> tuple[int, int]:
 
 
 def supported(model) -> bool:
+    """The fast path is written for transformers' own BertForSequenceClassification, exactly that class (a
+    subclass may change its forward); the engine applies it to the model it wraps, never to a wrapper."""
+    from transformers import BertForSequenceClassification
+
     bert = getattr(model, "bert", None)
-    return (type(model).__name__ == "BertForSequenceClassification" and bert is not None
+    return (type(model) is BertForSequenceClassification and bert is not None
             and bert.pooler is not None and not model.config.is_decoder
             and getattr(model.config, "position_embedding_type", "absolute") == "absolute"
             and model.config._attn_implementation in ("sdpa", "eager"))
 
 
-def logits(model, batch: dict, fast: bool = True, lane_dropout: bool = False) -> torch.Tensor:
-    """Logits for a padded batch (input_ids, attention_mask) or a packed one (see encoding.collate_packed).
-    `lane_dropout`: in training, layers draw dropout as dropout.py does (CPU tensors only)."""
+def logits(model, batch: dict, fast: bool = True, lane_dropout: bool = False, *,
+           train: bool | None = None) -> torch.Tensor:
+    """Logits for a padded batch (input_ids, attention_mask) or a packed one (see batches.collate_packed).
+
+    `train`: whether dropout applies (default: the module's own flag). The fast path takes it as an argument
+    and reads no module's train/eval flag, so inference can run beside a module that is training (the
+    engine's inference context). `lane_dropout`: in training, layers draw dropout as dropout.py does (CPU)."""
+    train = model.training if train is None else train
     if "cu_seqlens" in batch:
-        return _packed_logits(model, batch)
+        return _packed_logits(model, batch, train)
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if not (fast and supported(model)):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
     from transformers.masking_utils import create_bidirectional_mask
 
     bert = model.bert
-    hidden = bert.embeddings(input_ids=input_ids)
+    hidden = _embed(bert, input_ids, train)
     mask = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
     *layers, last = bert.encoder.layer
-    lanes = lane_dropout and model.training and not hidden.is_cuda and _has_dropout(bert)
+    lanes = lane_dropout and train and not hidden.is_cuda and _has_dropout(bert)
     bias = padding_bias(attention_mask, hidden.dtype) if lanes and not bool(attention_mask.all()) else None
     for layer in layers:
-        hidden = _lane_dropout_layer(layer, hidden, bias) if lanes else layer(hidden, mask)
-    cls = _cls_only_layer(last, hidden, mask)
-    pooled = bert.pooler(cls)
-    return model.classifier(model.dropout(pooled))
+        hidden = _lane_dropout_layer(layer, hidden, bias) if lanes else _padded_layer(layer, hidden, mask, train)
+    cls = _padded_layer(last, hidden, mask, train, cls_only=True)
+    return _head(model, cls, train)
+
+
+def _embed(bert, input_ids: torch.Tensor, train: bool, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """BertEmbeddings' computation (word + token type 0 + position, LayerNorm, dropout), dropout explicit."""
+    emb = bert.embeddings
+    if position_ids is None:
+        position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    hidden = emb.word_embeddings(input_ids) + emb.token_type_embeddings(torch.zeros_like(input_ids)) \
+        + emb.position_embeddings(position_ids)
+    return F.dropout(emb.LayerNorm(hidden), emb.dropout.p, train)
+
+
+def _add_norm(block, hidden: torch.Tensor, residual: torch.Tensor, train: bool) -> torch.Tensor:
+    """BertSelfOutput / BertOutput: dense, dropout, LayerNorm of the sum with the residual."""
+    return block.LayerNorm(F.dropout(block.dense(hidden), block.dropout.p, train) + residual)
+
+
+def _head(model, cls: torch.Tensor, train: bool) -> torch.Tensor:
+    """The pooler (dense + tanh on [CLS]) and the classifier, with the classifier's dropout explicit."""
+    return model.classifier(F.dropout(model.bert.pooler(cls), model.dropout.p, train))
 
 
 def _has_dropout(bert) -> bool:
@@ -101,56 +129,61 @@ def _lane_dropout_layer(layer, hidden: torch.Tensor, bias: torch.Tensor | None) 
     return ffn.LayerNorm(dropout(ffn.dense(layer.intermediate(attended)), ffn.dropout.p) + attended)
 
 
-def _cls_only_layer(layer, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The stock BertLayer computation, for the first position only; keys and values from all positions."""
+def _padded_layer(layer, hidden: torch.Tensor, mask: torch.Tensor | None, train: bool,
+                  cls_only: bool = False) -> torch.Tensor:
+    """The stock BertLayer computation, for every position or (`cls_only`) the first one alone; keys and
+    values always from all positions."""
     attn = layer.attention.self
     batch, length, _ = hidden.shape
     heads, size = attn.num_attention_heads, attn.attention_head_size
-    query = attn.query(hidden[:, :1]).view(batch, 1, heads, size).transpose(1, 2)
+    queries_from = hidden[:, :1] if cls_only else hidden
+    query = attn.query(queries_from).view(batch, queries_from.shape[1], heads, size).transpose(1, 2)
     key = attn.key(hidden).view(batch, length, heads, size).transpose(1, 2)
     value = attn.value(hidden).view(batch, length, heads, size).transpose(1, 2)
     if mask is not None:
-        mask = mask[:, :, :1, :]
+        mask = mask[:, :, :1, :] if cls_only else mask
         if mask.dtype != torch.bool:  # eager masks are additive floats
             mask = mask.to(query.dtype)
-    dropout = attn.dropout.p if attn.training else 0.0
-    context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
-                                             scale=attn.scaling)
-    context = context.transpose(1, 2).reshape(batch, 1, heads * size)
-    attended = layer.attention.output(context, hidden[:, :1])
-    return layer.output(layer.intermediate(attended), attended)
+    context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                             dropout_p=attn.dropout.p if train else 0.0, scale=attn.scaling)
+    context = context.transpose(1, 2).reshape(batch, queries_from.shape[1], heads * size)
+    attended = _add_norm(layer.attention.output, context, queries_from, train)
+    return _add_norm(layer.output, layer.intermediate(attended), attended, train)
 
 
-def _packed_logits(model, batch: dict) -> torch.Tensor:
+def _packed_logits(model, batch: dict, train: bool) -> torch.Tensor:
     bert = model.bert
     ids, cu, longest = batch["input_ids"], batch["cu_seqlens"], batch["max_len"]
-    hidden = bert.embeddings(input_ids=ids[None], position_ids=batch["position_ids"][None],
-                             token_type_ids=torch.zeros_like(ids)[None])[0]
+    hidden = _embed(bert, ids, train, batch["position_ids"])
     *layers, last = bert.encoder.layer
     for layer in layers:
-        hidden = _packed_layer(layer, hidden, hidden, cu, cu, longest, longest)
+        hidden = _packed_layer(layer, hidden, hidden, (cu, cu), (longest, longest), train)
     starts = cu[:-1].long()  # each text's [CLS]
     queries = torch.arange(len(starts) + 1, device=cu.device, dtype=cu.dtype)
-    cls = _packed_layer(last, hidden[starts], hidden, queries, cu, 1, longest)
-    return model.classifier(model.dropout(bert.pooler(cls[:, None])))
+    cls = _packed_layer(last, hidden[starts], hidden, (queries, cu), (1, longest), train)
+    return _head(model, cls[:, None], train)
 
 
-def _packed_layer(layer, queries_from: torch.Tensor, hidden: torch.Tensor, cu_q: torch.Tensor,
-                  cu_k: torch.Tensor, max_q: int, max_k: int) -> torch.Tensor:
-    """A BertLayer over packed tokens; queries from `queries_from` (all tokens, or [CLS] only)."""
+def _packed_layer(layer, queries_from: torch.Tensor, hidden: torch.Tensor, offsets: tuple[torch.Tensor, torch.Tensor],
+                  longest: tuple[int, int], train: bool) -> torch.Tensor:
+    """A BertLayer over packed tokens; queries from `queries_from` (all tokens, or [CLS] only). `offsets` and
+    `longest`: the queries' and the keys' cu_seqlens and longest text."""
     attn = layer.attention.self
     heads, size = attn.num_attention_heads, attn.attention_head_size
     q = attn.query(queries_from).view(-1, heads, size)
     k = attn.key(hidden).view(-1, heads, size)
     v = attn.value(hidden).view(-1, heads, size)
-    dropout = attn.dropout.p if attn.training else 0.0
-    context = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, dropout, attn.scaling)
-    attended = layer.attention.output(context.reshape(-1, heads * size), queries_from)
-    return layer.output(layer.intermediate(attended), attended)
+    context = varlen_attention(q, k, v, offsets, longest, dropout=attn.dropout.p if train else 0.0,
+                               scale=attn.scaling)
+    attended = _add_norm(layer.attention.output, context.reshape(-1, heads * size), queries_from, train)
+    return _add_norm(layer.output, layer.intermediate(attended), attended, train)
 
 
-def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout: float, scale: float) -> torch.Tensor:
-    """Attention within each packed text: q (Tq, H, D), k and v (Tk, H, D); cu_* are int32 offsets."""
+def varlen_attention(q, k, v, offsets: tuple[torch.Tensor, torch.Tensor], longest: tuple[int, int], *,
+                     dropout: float, scale: float) -> torch.Tensor:
+    """Attention within each packed text: q (Tq, H, D), k and v (Tk, H, D); `offsets` are the queries' and
+    keys' int32 cu_seqlens, `longest` their longest text."""
+    (cu_q, cu_k), (max_q, max_k) = offsets, longest
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype == v.dtype:
         return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout, False, False,
                                                        scale=scale)[0]

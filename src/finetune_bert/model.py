@@ -105,8 +105,10 @@ def load_classifier(name: str, label_names: list[str] | None = None, trust_remot
     """
     source = resolve(name)
     saved = load_model_config(name, trust_remote_code)
+    # fp32 whatever dtype the folder was saved in (transformers 5 would load it as saved): training steps fp32
+    # weights or masters, and the engine casts for the device (bf16 on a GPU)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
-                              "output_loading_info": True}
+                              "output_loading_info": True, "dtype": torch.float32}
     if label_names is not None:
         kwargs.update(num_labels=len(label_names), ignore_mismatched_sizes=True,
                       id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
@@ -206,13 +208,6 @@ def pick_device() -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
-    """bf16 where the GPU does it natively; fp32 on CPU, where bf16 measured half as fast here."""
-    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 RUN_FILE = "finetune_bert.json"

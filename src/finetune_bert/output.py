@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from finetune_bert.checkpoint import CHECKPOINT_FILES, complete_checkpoints
 from finetune_bert.errors import UserError
 from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, read_marker, write_marker, as_os_error, check_output_folder, disk_error,
@@ -121,11 +123,12 @@ class RunFolder:
         leaves, say, a new run_config.json beside the old model."""
         self._staged[name] = text
 
-    def save_model(self, model, tokenizer, run_info: dict[str, Any]) -> None:
-        """Write to a temporary folder, fsync, then rename file by file: a crash leaves the old model whole."""
+    def save_model(self, model, tokenizer, run_info: dict[str, Any], weights: dict[str, Any] | None = None) -> None:
+        """Write to a temporary folder, fsync, then rename file by file: a crash leaves the old model whole.
+        `weights`: the state dict to save in place of the model's own (its fp32 masters, engine.weights())."""
         staging = self.path / ".saving"
         try:
-            names = self._write_staging(staging, model, tokenizer, run_info)
+            names = self._write_staging(staging, model, tokenizer, run_info, weights)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             error = as_os_error(exc)
@@ -158,12 +161,18 @@ class RunFolder:
                 self.files.discard(name)
         self._write_marker()
 
-    def _write_staging(self, staging: Path, model, tokenizer, run_info: dict[str, Any]) -> list[str]:
+    def _write_staging(self, staging: Path, model, tokenizer, run_info: dict[str, Any],
+                       weights: dict[str, Any] | None) -> list[str]:
         from finetune_bert.model import quiet_transformers
 
         shutil.rmtree(staging, ignore_errors=True)
         with quiet_transformers():
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, state_dict=weights)
+            if weights is not None and model.dtype != torch.float32:
+                # save_pretrained records the live model's dtype (bf16 weights), and transformers 5 loads a
+                # folder in the dtype its config names: the saved weights are fp32, so the config must say so
+                model.config.dtype = "float32"
+                model.config.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
         (staging / "finetune_bert.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n",
                                                     encoding="utf-8")

@@ -16,17 +16,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from finetune_bert import fastpath
 from finetune_bert.data import Split, clean_text
+from finetune_bert.engine import Engine, steady_heap
 from finetune_bert.skipped import SkippedRow, refuse_foreign_skipped_list, write_skipped
-from finetune_bert.encoding import Encoded, encode
+from finetune_bert.tokens import Encoded, encode, max_length_for
 from finetune_bert.errors import UserError
-from finetune_bert.evaluate import EVAL_CHUNK, batched_logits, chunk_rows, steady_heap
-from finetune_bert.model import (autocast_dtype, load_classifier, load_tokenizer, pick_device, read_run_info,
-                                 refuse_model_file, resolve)
+from finetune_bert.model import load_classifier, load_tokenizer, pick_device, read_run_info, refuse_model_file, resolve
 from finetune_bert.sources import source_chunks
 from finetune_bert.safefiles import atomic_output, check_output_file, claim_output, read_marker
-from finetune_bert.streaming import ChunkedSplit
+from finetune_bert.streaming import EVAL_CHUNK, ChunkedSplit, chunk_rows
 
 
 @dataclass(frozen=True)
@@ -43,16 +41,18 @@ OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "j
 
 
 class Classifier:
-    def __init__(self, model, tokenizer, info: dict[str, Any], device: torch.device, source: str | None = None):
-        self.model, self.tokenizer, self.info, self.device = model, tokenizer, info, device
+    """A fine-tuned model for prediction: its engine (engine.Engine, in eval mode), tokenizer, and how the
+    model was trained to read texts (cleaning, truncation, labels)."""
+
+    def __init__(self, engine: Engine, tokenizer, info: dict[str, Any], source: str | None = None):
+        self.engine, self.tokenizer, self.info = engine, tokenizer, info
+        self.model, self.device = engine.model, engine.device
         self.source = source  # the folder or hub id it was loaded from
-        self.dtype = autocast_dtype(device, True)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.layout = fastpath.layout(model, device, self.dtype, self.pad_id)
-        config = model.config
+        config = self.model.config
         self.labels = LabelMap.of(config, info)
         self.label_names = self.labels.names
-        self.max_length = min(info.get("max_length", 512), getattr(config, "max_position_embeddings", 512))
+        # the length it was trained at, clamped as training clamps it (tokens.max_length_for)
+        self.max_length, _ = max_length_for(tokenizer, config, info.get("max_length", 512))
         self.truncation = info.get("truncation", "head+tail")
         self.head_tokens = info.get("head_tokens", 128)
         self.clean = info.get("clean", True)
@@ -72,7 +72,7 @@ class Classifier:
             items = [clean_text(t) for t in items]
         encoded = self.encode(items)
         probs = np.zeros((len(items), len(self.label_names)), dtype=np.float32)
-        for index, logits in batched_logits(self.model, encoded, batch_size, self.device, self.dtype, self.layout):
+        for index, logits in self.engine.infer(encoded, batch_size):
             probs[index] = torch.softmax(logits, dim=-1).numpy()
         return probs[0] if single else probs
 
@@ -120,8 +120,10 @@ class LabelMap:
         return f"label {value!r} is not one of the model's labels ({', '.join(self.names)}){hint}"
 
 
-def labelled_rows(data: str, labels: LabelMap, clean: bool, text_column: str | None, label_column: str | None,
-                  on_bad_rows: str, rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
+def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[str | None, str | None] = (None, None),
+                  on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
+    """Labelled rows for evaluate, a chunk at a time; `columns`: (text, label) column names, None to detect."""
+    text_column, label_column = columns
     return ChunkedSplit(source_chunks(data, "test", rows_per_chunk), "test", text_column, label_column, clean, True,
                         on_bad_rows, labels.known)
 
@@ -140,7 +142,8 @@ def load(model_dir: str, device: str | None = None) -> Classifier:
         print(f"warning: the training run in {model_dir} has not finished (no metrics.json): this is its best model "
               "so far; finish the run with `finetune-bert train ... --resume`", file=sys.stderr, flush=True)
     target = torch.device(device) if device else pick_device()
-    return Classifier(model.to(target).eval(), tokenizer, info, target, model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Classifier(Engine(model, target, pad_id), tokenizer, info, model_dir)
 
 
 def check_output(output_path: str, input_path: str, model: str | None = None, *, skipping: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""The data report: what a user should know about their data before spending compute on it."""
+"""The data report: what a user should know about their data before spending compute on it. It only reports:
+the texts are tokenized by the tokens stage (tokens.encode_splits) and handed to it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from finetune_bert.data import Dataset, Split
-from finetune_bert.encoding import Encoded
+from finetune_bert.tokens import Encoded
 
 IMBALANCE_WARNING = 3.0  # majority / minority class ratio worth a warning
 
@@ -115,29 +116,14 @@ def save_report(report: dict[str, Any], folder: Path) -> None:
         write_text_atomic(folder / name, text)
 
 
-def prepare(cfg, ds: Dataset, tokenizer, model_config) -> tuple[dict[str, Encoded], dict[str, Any]]:
-    """Tokenize every split and build the report: shared by `train` and `inspect`."""
-    from finetune_bert.encoding import encode, max_length_for
-    from finetune_bert.output import say
-
-    max_length, warning = max_length_for(tokenizer, model_config, cfg.max_length)
-    if warning:
-        say(f"warning: {warning}")
-    to_id = ds.label_to_id
-    encoded = {name: encode(tokenizer, split.texts, [to_id[x] for x in split.labels], max_length,
-                            cfg.truncation, cfg.head_tokens)
-               for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)) if split}
-    return encoded, build_report(ds, encoded, max_length, cfg.truncation, cfg.clean)
-
-
 def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
     """`finetune-bert inspect`: the report alone; only the tokenizer is loaded, never the model. The files it
     writes in `output` are recorded in the folder's marker, so a later `train` there may replace them."""
     from finetune_bert.data import load_dataset
     from finetune_bert.skipped import write_skipped
     from finetune_bert.model import load_model_config, load_tokenizer
-
     from finetune_bert.output import say
+    from finetune_bert.tokens import encode_splits
 
     for warning in cfg.warnings():
         say(f"warning: {warning}")
@@ -145,7 +131,11 @@ def inspect_data(cfg, output: str | None = None) -> dict[str, Any]:
         _check_report_folder(cfg, Path(output))  # before the data is read: a report with nowhere to go is lost work
     ds = load_dataset(cfg)  # data problems surface before any model file is touched
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    _, report = prepare(cfg, ds, tokenizer, load_model_config(cfg.model, cfg.trust_remote_code))
+    tokens = encode_splits(ds, tokenizer, load_model_config(cfg.model, cfg.trust_remote_code),
+                           max_length=cfg.max_length, truncation=cfg.truncation, head_tokens=cfg.head_tokens)
+    if tokens.warning:
+        say(f"warning: {tokens.warning}")
+    report = build_report(ds, tokens.splits, tokens.max_length, cfg.truncation, cfg.clean)
     if not output:
         report["skipped_list"] = None  # nowhere to write it: say how to get it
     print(format_report(report))

@@ -12,17 +12,19 @@ for the GPU to finish the one before it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune_bert import fastpath, faults
+from finetune_bert import faults
+from finetune_bert.batches import micro_batches, real_tokens, to_device
 from finetune_bert.checkpoint import TrainState
-from finetune_bert.encoding import Encoded, Layout, micro_batches, real_tokens, to_device
 from finetune_bert.errors import UserError
-from finetune_bert.evaluate import run_eval
+from finetune_bert.metrics import score
+from finetune_bert.tokens import Encoded
 from finetune_bert.output import say
 
 
@@ -38,8 +40,12 @@ def _free(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int, weights, device, dtype,
-                      layout: Layout, step: int) -> tuple[torch.Tensor, int]:
+def _forward_backward(engine, enc: Encoded, batch_index: np.ndarray, splits: int, weights: torch.Tensor | None,
+                      step: int) -> tuple[torch.Tensor, int]:
+    """Forward and backward over the step's micro-batches, through `engine` as a module (under DDP, the
+    wrapper's forward). `weights`: class weights of the loss."""
+    core = getattr(engine, "module", engine)  # the Engine itself, wrapped (DDP) or not
+    device, layout = core.device, core.layout
     loss_sum, tokens = torch.zeros((), device=device), 0
     lengths = np.fromiter((len(enc.ids[i]) for i in batch_index), dtype=np.int64, count=len(batch_index))
     for micro in micro_batches(batch_index, lengths, splits, layout.capped_fit):
@@ -47,9 +53,8 @@ def _forward_backward(model, enc: Encoded, batch_index: np.ndarray, splits: int,
         host = layout.batch(enc, micro)
         tokens += real_tokens(host)  # counted on the host: no device sync per micro-batch
         batch = to_device(host, device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = fastpath.logits(model, batch, layout.fast, layout.lane_dropout)
-        loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights, reduction="sum") / len(batch_index)
+        logits = engine(batch)
+        loss = F.cross_entropy(logits, batch["labels"], weight=weights, reduction="sum") / len(batch_index)
         if faults.hit("loss", step):
             loss = loss * float("nan")
         loss.backward()
@@ -63,38 +68,54 @@ def defers_checks(optimizer) -> bool:
     return bool(optimizer.defaults.get("fused"))
 
 
-def train_step(model, optimizer, enc: Encoded, batch_index: np.ndarray, state: TrainState, weights, device,
-               dtype, layout: Layout, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class StepOptions:
+    """What a training step needs besides the model and the data: class weights and gradient clipping."""
+
+    weights: torch.Tensor | None = None  # class weights of the loss (--class-weights auto)
+    max_grad_norm: float = 1.0           # 0: no clipping
+
+
+def train_step(engine, optimizer, enc: Encoded, batch_index: np.ndarray, state: TrainState,
+               options: StepOptions = StepOptions()) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and update for one step's batch. Returns (loss, finite) as 0-d tensors, still on
-    the device: `settle` reads them later. A step whose loss or gradient norm is not finite is not applied."""
+    the device: `settle` reads them later. A step whose loss or gradient norm is not finite is not applied.
+    `engine`: an engine.Engine, or one wrapped in DistributedDataParallel."""
+    core = getattr(engine, "module", engine)
     step = state.step + 1
     while True:
         try:
-            loss, tokens = _forward_backward(model, enc, batch_index, state.micro_splits, weights, device, dtype,
-                                             layout, step)
+            loss, tokens = _forward_backward(engine, enc, batch_index, state.micro_splits, options.weights, step)
             break
         except Exception as exc:
             if not is_oom(exc):
                 raise
-            optimizer.zero_grad(set_to_none=True)
-            _free(device)
-            if state.micro_splits >= len(batch_index):
-                raise UserError(f"out of memory at step {step} even with micro-batch 1; lower --max-length "
-                                "or use a smaller model") from None
-            state.micro_splits = min(state.micro_splits * 2, len(batch_index))
-            micro = math.ceil(len(batch_index) / state.micro_splits)
-            say(f"warning: out of memory at step {step}: micro-batch now {micro} with {state.micro_splits} "
-                "accumulation steps (effective batch unchanged); retrying the step")
+            core.model.zero_grad(set_to_none=True)
+            _free(core.device)
+            _back_off(state, len(batch_index), step)
     state.tokens_seen += tokens
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+    core.gradients_to_masters()
+    limit = options.max_grad_norm if options.max_grad_norm > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(core.trainable(), limit)
     finite = torch.isfinite(loss) & torch.isfinite(norm)
     if defers_checks(optimizer):
         optimizer.found_inf = (~finite).float()
         optimizer.step()
     elif bool(finite):
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    core.masters_to_weights()
     return loss, finite
+
+
+def _back_off(state: TrainState, batch: int, step: int) -> None:
+    """After an out-of-memory error: twice as many micro-batches for the same step, or a clear stop."""
+    if state.micro_splits >= batch:
+        raise UserError(f"out of memory at step {step} even with micro-batch 1; lower --max-length "
+                        "or use a smaller model") from None
+    state.micro_splits = min(state.micro_splits * 2, batch)
+    micro = math.ceil(batch / state.micro_splits)
+    say(f"warning: out of memory at step {step}: micro-batch now {micro} with {state.micro_splits} "
+        "accumulation steps (effective batch unchanged); retrying the step")
 
 
 def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainState, max_bad_steps: int) -> list[float]:
@@ -122,9 +143,9 @@ def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainSt
     return applied
 
 
-def evaluate_step(model, enc: Encoded, label_names: list[str], state: TrainState, device, dtype,
-                  layout: Layout) -> dict[str, Any]:
-    """Validation metrics; on out-of-memory the evaluation batch is halved and the evaluation redone."""
+def evaluate_step(engine, enc: Encoded, label_names: list[str], state: TrainState) -> dict[str, Any]:
+    """Validation metrics of `engine` (an engine.Engine); on out-of-memory the evaluation batch is halved and
+    the evaluation redone."""
     step = state.step
 
     def on_batch(i: int) -> None:
@@ -133,11 +154,11 @@ def evaluate_step(model, enc: Encoded, label_names: list[str], state: TrainState
 
     while True:
         try:
-            return run_eval(model, enc, label_names, state.eval_batch_size, device, dtype, layout, on_batch)
+            return score(engine, enc, label_names, state.eval_batch_size, on_batch)
         except Exception as exc:
             if not is_oom(exc):
                 raise
-            _free(device)
+            _free(engine.device)
             if state.eval_batch_size == 1:
                 raise UserError("out of memory in evaluation even with batch 1; lower --max-length") from None
             state.eval_batch_size //= 2

@@ -20,18 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_bert import checkpoint, fastpath, faults
+from finetune_bert import checkpoint, faults
+from finetune_bert.batches import train_batches
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
 from finetune_bert.data import Dataset, load_dataset
-from finetune_bert.skipped import skipped_csv
-from finetune_bert.encoding import Encoded, train_batches
+from finetune_bert.engine import Engine, EngineOptions
 from finetune_bert.errors import TrainingInterrupted, UserError
-from finetune_bert.evaluate import format_metrics, run_eval
-from finetune_bert.model import autocast_dtype, load_classifier, load_tokenizer, pick_device
+from finetune_bert.metrics import format_metrics, score
+from finetune_bert.model import load_classifier, load_tokenizer, pick_device
 from finetune_bert.output import RunFolder, model_card, say
-from finetune_bert.report import format_report, prepare, report_files
-from finetune_bert.steps import defers_checks, evaluate_step, settle, stop_on_signal, train_step
+from finetune_bert.report import build_report, format_report, report_files
+from finetune_bert.skipped import skipped_csv
+from finetune_bert.steps import StepOptions, defers_checks, evaluate_step, settle, stop_on_signal, train_step
+from finetune_bert.tokens import Encoded, encode_splits
 
 
 @dataclass
@@ -49,7 +51,13 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 def _setup_data(cfg: TrainConfig, ds: Dataset, tokenizer, model_config, run: RunFolder) -> tuple[dict[str, Encoded], dict]:
-    encoded, report = prepare(cfg, ds, tokenizer, model_config)
+    """Tokenize (the tokens stage), report on the data, and stage the report beside the model to come."""
+    tokens = encode_splits(ds, tokenizer, model_config, max_length=cfg.max_length, truncation=cfg.truncation,
+                           head_tokens=cfg.head_tokens)
+    if tokens.warning:
+        say(f"warning: {tokens.warning}")
+    encoded = tokens.splits
+    report = build_report(ds, encoded, tokens.max_length, cfg.truncation, cfg.clean)
     say(format_report(report))
     # Staged, not written: they appear with the first model saved, so that a run failing before it never
     # leaves a report of its own beside an earlier run's model.
@@ -75,6 +83,14 @@ def _setup_model(cfg: TrainConfig, label_names: list[str], device: torch.device)
     return model.to(device).train()
 
 
+def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int) -> Engine:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    options = EngineOptions(bf16=cfg.bf16, bf16_weights=cfg.bf16_weights, fast=cfg.cls_fast_path,
+                            unpadded=cfg.unpadded, lane_dropout=cfg.lane_dropout,
+                            cpu_micro_batches=cfg.cpu_micro_batches, pad_to=0 if cfg.dynamic_padding else max_length)
+    return Engine(model, next(model.parameters()).device, pad_id, options=options, training=True)
+
+
 def _setup_output(cfg: TrainConfig) -> None:
     """Refuse, before any data is read, an output folder this run must not write into."""
     RunFolder.check(cfg.output, cfg.overwrite, cfg.resume)
@@ -84,12 +100,13 @@ def _setup_output(cfg: TrainConfig) -> None:
                         "pass --overwrite to train it again from the start, or choose a new --output")
 
 
-def _setup_optimizer(cfg: TrainConfig, model, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, with no weight decay on biases and LayerNorm weights (every 1-D parameter)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
+def _setup_optimizer(cfg: TrainConfig, engine: Engine) -> torch.optim.Optimizer:
+    """AdamW over what the engine trains (its fp32 masters with bf16 weights), with no weight decay on biases
+    and LayerNorm weights (every 1-D parameter)."""
+    params = engine.trainable()
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    fused = engine.device.type == "cuda"
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused, foreach=None if fused else True)
 
 
@@ -106,14 +123,14 @@ def _is_better(value: float, best: float | None, metric: str) -> bool:
     return value > best if greater_is_better(metric) else value < best
 
 
-def _setup_resume(cfg: TrainConfig, run: RunFolder, model, optimizer, device, fresh: TrainState) -> TrainState:
+def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, fresh: TrainState) -> TrainState:
     """The newest complete checkpoint's state, or `fresh`; a checkpoint from another run is refused."""
     found = checkpoint.complete_checkpoints(run.path) if cfg.resume else []
     if cfg.resume and not found:
         say(f"--resume: no complete checkpoint in {run.path / 'checkpoints'}; starting fresh")
     if not found:
         return fresh
-    state = checkpoint.load(found[-1], model, optimizer, device)
+    state = checkpoint.load(found[-1], engine, optimizer)
     if diff := checkpoint.differences(state.fingerprint, fresh.fingerprint):
         raise UserError(f"--resume: {found[-1]} was made with other arguments or data; differences: "
                         + "; ".join(diff) + ". Use the original arguments, or a new --output")
@@ -138,110 +155,178 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     _setup_output(cfg)
     ds = load_dataset(cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    device = pick_device()
-    model = _setup_model(cfg, ds.label_names, device)
+    model = _setup_model(cfg, ds.label_names, pick_device())
     with RunFolder(cfg.output, cfg.overwrite, cfg.resume) as run:
-        return _fit(cfg, run, ds, tokenizer, model, started)
+        job = _setup_job(cfg, run, ds, tokenizer, model)
+        job.started = started
+        _loop(job)
+        return _finish(job)
 
 
-def _fit(cfg: TrainConfig, run: RunFolder, ds: Dataset, tokenizer, model, started: float) -> TrainResult:
-    """Tokenize, train, keep the best model, score it on test: everything that writes into `run`."""
-    device = next(model.parameters()).device
-    dtype = autocast_dtype(device, cfg.bf16)
+@dataclass
+class _Job:
+    """One training run's parts: what the loop reads, and the state it advances."""
+
+    cfg: TrainConfig
+    run: RunFolder
+    ds: Dataset
+    tokenizer: Any
+    engine: Engine
+    optimizer: torch.optim.Optimizer
+    enc: dict[str, Encoded]
+    report: dict[str, Any]
+    state: TrainState
+    step_options: StepOptions
+    warmup: int
+    total: int  # planned steps; state.total_steps is lowered by early stopping
+    started: float = 0.0
+    train_seconds: float = 0.0
+
+    @property
+    def step_size(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum
+
+    @property
+    def run_info(self) -> dict[str, Any]:
+        """finetune_bert.json: how the saved model reads texts, for predict and evaluate."""
+        cfg, ds = self.cfg, self.ds
+        return {"max_length": self.report["max_length"], "truncation": cfg.truncation, "head_tokens": cfg.head_tokens,
+                "clean": cfg.clean, "raw_labels": ds.raw_labels, "label_names": ds.label_names, "base_model": cfg.model}
+
+
+def _setup_job(cfg: TrainConfig, run: RunFolder, ds: Dataset, tokenizer, model) -> _Job:
+    """Tokenize, build the engine and the optimizer, and restore a checkpoint: everything before step one."""
     run.own("checkpoints")
     run.stage("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
     enc, report = _setup_data(cfg, ds, tokenizer, model.config, run)
-    optimizer = _setup_optimizer(cfg, model, device)
-    weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), device)
-    run_info = {"max_length": report["max_length"], "truncation": cfg.truncation, "head_tokens": cfg.head_tokens,
-                "clean": cfg.clean, "raw_labels": ds.raw_labels, "label_names": ds.label_names,
-                "base_model": cfg.model}
-
-    train_enc, lengths = enc["train"], enc["train"].lengths
+    engine = _setup_engine(cfg, model, tokenizer, report["max_length"])
+    optimizer = _setup_optimizer(cfg, engine)
+    weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), engine.device)
     step_size = cfg.batch_size * cfg.grad_accum
-    if len(train_enc) < step_size:
-        say(f"note: {len(train_enc)} training rows are fewer than one batch of {step_size}: every step uses all of them")
-    steps_per_epoch = math.ceil(len(train_enc) / step_size)
+    if len(enc["train"]) < step_size:
+        say(f"note: {len(enc['train'])} training rows are fewer than one batch of {step_size}: every step uses all of them")
+    steps_per_epoch = math.ceil(len(enc["train"]) / step_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup = math.ceil(cfg.warmup_ratio * total)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    layout = fastpath.layout(model, device, dtype, pad_id, cfg.cls_fast_path, cfg.unpadded, cfg.lane_dropout,
-                             cfg.cpu_micro_batches, 0 if cfg.dynamic_padding else report["max_length"])
+    fingerprint = checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts)
+    fingerprint["bf16_weights"] = engine.bf16_weights  # what runs, not the option (a no-op on CPU)
     fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
-                       fingerprint=checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts))
-    state = _setup_resume(cfg, run, model, optimizer, device, fresh)
-    say(f"training {cfg.model} on {device.type}{' with bf16' if dtype else ', fp32'}"
+                       fingerprint=fingerprint)
+    state = _setup_resume(cfg, run, engine, optimizer, fresh)
+    job = _Job(cfg, run, ds, tokenizer, engine, optimizer, enc, report, state,
+               StepOptions(weights, cfg.max_grad_norm), math.ceil(cfg.warmup_ratio * total), total)
+    _announce(job, steps_per_epoch)
+    return job
+
+
+def _announce(job: _Job, steps_per_epoch: int) -> None:
+    engine, layout, state = job.engine, job.engine.layout, job.state
+    precision = ", fp32" if engine.dtype is None else (" with bf16 weights (fp32 masters)" if engine.bf16_weights
+                                                       else " with bf16 autocast")
+    say(f"training {job.cfg.model} on {engine.device.type}{precision}"
         f"{', packed batches (no padding)' if layout.packed else ''}"
         f"{f', every batch padded to {layout.pad_to}' if layout.pad_to else ''}"
-        f"{', lane dropout' if layout.lane_dropout else ''}: {len(train_enc)} texts, "
-        f"{state.total_steps} steps of {step_size} ({steps_per_epoch} per epoch), warm-up {warmup}")
-    run.log("start", device=device.type, steps=state.total_steps, examples=len(train_enc), labels=ds.label_names,
-            packed=layout.packed, lane_dropout=layout.lane_dropout, bf16=dtype is not None)
+        f"{', lane dropout' if layout.lane_dropout else ''}: {len(job.enc['train'])} texts, "
+        f"{state.total_steps} steps of {job.step_size} ({steps_per_epoch} per epoch), warm-up {job.warmup}")
+    job.run.log("start", device=engine.device.type, steps=state.total_steps, examples=len(job.enc["train"]),
+                labels=job.ds.label_names, packed=layout.packed, lane_dropout=layout.lane_dropout,
+                bf16=engine.dtype is not None, bf16_weights=engine.bf16_weights)
 
-    def save_checkpoint() -> None:
-        nonlocal last_save
-        losses.extend(settle(pending, state, cfg.max_bad_steps))  # the counters it saves must be current
-        path = checkpoint.save(run.path, model, optimizer, state, max(1, cfg.keep_checkpoints))
-        run.log("checkpoint", step=state.step, path=str(path))
-        last_save = time.time()
 
-    from tqdm.auto import tqdm
-    # A live bar on a terminal; in a log file or CI, plain lines at each log record instead.
-    bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
-               dynamic_ncols=True, disable=not sys.stderr.isatty())
+def _loop(job: _Job) -> None:
+    """The training loop: batches a pure function of (seed, epoch), the learning rate one of the step."""
+    cfg, state, optimizer = job.cfg, job.state, job.optimizer
+    meter = _Meter(job, deferred=defers_checks(optimizer))
     stop, restore_signals = stop_on_signal()
-    losses, t_train, last_save, tokens_at_start = [], time.time(), time.time(), state.tokens_seen
-    pending: list = []  # (step, loss, finite) still on the device; see steps.settle
-    deferred = defers_checks(optimizer)
     try:
         while state.step < state.total_steps:
-            batches = train_batches(lengths, step_size, cfg.seed, state.epoch, cfg.group_by_length)
+            batches = train_batches(job.enc["train"].lengths, job.step_size, cfg.seed, state.epoch, cfg.group_by_length)
             while state.batch_in_epoch < len(batches) and state.step < state.total_steps:
-                lr = lr_at(state.step, total, warmup, cfg.lr)
+                lr = lr_at(state.step, job.total, job.warmup, cfg.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, finite = train_step(model, optimizer, train_enc, batches[state.batch_in_epoch], state, weights,
-                                          device, dtype, layout, cfg.max_grad_norm)
+                loss, finite = train_step(job.engine, optimizer, job.enc["train"], batches[state.batch_in_epoch],
+                                          state, job.step_options)
                 state.step += 1
                 state.batch_in_epoch += 1
-                pending.append((state.step, loss, finite))
-                bar.update(1)
-                log_now = state.step % cfg.log_every == 0 or state.step == state.total_steps
-                if not deferred or log_now:
-                    losses.extend(settle(pending, state, cfg.max_bad_steps))
-                if log_now:
-                    rate = (state.tokens_seen - tokens_at_start) / max(time.time() - t_train, 1e-9)
-                    mean = float(np.mean(losses)) if losses else float("nan")
-                    run.log("train", step=state.step, loss=mean, lr=lr, tokens_per_s=round(rate, 1),
-                            skipped_steps=state.skipped_steps)
-                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
-                    if bar.disable:
-                        say(f"step {state.step}/{state.total_steps}: loss {mean:.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
-                    losses = []
+                meter.record(loss, finite, lr)
                 epoch_end = state.batch_in_epoch == len(batches) or state.step == state.total_steps
                 if epoch_end or (cfg.eval_every and state.step % cfg.eval_every == 0):
-                    losses.extend(settle(pending, state, cfg.max_bad_steps))
-                    m = evaluate_step(model, enc["validation"], ds.label_names, state, device, dtype, layout)
-                    _record_eval(cfg, state, m, run)
-                    if state.best_step == state.step:
-                        run.save_model(model, tokenizer, run_info)
-                    if cfg.patience and state.stale_evals >= cfg.patience:
-                        say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
-                        state.total_steps = state.step
+                    meter.settle()
+                    _validate(job)
                 faults.hit("step", state.step)  # tests kill the process here: between checkpoints
                 if epoch_end or (cfg.save_every and state.step % cfg.save_every == 0) or \
-                        time.time() - last_save > cfg.save_minutes * 60 or stop["signal"]:
-                    save_checkpoint()
+                        time.time() - meter.last_save > cfg.save_minutes * 60 or stop["signal"]:
+                    meter.save_checkpoint()
                 if stop["signal"]:
-                    raise TrainingInterrupted(f"stopped at step {state.step}; checkpoint saved in {run.path / 'checkpoints'}. "
-                                              "Resume with the same command and --resume")
+                    raise TrainingInterrupted(f"stopped at step {state.step}; checkpoint saved in "
+                                              f"{job.run.path / 'checkpoints'}. Resume with the same command and --resume")
             if state.batch_in_epoch >= len(batches):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     finally:
         restore_signals()
-        bar.close()
-    return _finish(cfg, run, model, tokenizer, enc, ds.label_names, state, report, device, dtype, layout,
-                   started, time.time() - t_train)
+        meter.close()
+    job.train_seconds = time.time() - meter.started
+
+
+class _Meter:
+    """The loop's bookkeeping: losses still on the device (read at `settle`, see steps.settle), the log
+    records and the progress bar, and checkpoints (which need the counters settled first)."""
+
+    def __init__(self, job: _Job, *, deferred: bool):
+        from tqdm.auto import tqdm
+
+        self.job, self.deferred = job, deferred
+        state = job.state
+        # A live bar on a terminal; in a log file or CI, plain lines at each log record instead.
+        self.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
+                        dynamic_ncols=True, disable=not sys.stderr.isatty())
+        self.pending: list = []  # (step, loss, finite) still on the device
+        self.losses: list[float] = []
+        self.started = self.last_save = time.time()
+        self.tokens_at_start = state.tokens_seen
+
+    def settle(self) -> None:
+        self.losses.extend(settle(self.pending, self.job.state, self.job.cfg.max_bad_steps))
+
+    def record(self, loss: torch.Tensor, finite: torch.Tensor, lr: float) -> None:
+        state, cfg = self.job.state, self.job.cfg
+        self.pending.append((state.step, loss, finite))
+        self.bar.update(1)
+        log_now = state.step % cfg.log_every == 0 or state.step == state.total_steps
+        if not self.deferred or log_now:
+            self.settle()
+        if not log_now:
+            return
+        rate = (state.tokens_seen - self.tokens_at_start) / max(time.time() - self.started, 1e-9)
+        mean = float(np.mean(self.losses)) if self.losses else float("nan")
+        self.job.run.log("train", step=state.step, loss=mean, lr=lr, tokens_per_s=round(rate, 1),
+                         skipped_steps=state.skipped_steps)
+        self.bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+        if self.bar.disable:
+            say(f"step {state.step}/{state.total_steps}: loss {mean:.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
+        self.losses = []
+
+    def save_checkpoint(self) -> None:
+        job = self.job
+        self.settle()  # the counters it saves must be current
+        path = checkpoint.save(job.run.path, job.engine, job.optimizer, job.state, max(1, job.cfg.keep_checkpoints))
+        job.run.log("checkpoint", step=job.state.step, path=str(path))
+        self.last_save = time.time()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _validate(job: _Job) -> None:
+    """Score validation, keep the model if it is the best so far, and decide on early stopping."""
+    cfg, state = job.cfg, job.state
+    m = evaluate_step(job.engine, job.enc["validation"], job.ds.label_names, state)
+    _record_eval(cfg, state, m, job.run)
+    if state.best_step == state.step:
+        job.run.save_model(job.engine.model, job.tokenizer, job.run_info, job.engine.weights())
+    if cfg.patience and state.stale_evals >= cfg.patience:
+        say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
+        state.total_steps = state.step
 
 
 def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: RunFolder) -> None:
@@ -257,28 +342,28 @@ def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: Ru
         state.stale_evals += 1
 
 
-def _finish(cfg, run, model, tokenizer, enc, label_names, state, report, device, dtype, layout, started,
-            train_seconds) -> TrainResult:
+def _finish(job: _Job) -> TrainResult:
     """Score the best model on test; write metrics and the model card."""
+    cfg, run, state, engine = job.cfg, job.run, job.state, job.engine
     if state.best_step != state.step:
         from safetensors.torch import load_file
-        model.load_state_dict(load_file(str(run.path / "model.safetensors"), device=str(device)), strict=False)
+        engine.load_weights(load_file(str(run.path / "model.safetensors"), device=str(engine.device)))
     metrics: dict[str, Any] = {"validation": state.best_metrics, "best_step": state.best_step,
                                "history": state.history,
-                               "train": {"steps": state.step, "seconds": round(train_seconds, 1),
-                                         "skipped_steps": state.skipped_steps, "examples": len(enc["train"]),
+                               "train": {"steps": state.step, "seconds": round(job.train_seconds, 1),
+                                         "skipped_steps": state.skipped_steps, "examples": len(job.enc["train"]),
                                          "micro_splits": state.micro_splits}}
-    if "test" in enc:
+    if "test" in job.enc:
         scoring = time.time()
-        metrics["test"] = run_eval(model, enc["test"], label_names, state.eval_batch_size, device, dtype, layout)
+        metrics["test"] = score(engine, job.enc["test"], job.ds.label_names, state.eval_batch_size)
         metrics["test"]["seconds"] = round(time.time() - scoring, 2)
         say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
-    metrics["seconds_total"] = round(time.time() - started, 1)
+    metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
-    run.write_text("README.md", model_card(cfg, report, metrics))
+    run.write_text("README.md", model_card(cfg, job.report, metrics))
     run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
     if cfg.keep_checkpoints == 0:  # they were only kept for a crash; the run is done
         run.remove_checkpoints()
     say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
-        f"training took {train_seconds:.0f}s")
+        f"training took {job.train_seconds:.0f}s")
     return TrainResult(str(run.path), metrics, state.best_step)

@@ -1,9 +1,8 @@
-"""Tokenization, truncation strategies, length-grouped batches and dynamic padding.
+"""The batches stage: which texts go together, and how they are laid out for the model.
 
-Texts are tokenized once, without special tokens and without truncation, so that the data report knows
-every text's true length; truncation then keeps the head, the tail, or both, and the model's own special
-tokens ([CLS] ... [SEP] for BERT) are added around what is kept. Batches are padded only to their own
-longest text, unless `--no-dynamic-padding` asks for every batch at the max length (`Layout.pad_to`).
+Training batches are a pure function of (seed, epoch); evaluation batches are sorted by length (callers get
+results back in input order). A batch is padded only to its own longest text, unless `--no-dynamic-padding`
+asks for every batch at the max length (`Layout.pad_to`), or packed with no padding at all on GPU.
 """
 
 from __future__ import annotations
@@ -14,76 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-TOKENIZE_CHUNK = 2048
+from finetune_bert.tokens import Encoded
+
 CPU_BLOCK_BYTES = 32 * 2**20  # glibc's largest dynamic mmap threshold on 64-bit
-
-
-@dataclass
-class Encoded:
-    ids: list[np.ndarray]       # one int32 array per text, special tokens included, truncated
-    full_lengths: np.ndarray    # tokens each text would need, special tokens included, before truncation
-    labels: np.ndarray | None   # class ids
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids a tokenizer puts before and after a single text ([CLS] / [SEP] for BERT, <s> / </s> ...)."""
-    inner = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    for start in range(len(full) - len(inner) + 1):
-        if full[start:start + len(inner)] == inner:
-            return full[:start], full[start + len(inner):]
-    raise ValueError("cannot locate the special tokens of this tokenizer")
-
-
-def truncate(ids: list[int], budget: int, strategy: str, head_tokens: int = 128) -> list[int]:
-    """Keep `budget` tokens: the first ones (head), the last ones (tail), or the first `head_tokens`
-    (at most half the budget) plus the last ones (head+tail, Sun et al. 2019)."""
-    if len(ids) <= budget:
-        return ids
-    if strategy == "head":
-        return ids[:budget]
-    if strategy == "tail":
-        return ids[len(ids) - budget:]
-    head = min(head_tokens, budget // 2)
-    return ids[:head] + ids[len(ids) - (budget - head):]
-
-
-def max_length_for(tokenizer, model_config, requested: int) -> tuple[int, str | None]:
-    """Clamp to what the model's position embeddings allow; say so when clamped."""
-    limits = [getattr(model_config, "max_position_embeddings", None)]
-    # RoBERTa-style models offset positions by the padding index.
-    if limits[0] and getattr(model_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limits[0] -= 2
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    if tok_limit and tok_limit < 1_000_000:
-        limits.append(tok_limit)
-    limit = min(x for x in limits if x) if any(limits) else requested
-    if requested > limit:
-        return limit, f"--max-length {requested} is more than this model supports; using {limit}"
-    return requested, None
-
-
-def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: int, strategy: str,
-           head_tokens: int = 128) -> Encoded:
-    prefix, suffix = special_tokens(tokenizer)
-    budget = max_length - len(prefix) - len(suffix)
-    ids, full = [], np.empty(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), TOKENIZE_CHUNK):
-        chunk = tokenizer(texts[start:start + TOKENIZE_CHUNK], add_special_tokens=False,
-                          return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"]
-        for offset, tokens in enumerate(chunk):
-            full[start + offset] = len(tokens) + len(prefix) + len(suffix)
-            kept = prefix + truncate(tokens, budget, strategy, head_tokens) + suffix
-            ids.append(np.asarray(kept, dtype=np.int32))
-    label_array = None if labels is None else np.asarray(labels, dtype=np.int64)
-    return Encoded(ids, full, label_array)
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,

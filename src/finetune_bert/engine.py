@@ -1,0 +1,201 @@
+"""The execution engine: one torch.nn.Module through which every forward pass of the product runs.
+
+`Engine` wraps a Hugging Face classifier and owns how it runs: the device, the compute dtype, the batch
+`Layout` and, for bf16 training on a GPU, fp32 master copies of bf16 weights. Its `forward(batch)` is the
+fast path of fastpath.py ([CLS]-only last layer, packed varlen attention on CUDA, lane dropout on CPU), or
+the model's stock forward where that does not apply. Training calls it as a module, so wrapping the engine
+in DistributedDataParallel runs DDP's own forward (its gradient-sync preparation) around the fast path.
+
+Inference (`infer`, `logits`) is sorted, streaming and batched, with results in input order: one
+implementation for validation in training, `evaluate`, `predict` and a server. It runs in an explicit
+inference context (`inference()`): no autograd, autocast, and dropout off passed to the fast path as an
+argument, so the module's train/eval flag is never flipped. Only the stock forward of other architectures
+reads that flag; an engine that is training (between steps, in the training thread) is put in eval mode for
+the duration, under a lock. An engine made for inference is in eval mode from the start, and stays so.
+
+bf16 weights with fp32 masters (CUDA default, `--no-bf16-weights` off): the model itself is cast to bf16
+once, so no autocast casts every weight in every forward and backward; the optimizer steps fp32 copies, and
+each step copies the gradients in and the new weights back. Packed training at batch 32 on an H200 took
+26.6 ms a step against 36.4 with autocast, with equal losses (benchmarks/gpu_levers.py). Checkpoints and
+saved models hold the fp32 masters, so a resume or a later fine-tune loses no precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from finetune_bert import fastpath
+from finetune_bert.batches import Layout, eval_batches, to_device
+from finetune_bert.tokens import Encoded
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt() parameter (malloc.h)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs a model; each speed technique can be turned off (the train options of the same
+    names), and none changes what is computed beyond float rounding and which random numbers dropout draws."""
+
+    bf16: bool = True               # bf16 compute where the GPU does it natively; fp32 on CPU
+    bf16_weights: bool = True       # with bf16: the weights themselves in bf16 (fp32 masters when training)
+    fast: bool = True               # the [CLS]-only last layer (fastpath.py)
+    unpadded: bool = True           # packed batches with varlen FlashAttention (CUDA)
+    lane_dropout: bool = True       # CPU training: dropout masks from 16-bit lanes (dropout.py)
+    cpu_micro_batches: bool = True  # CPU: batches cut so no activation outgrows the allocator's heap
+    pad_to: int = 0                 # pad every batch to this many tokens (--no-dynamic-padding)
+
+
+def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
+    """bf16 where the GPU does it natively; fp32 on CPU, where bf16 measured half as fast here."""
+    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+class Engine(torch.nn.Module):
+    """A classifier and how it runs. `training=True`: it will be trained (masters kept for bf16 weights)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, pad_id: int, *,
+                 options: EngineOptions = EngineOptions(), training: bool = False,
+                 dtype: torch.dtype | None | str = "auto"):
+        super().__init__()
+        self.model = model.to(device)
+        self.device = device
+        # `dtype`: the compute dtype; "auto" picks it for the device (tests force bf16 on CPU)
+        self.dtype = autocast_dtype(device, options.bf16) if dtype == "auto" else dtype
+        self.bf16_weights = self.dtype is not None and options.bf16_weights
+        self.layout: Layout = fastpath.layout(model, device, self.dtype, pad_id, fast=options.fast,
+                                              unpadded=options.unpadded, lane_dropout=options.lane_dropout,
+                                              cpu_micro_batches=options.cpu_micro_batches, pad_to=options.pad_to)
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.masters: list[torch.Tensor] | None = None
+        if self.bf16_weights and training:
+            self.masters = [p.detach().float().clone() for p in self._params()]
+            for master in self.masters:
+                master.grad = torch.zeros_like(master)
+        if self.bf16_weights:
+            self.model.to(self.dtype)
+        self._stock_lock = threading.Lock()
+        self.train(training)
+
+    @property
+    def fast_path(self) -> bool:
+        return self.layout.fast and fastpath.supported(self.model)
+
+    def _params(self) -> list[torch.nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return [named[n] for n in self._names]
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """fp32 logits of a batch (from Layout.batch, on the device); dropout as the module is set."""
+        return self._logits(batch, self.training)
+
+    def _logits(self, batch: dict, train: bool) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None and not self.bf16_weights):
+            out = fastpath.logits(self.model, batch, self.layout.fast, self.layout.lane_dropout, train=train)
+        return out.float()
+
+    # ---- inference ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """No autograd and no dropout, without touching the train/eval flag on the fast path (see above)."""
+        with torch.inference_mode():
+            if self.fast_path or not self.model.training:
+                yield
+                return
+            with self._stock_lock:  # the stock forward reads the flag: only the training thread gets here
+                self.model.eval()
+                try:
+                    yield
+                finally:
+                    self.model.train()
+
+    def infer(self, encoded: Encoded, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(row indices, fp32 logits on the CPU) per batch, longest first; one batch in flight at a time.
+
+        A batch's logits are read back only after the next batch has been queued, so the GPU never waits
+        for the host to collate and launch."""
+        pending = None
+        with self.inference():
+            for index in eval_batches(encoded.lengths, batch_size, self.layout.capped_fit):
+                logits = self._logits(to_device(self.layout.batch(encoded, index), self.device), False)
+                if pending is not None:
+                    yield pending[0], pending[1].cpu()
+                pending = (index, logits)
+            if pending is not None:
+                yield pending[0], pending[1].cpu()
+
+    def logits(self, encoded: Encoded, batch_size: int) -> torch.Tensor:
+        """fp32 logits (n, classes) on the CPU, in input order."""
+        out = torch.zeros(len(encoded), self.model.config.num_labels)
+        for index, logits in self.infer(encoded, batch_size):
+            out[torch.from_numpy(index)] = logits
+        return out
+
+    # ---- weights ---------------------------------------------------------------------------------------
+
+    def trainable(self) -> list[torch.Tensor]:
+        """What the optimizer steps: the fp32 masters with bf16 weights, else the model's own parameters."""
+        return self._params() if self.masters is None else self.masters
+
+    def gradients_to_masters(self) -> None:
+        """After backward: the bf16 gradients into the masters' fp32 ones (no-op without masters)."""
+        if self.masters is None:
+            return
+        pairs = [(m.grad, p.grad) for m, p in zip(self.masters, self._params()) if p.grad is not None]
+        for master, param in zip(self.masters, self._params()):
+            if param.grad is None:  # a parameter this batch did not reach: no stale gradient may remain
+                master.grad.zero_()
+        if pairs:
+            torch._foreach_copy_([m for m, _ in pairs], [g for _, g in pairs])
+
+    def masters_to_weights(self) -> None:
+        """After the optimizer step: the updated masters into the bf16 weights, and the weights' gradients freed."""
+        if self.masters is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self._params(), self.masters)
+        self.model.zero_grad(set_to_none=True)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The model's state dict in full precision (the masters' values with bf16 weights), for saving."""
+        state = self.model.state_dict()
+        if self.masters is not None:
+            state.update(zip(self._names, self.masters))
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()} if self.bf16_weights else state
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a (full-precision) state dict into the model, and into the masters where kept."""
+        self.model.load_state_dict(state, strict=False)
+        if self.masters is not None:
+            with torch.no_grad():
+                for name, master in zip(self._names, self.masters):
+                    if name in state:
+                        master.copy_(state[name])
+
+
+def steady_heap(device: torch.device) -> None:
+    """On CPU with glibc, stop the heap creeping up chunk after chunk of inference (elsewhere a no-op).
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so after the first
+    batch the model's CPU activations come from the heap; tokenizing the next chunk fills the holes they
+    leave, the next activations extend the heap, and peak RSS grew ~25 MiB per chunk although nothing is
+    kept (10,000 reviews: 940 MiB against 630). A fixed 1 MiB threshold keeps large blocks in mmap, handed
+    back when freed, at the cost of page faults (~15-30% of evaluate time with a tiny CPU model). It holds
+    for the rest of the process. Calling `malloc_trim` between chunks instead was measured and does not
+    help (10,000 reviews: 778 MiB against 620 for 1,000).
+    """
+    if device.type != "cpu":
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc
