@@ -130,7 +130,7 @@ def test_ctrl_c_exits_130_with_resume_hint(tiny_model, crash_data, tmp_path, cap
 
 
 def test_out_of_memory_in_training_halves_micro_batch_same_update(tiny_model, crash_data, tmp_path, capsys):
-    plain = _train(tiny_model, crash_data, tmp_path / "plain", eval_every=0, save_every=0)
+    _train(tiny_model, crash_data, tmp_path / "plain", eval_every=0, save_every=0)  # the reference model
     faults.configure("oom@forward:2")
     backed = _train(tiny_model, crash_data, tmp_path / "oom", eval_every=0, save_every=0)
     assert "out of memory at step 2: micro-batch now 4 with 2 accumulation steps" in capsys.readouterr().err

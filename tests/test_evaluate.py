@@ -3,43 +3,9 @@
 import json
 import os
 
-import numpy as np
 import pytest
-import torch
 
-from finetune_bert.evaluate import StreamingMetrics, evaluate
-
-
-def test_streaming_metrics_match_sklearn_in_batches():
-    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, roc_auc_score
-
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 3000)
-    logits = rng.normal(size=(3000, 2)) + np.stack([1 - labels, labels], 1) * 1.5
-    m = StreamingMetrics(["neg", "pos"])
-    for start in range(0, 3000, 128):  # batch by batch, as evaluation streams
-        m.update(torch.tensor(logits[start:start + 128]), torch.tensor(labels[start:start + 128]))
-    r = m.compute()
-    probs = torch.softmax(torch.tensor(logits), 1).numpy()
-    pred = probs.argmax(1)
-    assert r["accuracy"] == pytest.approx(accuracy_score(labels, pred))
-    assert r["f1_macro"] == pytest.approx(f1_score(labels, pred, average="macro"))
-    assert r["precision_macro"] == pytest.approx(precision_score(labels, pred, average="macro"))
-    assert r["log_loss"] == pytest.approx(log_loss(labels, probs), rel=1e-5)
-    assert r["roc_auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-3)
-    assert r["confusion_matrix"][1][1] == int(((pred == 1) & (labels == 1)).sum())
-
-
-def test_multiclass_auc_is_macro_one_vs_rest():
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 3, 2000)
-    logits = rng.normal(size=(2000, 3)) + np.eye(3)[labels] * 2
-    m = StreamingMetrics(["a", "b", "c"])
-    m.update(torch.tensor(logits), torch.tensor(labels))
-    probs = torch.softmax(torch.tensor(logits), 1).numpy()
-    assert m.compute()["roc_auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"), abs=1e-3)
+from finetune_bert.evaluate import evaluate
 
 
 def test_evaluate_command_prints_table_and_writes_json(trained, toy_data, tmp_path, capsys):
@@ -93,7 +59,8 @@ def test_evaluate_max_samples_in_chunks_scores_the_rows_seeded_sample_picks(trai
     from finetune_bert.readers import read_records
 
     clf = load(trained.output)
-    whole, _ = clf.labels.known(to_split(read_records(toy_data["test"]), "test", None, None, True, True, [], "error"))
+    whole, _ = clf.labels.known(to_split(read_records(toy_data["test"]), "test", None, None, True, True, skipped=[],
+                                                 on_bad_rows="error"))
     split = seeded_sample(whole, 13, 7)
     expected = score(clf.engine, clf.encode(split.texts, split.labels), clf.label_names, 64)
     for rows_per_chunk in (4, 1000):

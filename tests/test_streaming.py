@@ -21,15 +21,15 @@ def _both(path, on_bad_rows="error", need_labels=True, rows_per_chunk=3, text_co
         try:
             if chunked:
                 rows = ChunkedSplit(source_chunks(str(path), "test", rows_per_chunk), "test", text_column, None,
-                                    True, need_labels, on_bad_rows)
+                                    True, need_labels, on_bad_rows=on_bad_rows)
                 count = rows.check()
                 splits = list(rows)
                 assert count == sum(len(s) for s in splits) and len(splits) > 1
                 result = ([t for s in splits for t in s.texts], [x for s in splits for x in s.labels or []],
                           [w for s in splits for w in s.where], rows.skipped)
             else:
-                split = to_split(read_records(path), "test", text_column, None, True, need_labels, skipped,
-                                 on_bad_rows)
+                split = to_split(read_records(path), "test", text_column, None, True, need_labels, skipped=skipped,
+                                 on_bad_rows=on_bad_rows)
                 result = (split.texts, split.labels or [], split.where, skipped)
         except UserError as exc:
             result = str(exc)
@@ -91,6 +91,6 @@ def test_missing_column_named_as_the_whole_file_names_it(tmp_path):
 
 def test_iterating_before_check_is_refused(tmp_path):
     rows = ChunkedSplit(source_chunks(str(write_csv(tmp_path / "d.csv", toy_rows(4))), "test", 2), "test",
-                        None, None, True, True, "error")
+                        None, None, True, True, on_bad_rows="error")
     with pytest.raises(RuntimeError):
         next(iter(rows))

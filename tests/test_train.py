@@ -51,7 +51,6 @@ def test_lr_schedule_is_a_pure_function_of_step():
 def test_grad_accum_gives_the_same_update_as_one_big_batch(tiny_model, toy_data, tmp_path):
     """Micro-batches sum to the full step's loss, so accumulation does not change training."""
     from finetune_bert import train
-    import torch
     from safetensors.torch import load_file
 
     common = dict(data=str(toy_data["train"]), model=str(tiny_model), epochs=1, lr=1e-3, max_length=32,
@@ -64,7 +63,6 @@ def test_grad_accum_gives_the_same_update_as_one_big_batch(tiny_model, toy_data,
 
 def test_no_dynamic_padding_trains_the_same_model_padded_to_max_length(tiny_model, toy_data, tmp_path, capsys):
     from finetune_bert import train
-    import torch
     from safetensors.torch import load_file
 
     common = dict(data=str(toy_data["train"]), model=str(tiny_model), epochs=1, lr=1e-3, max_length=32,

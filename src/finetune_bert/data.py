@@ -113,7 +113,7 @@ def _kind(value: Any) -> str:
 
 
 def to_split(records: Records, name: str, text_column: str | None, label_column: str | None,
-             clean: bool, need_labels: bool | None, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
+             clean: bool, need_labels: bool | None, *, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
     """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded."""
     tcol, lcol = split_columns(records, text_column, label_column, need_labels)
     split, bad = check_rows(records, name, tcol, lcol, clean, optional_labels=not need_labels)
@@ -317,8 +317,8 @@ def load_dataset(cfg) -> Dataset:
 
     def split_from(records: Records, name: str) -> Split:
         notes.extend(n for n in records.notes if n not in notes)  # how it was read: into the data report
-        return to_split(records, name, cfg.text_column, cfg.label_column, cfg.clean, True, skipped,
-                        cfg.on_bad_rows)
+        return to_split(records, name, cfg.text_column, cfg.label_column, cfg.clean, True, skipped=skipped,
+                        on_bad_rows=cfg.on_bad_rows)
 
     train_records, brought, hub_names = read_source(cfg.data, "train")
     train = seeded_sample(split_from(train_records, "train"), cfg.max_train_samples, cfg.seed)

@@ -68,7 +68,7 @@ class _ScoresSoftmaxDropout(torch.autograd.Function):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, p: float,
-              scale: float, drop: torch.Tensor | None = None) -> torch.Tensor:
+              scale: float, *, drop: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q kᵀ · scale + bias) with dropout p on the probabilities, times v. q (B, H, Lq, D), k and v
     (B, H, Lk, D); bias broadcasts to (B, H, Lq, Lk) (0 where attended, a large negative where masked) and
     gets no gradient.

@@ -125,7 +125,7 @@ def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[st
     """Labelled rows for evaluate, a chunk at a time; `columns`: (text, label) column names, None to detect."""
     text_column, label_column = columns
     return ChunkedSplit(source_chunks(data, "test", rows_per_chunk), "test", text_column, label_column, clean, True,
-                        on_bad_rows, labels.known)
+                        on_bad_rows=on_bad_rows, row_filter=labels.known)
 
 
 def load(model_dir: str, device: str | None = None) -> Classifier:
@@ -175,7 +175,7 @@ def input_rows(input_path: str, text_column: str | None = None, label_column: st
     with nothing visible is a bad row). A label column, if any, is only copied to the output: its empty cells
     are fine, and with `ignore_labels` it is not looked for."""
     return ChunkedSplit(source_chunks(input_path, "test", rows_per_chunk), "input", text_column, label_column, False,
-                        None if ignore_labels else False, on_bad_rows, judge_cleaned=cleaned)
+                        None if ignore_labels else False, on_bad_rows=on_bad_rows, judge_cleaned=cleaned)
 
 
 def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size: int = 64,

@@ -76,7 +76,7 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = ["Data report", f"  labels: " + ", ".join(f"{i}={n}" for i, n in report["labels"].items()),
+    lines = ["Data report", "  labels: " + ", ".join(f"{i}={n}" for i, n in report["labels"].items()),
              f"  cleaning: {report['cleaning']}",
              f"  max length {report['max_length']} tokens, truncation {report['truncation']}"]
     if "train_data" in report:

@@ -51,8 +51,8 @@ class ChunkedSplit:
     """
 
     def __init__(self, chunks: Iterable[Records], name: str, text_column: str | None, label_column: str | None,
-                 clean: bool, need_labels: bool | None, on_bad_rows: str, row_filter: RowFilter | None = None,
-                 *, judge_cleaned: bool | None = None):
+                 clean: bool, need_labels: bool | None, *, on_bad_rows: str, row_filter: RowFilter | None = None,
+                 judge_cleaned: bool | None = None):
         self.chunks, self.name, self.clean, self.on_bad_rows = chunks, name, clean, on_bad_rows
         self.judged = clean if judge_cleaned is None else judge_cleaned  # see data.check_rows
         self.wanted = (text_column, label_column, need_labels)

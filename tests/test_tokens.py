@@ -1,0 +1,51 @@
+"""The tokens stage: truncation strategies, special tokens, exact token ids, the max-length clamp."""
+
+import pytest
+
+from finetune_bert.tokens import encode, max_length_for, special_tokens, truncate
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+def test_truncate_strategies_on_known_ids():
+    ids = list(range(100, 120))  # 20 tokens
+    assert truncate(ids, 8, "head") == list(range(100, 108))
+    assert truncate(ids, 8, "tail") == list(range(112, 120))
+    assert truncate(ids, 8, "head+tail", head_tokens=3) == [100, 101, 102, 115, 116, 117, 118, 119]
+    assert truncate(ids, 8, "head+tail", head_tokens=128) == [100, 101, 102, 103, 116, 117, 118, 119]
+    assert truncate(ids, 30, "head+tail") == ids
+
+
+def test_head_tail_for_bert_at_512_keeps_128_plus_382():
+    ids = list(range(1000))
+    kept = truncate(ids, 510, "head+tail", 128)
+    assert kept[:128] == list(range(128)) and kept[128:] == list(range(618, 1000))
+
+
+def test_special_tokens_are_cls_and_sep(tokenizer):
+    assert special_tokens(tokenizer) == ([tokenizer.cls_token_id], [tokenizer.sep_token_id])
+
+
+def test_encode_head_tail_exact_token_ids(tokenizer):
+    words = ["the", "movie", "was", "good", "and", "the", "plot", "was", "dull", "very"]
+    vocab = tokenizer.get_vocab()
+    enc = encode(tokenizer, [" ".join(words)], [1], max_length=8, strategy="head+tail", head_tokens=2)
+    expected = [vocab["[CLS]"], vocab["the"], vocab["movie"]] + [vocab[w] for w in words[-4:]] + [vocab["[SEP]"]]
+    assert enc.ids[0].tolist() == expected
+    assert enc.full_lengths.tolist() == [12] and enc.lengths.tolist() == [8]
+    head = encode(tokenizer, [" ".join(words)], None, 8, "head")
+    assert head.ids[0].tolist() == [vocab["[CLS]"]] + [vocab[w] for w in words[:6]] + [vocab["[SEP]"]]
+
+
+def test_short_text_is_not_padded_or_cut(tokenizer):
+    enc = encode(tokenizer, ["good film", "bad"], [1, 0], 32, "head+tail")
+    assert enc.lengths.tolist() == [4, 3]
+
+def test_max_length_is_clamped_with_warning(tokenizer, tiny_model):
+    from transformers import AutoConfig
+    length, warning = max_length_for(tokenizer, AutoConfig.from_pretrained(tiny_model), 512)
+    assert length == 64 and "--max-length 512 is more than this model supports; using 64" in warning
+    assert max_length_for(tokenizer, AutoConfig.from_pretrained(tiny_model), 32) == (32, None)
