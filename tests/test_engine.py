@@ -20,7 +20,7 @@ LABELS = [0, 1, 0, 1, 1, 0]
 CPU = torch.device("cpu")
 
 
-def _setup(model_dir, *, training=True, options=EngineOptions(), dtype="auto", dropout=None):
+def _setup(model_dir, *, training=True, options=EngineOptions(), dtype="auto", dropout=None, device=CPU):
     tok = load_tokenizer(str(model_dir))
     torch.manual_seed(0)
     model = load_classifier(str(model_dir), ["a", "b"])
@@ -28,7 +28,7 @@ def _setup(model_dir, *, training=True, options=EngineOptions(), dtype="auto", d
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = dropout
-    engine = Engine(model, CPU, tok.pad_token_id, options=options, training=training, dtype=dtype)
+    engine = Engine(model, device, tok.pad_token_id, options=options, training=training, dtype=dtype)
     return engine, encode(tok, TEXTS, LABELS, 64, "head+tail")
 
 
@@ -53,7 +53,7 @@ def test_ddp_wrapped_engine_runs_the_fast_path_and_gives_the_same_gradients(tiny
 
     engine, enc = _setup(tiny_model)
     index = np.arange(len(TEXTS))
-    steps._forward_backward(engine, enc, index, 1, None, 1)
+    steps._forward_backward(engine, enc, index, 2, None, 1)  # two micro-batches: DDP syncs once, at the last
     plain = _grads(engine)
     engine.model.zero_grad(set_to_none=True)
 
@@ -64,7 +64,7 @@ def test_ddp_wrapped_engine_runs_the_fast_path_and_gives_the_same_gradients(tiny
         monkeypatch.setattr(wrapped, "_pre_forward", lambda *a, **k: ddp_forward.append(1) or
                             DistributedDataParallel._pre_forward(wrapped, *a, **k))
         calls = _spy_fast_path(monkeypatch)
-        steps._forward_backward(wrapped, enc, index, 1, None, 1)
+        steps._forward_backward(wrapped, enc, index, 2, None, 1)
     finally:
         dist.destroy_process_group()
     assert ddp_forward and calls, "DDP's forward and the fast path both ran"
@@ -185,3 +185,15 @@ def test_engine_forward_equals_stock_logits_in_eval(tiny_model, fast):
     with torch.no_grad():
         assert torch.allclose(engine(batch), _stock_eval_logits(engine, enc), atol=1e-5)
         assert not engine.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on the device machine)")
+def test_cuda_default_is_bf16_weights_on_packed_batches_and_trains_as_autocast_does(tiny_model):
+    cuda = torch.device("cuda")
+    masters, enc = _setup(tiny_model, device=cuda)
+    autocast, _ = _setup(tiny_model, device=cuda, options=EngineOptions(bf16_weights=False))
+    assert masters.bf16_weights and masters.layout.packed and masters.dtype == torch.bfloat16
+    assert not autocast.bf16_weights and autocast.layout.packed
+    a, b = _train_losses(masters, enc), _train_losses(autocast, enc)
+    assert a[-1] < a[0]
+    assert all(abs(x - y) / abs(y) < 2e-2 for x, y in zip(a, b)), (a, b)

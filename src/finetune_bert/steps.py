@@ -11,6 +11,7 @@ for the GPU to finish the one before it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -48,16 +49,19 @@ def _forward_backward(engine, enc: Encoded, batch_index: np.ndarray, splits: int
     device, layout = core.device, core.layout
     loss_sum, tokens = torch.zeros((), device=device), 0
     lengths = np.fromiter((len(enc.ids[i]) for i in batch_index), dtype=np.int64, count=len(batch_index))
-    for micro in micro_batches(batch_index, lengths, splits, layout.capped_fit):
+    micros = micro_batches(batch_index, lengths, splits, layout.capped_fit)
+    for i, micro in enumerate(micros):
         faults.hit("forward", step)
         host = layout.batch(enc, micro)
         tokens += real_tokens(host)  # counted on the host: no device sync per micro-batch
         batch = to_device(host, device)
-        logits = engine(batch)
-        loss = F.cross_entropy(logits, batch["labels"], weight=weights, reduction="sum") / len(batch_index)
-        if faults.hit("loss", step):
-            loss = loss * float("nan")
-        loss.backward()
+        # under DDP, gradients are all-reduced once per step, with the last micro-batch's backward
+        with engine.no_sync() if hasattr(engine, "no_sync") and i < len(micros) - 1 else contextlib.nullcontext():
+            logits = engine(batch)
+            loss = F.cross_entropy(logits, batch["labels"], weight=weights, reduction="sum") / len(batch_index)
+            if faults.hit("loss", step):
+                loss = loss * float("nan")
+            loss.backward()
         loss_sum += loss.detach()
     return loss_sum, tokens
 
