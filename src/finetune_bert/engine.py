@@ -174,7 +174,9 @@ class Engine(torch.nn.Module):
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Load a (full-precision) state dict into the model, and into the masters where kept."""
-        self.model.load_state_dict(state, strict=False)
+        missing = set(self.model.load_state_dict(state, strict=False).missing_keys) & set(self._names)
+        if missing:  # strict=False only for buffers a saved file may leave out: every weight must be there
+            raise RuntimeError(f"weights missing from the saved state: {', '.join(sorted(missing)[:5])}")
         if self.masters is not None:
             with torch.no_grad():
                 for name, master in zip(self._names, self.masters):
