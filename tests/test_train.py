@@ -40,6 +40,15 @@ def test_pipeline_loads_output_and_returns_label_names(trained):
     assert [o["label"] for o in out] == ["positive", "negative"]
 
 
+def test_the_model_cards_pipeline_snippet_reads_a_text_longer_than_the_model(trained):
+    from transformers import pipeline
+    card = (Path(trained.output) / "README.md").read_text()
+    assert 'pipeline("text-classification", model="PATH_TO_THIS_FOLDER", truncation=True)' in card
+    clf = pipeline("text-classification", model=trained.output, device="cpu", truncation=True)
+    long_text = " ".join(["the film was good and wonderful"] * 60)  # 300 words; the tiny model takes 64 tokens
+    assert clf(long_text)[0]["label"] in ("positive", "negative")
+
+
 def test_lr_schedule_is_a_pure_function_of_step():
     assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
     assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)

@@ -310,11 +310,13 @@ Labels: {", ".join(f"`{n}`" for n in names.values())}. Trained with finetune-ber
 
 ```python
 from transformers import pipeline
-clf = pipeline("text-classification", model="PATH_TO_THIS_FOLDER")
+clf = pipeline("text-classification", model="PATH_TO_THIS_FOLDER", truncation=True)
 clf("I loved it")
 ```
 
-or, with the same cleaning and truncation as in training:
+`truncation=True` is needed: without it a text longer than the model's limit crashes the pipeline. The
+pipeline skips finetune-bert's cleaning and its `{report['truncation']}` truncation (it keeps the first
+tokens), so its predictions can differ from these, made with the same cleaning and truncation as in training:
 
 ```python
 from finetune_bert import load
