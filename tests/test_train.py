@@ -41,6 +41,7 @@ def test_pipeline_loads_output_and_returns_label_names(trained):
 
 
 def test_the_model_cards_pipeline_snippet_reads_a_text_longer_than_the_model(trained):
+    from pathlib import Path
     from transformers import pipeline
     card = (Path(trained.output) / "README.md").read_text()
     assert 'pipeline("text-classification", model="PATH_TO_THIS_FOLDER", truncation=True)' in card
