@@ -194,7 +194,7 @@ def test_a_second_run_into_a_folder_in_use_names_the_holder(tiny_model, toy_data
     out = tmp_path / "o"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
-                               "from finetune_bert.safefiles import OutputLock\n"
+                               "from finetune_bert.lock import OutputLock\n"
                                f"OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:

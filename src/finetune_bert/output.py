@@ -21,8 +21,9 @@ import torch
 
 from finetune_bert.checkpoint import CHECKPOINT_FILES, complete_checkpoints
 from finetune_bert.errors import UserError
-from finetune_bert.safefiles import (LOCK_NAME, MARKER, OutputLock, read_marker, write_marker, as_os_error, check_output_folder, disk_error,
-                                     fsync_folder, public_mode, write_text_atomic)
+from finetune_bert.lock import LOCK_NAME, OutputLock
+from finetune_bert.safefiles import (MARKER, as_os_error, check_output_folder, disk_error, fsync_folder, public_mode,
+                                     read_marker, write_marker, write_text_atomic)
 
 MODEL = "model.safetensors"
 # `evaluate`'s default outputs in a model folder: never foreign to a later run, never written by train.

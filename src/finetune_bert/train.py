@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,10 +29,11 @@ from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.metrics import format_metrics, score
 from finetune_bert.model import load_classifier, load_tokenizer, pick_device
 from finetune_bert.output import RunFolder, model_card, say
+from finetune_bert.progress import Meter
 from finetune_bert.report import build_report, format_report, report_files
 from finetune_bert.skipped import skipped_csv
-from finetune_bert.steps import StepOptions, defers_checks, evaluate_step, settle, stop_on_signal, train_step
-from finetune_bert.tokens import Encoded, encode_splits
+from finetune_bert.steps import StepOptions, defers_checks, evaluate_step, stop_on_signal, train_step
+from finetune_bert.tokens import Encoded, TokenizedSplits, encode_splits
 
 
 @dataclass
@@ -50,10 +50,14 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _setup_data(cfg: TrainConfig, ds: Dataset, tokenizer, model_config, run: RunFolder) -> tuple[dict[str, Encoded], dict]:
-    """Tokenize (the tokens stage), report on the data, and stage the report beside the model to come."""
-    tokens = encode_splits(ds, tokenizer, model_config, max_length=cfg.max_length, truncation=cfg.truncation,
-                           head_tokens=cfg.head_tokens)
+def _setup_data(cfg: TrainConfig, prepared: Prepared, model_config, run: RunFolder) -> tuple[dict[str, Encoded], dict]:
+    """Tokenize (the tokens stage, once for prepared data), report on the data, and stage the report beside
+    the model to come."""
+    ds, tokenizer = prepared.ds, prepared.tokenizer
+    if prepared.tokens is None:
+        prepared.tokens = encode_splits(ds, tokenizer, model_config, max_length=cfg.max_length,
+                                        truncation=cfg.truncation, head_tokens=cfg.head_tokens)
+    tokens = prepared.tokens
     if tokens.warning:
         say(f"warning: {tokens.warning}")
     encoded = tokens.splits
@@ -141,6 +145,16 @@ def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, f
 
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data`; the best model by `cfg.metric` ends up in `cfg.output`."""
+    cfg = checked(cfg, **overrides)
+    started = time.time()
+    # Cheap checks first, so a bad row, a missing model or an unusable output fails in seconds and leaves
+    # nothing behind; the model is loaded before the folder is touched (a head that cannot be made stops here).
+    _setup_output(cfg)
+    return run_training(cfg, prepare(cfg), started=started)
+
+
+def checked(cfg: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
+    """The config with `overrides`, every problem refused at once; warnings printed, threads set."""
     cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
@@ -148,17 +162,32 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         say(f"warning: {warning}")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    started = time.time()
     say("config: " + json.dumps({k: v for k, v in cfg.to_json().items() if v not in (None, False)}))
-    # Cheap checks first, so a bad row, a missing model or an unusable output fails in seconds and leaves
-    # nothing behind; the model is loaded before the folder is touched (a head that cannot be made stops here).
-    _setup_output(cfg)
-    ds = load_dataset(cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    model = _setup_model(cfg, ds.label_names, pick_device())
+    return cfg
+
+
+@dataclass
+class Prepared:
+    """The data read and checked, and its tokenizer: what runs on the same data share (tune's trials read,
+    validate and tokenize once). `tokens` is filled by the first run's tokens stage and reused after it."""
+
+    ds: Dataset
+    tokenizer: Any
+    tokens: TokenizedSplits | None = None
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    return Prepared(load_dataset(cfg), load_tokenizer(cfg.model, cfg.trust_remote_code))
+
+
+def run_training(cfg: TrainConfig, prepared: Prepared, *, started: float | None = None,
+                 on_eval: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train on prepared data into `cfg.output` (checked by the caller). `on_eval(step, metrics)` after each
+    validation: whatever it raises (a pruned trial) ends the run there, its checkpoints kept."""
+    model = _setup_model(cfg, prepared.ds.label_names, pick_device())
     with RunFolder(cfg.output, cfg.overwrite, cfg.resume) as run:
-        job = _setup_job(cfg, run, ds, tokenizer, model)
-        job.started = started
+        job = _setup_job(cfg, run, prepared, model)
+        job.started, job.on_eval = started or time.time(), on_eval
         _loop(job)
         return _finish(job)
 
@@ -181,6 +210,7 @@ class _Job:
     total: int  # planned steps; state.total_steps is lowered by early stopping
     started: float = 0.0
     train_seconds: float = 0.0
+    on_eval: Callable[[int, dict[str, Any]], None] | None = None
 
     @property
     def step_size(self) -> int:
@@ -194,11 +224,12 @@ class _Job:
                 "clean": cfg.clean, "raw_labels": ds.raw_labels, "label_names": ds.label_names, "base_model": cfg.model}
 
 
-def _setup_job(cfg: TrainConfig, run: RunFolder, ds: Dataset, tokenizer, model) -> _Job:
+def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model) -> _Job:
     """Tokenize, build the engine and the optimizer, and restore a checkpoint: everything before step one."""
+    ds, tokenizer = prepared.ds, prepared.tokenizer
     run.own("checkpoints")
     run.stage("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
-    enc, report = _setup_data(cfg, ds, tokenizer, model.config, run)
+    enc, report = _setup_data(cfg, prepared, model.config, run)
     engine = _setup_engine(cfg, model, tokenizer, report["max_length"])
     optimizer = _setup_optimizer(cfg, engine)
     weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), engine.device)
@@ -235,7 +266,7 @@ def _announce(job: _Job, steps_per_epoch: int) -> None:
 def _loop(job: _Job) -> None:
     """The training loop: batches a pure function of (seed, epoch), the learning rate one of the step."""
     cfg, state, optimizer = job.cfg, job.state, job.optimizer
-    meter = _Meter(job, deferred=defers_checks(optimizer))
+    meter = Meter(job, deferred=defers_checks(optimizer))
     stop, restore_signals = stop_on_signal()
     try:
         while state.step < state.total_steps:
@@ -268,55 +299,6 @@ def _loop(job: _Job) -> None:
     job.train_seconds = time.time() - meter.started
 
 
-class _Meter:
-    """The loop's bookkeeping: losses still on the device (read at `settle`, see steps.settle), the log
-    records and the progress bar, and checkpoints (which need the counters settled first)."""
-
-    def __init__(self, job: _Job, *, deferred: bool):
-        from tqdm.auto import tqdm
-
-        self.job, self.deferred = job, deferred
-        state = job.state
-        # A live bar on a terminal; in a log file or CI, plain lines at each log record instead.
-        self.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
-                        dynamic_ncols=True, disable=not sys.stderr.isatty())
-        self.pending: list = []  # (step, loss, finite) still on the device
-        self.losses: list[float] = []
-        self.started = self.last_save = time.time()
-        self.tokens_at_start = state.tokens_seen
-
-    def settle(self) -> None:
-        self.losses.extend(settle(self.pending, self.job.state, self.job.cfg.max_bad_steps))
-
-    def record(self, loss: torch.Tensor, finite: torch.Tensor, lr: float) -> None:
-        state, cfg = self.job.state, self.job.cfg
-        self.pending.append((state.step, loss, finite))
-        self.bar.update(1)
-        log_now = state.step % cfg.log_every == 0 or state.step == state.total_steps
-        if not self.deferred or log_now:
-            self.settle()
-        if not log_now:
-            return
-        rate = (state.tokens_seen - self.tokens_at_start) / max(time.time() - self.started, 1e-9)
-        mean = float(np.mean(self.losses)) if self.losses else float("nan")
-        self.job.run.log("train", step=state.step, loss=mean, lr=lr, tokens_per_s=round(rate, 1),
-                         skipped_steps=state.skipped_steps)
-        self.bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
-        if self.bar.disable:
-            say(f"step {state.step}/{state.total_steps}: loss {mean:.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
-        self.losses = []
-
-    def save_checkpoint(self) -> None:
-        job = self.job
-        self.settle()  # the counters it saves must be current
-        path = checkpoint.save(job.run.path, job.engine, job.optimizer, job.state, max(1, job.cfg.keep_checkpoints))
-        job.run.log("checkpoint", step=job.state.step, path=str(path))
-        self.last_save = time.time()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _validate(job: _Job) -> None:
     """Score validation, keep the model if it is the best so far, and decide on early stopping."""
     cfg, state = job.cfg, job.state
@@ -327,6 +309,8 @@ def _validate(job: _Job) -> None:
     if cfg.patience and state.stale_evals >= cfg.patience:
         say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
         state.total_steps = state.step
+    if job.on_eval is not None:
+        job.on_eval(state.step, m)
 
 
 def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: RunFolder) -> None:
