@@ -12,10 +12,11 @@ import itertools
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from finetune_bert import __version__
-from finetune_bert.config import (MAX_SEED, DataConfig, EvaluateConfig, NotANumber, PredictConfig, TrainConfig,
+from finetune_bert.config import (MAX_SEED, DataConfig, EvaluateConfig, NotANumber, PredictConfig, TrainConfig, TuneConfig,
                                   range_problems)
 from finetune_bert.errors import TrainingInterrupted, UserError
 
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a model", description="Fine-tune a model; the output folder "
                        "becomes a Hugging Face model folder with metrics, data report and model card.")
     _add_config_options(p, TrainConfig)
+    p.add_argument("--config", help="Options from a JSON file, as run_config.json or tune's best_config.json hold "
+                   "them; options given on the command line override the file's.")
+
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna", description="Search hyperparameters "
+                       "with Optuna: trials until --trials have completed (a rerun continues the study), the best "
+                       "model in OUTPUT/best, trials.csv, best_config.json, plots and tune_report.md.")
+    _add_config_options(p, TuneConfig)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned model on labelled data",
                        description="Score a fine-tuned model on labelled data: a table, and the metrics as JSON.")
@@ -132,7 +140,10 @@ def _config(cls, args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from finetune_bert.train import train
-        train(_config(TrainConfig, args))
+        train(_from_file(args) if args.config else _config(TrainConfig, args))
+    elif args.command == "tune":
+        from finetune_bert.tune import tune
+        tune(_config(TuneConfig, args))
     elif args.command == "evaluate":
         from finetune_bert.evaluate import evaluate
         cfg = _checked(_config(EvaluateConfig, args))
@@ -151,6 +162,24 @@ def run(args: argparse.Namespace) -> int:
         from finetune_bert.demo import demo
         demo(args.output, args.epochs, args.overwrite)
     return 0
+
+
+def _from_file(args: argparse.Namespace) -> TrainConfig:
+    """train --config FILE: the file's options, then each option given on the command line over them."""
+    import json
+
+    try:
+        payload = json.loads(Path(args.config).expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"--config {args.config}: cannot be read as JSON ({exc})") from None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(payload, dict):
+        raise UserError(f"--config {args.config}: expected a JSON object of train options")
+    if unknown := sorted(set(payload) - names):
+        raise UserError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}")
+    given = {f.name for f in dataclasses.fields(TrainConfig)
+             if {f"--{f.name.replace('_', '-')}", f"--no-{f.name.replace('_', '-')}"} & args.given}
+    return TrainConfig(**{**payload, **{k: getattr(args, k) for k in given}})
 
 
 def _checked(cfg: Any, problems: list[str] | None = None) -> Any:
@@ -248,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if not exc.code:
             raise
         return int(exc.code)
+    args.given = {a.split("=", 1)[0] for a in itertools.takewhile(lambda a: a != "--", argv) if a.startswith("--")}
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
         return run(args)

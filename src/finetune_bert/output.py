@@ -8,14 +8,16 @@ never mistakes our own output for the user's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -277,8 +279,24 @@ def _jsonable(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
 
 
+_QUIET = threading.local()
+
+
 def say(message: str) -> None:
-    print(message, file=sys.stderr if message.startswith("warning") else sys.stdout, flush=True)
+    """A line for the user: warnings on stderr, always; the rest on stdout, unless inside `quietly()`."""
+    warning = message.startswith("warning")
+    if warning or not getattr(_QUIET, "depth", 0):
+        print(message, file=sys.stderr if warning else sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def quietly() -> Iterator[None]:
+    """Only warnings are said (tune's trials: one line each, said by tune, not a whole training report)."""
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _QUIET.depth -= 1
 
 
 def model_card(cfg, report: dict[str, Any], metrics: dict[str, Any]) -> str:

@@ -181,8 +181,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
 
 
 def run_training(cfg: TrainConfig, prepared: Prepared, *, started: float | None = None,
-                 on_eval: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train on prepared data into `cfg.output` (checked by the caller). `on_eval(step, metrics)` after each
+                 on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train on prepared data into `cfg.output` (checked by the caller). `on_eval(state, metrics)` after each
     validation: whatever it raises (a pruned trial) ends the run there, its checkpoints kept."""
     model = _setup_model(cfg, prepared.ds.label_names, pick_device())
     with RunFolder(cfg.output, cfg.overwrite, cfg.resume) as run:
@@ -210,7 +210,7 @@ class _Job:
     total: int  # planned steps; state.total_steps is lowered by early stopping
     started: float = 0.0
     train_seconds: float = 0.0
-    on_eval: Callable[[int, dict[str, Any]], None] | None = None
+    on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None
 
     @property
     def step_size(self) -> int:
@@ -310,7 +310,7 @@ def _validate(job: _Job) -> None:
         say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
         state.total_steps = state.step
     if job.on_eval is not None:
-        job.on_eval(state.step, m)
+        job.on_eval(state, m)
 
 
 def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: RunFolder) -> None:
