@@ -2,6 +2,7 @@
 best_config.json round trip, flat memory, and the user mistakes it refuses in one line."""
 
 import csv
+import importlib
 import json
 import os
 import subprocess
@@ -84,7 +85,7 @@ def test_search_keeps_the_best_model_and_writes_its_report(tiny_model, data, tmp
 
 
 def test_trials_never_score_the_test_set(tiny_model, data, tmp_path, monkeypatch):
-    from finetune_bert import tune as tune_module
+    tune_module = importlib.import_module("finetune_bert.tune")
     seen = []
     real = tune_module.run_training
 
@@ -153,7 +154,7 @@ def test_best_config_json_trains_the_best_trial_again_exactly(tiny_model, data, 
 
 
 def test_memory_is_flat_across_trials(tiny_model, data, tmp_path, monkeypatch):
-    from finetune_bert import tune as tune_module
+    tune_module = importlib.import_module("finetune_bert.tune")
     rss = []
     real = tune_module._Search._after_trial
 
@@ -168,7 +169,7 @@ def test_memory_is_flat_across_trials(tiny_model, data, tmp_path, monkeypatch):
 
 
 def test_a_trial_that_cannot_run_is_failed_with_its_reason_and_the_study_goes_on(tiny_model, data, tmp_path, monkeypatch):
-    from finetune_bert import tune as tune_module
+    tune_module = importlib.import_module("finetune_bert.tune")
     real = tune_module._Search._after_trial
 
     def once(self):
@@ -224,3 +225,31 @@ def test_rerunning_a_finished_study_runs_nothing_and_more_trials_continue_it(tin
     assert _tune(tiny_model, data, tmp_path / "study", trials=2).completed == 2
     assert _tune(tiny_model, data, tmp_path / "study", trials=3).completed == 3
     assert _states(tmp_path / "study") == {"COMPLETE": 3}
+
+
+def test_tune_command_reports_bad_options_in_one_line_and_exit_2(tiny_model, data, tmp_path, capsys):
+    from finetune_bert.cli import main
+    code = main(["tune", "--data", str(data["train"]), "--model", str(tiny_model), "--output", str(tmp_path / "s"),
+                 "--trials", "0", "--confirm-seeds", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--trials must be at least 1" in err and "--confirm-seeds must be at least 0" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("payload, words", [("{not json", "cannot be read as JSON"), ('["lr"]', "expected a JSON object"),
+                                            ('{"lr": 0.01, "learning_rate": 1}', "unknown option(s) learning_rate")])
+def test_train_config_file_mistakes_are_one_line(tmp_path, capsys, payload, words):
+    from finetune_bert.cli import main
+    (tmp_path / "c.json").write_text(payload)
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--output", str(tmp_path / "o")]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_command_line_options_override_the_config_file(tmp_path, monkeypatch):
+    import importlib
+    from finetune_bert import cli
+    seen = []
+    monkeypatch.setattr(importlib.import_module("finetune_bert.train"), "train", lambda cfg: seen.append(cfg))
+    (tmp_path / "c.json").write_text(json.dumps({"data": "d.csv", "output": "o", "lr": 0.01, "epochs": 5, "clean": False}))
+    assert cli.main(["train", "--config", str(tmp_path / "c.json"), "--epochs", "2", "--clean"]) == 0
+    assert seen[0].lr == 0.01 and seen[0].epochs == 2 and seen[0].clean is True and seen[0].data == "d.csv"

@@ -5,12 +5,13 @@
     load("out/").predict("I loved it")   # Prediction(label='positive', confidence=0.97)
 """
 
-from finetune_bert.config import TrainConfig
+from finetune_bert.config import TrainConfig, TuneConfig
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import evaluate
 from finetune_bert.predict import Classifier, Prediction, load
 from finetune_bert.train import TrainResult, train
+from finetune_bert.tune import tune
 
 __version__ = "0.1.0"
-__all__ = ["train", "load", "evaluate", "TrainConfig", "TrainResult", "Classifier", "Prediction", "UserError",
-           "__version__"]
+__all__ = ["train", "load", "evaluate", "tune", "TrainConfig", "TuneConfig", "TrainResult", "Classifier", "Prediction",
+           "UserError", "__version__"]

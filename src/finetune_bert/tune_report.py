@@ -103,6 +103,8 @@ def _plots(study, folder: Path) -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 axes = getattr(draw, function)(study)
+            if name == "intermediate.png":
+                axes.set_xlabel("evaluation (the trial's first, second, ...)")  # what tune reports as the step
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
             figure.set_size_inches(8, 5)
             figure.savefig(folder / name, dpi=100, bbox_inches="tight")
