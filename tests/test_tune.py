@@ -253,3 +253,9 @@ def test_command_line_options_override_the_config_file(tmp_path, monkeypatch):
     (tmp_path / "c.json").write_text(json.dumps({"data": "d.csv", "output": "o", "lr": 0.01, "epochs": 5, "clean": False}))
     assert cli.main(["train", "--config", str(tmp_path / "c.json"), "--epochs", "2", "--clean"]) == 0
     assert seen[0].lr == 0.01 and seen[0].epochs == 2 and seen[0].clean is True and seen[0].data == "d.csv"
+
+
+def test_timeout_stops_starting_trials_and_a_rerun_continues(tiny_model, data, tmp_path, capsys):
+    result = _tune(tiny_model, data, tmp_path / "study", trials=2, timeout=0)
+    assert result.completed == 0 and "--timeout 0 s reached: 0 of 2 trials completed" in capsys.readouterr().out
+    assert _tune(tiny_model, data, tmp_path / "study", trials=2).completed == 2
