@@ -259,3 +259,10 @@ def test_timeout_stops_starting_trials_and_a_rerun_continues(tiny_model, data, t
     result = _tune(tiny_model, data, tmp_path / "study", trials=2, timeout=0)
     assert result.completed == 0 and "--timeout 0 s reached: 0 of 2 trials completed" in capsys.readouterr().out
     assert _tune(tiny_model, data, tmp_path / "study", trials=2).completed == 2
+
+
+def test_confirm_runs_done_before_are_not_run_again(tiny_model, data, tmp_path, capsys):
+    first = _tune(tiny_model, data, tmp_path / "study", trials=1, confirm_seeds=1)
+    assert "confirm best configuration, seed 4" in capsys.readouterr().out
+    again = _tune(tiny_model, data, tmp_path / "study", trials=1, confirm_seeds=1)
+    assert "confirm " not in capsys.readouterr().out and again.confirm["best"] == first.confirm["best"]

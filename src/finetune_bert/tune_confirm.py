@@ -10,6 +10,7 @@ crash does only the runs still missing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -27,9 +28,11 @@ def confirm_seeds(cfg, study, space, base, prepared: Prepared, folder: Path) -> 
     configs = {"best": dict(study.best_trial.params), "default": {d.name: getattr(base, d.name) for d in space}}
     seeds = [cfg.seed + i + 1 for i in range(cfg.confirm_seeds)]  # never the search's own seed
     done: dict[str, Any] = dict(study.user_attrs.get("confirm", {}))
+    keys = {label: {seed: f"{seed}/{json.dumps(params, sort_keys=True)}" for seed in seeds}
+            for label, params in configs.items()}  # by parameters: a continued search may find another best
     for label, params in configs.items():
         for seed in seeds:
-            key = f"{label}/{seed}"
+            key = keys[label][seed]
             if key not in done:
                 done[key] = _one_run(cfg, base, prepared, folder / "confirm" / f"{label}-seed{seed}", seed, params)
                 study.set_user_attr("confirm", done)
@@ -37,7 +40,7 @@ def confirm_seeds(cfg, study, space, base, prepared: Prepared, folder: Path) -> 
                     + (f", test {done[key]['test']:.4f}" if done[key]["test"] is not None else ""))
     out = {"seeds": seeds, "metric": cfg.metric, "params": configs}
     for label in configs:
-        runs = [done[f"{label}/{s}"] for s in seeds]
+        runs = [done[keys[label][s]] for s in seeds]
         out[label] = {split: _spread([r[split] for r in runs]) for split in ("validation", "test")}
     out["gain"] = {split: _gain(out["best"][split], out["default"][split]) for split in ("validation", "test")}
     return out
