@@ -54,7 +54,8 @@ def _table(args, result, seconds: float) -> str:
     lines = [f"\n### {now()}: tune on IMDB, {args.model}, {args.n} train / {args.test_n} test reviews, max length "
              f"{args.max_length}, {args.trials} trials\n", f"Hardware: {hardware()}.",
              f"Command: `python benchmarks/tune_imdb.py --model {args.model} --n {args.n} --test-n {args.test_n} "
-             f"--max-length {args.max_length} --trials {args.trials} --confirm-seeds {args.confirm_seeds}`\n",
+             f"--max-length {args.max_length} --trials {args.trials} --confirm-seeds {args.confirm_seeds}"
+             + (f" --budget {args.budget:g}" if args.budget is not None else "") + f" --output {args.output}`\n",
              f"Trials: {rows}; this run {seconds:.0f} s. Best trial's validation accuracy {result.best_value:.4f} "
              f"with {json.dumps(result.best_params)}.\n"]
     confirm = result.confirm
