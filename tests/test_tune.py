@@ -266,3 +266,27 @@ def test_confirm_runs_done_before_are_not_run_again(tiny_model, data, tmp_path, 
     assert "confirm best configuration, seed 4" in capsys.readouterr().out
     again = _tune(tiny_model, data, tmp_path / "study", trials=1, confirm_seeds=1)
     assert "confirm " not in capsys.readouterr().out and again.confirm["best"] == first.confirm["best"]
+
+
+def test_ctrl_c_in_a_trial_exits_130_and_the_rerun_resumes_that_trial(tiny_model, data, tmp_path, capsys):
+    from finetune_bert.cli import main
+    args = ["tune"] + [a for k, v in _options(tiny_model, data, tmp_path / "study", trials=2).items()
+                       for a in (f"--{k.replace('_', '-')}", str(v))] + ["--save-every", "3"]
+    faults.configure("int@step:4")
+    try:
+        assert main(args) == 130
+    finally:
+        faults.configure("")
+    assert "run the same command again to continue the study" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "trial 1 (resumed from its checkpoint)" in capsys.readouterr().out
+    assert _states(tmp_path / "study") == {"FAIL": 1, "COMPLETE": 2}
+
+
+def test_bad_data_stops_tune_before_it_makes_its_folder(tiny_model, tmp_path):
+    from conftest import write_csv
+    from finetune_bert.tune import tune
+    bad = write_csv(tmp_path / "bad.csv", [{"text": "good film", "label": "positive"}, {"text": "", "label": "negative"}])
+    with pytest.raises(UserError, match="line 3, column 'text': text is empty"):
+        tune(data=str(bad), model=str(tiny_model), output=str(tmp_path / "study"), trials=1)
+    assert not (tmp_path / "study").exists()

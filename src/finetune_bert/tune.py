@@ -22,7 +22,7 @@ from typing import Any
 from finetune_bert import checkpoint
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TuneConfig, greater_is_better
-from finetune_bert.errors import UserError
+from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.lock import process_gone, this_process
 from finetune_bert.model import load_model_config
 from finetune_bert.output import quietly, say
@@ -55,11 +55,12 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = checked(cfg or TuneConfig(), **overrides)
     space = read_space(cfg.space)
-    folder = _setup_folder(cfg)
+    folder = _check_folder(cfg)
     started = time.time()
     # keep_checkpoints 0: a trial keeps the one checkpoint its own resume needs, and removes it when it ends
     base = cfg.train_config(output=str(folder / "trials"), keep_checkpoints=0, resume=False, overwrite=False)
-    prepared = prepare(base)
+    prepared = prepare(base)  # bad data stops here, before the study's folder is made
+    _make_folder(folder)
     tokens = encode_splits(prepared.ds, prepared.tokenizer, load_model_config(cfg.model, cfg.trust_remote_code),
                            max_length=cfg.max_length, truncation=cfg.truncation, head_tokens=cfg.head_tokens)
     say(format_report(build_report(prepared.ds, tokens.splits, tokens.max_length, cfg.truncation, cfg.clean)))
@@ -75,7 +76,7 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
     return write_outputs(cfg, study, space, folder, confirm, time.time() - started)
 
 
-def _setup_folder(cfg: TuneConfig) -> Path:
+def _check_folder(cfg: TuneConfig) -> Path:
     """The study's folder: new, empty, or one a study of ours wrote (its marker lists study files)."""
     folder = check_output_folder(cfg.output, "--output")
     if folder.is_dir():
@@ -87,9 +88,12 @@ def _setup_folder(cfg: TuneConfig) -> Path:
             listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise UserError(f"--output {folder} holds files finetune-bert did not write ({listed}); choose an empty or new "
                             "folder, or pass --overwrite to write the study beside them")
-    folder.mkdir(parents=True, exist_ok=True)
-    claim(folder, TUNE_FILES)
     return folder
+
+
+def _make_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    claim(folder, TUNE_FILES)  # before they exist, as a run folder owns its files
 
 
 def _fingerprint(cfg: TuneConfig, space: tuple[Dimension, ...], prepared: Prepared) -> dict[str, Any]:
@@ -203,9 +207,23 @@ class _Search:
                 time.sleep(min(2.0, self.cfg.heartbeat / 2))
                 continue
             began = time.time()
-            self.study.optimize(self.objective, n_trials=1, catch=(_TrialFailed,), gc_after_trial=True)
+            try:
+                self.study.optimize(self.objective, n_trials=1, catch=(_TrialFailed,), gc_after_trial=True)
+            except TrainingInterrupted:
+                self._requeue_interrupted()
+                raise TrainingInterrupted(f"stopped: the trial's checkpoint is saved; run the same command again to "
+                                          f"continue the study in {self.folder} (that trial resumes from it)") from None
             self.seconds.append(time.time() - began)
             self._after_trial()
+
+    def _requeue_interrupted(self) -> None:
+        """Ctrl-C or SIGTERM inside a trial: Optuna has marked it FAIL; queue it again, so that the next run
+        resumes it from the checkpoint the interrupted training just saved."""
+        from optuna.trial import TrialState
+
+        last = self.study.get_trials(deepcopy=False)[-1]
+        if last.state == TrialState.FAIL and last.user_attrs.get("owner") == this_process():
+            _retry(self.study, last)
 
     def _after_trial(self) -> None:
         from optuna.trial import TrialState
