@@ -197,3 +197,27 @@ def test_cuda_default_is_bf16_weights_on_packed_batches_and_trains_as_autocast_d
     a, b = _train_losses(masters, enc), _train_losses(autocast, enc)
     assert a[-1] < a[0]
     assert all(abs(x - y) / abs(y) < 2e-2 for x, y in zip(a, b)), (a, b)
+
+
+def test_another_architecture_trains_and_predicts_through_the_stock_forward(tiny_model, toy_data, tmp_path):
+    """A DistilBERT classifier: not the fast path's class, so the engine runs its own forward, in training
+    (dropout from the module's flag) and in inference (eval mode for the duration, flag restored)."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    from finetune_bert import load, train
+    folder = tmp_path / "distil"
+    AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+                              dropout=0.1, attention_dropout=0.1)
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    result = train(data=str(toy_data["train"]), model=str(folder), output=str(tmp_path / "out"), epochs=4,
+                   batch_size=8, lr=5e-3, max_length=32, seed=0, num_threads=1)
+    clf = load(result.output)
+    assert not clf.engine.fast_path and not clf.engine.training
+    texts = ["the film was good and wonderful", "awful boring plot"]
+    probs = clf.predict_proba(texts)
+    with torch.no_grad():
+        enc = clf.tokenizer(texts, padding=True, return_tensors="pt")
+        stock = torch.softmax(clf.model(**enc).logits, -1).numpy()
+    assert np.allclose(probs, stock, atol=1e-5) and result.metrics["validation"]["accuracy"] >= 0.5
