@@ -289,6 +289,10 @@ def say(message: str) -> None:
         print(message, file=sys.stderr if warning else sys.stdout, flush=True)
 
 
+def is_quiet() -> bool:
+    return bool(getattr(_QUIET, "depth", 0))
+
+
 @contextlib.contextmanager
 def quietly() -> Iterator[None]:
     """Only warnings are said (tune's trials: one line each, said by tune, not a whole training report)."""

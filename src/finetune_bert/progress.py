@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from finetune_bert import checkpoint
-from finetune_bert.output import say
+from finetune_bert.output import is_quiet, say
 from finetune_bert.steps import settle
 
 
@@ -25,7 +25,7 @@ class Meter:
         state = job.state
         # A live bar on a terminal; in a log file or CI, plain lines at each log record instead.
         self.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
-                        dynamic_ncols=True, disable=not sys.stderr.isatty())
+                        dynamic_ncols=True, disable=not sys.stderr.isatty() or is_quiet())
         self.pending: list = []  # (step, loss, finite) still on the device
         self.losses: list[float] = []
         self.started = self.last_save = time.time()

@@ -14,6 +14,7 @@ import dataclasses
 import fcntl
 import gc
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -190,6 +191,17 @@ class _Search:
         return done, len(trials) - done
 
     def run(self, started: float) -> None:
+        from tqdm.auto import tqdm
+
+        # On a terminal, an overall bar with tqdm's ETA; in a log, the "[k/N trials completed]" lines instead.
+        self.bar = tqdm(total=self.cfg.trials, initial=min(self.counts()[0], self.cfg.trials), unit="trial",
+                        desc="tune", dynamic_ncols=True, disable=not sys.stderr.isatty())
+        try:
+            self._run(started)
+        finally:
+            self.bar.close()
+
+    def _run(self, started: float) -> None:
         import optuna
 
         while True:
@@ -233,6 +245,8 @@ class _Search:
         if self.failures >= 3:
             raise UserError(f"3 trials in a row failed; the last: {last.user_attrs.get('failure', 'unknown reason')}")
         done, _ = self.counts()
+        self.bar.n = min(done, self.cfg.trials)
+        self.bar.refresh()
         left = max(0, self.cfg.trials - done)
         eta = sum(self.seconds) / len(self.seconds) * left
         say(f"[{done}/{self.cfg.trials} trials completed]" + (f" about {eta / 60:.1f} min to go" if left else ""))
