@@ -2,6 +2,11 @@
 
 ROC-AUC usually needs every score kept; here each class's scores go into a fixed histogram over the
 log-odds (0.01 wide bins on [-30, 30]), which gives the AUC to well under 1e-3 at constant memory.
+
+How far confidence is from accuracy, also streamed: ECE over 15 equal-width bins of the top-label confidence
+(Guo et al. 2017: sum over bins of |accuracy - mean confidence| weighted by the bin's share of texts), and
+the Brier score in its original multi-class form, the mean over texts of sum_k (p_k - y_k)^2 (twice
+scikit-learn's binary `brier_score_loss`, which scores the positive class alone). NLL is `log_loss`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from finetune_bert.tokens import Encoded
 
 AUC_BINS = 6000
 AUC_RANGE = 30.0
+ECE_BINS = 15
 
 
 class StreamingMetrics:
@@ -26,6 +32,18 @@ class StreamingMetrics:
         self.count = 0
         self.pos_hist = np.zeros((k, AUC_BINS), dtype=np.int64)
         self.neg_hist = np.zeros((k, AUC_BINS), dtype=np.int64)
+        # per confidence bin: texts, summed top-label confidence, correct predictions
+        self.ece_bins = np.zeros((3, ECE_BINS), dtype=np.float64)
+        self.brier_sum = 0.0
+
+    def _calibration(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        confidence, predicted = probs.max(-1)
+        bins = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1).numpy()  # (lo, hi], confidence 1 in the last
+        for row, values in enumerate((np.ones(len(bins)), confidence.double().numpy(),
+                                      (predicted == labels).double().numpy())):
+            np.add.at(self.ece_bins[row], bins, values)
+        onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
+        self.brier_sum += float(((probs - onehot) ** 2).sum())
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         logits, labels = logits.float().cpu(), labels.cpu()
@@ -33,11 +51,13 @@ class StreamingMetrics:
         self.loss_sum += float(-logp.gather(1, labels[:, None]).sum())
         self.count += len(labels)
         np.add.at(self.confusion, (labels.numpy(), logp.argmax(-1).numpy()), 1)
+        self._calibration(logp.exp(), labels)
         k = logits.shape[1]
         for c in range(k):
             others = torch.logsumexp(torch.cat([logp[:, :c], logp[:, c + 1:]], dim=1), dim=1)
-            log_odds = (logp[:, c] - others).clamp(-AUC_RANGE, AUC_RANGE - 1e-6)
-            bins = ((log_odds + AUC_RANGE) / (2 * AUC_RANGE) * AUC_BINS).long().numpy()
+            log_odds = (logp[:, c] - others).clamp(-AUC_RANGE, AUC_RANGE)
+            # the index clamped too: in fp32, AUC_RANGE minus a small epsilon rounds back to the top edge
+            bins = ((log_odds + AUC_RANGE) / (2 * AUC_RANGE) * AUC_BINS).long().clamp(0, AUC_BINS - 1).numpy()
             is_c = (labels == c).numpy()
             np.add.at(self.pos_hist[c], bins[is_c], 1)
             np.add.at(self.neg_hist[c], bins[~is_c], 1)
@@ -48,6 +68,10 @@ class StreamingMetrics:
             return None
         neg_below = np.cumsum(neg) - neg
         return float((pos * (neg_below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+    def _ece(self) -> float:
+        texts, confidence, correct = self.ece_bins
+        return float(np.abs(correct - confidence).sum() / max(texts.sum(), 1))
 
     def compute(self) -> dict[str, Any]:
         cm = self.confusion
@@ -72,6 +96,8 @@ class StreamingMetrics:
             "roc_auc": float(np.mean(aucs)) if aucs else None,
             "log_loss": self.loss_sum / max(self.count, 1),
             "loss": self.loss_sum / max(self.count, 1),
+            "ece": self._ece(),
+            "brier": self.brier_sum / max(self.count, 1),
             "per_class": {n: {k2: float(v) if k2 != "support" else v for k2, v in d.items()}
                           for n, d in per_class.items()},
             "confusion_matrix": cm.tolist(),
@@ -101,7 +127,8 @@ def format_metrics(m: dict[str, Any], title: str = "") -> str:
     lines.append(f"{'macro avg':<{width}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}"
                  f"{m['f1_macro']:>10.4f}{m['n']:>10}")
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    lines.append(f"accuracy {m['accuracy']:.4f}   roc_auc {auc}   log_loss {m['log_loss']:.4f}")
+    lines.append(f"accuracy {m['accuracy']:.4f}   roc_auc {auc}   log_loss {m['log_loss']:.4f}"
+                 + (f"   ece {m['ece']:.4f}   brier {m['brier']:.4f}" if "ece" in m else ""))
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(f"{'':<{width}}" + "".join(f"{n:>{width}}" for n in names))
     for name, row in zip(names, m["confusion_matrix"]):
