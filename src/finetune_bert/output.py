@@ -286,7 +286,14 @@ def say(message: str) -> None:
     """A line for the user: warnings on stderr, always; the rest on stdout, unless inside `quietly()`."""
     warning = message.startswith("warning")
     if warning or not getattr(_QUIET, "depth", 0):
-        print(message, file=sys.stderr if warning else sys.stdout, flush=True)
+        from tqdm import tqdm
+
+        stream = sys.stderr if warning else sys.stdout
+        if getattr(tqdm, "_instances", None):  # a live bar on the terminal: written above it, not through it
+            tqdm.write(message, file=stream)
+            stream.flush()
+        else:
+            print(message, file=stream, flush=True)
 
 
 def is_quiet() -> bool:

@@ -115,14 +115,22 @@ def _setup_study(cfg: TuneConfig, folder: Path, fingerprint: dict[str, Any]):
     # (optuna#4994); every other RDB has row locks of its own.
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     direction = "maximize" if greater_is_better(cfg.metric) else "minimize"
-    try:
-        storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=cfg.heartbeat,
-                             grace_period=2 * cfg.heartbeat, heartbeat_stale_trial_callback=_retry)
-        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction, load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=cfg.seed), pruner=_pruner(cfg))
-    except Exception as exc:  # sqlalchemy's errors (unreachable server, bad URL, no such driver)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"--storage {url}: cannot open the study there ({type(exc).__name__}: {first})") from None
+    for attempt in range(5):
+        try:
+            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=cfg.heartbeat,
+                                 grace_period=2 * cfg.heartbeat, heartbeat_stale_trial_callback=_retry)
+            study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction,
+                                        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                        pruner=_pruner(cfg))
+            break
+        except Exception as exc:  # sqlalchemy's errors (unreachable server, bad URL, no such driver)
+            # Two processes starting one study at once race to create its tables (IntegrityError on
+            # alembic_version): the loser finds them made a moment later.
+            if type(exc).__name__ == "IntegrityError" and attempt < 4:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"--storage {url}: cannot open the study there ({type(exc).__name__}: {first})") from None
     if study.direction.name.lower() != direction:
         raise UserError(f"--storage {url}: the study there was made to {study.direction.name.lower()} its metric, and "
                         f"--metric {cfg.metric} is to {direction}; use that study's --metric, or a new --output/--storage")
@@ -249,7 +257,8 @@ class _Search:
         self.bar.refresh()
         left = max(0, self.cfg.trials - done)
         eta = sum(self.seconds) / len(self.seconds) * left
-        say(f"[{done}/{self.cfg.trials} trials completed]" + (f" about {eta / 60:.1f} min to go" if left else ""))
+        if self.bar.disable:  # the bar shows the same on a terminal
+            say(f"[{done}/{self.cfg.trials} trials completed]" + (f" about {eta / 60:.1f} min to go" if left else ""))
 
     def objective(self, trial) -> float:
         import optuna

@@ -12,7 +12,7 @@ from typing import Any
 
 from finetune_bert.config import greater_is_better
 from finetune_bert.output import say
-from finetune_bert.safefiles import write_text_atomic
+from finetune_bert.safefiles import atomic_output, write_text_atomic
 
 PLOTS = {"history.png": "plot_optimization_history", "intermediate.png": "plot_intermediate_values",
          "importance.png": "plot_param_importances"}
@@ -107,7 +107,8 @@ def _plots(study, folder: Path) -> list[str]:
                 axes.set_xlabel("evaluation (the trial's first, second, ...)")  # what tune reports as the step
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
             figure.set_size_inches(8, 5)
-            figure.savefig(folder / name, dpi=100, bbox_inches="tight")
+            with atomic_output(folder / name, "wb") as handle:  # several processes of one study may draw at once
+                figure.savefig(handle, format="png", dpi=100, bbox_inches="tight")
             plt.close(figure)
             made.append(name)
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
