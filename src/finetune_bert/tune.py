@@ -32,7 +32,7 @@ from finetune_bert.safefiles import check_output_folder, claim, read_marker
 from finetune_bert.space import Dimension, read_space, space_json
 from finetune_bert.tokens import TokenizedSplits, encode_splits
 from finetune_bert.train import Prepared, checked, prepare, run_training
-from finetune_bert.tune_report import TuneResult, write_outputs
+from finetune_bert.tune_report import TuneResult, short, write_outputs
 
 STUDY_NAME = "finetune-bert"
 # What a study folder holds (recorded in its marker, so that a rerun may replace them)
@@ -274,7 +274,7 @@ class _Search:
         cfg = dataclasses.replace(self.base, output=str(out), resume=out.exists(), **params)
         resumed = bool(checkpoint.complete_checkpoints(out))
         say(f"trial {trial.number}{' (resumed from its checkpoint)' if resumed else ''}: "
-            + ", ".join(f"{k} {_short(v)}" for k, v in params.items()))
+            + ", ".join(f"{k} {short(v)}" for k, v in params.items()))
         return self._train(trial, cfg, out)
 
     def _surplus(self, trial) -> bool:
@@ -354,7 +354,3 @@ def _empty_cuda_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -73,7 +73,7 @@ def write_outputs(cfg, study, space, folder: Path, confirm: dict[str, Any] | Non
     write_text_atomic(folder / "tune_report.md", _report(cfg, best, rows, savings=savings, confirm=confirm,
                                                              plots=plots, seconds=seconds))
     say(f"best trial {best.number}: validation {cfg.metric} {best.value:.4f} with "
-        + ", ".join(f"{k} {_short(v)}" for k, v in best.params.items())
+        + ", ".join(f"{k} {short(v)}" for k, v in best.params.items())
         + f"; model in {folder / 'best'}, report in {folder / 'tune_report.md'}")
     return TuneResult(str(folder), best.value, dict(best.params), len(complete), savings["pruned"], confirm)
 
@@ -124,7 +124,7 @@ def _report(cfg, best, rows, *, savings, confirm, plots, seconds) -> str:
              f"(they saved {100 * savings['saved_fraction']:.0f}% of the training examples planned), {states['fail']} failed"
              + (f", {states['surplus']} surplus" if states["surplus"] else "") + f"; this run took {seconds:.0f} s.", "",
              f"Best: trial {best.number}, validation {cfg.metric} **{best.value:.4f}**, with "
-             + ", ".join(f"`{k}` {_short(v)}" for k, v in best.params.items()) + ". Its model is `best/`; "
+             + ", ".join(f"`{k}` {short(v)}" for k, v in best.params.items()) + ". Its model is `best/`; "
              "`finetune-bert train --config best_config.json` trains it again (same data, seed and options).", ""]
     if confirm:
         lines += _confirm_table(confirm)
@@ -132,7 +132,7 @@ def _report(cfg, best, rows, *, savings, confirm, plots, seconds) -> str:
               "| --- | --- | --- | " + " | ".join("---" for _ in best.params) + " | --- |"]
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
-        lines.append(f"| {r['number']} | {r['state']} | {value} | " + " | ".join(_short(r.get(k)) for k in best.params)
+        lines.append(f"| {r['number']} | {r['state']} | {value} | " + " | ".join(short(r.get(k)) for k in best.params)
                      + f" | {r['seconds'] or ''} |")
     lines += [""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
@@ -158,5 +158,6 @@ def _confirm_table(confirm: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """A parameter's value as the progress lines and the report print it (floats to 4 significant digits)."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
