@@ -1,5 +1,6 @@
 """Streaming metrics agree with scikit-learn; the evaluate command prints a table and writes JSON."""
 
+import csv
 import json
 import os
 
@@ -183,3 +184,55 @@ def test_an_earlier_skipped_rows_file_does_not_outlive_a_run_that_skips_none(tra
     (tmp_path / "m.skipped.csv").write_text("a file of the user's, named like ours\n")
     evaluate(trained.output, str(toy_data["test"]), str(tmp_path / "m.json"), quiet=True)
     assert (tmp_path / "m.skipped.csv").read_text() == "a file of the user's, named like ours\n"
+
+
+def test_evaluate_errors_writes_the_most_confident_mistakes_beside_the_metrics(trained, tmp_path, capsys):
+    from conftest import toy_rows, write_csv
+    from finetune_bert.cli import main
+
+    rows = toy_rows(40, seed=9)
+    for row in rows[:6]:  # flipped labels: mistakes the model makes with confidence
+        row["label"] = "negative" if row["label"] == "positive" else "positive"
+    data = write_csv(tmp_path / "flipped.csv", rows)
+    assert main(["evaluate", "--model", trained.output, "--data", str(data), "--output", str(tmp_path / "ev.json"),
+                 "--errors", "4"]) == 0
+    with open(tmp_path / "ev.errors.csv", newline="") as handle:
+        errors = list(csv.DictReader(handle))
+    assert len(errors) == 4
+    confidences = [float(r["confidence"]) for r in errors]
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(r["true_label"] != r["predicted"] for r in errors)
+    assert {r["text"] for r in errors} <= {row["text"].strip() for row in rows}
+    assert errors[0]["row"].startswith("line ")
+    metrics = json.loads((tmp_path / "ev.json").read_text())
+    assert len(metrics["mistakes"]) <= 20 and metrics["mistakes"][0]["confidence"] == pytest.approx(confidences[0], abs=1e-6)
+    assert (tmp_path / "ev.html").is_file()
+    assert "ev.errors.csv" in capsys.readouterr().out
+
+
+def test_evaluate_of_a_calibrated_model_reports_it_before_calibration_too(tiny_model, tmp_path):
+    """The uncalibrated measures are the same logits times the recorded temperature."""
+    from conftest import toy_rows, write_csv
+    from finetune_bert import evaluate, train
+
+    data = write_csv(tmp_path / "train.csv", toy_rows(300, seed=5))
+    r = train(data=str(data), model=str(tiny_model), output=str(tmp_path / "m"), epochs=1, batch_size=16,
+              lr=3e-3, max_length=32, val_fraction=0.3, bf16=False)
+    assert r.metrics["calibration"]["kept"]
+    test = write_csv(tmp_path / "test.csv", toy_rows(80, seed=6))
+    m = evaluate(str(tmp_path / "m"), str(test), str(tmp_path / "ev.json"), quiet=True)
+    assert m["temperature"] == pytest.approx(r.metrics["calibration"]["value"])
+    assert set(m["uncalibrated"]) == {"log_loss", "ece", "brier", "reliability"}
+    assert m["uncalibrated"]["log_loss"] != pytest.approx(m["log_loss"])
+
+
+def test_evaluate_long_texts_as_chunks_from_the_command_line(trained, tmp_path):
+    from conftest import write_csv
+    from finetune_bert.cli import main
+
+    long = " ".join(["the plot was dull and boring but the music was superb"] * 5)
+    data = write_csv(tmp_path / "long.csv", [{"text": long, "label": "positive"}, {"text": "awful", "label": "negative"}])
+    assert main(["evaluate", "--model", trained.output, "--data", str(data), "--output", str(tmp_path / "ev.json"),
+                 "--long-texts", "chunks", "--stride", "8", "--aggregate", "max"]) == 0
+    m = json.loads((tmp_path / "ev.json").read_text())
+    assert m["n"] == 2 and m["reading"] == {"long_texts": "chunks", "stride": 8, "aggregate": "max", "truncation": None}

@@ -90,3 +90,59 @@ def test_extremely_confident_logits_are_scored_not_an_index_error():
     m.update(torch.tensor([[40.0, -40.0], [-35.0, 35.0], [0.0, 1.0]]), torch.tensor([0, 1, 1]))
     r = m.compute()
     assert r["accuracy"] == 1.0 and r["roc_auc"] == 1.0
+
+
+def test_ece_of_a_hand_computed_example():
+    """Four texts, top-label confidences 0.9 and 0.9 (bin 13 of 15: (0.867, 0.933]), 0.58 and 0.55 (bin 8:
+    (0.533, 0.6]): bin 13 has accuracy 1/2 against confidence 0.9, bin 8 accuracy 1/2 against 0.565.
+    ECE = 2/4 * |0.5 - 0.9| + 2/4 * |0.5 - 0.565| = 0.2 + 0.0325 = 0.2325."""
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.58, 0.42], [0.45, 0.55]])
+    labels = np.array([0, 0, 0, 0])  # right, wrong, right, wrong
+    m = StreamingMetrics(["a", "b"])
+    m.update(torch.tensor(np.log(probs)), torch.tensor(labels))
+    r = m.compute()
+    assert r["ece"] == pytest.approx(0.2325, abs=1e-6)
+    rel = r["reliability"]
+    assert rel["count"][13] == 2 and rel["count"][8] == 2 and sum(rel["count"]) == 4
+    assert rel["accuracy"][13] == pytest.approx(0.5) and rel["confidence"][8] == pytest.approx(0.565)
+
+
+def test_confidence_histogram_and_accuracy_by_length():
+    m = StreamingMetrics(["a", "b"])
+    logits = torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 0.2], [0.0, 3.0]])
+    m.update(logits, torch.tensor([0, 1, 1, 0]), lengths=np.array([10, 100, 700, 5000]))
+    r = m.compute()
+    hist = r["confidence_histogram"]
+    assert sum(hist["correct"]) == 2 and sum(hist["wrong"]) == 2
+    # confidences 0.9526 (right), 0.9526 (wrong), 0.5498 (right), 0.9526 (wrong): bins 19, 19, 10, 19
+    assert hist["wrong"][19] == 2 and hist["correct"][19] == 1 and hist["correct"][10] == 1
+    assert [(b["from"], b["to"], b["n"], b["accuracy"]) for b in r["by_length"]] == [
+        (0, 64, 1, 1.0), (64, 128, 1, 0.0), (512, 1024, 1, 1.0), (1024, None, 1, 0.0)]
+
+
+def test_the_most_confident_mistakes_are_kept_across_batches_most_confident_first():
+    from finetune_bert.metrics import ConfidentMistakes
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 3)) * 3
+    labels = rng.integers(0, 3, 500)
+    tracker = ConfidentMistakes(7, ["a", "b", "c"])
+    for start in range(0, 500, 64):
+        tracker.update(torch.tensor(logits[start:start + 64]), torch.tensor(labels[start:start + 64]),
+                       lambda j, s=start: {"row": s + j})
+    probs = torch.softmax(torch.tensor(logits), -1).numpy()
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    expected = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:7]
+    rows = tracker.rows()
+    assert [r["row"] for r in rows] == expected.tolist()
+    assert all(r["true_label"] != r["predicted"] for r in rows)
+    assert rows[0]["confidence"] == pytest.approx(probs[expected[0]].max())
+
+
+def test_a_snippet_keeps_the_start_and_the_end():
+    from finetune_bert.metrics import snippet
+
+    assert snippet("short") == "short"
+    text = "start " + "x" * 1000 + " end"
+    cut = snippet(text, 100)
+    assert len(cut) <= 101 and cut.startswith("start") and cut.endswith("end") and "\u2026" in cut

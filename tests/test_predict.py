@@ -308,3 +308,72 @@ def test_predictions_in_a_new_subfolder_of_the_model_do_not_block_its_resume(tra
     config = json.loads((model / "run_config.json").read_text())
     train(**{**config, "output": str(model), "resume": True})
     assert (model / "sub" / "preds.csv").is_file()
+
+
+LONG = "superb great wonderful " + "the plot was long and the music " * 12 + "boring dull awful"
+
+
+def test_long_texts_as_chunks_aggregate_the_windows_logits_by_hand(trained):
+    """Every window scored alone, then the mean (or max) of each class's logits: what chunks gives."""
+    import torch
+
+    from finetune_bert import load
+    from finetune_bert.config import Reading
+    from finetune_bert.tokens import encode_windows
+
+    for how in ("mean", "max"):
+        clf = load(trained.output, reading=Reading("chunks", stride=6, aggregate=how))
+        windows = encode_windows(clf.tokenizer, [LONG, "superb"], clf.max_length, 6)
+        assert windows.owner.tolist().count(0) >= 3
+        alone = torch.stack([clf.engine.logits(type(windows.encoded)([ids], None, None), 1)[0]
+                             for ids in windows.encoded.ids])
+        first = alone[torch.from_numpy(windows.owner == 0)]
+        expected = first.mean(0) if how == "mean" else first.max(0).values
+        logits, lengths = clf.scored([LONG, "superb"])
+        assert torch.allclose(logits[0], expected, atol=1e-5)
+        assert torch.allclose(logits[1], alone[-1], atol=1e-5)  # one window: its own logits
+        assert lengths[0] == windows.full_lengths[0]
+        probs = clf.predict_proba([LONG, "superb"])
+        assert np.allclose(probs, torch.softmax(logits, -1).numpy(), atol=1e-6)
+
+
+def test_the_default_stride_is_half_a_window_shorter_than_256(trained):
+    from finetune_bert import load
+    from finetune_bert.config import Reading
+
+    clf = load(trained.output, reading=Reading("chunks"))
+    assert clf.reading.overlap(30) == 15 and Reading().overlap(510) == 128
+
+
+def test_chunks_and_truncate_agree_on_texts_that_fit(trained):
+    from finetune_bert import load
+    from finetune_bert.config import Reading
+
+    texts = ["a good film", "boring and awful", "the music was superb"]
+    assert np.allclose(load(trained.output).predict_proba(texts),
+                       load(trained.output, reading=Reading("chunks")).predict_proba(texts), atol=1e-6)
+
+
+def test_truncation_can_be_chosen_at_prediction_time(trained):
+    from finetune_bert import load
+    from finetune_bert.config import Reading
+
+    head = load(trained.output, reading=Reading(truncation="head"))
+    tail = load(trained.output, reading=Reading(truncation="tail"))
+    assert head.encode([LONG]).ids[0].tolist() != tail.encode([LONG]).ids[0].tolist()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--long-texts", "chunks", "--stride", "30"], "--stride 30 must be less than the model's window of 30 tokens"),
+    (["--long-texts", "chunks", "--stride", "-1"], "--stride must be at least 0, got -1"),
+    (["--stride", "abc"], "--stride must be a whole number"),
+    (["--aggregate", "max"], "--aggregate is for --long-texts chunks"),
+    (["--long-texts", "chunks", "--truncation", "head"], "--truncation is for --long-texts truncate"),
+    (["--long-texts", "pages"], "--long-texts must be one of truncate, chunks"),
+])
+def test_bad_long_text_options_are_one_line_errors(trained, capsys, args, message):
+    from finetune_bert.cli import main
+
+    assert main(["predict", "--model", trained.output, *args, "a good film"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -49,3 +49,26 @@ def test_max_length_is_clamped_with_warning(tokenizer, tiny_model):
     length, warning = max_length_for(tokenizer, AutoConfig.from_pretrained(tiny_model), 512)
     assert length == 64 and "--max-length 512 is more than this model supports; using 64" in warning
     assert max_length_for(tokenizer, AutoConfig.from_pretrained(tiny_model), 32) == (32, None)
+
+
+def test_window_starts_step_by_size_less_stride_and_end_on_the_last_token():
+    from finetune_bert.tokens import window_starts
+
+    assert window_starts(4, 4, 1) == [0]
+    assert window_starts(10, 4, 1) == [0, 3, 6]      # [0:4] [3:7] [6:10]
+    assert window_starts(11, 4, 1) == [0, 3, 6, 7]   # the last window ends on token 11: overlap of 3 there
+    assert window_starts(600, 510, 128) == [0, 90]
+    assert window_starts(1200, 510, 128) == [0, 382, 690]
+
+
+def test_windows_cover_every_token_and_a_text_that_fits_is_its_truncated_self(tokenizer):
+    from finetune_bert.tokens import encode_windows
+
+    texts = ["the movie was good", " ".join(["the movie was good and the plot dull"] * 6)]
+    windows = encode_windows(tokenizer, texts, 16, 4)
+    assert windows.owner.tolist().count(0) == 1
+    assert windows.encoded.ids[0].tolist() == encode(tokenizer, texts[:1], None, 16, "head+tail").ids[0].tolist()
+    inner = tokenizer(texts[1], add_special_tokens=False)["input_ids"]
+    pieces = [w.tolist()[1:-1] for w, o in zip(windows.encoded.ids, windows.owner) if o == 1]
+    assert all(len(p) == 14 for p in pieces) and pieces[0] == inner[:14] and pieces[-1] == inner[-14:]
+    assert windows.full_lengths.tolist() == [len(tokenizer(t)["input_ids"]) for t in texts]

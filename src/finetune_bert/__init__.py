@@ -5,7 +5,7 @@
     load("out/").predict("I loved it")   # Prediction(label='positive', confidence=0.97)
 """
 
-from finetune_bert.config import TrainConfig, TuneConfig
+from finetune_bert.config import Reading, TrainConfig, TuneConfig
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import evaluate
 from finetune_bert.predict import Classifier, Prediction, load
@@ -14,4 +14,4 @@ from finetune_bert.tune import tune
 
 __version__ = "0.1.0"
 __all__ = ["train", "load", "evaluate", "tune", "TrainConfig", "TuneConfig", "TrainResult", "Classifier", "Prediction",
-           "UserError", "__version__"]
+           "Reading", "UserError", "__version__"]

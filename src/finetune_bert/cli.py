@@ -1,4 +1,4 @@
-"""`finetune-bert train | evaluate | predict | inspect | demo`.
+"""`finetune-bert train | tune | evaluate | predict | report | inspect | demo`.
 
 Options of `train` and `inspect` are generated from the config dataclasses, so `--help` and the Python
 API can never disagree. A UserError becomes one line on stderr and exit code 2 (a traceback only with --debug).
@@ -107,13 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, TuneConfig)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned model on labelled data",
-                       description="Score a fine-tuned model on labelled data: a table, and the metrics as JSON.")
+                       description="Score a fine-tuned model on labelled data: a table, the metrics as JSON, and "
+                       "a report (NAME.html) beside them.")
     _add_config_options(p, EvaluateConfig)
 
     p = sub.add_parser("predict", help="label texts with a confidence",
                        description="Label texts given as arguments, or every row of --input into --output.")
     p.add_argument("texts", nargs="*", help="texts to classify")
     _add_config_options(p, PredictConfig)
+
+    p = sub.add_parser("report", help="rebuild report.html of a training run, or of an evaluation",
+                       description="Rebuild DIR/report.html from a finished training run's files, or NAME.html from "
+                       "the NAME.json `evaluate` wrote.")
+    p.add_argument("target", help="a training run's output folder, or an evaluation's .json")
+    p.add_argument("--debug", action="store_true", help="full tracebacks")
 
     p = sub.add_parser("inspect", help="the data report alone, no training")
     _add_config_options(p, DataConfig)
@@ -148,9 +155,13 @@ def run(args: argparse.Namespace) -> int:
         from finetune_bert.evaluate import evaluate
         cfg = _checked(_config(EvaluateConfig, args))
         evaluate(cfg.model, cfg.data, cfg.output, batch_size=cfg.batch_size, text_column=cfg.text_column,
-                 label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows, max_samples=cfg.max_samples, seed=cfg.seed)
+                 label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows, max_samples=cfg.max_samples, seed=cfg.seed,
+                 reading=cfg.reading(), errors=cfg.errors)
     elif args.command == "predict":
         _predict(_config(PredictConfig, args), args.texts)
+    elif args.command == "report":
+        from finetune_bert.html_report import rebuild
+        print(f"report written to {rebuild(args.target)}")
     elif args.command in ("inspect", "demo") and args.output is not None and not args.output.strip():
         raise UserError("--output must not be empty")
     elif args.command == "inspect":
@@ -253,7 +264,7 @@ def _predict(cfg: PredictConfig, texts: list[str]) -> None:
         rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
                           chunk_rows(None, cfg.batch_size), cleaned=read_run_info(cfg.model).get("clean", True))
         rows.check()
-    clf = load(cfg.model)
+    clf = load(cfg.model, reading=cfg.reading())
     if rows is not None:
         n = write_predictions(clf, rows, out, cfg.batch_size)
         print(f"{n} predictions written to {out}")

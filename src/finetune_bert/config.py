@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+LONG_TEXTS = ("truncate", "chunks")
+DEFAULT_STRIDE = 128
+AGGREGATES = ("mean", "max")
 METRICS = ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss")
 BAD_ROW_POLICIES = ("error", "skip")
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
@@ -151,6 +154,9 @@ class TrainConfig(DataConfig):
     metric: str = opt("accuracy", "Validation metric that picks the best model and drives early stopping.",
                       choices=METRICS)
     patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).", at_least=0)
+    calibrate: bool = opt(True, "After training, fit a temperature on validation (temperature scaling) and fold it "
+                                "into the saved classifier, so its confidences match its accuracy; kept only if it "
+                                "lowers validation NLL (--no-calibrate: raw softmax).")
     class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not (none).",
                              choices=("none", "auto"))
     dynamic_padding: bool = opt(True, "Pad each batch to its own longest text (--no-dynamic-padding: every batch "
@@ -249,6 +255,50 @@ class TuneConfig(TrainConfig):
         return TrainConfig(**{**{k: v for k, v in dataclasses.asdict(self).items() if k in names}, **changes})
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How a trained model reads a text at prediction time (see predict.Classifier)."""
+
+    long_texts: str = opt("truncate", "A text longer than the model's max length: cut as the model was trained "
+                                      "(truncate), or read whole as overlapping windows whose logits are "
+                                      "aggregated (chunks).", choices=LONG_TEXTS)
+    stride: int | None = opt(None, "With --long-texts chunks: tokens of overlap between consecutive windows "
+                                   "(default: 128, or half the window for a model with a shorter one).", at_least=0)
+    aggregate: str | None = opt(None, "With --long-texts chunks: each class's logit is the mean over the windows "
+                                      "(mean, the default) or the largest (max).", choices=AGGREGATES)
+    truncation: str | None = opt(None, "With --long-texts truncate: head, tail or head+tail (default: as the "
+                                       "model was trained).", choices=TRUNCATION_STRATEGIES)
+
+    @property
+    def how(self) -> str:
+        return self.aggregate or "mean"
+
+    def overlap(self, window: int) -> int:
+        """The stride used with windows of `window` tokens: as given, else 128 (at most half the window)."""
+        return self.stride if self.stride is not None else min(DEFAULT_STRIDE, window // 2)
+
+    def problems(self, window: int | None = None, max_length: int | None = None) -> list[str]:
+        """What cannot be combined; given the model's `window` (its max length less its special tokens), also
+        a stride the windows could not step by."""
+        found = range_problems(self)
+        if self.long_texts == "truncate" and self.aggregate is not None:
+            found.append("--aggregate is for --long-texts chunks; with truncate each text is read once")
+        if self.long_texts == "chunks" and self.truncation is not None:
+            found.append("--truncation is for --long-texts truncate; with chunks the whole text is read")
+        if window is not None and self.long_texts == "chunks" and isinstance(self.stride, int) \
+                and not isinstance(self.stride, bool) and self.stride >= window:
+            found.append(f"--stride {self.stride} must be less than the model's window of {window} tokens (its max "
+                         f"length {max_length or window} less the special tokens): windows overlapping by that much "
+                         "would never move forward")
+        return found
+
+
+def _like(name: str) -> Any:
+    """A field of `ScoreConfig` defined as Reading's field of that name (same default, help and checks)."""
+    source = next(f for f in dataclasses.fields(Reading) if f.name == name)
+    return field(default=source.default, metadata=source.metadata)
+
+
 @dataclass
 class ScoreConfig:
     """What `evaluate` and `predict` share: a trained model and how to read rows."""
@@ -258,10 +308,17 @@ class ScoreConfig:
     text_column: str | None = opt(None, "Name of the text column (auto-detected: text, review, sentence, content).")
     on_bad_rows: str = opt("error", "What a bad row does: stop before any scoring (error), or skip it and list it "
                                     "in OUTPUT_NAME.skipped.csv (skip).", choices=BAD_ROW_POLICIES)
+    long_texts: str = _like("long_texts")
+    stride: int | None = _like("stride")
+    aggregate: str | None = _like("aggregate")
+    truncation: str | None = _like("truncation")
     debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
 
     def problems(self) -> list[str]:
-        return range_problems(self)
+        return range_problems(self, skip=Reading) + self.reading().problems()
+
+    def reading(self) -> "Reading":
+        return Reading(self.long_texts, self.stride, self.aggregate, self.truncation)
 
 
 @dataclass
@@ -271,6 +328,8 @@ class EvaluateConfig(ScoreConfig):
     label_column: str | None = opt(None, "Name of the label column (auto-detected: label, sentiment, target, class).")
     max_samples: int | None = opt(None, "Score only N rows (a seeded sample).", at_least=1)
     seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0, at_most=MAX_SEED)
+    errors: int = opt(0, "Also write the N most confident mistakes (text, true label, prediction, confidence) to "
+                         "OUTPUT_NAME.errors.csv beside the metrics.", at_least=0)
 
 
 @dataclass

@@ -7,10 +7,16 @@ How far confidence is from accuracy, also streamed: ECE over 15 equal-width bins
 (Guo et al. 2017: sum over bins of |accuracy - mean confidence| weighted by the bin's share of texts), and
 the Brier score in its original multi-class form, the mean over texts of sum_k (p_k - y_k)^2 (twice
 scikit-learn's binary `brier_score_loss`, which scores the positive class alone). NLL is `log_loss`.
+
+For the report (html_report.py), also streamed: the reliability diagram's bins, a histogram of top-label
+confidence for correct and wrong predictions, accuracy by text length in tokens, and the most confident
+mistakes (`ConfidentMistakes`, a bounded heap).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +27,9 @@ from finetune_bert.tokens import Encoded
 AUC_BINS = 6000
 AUC_RANGE = 30.0
 ECE_BINS = 15
+CONFIDENCE_BINS = 20
+# Accuracy by text length: token counts (special tokens included, before truncation) at these edges.
+LENGTH_EDGES = (0, 64, 128, 256, 512, 1024)
 
 
 class StreamingMetrics:
@@ -35,23 +44,35 @@ class StreamingMetrics:
         # per confidence bin: texts, summed top-label confidence, correct predictions
         self.ece_bins = np.zeros((3, ECE_BINS), dtype=np.float64)
         self.brier_sum = 0.0
+        self.confidence_hist = np.zeros((2, CONFIDENCE_BINS), dtype=np.int64)  # wrong, correct
+        self.by_length = np.zeros((2, len(LENGTH_EDGES)), dtype=np.int64)     # texts, correct
 
     def _calibration(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
         confidence, predicted = probs.max(-1)
-        bins = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1).numpy()  # (lo, hi], confidence 1 in the last
+        # bins (lo, hi] as Guo et al.'s reference code has them: ceil(c * K) - 1
+        bins = (torch.ceil(confidence.double() * ECE_BINS).long() - 1).clamp(0, ECE_BINS - 1).numpy()
         for row, values in enumerate((np.ones(len(bins)), confidence.double().numpy(),
                                       (predicted == labels).double().numpy())):
             np.add.at(self.ece_bins[row], bins, values)
+        correct = (predicted == labels).numpy().astype(np.int64)
+        hist_bins = (confidence * CONFIDENCE_BINS).long().clamp(max=CONFIDENCE_BINS - 1).numpy()
+        np.add.at(self.confidence_hist, (correct, hist_bins), 1)
         onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).to(probs.dtype)
         self.brier_sum += float(((probs - onehot) ** 2).sum())
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, lengths: np.ndarray | None = None) -> None:
+        """Add a batch: logits (n, k), class ids (n,), and optionally each text's length in tokens."""
         logits, labels = logits.float().cpu(), labels.cpu()
         logp = torch.log_softmax(logits, dim=-1)
         self.loss_sum += float(-logp.gather(1, labels[:, None]).sum())
         self.count += len(labels)
-        np.add.at(self.confusion, (labels.numpy(), logp.argmax(-1).numpy()), 1)
+        predicted = logp.argmax(-1).numpy()
+        np.add.at(self.confusion, (labels.numpy(), predicted), 1)
         self._calibration(logp.exp(), labels)
+        if lengths is not None:
+            bucket = np.searchsorted(LENGTH_EDGES, np.asarray(lengths), side="right") - 1
+            np.add.at(self.by_length, (np.zeros_like(bucket), bucket), 1)
+            np.add.at(self.by_length, (np.ones_like(bucket), bucket), (predicted == labels.numpy()).astype(np.int64))
         k = logits.shape[1]
         for c in range(k):
             others = torch.logsumexp(torch.cat([logp[:, :c], logp[:, c + 1:]], dim=1), dim=1)
@@ -72,6 +93,17 @@ class StreamingMetrics:
     def _ece(self) -> float:
         texts, confidence, correct = self.ece_bins
         return float(np.abs(correct - confidence).sum() / max(texts.sum(), 1))
+
+    def _figures_data(self) -> dict[str, Any]:
+        texts, confidence, correct = self.ece_bins
+        lengths = [{"from": lo, "to": hi, "n": int(n), "accuracy": float(c / n) if n else None}
+                   for lo, hi, n, c in zip(LENGTH_EDGES, (*LENGTH_EDGES[1:], None), *self.by_length)]
+        return {"reliability": {"bins": ECE_BINS, "count": texts.astype(int).tolist(),
+                                "confidence": np.divide(confidence, texts, out=np.zeros_like(texts), where=texts > 0).tolist(),
+                                "accuracy": np.divide(correct, texts, out=np.zeros_like(texts), where=texts > 0).tolist()},
+                "confidence_histogram": {"bins": CONFIDENCE_BINS, "wrong": self.confidence_hist[0].tolist(),
+                                         "correct": self.confidence_hist[1].tolist()},
+                "by_length": [row for row in lengths if row["n"]] if self.by_length[0].any() else []}
 
     def compute(self) -> dict[str, Any]:
         cm = self.confusion
@@ -102,7 +134,39 @@ class StreamingMetrics:
                           for n, d in per_class.items()},
             "confusion_matrix": cm.tolist(),
             "labels": list(self.names),
+            **self._figures_data(),
         }
+
+
+class ConfidentMistakes:
+    """The `k` wrong predictions made with the highest confidence, kept in a heap of at most k while batches
+    stream by; `describe(j)` gives the j-th row of a batch as a dict (its text, where it stood), and is only
+    called for rows that enter the heap."""
+
+    def __init__(self, k: int, label_names: list[str]):
+        self.k, self.names = k, label_names
+        self._heap: list[tuple[float, int, dict[str, Any]]] = []
+        self._order = itertools.count()
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, describe: Callable[[int], dict[str, Any]]) -> None:
+        if self.k <= 0:
+            return
+        probs = torch.softmax(logits.float().cpu(), dim=-1)
+        confidence, predicted = probs.max(-1)
+        floor = self._heap[0][0] if len(self._heap) >= self.k else -1.0
+        for j in torch.nonzero((predicted != labels.cpu()) & (confidence > floor)).flatten().tolist():
+            row = {**describe(j), "true_label": self.names[int(labels[j])],
+                   "predicted": self.names[int(predicted[j])], "confidence": float(confidence[j]),
+                   **{f"prob_{n}": float(p) for n, p in zip(self.names, probs[j].tolist())}}
+            item = (float(confidence[j]), -next(self._order), row)  # ties: the earlier row stays
+            if len(self._heap) < self.k:
+                heapq.heappush(self._heap, item)
+            elif item > self._heap[0]:
+                heapq.heapreplace(self._heap, item)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Most confident first (ties: the earlier row first)."""
+        return [row for _, _, row in sorted(self._heap, key=lambda x: (x[0], x[1]), reverse=True)]
 
 
 def score(engine, encoded: Encoded, label_names: list[str], batch_size: int,
@@ -110,10 +174,25 @@ def score(engine, encoded: Encoded, label_names: list[str], batch_size: int,
     """The metrics of `engine` (engine.Engine) on labelled token ids; `on_batch(i)` after the i-th batch."""
     metrics = StreamingMetrics(label_names)
     for i, (index, logits) in enumerate(engine.infer(encoded, batch_size)):
-        metrics.update(logits, torch.from_numpy(encoded.labels[index]))
+        metrics.update(logits, torch.from_numpy(encoded.labels[index]), encoded.full_lengths[index])
         if on_batch is not None:
             on_batch(i + 1)
     return metrics.compute()
+
+
+def scores_of(logits: torch.Tensor, encoded: Encoded, label_names: list[str]) -> dict[str, Any]:
+    """The metrics of logits already computed (n, k), rows in `encoded`'s order."""
+    metrics = StreamingMetrics(label_names)
+    metrics.update(logits, torch.from_numpy(encoded.labels), encoded.full_lengths)
+    return metrics.compute()
+
+
+def snippet(text: str, limit: int = 400) -> str:
+    """A long text shortened for a table: its start and its end, the cut marked."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return text[:limit - tail - 3].rstrip() + " … " + text[-tail:].lstrip()
 
 
 def format_metrics(m: dict[str, Any], title: str = "") -> str:

@@ -211,9 +211,11 @@ def pick_device() -> torch.device:
 
 
 RUN_FILE = "finetune_bert.json"
+# `evaluate`'s default outputs in a model folder: never foreign to a later run, never written by train.
+EVALUATE_FILES = frozenset({"evaluation.json", "evaluation.skipped.csv", "evaluation.errors.csv", "evaluation.html"})
 # Names a training run writes in its folder, or removes as stale (see output.RUN_RESULTS): never an output.
 RUN_NAMES = frozenset({"metrics.json", "README.md", "run_config.json", "data_report.json", "data_report.txt",
-                       "skipped_rows.csv", "train_log.jsonl", "evaluation.json", "evaluation.skipped.csv", RUN_FILE})
+                       "skipped_rows.csv", "train_log.jsonl", "report.html", RUN_FILE, *EVALUATE_FILES})
 # Files that make up a model folder, whoever wrote it; in a finetune-bert folder, its marker lists the rest.
 _MODEL_FILE = re.compile(r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|"
                          r"preprocessor_config|.*\.index)\.json|vocab\.txt|merges\.txt|.*\.(safetensors|bin|pt|pth|ckpt|"

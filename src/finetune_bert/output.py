@@ -24,15 +24,14 @@ import torch
 from finetune_bert.checkpoint import CHECKPOINT_FILES, complete_checkpoints
 from finetune_bert.errors import UserError
 from finetune_bert.lock import LOCK_NAME, OutputLock
+from finetune_bert.model import EVALUATE_FILES
 from finetune_bert.safefiles import (MARKER, as_os_error, check_output_folder, disk_error, fsync_folder, public_mode,
                                      read_marker, write_marker, write_text_atomic)
 
 MODEL = "model.safetensors"
-# `evaluate`'s default outputs in a model folder: never foreign to a later run, never written by train.
-EVALUATE_FILES = frozenset({"evaluation.json", "evaluation.skipped.csv"})
 # What describes a finished run: removed when a new run publishes its first model, so that a run failing
-# after that never leaves the old run's metrics or model card beside the new weights.
-RUN_RESULTS = ("metrics.json", "README.md", "skipped_rows.csv", *sorted(EVALUATE_FILES))
+# after that never leaves the old run's metrics, report or model card beside the new weights.
+RUN_RESULTS = ("metrics.json", "README.md", "report.html", "skipped_rows.csv", *sorted(EVALUATE_FILES))
 # Our own transient files (the lock, stale locks moved aside, staging, temporaries, write probes): never foreign.
 _LEFTOVER = re.compile(r"^\.(saving|finetune-bert-probe-.*|.+\.tmp|" + re.escape(LOCK_NAME[1:]) + r"(\.stale-.*)?)$")
 
@@ -319,6 +318,10 @@ def model_card(cfg, report: dict[str, Any], metrics: dict[str, Any]) -> str:
             auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
             rows.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {m['f1_macro']:.4f} | {auc} | {m['log_loss']:.4f} |")
     train_rows = report["splits"]["train"]["rows"]
+    c = metrics.get("calibration") or {}
+    calibrated = (f"Confidences are calibrated: temperature {c['value']:.3f}, fitted on validation, is folded into "
+                  "the classifier, so the pipeline below gives calibrated probabilities too."
+                  if c.get("kept") else f"Confidences are the raw softmax ({c['note']})." if c else "")
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -335,6 +338,8 @@ Labels: {", ".join(f"`{n}`" for n in names.values())}. Trained with finetune-ber
 | split | texts | accuracy | macro F1 | ROC-AUC | log loss |
 | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
+
+{calibrated}
 
 ## Use
 
@@ -353,5 +358,6 @@ from finetune_bert import load
 load("PATH_TO_THIS_FOLDER").predict("I loved it")
 ```
 
-`run_config.json` repeats the run; `data_report.txt` describes the data; `metrics.json` has every number.
+`run_config.json` repeats the run; `data_report.txt` describes the data; `metrics.json` has every number;
+`report.html` shows them.
 """

@@ -16,10 +16,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from finetune_bert.config import Reading
 from finetune_bert.data import Split, clean_text
 from finetune_bert.engine import Engine, steady_heap
 from finetune_bert.skipped import SkippedRow, refuse_foreign_skipped_list, write_skipped
-from finetune_bert.tokens import Encoded, encode, max_length_for
+from finetune_bert.tokens import Encoded, encode, encode_windows, max_length_for, window_size
 from finetune_bert.errors import UserError
 from finetune_bert.model import load_classifier, load_tokenizer, pick_device, read_run_info, refuse_model_file, resolve
 from finetune_bert.sources import source_chunks
@@ -42,9 +43,11 @@ OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "j
 
 class Classifier:
     """A fine-tuned model for prediction: its engine (engine.Engine, in eval mode), tokenizer, and how the
-    model was trained to read texts (cleaning, truncation, labels)."""
+    model was trained to read texts (cleaning, truncation, labels), or `reading` as asked (config.Reading:
+    another truncation, or long texts read whole as windows)."""
 
-    def __init__(self, engine: Engine, tokenizer, info: dict[str, Any], source: str | None = None):
+    def __init__(self, engine: Engine, tokenizer, info: dict[str, Any], source: str | None = None,
+                 reading: Reading = Reading()):
         self.engine, self.tokenizer, self.info = engine, tokenizer, info
         self.model, self.device = engine.model, engine.device
         self.source = source  # the folder or hub id it was loaded from
@@ -53,12 +56,27 @@ class Classifier:
         self.label_names = self.labels.names
         # the length it was trained at, clamped as training clamps it (tokens.max_length_for)
         self.max_length, _ = max_length_for(tokenizer, config, info.get("max_length", 512))
-        self.truncation = info.get("truncation", "head+tail")
+        self.reading = reading
+        self.truncation = reading.truncation or info.get("truncation", "head+tail")
         self.head_tokens = info.get("head_tokens", 128)
         self.clean = info.get("clean", True)
+        self.temperature = float(info.get("temperature", 1.0))  # already folded into the weights
+        if problems := reading.problems(window_size(tokenizer, self.max_length), self.max_length):
+            raise UserError("; ".join(problems))
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
         return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
+
+    def scored(self, texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray]:
+        """Logits (n, k) in input order for texts as the model reads them (cleaned already), and each text's
+        length in tokens. With long texts read as windows, all windows of all texts are batched together."""
+        if self.reading.long_texts != "chunks":
+            encoded = self.encode(texts)
+            return self.engine.logits(encoded, batch_size), encoded.full_lengths
+        stride = self.reading.overlap(window_size(self.tokenizer, self.max_length))
+        windows = encode_windows(self.tokenizer, texts, self.max_length, stride)
+        per_window = self.engine.logits(windows.encoded, batch_size)
+        return aggregate(per_window, windows.owner, len(texts), self.reading.how), windows.full_lengths
 
     def predict_proba(self, texts: str | list[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, columns in `label_names` order: shape (n, k), or (k,) for one string."""
@@ -70,10 +88,7 @@ class Classifier:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
         if self.clean:
             items = [clean_text(t) for t in items]
-        encoded = self.encode(items)
-        probs = np.zeros((len(items), len(self.label_names)), dtype=np.float32)
-        for index, logits in self.engine.infer(encoded, batch_size):
-            probs[index] = torch.softmax(logits, dim=-1).numpy()
+        probs = torch.softmax(self.scored(items, batch_size)[0], dim=-1).numpy()
         return probs[0] if single else probs
 
     def predict(self, texts: str | list[str], batch_size: int = 64) -> Prediction | list[Prediction]:
@@ -82,6 +97,16 @@ class Classifier:
         rows = probs[None] if probs.ndim == 1 else probs
         out = [Prediction(self.label_names[int(p.argmax())], float(p.max())) for p in rows]
         return out[0] if isinstance(texts, str) else out
+
+
+def aggregate(logits: torch.Tensor, owner: np.ndarray, n: int, how: str = "mean") -> torch.Tensor:
+    """Per-text logits (n, k) from per-window ones: each class's mean over the text's windows, or its max.
+    Both commute with a folded temperature (mean(z / T) = mean(z) / T, and so for max)."""
+    index = torch.from_numpy(owner).long()[:, None].expand_as(logits)
+    if how == "max":
+        return torch.full((n, logits.shape[1]), -torch.inf).scatter_reduce(0, index, logits, "amax")
+    sums = torch.zeros(n, logits.shape[1]).scatter_add(0, index, logits)
+    return sums / torch.bincount(torch.from_numpy(owner), minlength=n).clamp(min=1)[:, None].float()
 
 
 @dataclass
@@ -128,11 +153,15 @@ def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[st
                         on_bad_rows=on_bad_rows, row_filter=labels.known)
 
 
-def load(model_dir: str, device: str | None = None) -> Classifier:
+def load(model_dir: str, device: str | None = None, reading: Reading = Reading()) -> Classifier:
     """Load a fine-tuned classifier folder (or hub id) for prediction; a warning on stderr if its
-    classification head was never trained (its predictions would be random)."""
+    classification head was never trained (its predictions would be random). `reading`: how texts longer
+    than the model's max length are read (config.Reading), checked before the weights are loaded."""
+    if problems := reading.problems():
+        raise UserError("; ".join(problems))
     info = read_run_info(model_dir)
     tokenizer = load_tokenizer(model_dir)
+    _check_stride(reading, tokenizer, info)
     notes: list[str] = []
     model = load_classifier(model_dir, notes=notes)
     for note in notes:
@@ -143,7 +172,14 @@ def load(model_dir: str, device: str | None = None) -> Classifier:
               "so far; finish the run with `finetune-bert train ... --resume`", file=sys.stderr, flush=True)
     target = torch.device(device) if device else pick_device()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Classifier(Engine(model, target, pad_id), tokenizer, info, model_dir)
+    return Classifier(Engine(model, target, pad_id), tokenizer, info, model_dir, reading)
+
+
+def _check_stride(reading: Reading, tokenizer, info: dict[str, Any]) -> None:
+    """A stride the model's windows cannot step by, refused before the weights are loaded."""
+    length = min(int(info.get("max_length", 512)), getattr(tokenizer, "model_max_length", None) or 10**9)
+    if problems := reading.problems(window_size(tokenizer, length), length):
+        raise UserError("; ".join(problems))
 
 
 def check_output(output_path: str, input_path: str, model: str | None = None, *, skipping: bool = False) -> Path:

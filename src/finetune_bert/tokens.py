@@ -67,20 +67,62 @@ def max_length_for(tokenizer, model_config, requested: int) -> tuple[int, str | 
     return requested, None
 
 
+def _token_lists(tokenizer, texts: list[str]):
+    """Each text's token ids, no special tokens, no truncation; tokenized a chunk of texts at a time."""
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        yield from tokenizer(texts[start:start + TOKENIZE_CHUNK], add_special_tokens=False,
+                             return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"]
+
+
 def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: int, strategy: str,
            head_tokens: int = 128) -> Encoded:
     prefix, suffix = special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     ids, full = [], np.empty(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), TOKENIZE_CHUNK):
-        chunk = tokenizer(texts[start:start + TOKENIZE_CHUNK], add_special_tokens=False,
-                          return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"]
-        for offset, tokens in enumerate(chunk):
-            full[start + offset] = len(tokens) + len(prefix) + len(suffix)
-            kept = prefix + truncate(tokens, budget, strategy, head_tokens) + suffix
-            ids.append(np.asarray(kept, dtype=np.int32))
+    for i, tokens in enumerate(_token_lists(tokenizer, texts)):
+        full[i] = len(tokens) + len(prefix) + len(suffix)
+        ids.append(np.asarray(prefix + truncate(tokens, budget, strategy, head_tokens) + suffix, dtype=np.int32))
     label_array = None if labels is None else np.asarray(labels, dtype=np.int64)
     return Encoded(ids, full, label_array)
+
+
+def window_size(tokenizer, max_length: int) -> int:
+    """How many of a text's own tokens fit in one window: the max length less the special tokens."""
+    prefix, suffix = special_tokens(tokenizer)
+    return max_length - len(prefix) - len(suffix)
+
+
+def window_starts(n: int, size: int, stride: int) -> list[int]:
+    """Where the windows over `n` tokens start: every `size - stride` tokens, the last one ending on the
+    last token (so it overlaps its neighbour by at least `stride`); one window when the text fits."""
+    if n <= size:
+        return [0]
+    return [*range(0, n - size, size - stride), n - size]
+
+
+@dataclass
+class Windows:
+    """Texts read whole: `encoded` holds one row per window (special tokens around each), `owner` the text
+    each window belongs to, `full_lengths` each text's length in tokens (special tokens included)."""
+
+    encoded: Encoded
+    owner: np.ndarray
+    full_lengths: np.ndarray
+
+
+def encode_windows(tokenizer, texts: list[str], max_length: int, stride: int) -> Windows:
+    """Every text as overlapping windows of `max_length` tokens (special tokens included), `stride` tokens of
+    overlap; a text that fits is one window, the same ids truncation would give it."""
+    prefix, suffix = special_tokens(tokenizer)
+    size = max_length - len(prefix) - len(suffix)
+    ids, owner, full = [], [], np.empty(len(texts), dtype=np.int64)
+    for i, tokens in enumerate(_token_lists(tokenizer, texts)):
+        full[i] = len(tokens) + len(prefix) + len(suffix)
+        for start in window_starts(len(tokens), size, stride):
+            ids.append(np.asarray(prefix + tokens[start:start + size] + suffix, dtype=np.int32))
+            owner.append(i)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    return Windows(Encoded(ids, lengths, None), np.asarray(owner, dtype=np.int64), full)
 
 
 @dataclass

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from finetune_bert import checkpoint, faults
+from finetune_bert.calibration import calibrate, score_calibrated, summary_line
 from finetune_bert.batches import train_batches
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
 from finetune_bert.data import Dataset, load_dataset
 from finetune_bert.engine import Engine, EngineOptions
 from finetune_bert.errors import TrainingInterrupted, UserError
-from finetune_bert.metrics import format_metrics, score
+from finetune_bert.metrics import ConfidentMistakes, format_metrics, snippet
 from finetune_bert.model import load_classifier, load_tokenizer, pick_device
 from finetune_bert.output import RunFolder, model_card, say
 from finetune_bert.progress import Meter
@@ -211,6 +212,7 @@ class _Job:
     started: float = 0.0
     train_seconds: float = 0.0
     on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None
+    temperature: float = 1.0  # folded into the saved model by _calibrate
 
     @property
     def step_size(self) -> int:
@@ -221,7 +223,8 @@ class _Job:
         """finetune_bert.json: how the saved model reads texts, for predict and evaluate."""
         cfg, ds = self.cfg, self.ds
         return {"max_length": self.report["max_length"], "truncation": cfg.truncation, "head_tokens": cfg.head_tokens,
-                "clean": cfg.clean, "raw_labels": ds.raw_labels, "label_names": ds.label_names, "base_model": cfg.model}
+                "clean": cfg.clean, "raw_labels": ds.raw_labels, "label_names": ds.label_names, "base_model": cfg.model,
+                "temperature": self.temperature}
 
 
 def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model) -> _Job:
@@ -327,7 +330,7 @@ def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: Ru
 
 
 def _finish(job: _Job) -> TrainResult:
-    """Score the best model on test; write metrics and the model card."""
+    """Calibrate the best model, score it on test; write metrics, the model card and the report."""
     cfg, run, state, engine = job.cfg, job.run, job.state, job.engine
     if state.best_step != state.step:
         from safetensors.torch import load_file
@@ -337,17 +340,39 @@ def _finish(job: _Job) -> TrainResult:
                                "train": {"steps": state.step, "seconds": round(job.train_seconds, 1),
                                          "skipped_steps": state.skipped_steps, "examples": len(job.enc["train"]),
                                          "micro_splits": state.micro_splits}}
+    names, batch_size = job.ds.label_names, state.eval_batch_size
+    t, measures, logits = calibrate(engine, job.enc["validation"], names, batch_size, cfg.calibrate)
+    if t.kept:  # the folded weights replace the saved model, T recorded beside them
+        job.temperature = t.value
+        run.save_model(engine.model, job.tokenizer, job.run_info, engine.weights())
+    run.log("calibration", temperature=t.value, fitted=t.fitted, note=t.note)
+    metrics["calibration"] = {**t.to_json(), "validation": measures}
+    split = "validation"
     if "test" in job.enc:
-        scoring = time.time()
-        metrics["test"] = score(engine, job.enc["test"], job.ds.label_names, state.eval_batch_size)
+        split, scoring = "test", time.time()
+        metrics["test"], metrics["calibration"]["test"], logits = score_calibrated(engine, job.enc["test"], names,
+                                                                                   batch_size, t)
         metrics["test"]["seconds"] = round(time.time() - scoring, 2)
         say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
+    say(summary_line(t, {s: metrics["calibration"][s] for s in ("validation", "test") if s in metrics["calibration"]}))
+    metrics["mistakes"] = _mistakes(job, split, logits)
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.write_text("README.md", model_card(cfg, job.report, metrics))
+    from finetune_bert.html_report import run_report
+    run.write_text("report.html", run_report(run.path))
     run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
     if cfg.keep_checkpoints == 0:  # they were only kept for a crash; the run is done
         run.remove_checkpoints()
     say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
-        f"training took {job.train_seconds:.0f}s")
+        f"training took {job.train_seconds:.0f}s; report: {run.path / 'report.html'}")
     return TrainResult(str(run.path), metrics, state.best_step)
+
+
+def _mistakes(job: _Job, split: str, logits: torch.Tensor, k: int = 20) -> list[dict[str, Any]]:
+    """The k most confident mistakes among `split`'s logits (input order), texts shortened, for the report."""
+    data = job.ds.test if split == "test" else job.ds.val
+    tracker = ConfidentMistakes(k, job.ds.label_names)
+    tracker.update(logits, torch.from_numpy(job.enc[split].labels),
+                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j])})
+    return tracker.rows()
