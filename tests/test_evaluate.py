@@ -236,3 +236,6 @@ def test_evaluate_long_texts_as_chunks_from_the_command_line(trained, tmp_path):
                  "--long-texts", "chunks", "--stride", "8", "--aggregate", "max"]) == 0
     m = json.loads((tmp_path / "ev.json").read_text())
     assert m["n"] == 2 and m["reading"] == {"long_texts": "chunks", "stride": 8, "aggregate": "max", "truncation": None}
+    assert main(["evaluate", "--model", trained.output, "--data", str(data), "--output", str(tmp_path / "ev2.json"),
+                 "--truncation", "head"]) == 0
+    assert json.loads((tmp_path / "ev2.json").read_text())["reading"]["truncation"] == "head"

@@ -350,8 +350,18 @@ def test_chunks_and_truncate_agree_on_texts_that_fit(trained):
     from finetune_bert.config import Reading
 
     texts = ["a good film", "boring and awful", "the music was superb"]
-    assert np.allclose(load(trained.output).predict_proba(texts),
-                       load(trained.output, reading=Reading("chunks")).predict_proba(texts), atol=1e-6)
+    assert np.allclose(load(trained.output, reading=Reading("truncate")).predict_proba(texts),
+                       load(trained.output).predict_proba(texts), atol=1e-6)
+
+
+def test_long_texts_are_read_whole_by_default_and_cut_when_a_truncation_is_given(trained):
+    from finetune_bert import load
+    from finetune_bert.config import Reading
+
+    assert load(trained.output).reading.mode == "chunks"
+    assert Reading(truncation="tail").mode == "truncate" and Reading("truncate").mode == "truncate"
+    assert not np.allclose(load(trained.output).predict_proba(LONG),
+                           load(trained.output, reading=Reading("truncate")).predict_proba(LONG), atol=1e-4)
 
 
 def test_truncation_can_be_chosen_at_prediction_time(trained):
@@ -367,7 +377,8 @@ def test_truncation_can_be_chosen_at_prediction_time(trained):
     (["--long-texts", "chunks", "--stride", "30"], "--stride 30 must be less than the model's window of 30 tokens"),
     (["--long-texts", "chunks", "--stride", "-1"], "--stride must be at least 0, got -1"),
     (["--stride", "abc"], "--stride must be a whole number"),
-    (["--aggregate", "max"], "--aggregate is for --long-texts chunks"),
+    (["--long-texts", "truncate", "--aggregate", "max"], "--aggregate is for --long-texts chunks"),
+    (["--truncation", "tail", "--aggregate", "max"], "--aggregate is for --long-texts chunks"),
     (["--long-texts", "chunks", "--truncation", "head"], "--truncation is for --long-texts truncate"),
     (["--long-texts", "pages"], "--long-texts must be one of truncate, chunks"),
 ])

@@ -1,4 +1,4 @@
-"""`finetune-bert train | tune | evaluate | predict | report | inspect | demo`.
+"""`finetune-bert train | tune | evaluate | predict | serve | report | inspect | demo`.
 
 Options of `train` and `inspect` are generated from the config dataclasses, so `--help` and the Python
 API can never disagree. A UserError becomes one line on stderr and exit code 2 (a traceback only with --debug).
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from finetune_bert import __version__
-from finetune_bert.config import (MAX_SEED, DataConfig, EvaluateConfig, NotANumber, PredictConfig, TrainConfig, TuneConfig,
-                                  range_problems)
+from finetune_bert.config import (MAX_SEED, DataConfig, EvaluateConfig, NotANumber, PredictConfig, ServeConfig,
+                                  TrainConfig, TuneConfig, range_problems)
 from finetune_bert.errors import TrainingInterrupted, UserError
 
 
@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to classify")
     _add_config_options(p, PredictConfig)
 
+    p = sub.add_parser("serve", help="serve a model over HTTP, with a web page",
+                       description="Serve a fine-tuned model over HTTP: POST /predict (Hugging Face task schema), "
+                       "/health, /ready, /metrics (Prometheus), /info, POST /admin/reload, and a page at /. "
+                       "Requests are batched dynamically; SIGTERM drains, SIGHUP reloads the model.")
+    _add_config_options(p, ServeConfig, skip=("text_column", "on_bad_rows"))
+
     p = sub.add_parser("report", help="rebuild report.html of a training run, or of an evaluation",
                        description="Rebuild DIR/report.html from a finished training run's files, or NAME.html from "
                        "the NAME.json `evaluate` wrote.")
@@ -159,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
                  reading=cfg.reading(), errors=cfg.errors)
     elif args.command == "predict":
         _predict(_config(PredictConfig, args), args.texts)
+    elif args.command == "serve":
+        from finetune_bert.serve import serve
+        return serve(_checked(_config(ServeConfig, args)))
     elif args.command == "report":
         from finetune_bert.html_report import rebuild
         print(f"report written to {rebuild(args.target)}")

@@ -5,9 +5,10 @@ FINETUNE_BERT_FAULTS="kill@checkpoint:4,oom@forward:3" makes the run, at those p
   oom   raise the framework's own out-of-memory exception, torch.OutOfMemoryError
   nan   poison the loss with NaN (only at place `loss`)
   int / term  send itself SIGINT / SIGTERM (Ctrl-C, a scheduler's stop)
+  slow  sleep one second (a server's batch in flight long enough to be caught by a SIGTERM)
 A kind ending in "!" (e.g. "oom!@forward:2") fires every time, not once.
 Places: step (after an optimizer step, between checkpoints), forward (a training forward pass),
-eval (inside an evaluation), checkpoint (mid-write), loss.
+eval (inside an evaluation), checkpoint (mid-write), loss, batch (a server batch; its step is always 0).
 Unless marked "!", each fault fires once per process. Unset, this module costs one dict lookup per call.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 
@@ -49,6 +51,8 @@ def hit(place: str, step: int) -> bool:
     kind = kind.rstrip("!")
     if kind in ("int", "term"):
         os.kill(os.getpid(), signal.SIGINT if kind == "int" else signal.SIGTERM)
+    if kind == "slow":
+        time.sleep(1.0)
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "oom":

@@ -20,7 +20,7 @@ from finetune_bert.config import Reading
 from finetune_bert.data import Split, clean_text
 from finetune_bert.engine import Engine, steady_heap
 from finetune_bert.skipped import SkippedRow, refuse_foreign_skipped_list, write_skipped
-from finetune_bert.tokens import Encoded, encode, encode_windows, max_length_for, window_size
+from finetune_bert.tokens import Encoded, Windows, encode, encode_windows, max_length_for, window_size
 from finetune_bert.errors import UserError
 from finetune_bert.model import load_classifier, load_tokenizer, pick_device, read_run_info, refuse_model_file, resolve
 from finetune_bert.sources import source_chunks
@@ -67,16 +67,39 @@ class Classifier:
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
         return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
 
-    def scored(self, texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray]:
-        """Logits (n, k) in input order for texts as the model reads them (cleaned already), and each text's
-        length in tokens. With long texts read as windows, all windows of all texts are batched together."""
-        if self.reading.long_texts != "chunks":
-            encoded = self.encode(texts)
-            return self.engine.logits(encoded, batch_size), encoded.full_lengths
+    def prepare(self, texts: list[str], *, cleaned: bool = False) -> tuple[Encoded | Windows, int]:
+        """Texts as the model reads them (cleaned, unless `cleaned` says they are; cut, or as windows) and how
+        many tokens that is: a unit the server's batcher queues and groups by token budget."""
+        items = [clean_text(t) for t in texts] if self.clean and not cleaned else list(texts)
+        if self.reading.mode != "chunks":
+            encoded = self.encode(items)
+            return encoded, int(encoded.lengths.sum())
         stride = self.reading.overlap(window_size(self.tokenizer, self.max_length))
-        windows = encode_windows(self.tokenizer, texts, self.max_length, stride)
-        per_window = self.engine.logits(windows.encoded, batch_size)
-        return aggregate(per_window, windows.owner, len(texts), self.reading.how), windows.full_lengths
+        windows = encode_windows(self.tokenizer, items, self.max_length, stride)
+        return windows, int(windows.encoded.lengths.sum())
+
+    def logits_of(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> torch.Tensor:
+        """Logits (n, k) of several prepared units scored together, rows in their order, one after the other:
+        the windows of every text are batched with all the others and aggregated per text after."""
+        if not prepared:
+            return torch.zeros(0, len(self.label_names))
+        if isinstance(prepared[0], Windows):
+            offsets = np.cumsum([0] + [len(w.full_lengths) for w in prepared])
+            merged = _concat([w.encoded for w in prepared])
+            owner = np.concatenate([w.owner + start for w, start in zip(prepared, offsets)])
+            return aggregate(self.engine.logits(merged, batch_size), owner, int(offsets[-1]), self.reading.how)
+        return self.engine.logits(_concat(prepared), batch_size)
+
+    def score_prepared(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> list[np.ndarray]:
+        """Probabilities of each prepared unit (one array (n_i, k) each), scored together."""
+        probs = torch.softmax(self.logits_of(prepared, batch_size), dim=-1).numpy()
+        sizes = [len(p.full_lengths) for p in prepared]
+        return np.split(probs, np.cumsum(sizes)[:-1]) if sizes else []
+
+    def scored(self, texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray]:
+        """Logits (n, k) in input order for texts already cleaned, and each text's length in tokens."""
+        prepared, _ = self.prepare(texts, cleaned=True)
+        return self.logits_of([prepared], batch_size), prepared.full_lengths
 
     def predict_proba(self, texts: str | list[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, columns in `label_names` order: shape (n, k), or (k,) for one string."""
@@ -86,9 +109,7 @@ class Classifier:
             raise UserError("predict_proba takes a string or a list of strings")
         if not items:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        if self.clean:
-            items = [clean_text(t) for t in items]
-        probs = torch.softmax(self.scored(items, batch_size)[0], dim=-1).numpy()
+        probs = self.score_prepared([self.prepare(items)[0]], batch_size)[0]
         return probs[0] if single else probs
 
     def predict(self, texts: str | list[str], batch_size: int = 64) -> Prediction | list[Prediction]:
@@ -97,6 +118,12 @@ class Classifier:
         rows = probs[None] if probs.ndim == 1 else probs
         out = [Prediction(self.label_names[int(p.argmax())], float(p.max())) for p in rows]
         return out[0] if isinstance(texts, str) else out
+
+
+def _concat(parts: list[Encoded]) -> Encoded:
+    if len(parts) == 1:
+        return parts[0]
+    return Encoded([ids for p in parts for ids in p.ids], np.concatenate([p.full_lengths for p in parts]), None)
 
 
 def aggregate(logits: torch.Tensor, owner: np.ndarray, n: int, how: str = "mean") -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""The server's page at `/`: paste a review, see the label, a confidence bar and every class's probability;
+paste several lines, get a table. One file, no external assets (it must work offline and behind a
+firewall), readable on a phone. It calls the same /predict as any client."""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>finetune-bert</title>
+<style>
+body { font: 16px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 760px;
+       padding: 1em; color: #222; }
+h1 { font-size: 1.4em; margin: .2em 0; } .note { color: #666; font-size: .9em; }
+textarea { width: 100%; box-sizing: border-box; min-height: 9em; font: inherit; padding: .5em; }
+input[type=password] { width: 100%; box-sizing: border-box; font: inherit; padding: .3em; }
+button { font: inherit; padding: .5em 1.4em; margin: .6em 0; cursor: pointer; }
+.bar { background: #eee; border-radius: 4px; height: 1.1em; overflow: hidden; }
+.bar > div { background: #3b7dd8; height: 100%; }
+#label { font-size: 1.5em; font-weight: 600; }
+table { border-collapse: collapse; width: 100%; margin-top: .6em; font-size: .92em; }
+td, th { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left; vertical-align: top; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+#error { color: #b00020; }
+</style></head><body>
+<h1>finetune-bert</h1>
+<p class="note" id="model">Loading the model's description&hellip;</p>
+<label for="text">One text, or one text per line:</label>
+<textarea id="text" placeholder="Paste a review here"></textarea>
+<div id="keybox" hidden><label for="key">API key</label><input type="password" id="key" autocomplete="off"></div>
+<button id="go" type="button">Classify</button>
+<p id="error" role="alert"></p>
+<section id="one" hidden aria-live="polite">
+  <div><span id="label"></span> <span id="confidence" class="note"></span></div>
+  <div class="bar"><div id="bar"></div></div>
+  <table id="classes"></table>
+</section>
+<section id="many" hidden aria-live="polite"><table id="rows"></table></section>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; return td; }
+fetch("info").then((r) => r.json()).then((info) => {
+  $("model").textContent = info.model + " \\u2014 labels: " + info.labels.join(", ") +
+    (info.temperature !== 1 ? " (calibrated confidences)" : "");
+  $("keybox").hidden = !info.auth;
+}).catch(() => { $("model").textContent = ""; });
+$("go").addEventListener("click", async () => {
+  const lines = $("text").value.split("\\n").map((s) => s.trim()).filter((s) => s.length);
+  $("error").textContent = ""; $("one").hidden = true; $("many").hidden = true;
+  if (!lines.length) { $("error").textContent = "Paste a text first."; return; }
+  const headers = {"Content-Type": "application/json"};
+  if ($("key").value) headers["Authorization"] = "Bearer " + $("key").value;
+  $("go").disabled = true;
+  try {
+    const r = await fetch("predict", {method: "POST", headers,
+      body: JSON.stringify({inputs: lines.length === 1 ? lines[0] : lines})});
+    const answer = await r.json();
+    if (!r.ok) { $("error").textContent = answer.error || ("HTTP " + r.status); return; }
+    if (lines.length === 1) {
+      const best = answer[0];
+      $("label").textContent = best.label;
+      $("confidence").textContent = "confidence " + best.score.toFixed(2);
+      $("bar").style.width = (100 * best.score).toFixed(1) + "%";
+      const table = $("classes"); table.replaceChildren();
+      for (const c of answer) { const row = table.insertRow(); cell(row, c.label); cell(row, c.score.toFixed(4), "n"); }
+      $("one").hidden = false;
+    } else {
+      const table = $("rows"); table.replaceChildren();
+      const head = table.insertRow(); ["text", "label", "confidence"].forEach((h) => cell(head, h));
+      answer.forEach((scores, i) => { const row = table.insertRow();
+        cell(row, lines[i]); cell(row, scores[0].label); cell(row, scores[0].score.toFixed(2), "n"); });
+      $("many").hidden = false;
+    }
+  } catch (e) { $("error").textContent = "The server did not answer: " + e; }
+  finally { $("go").disabled = false; }
+});
+</script></body></html>
+"""
