@@ -74,6 +74,7 @@ def test_search_keeps_the_best_model_and_writes_its_report(tiny_model, data, tmp
     assert json.loads((out / "best.json").read_text())["trial"] == int(best["number"])
     assert not (out / "trials").exists() or not any((out / "trials").iterdir())  # only the best model is kept
     assert not (out / "best" / "checkpoints").exists() or not any((out / "best" / "checkpoints").iterdir())
+    assert (out / "best" / "report.html").is_file()  # the kept model has its report; the trials drew none
     clf = pipeline("text-classification", model=str(out / "best"), device="cpu", truncation=True)
     assert clf("the film was good")[0]["label"] in ("positive", "negative")
     for name in ("history.png", "intermediate.png", "tune_report.md", "best_config.json"):

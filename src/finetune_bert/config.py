@@ -154,6 +154,8 @@ class TrainConfig(DataConfig):
     metric: str = opt("accuracy", "Validation metric that picks the best model and drives early stopping.",
                       choices=METRICS)
     patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).", at_least=0)
+    report: bool = opt(True, "Write report.html at the end (its figures take a few seconds; tune's trials skip it and "
+                             "only the best model gets one).")
     calibrate: bool = opt(True, "After training, fit a temperature on validation (temperature scaling) and fold it "
                                 "into the saved classifier, so its confidences match its accuracy; kept only if it "
                                 "lowers validation NLL (--no-calibrate: raw softmax).")

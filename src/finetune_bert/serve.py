@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from finetune_bert.batcher import Batcher, BatchRecord, Closed, QueueFull
 from finetune_bert.config import Reading, ServeConfig
+from finetune_bert.engine import steady_heap
 from finetune_bert.errors import UserError
 from finetune_bert.serve_metrics import ServerMetrics
 from finetune_bert.serve_page import PAGE
@@ -68,6 +69,7 @@ class Service:
         self.reading = cfg.reading()
         self.metrics = ServerMetrics()
         self.classifier = _load(cfg, self.reading, device)
+        steady_heap(self.classifier.device)  # a long-lived process: the heap must not creep batch after batch
         self.classifier.predict_proba(PROBE)  # the first inference is slow (allocations): pay it now
         self.batcher = Batcher(self.classifier, max_batch_tokens=cfg.max_batch_tokens, max_wait_ms=cfg.max_wait_ms,
                                max_queue=cfg.max_queue, on_batch=self._record)

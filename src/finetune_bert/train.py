@@ -359,13 +359,14 @@ def _finish(job: _Job) -> TrainResult:
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.write_text("README.md", model_card(cfg, job.report, metrics))
-    from finetune_bert.html_report import run_report
-    run.write_text("report.html", run_report(run.path))
+    if cfg.report:
+        from finetune_bert.html_report import run_report
+        run.write_text("report.html", run_report(run.path))
     run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
     if cfg.keep_checkpoints == 0:  # they were only kept for a crash; the run is done
         run.remove_checkpoints()
     say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
-        f"training took {job.train_seconds:.0f}s; report: {run.path / 'report.html'}")
+        f"training took {job.train_seconds:.0f}s" + (f"; report: {run.path / 'report.html'}" if cfg.report else ""))
     return TrainResult(str(run.path), metrics, state.best_step)
 
 

@@ -59,7 +59,9 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
     folder = _check_folder(cfg)
     started = time.time()
     # keep_checkpoints 0: a trial keeps the one checkpoint its own resume needs, and removes it when it ends
-    base = cfg.train_config(output=str(folder / "trials"), keep_checkpoints=0, resume=False, overwrite=False)
+    # trials draw no report (seconds of figures each); the model kept in best/ gets one (_keep_if_best)
+    base = cfg.train_config(output=str(folder / "trials"), keep_checkpoints=0, resume=False, overwrite=False,
+                            report=False)
     prepared = prepare(base)  # bad data stops here, before the study's folder is made
     _make_folder(folder)
     tokens = encode_splits(prepared.ds, prepared.tokenizer, load_model_config(cfg.model, cfg.trust_remote_code),
@@ -337,6 +339,9 @@ class _Search:
                 best.rename(old)
             out.rename(best)
             record.write_text(json.dumps({"trial": number, "value": value}) + "\n")
+            if self.cfg.report:
+                from finetune_bert.html_report import rebuild
+                rebuild(str(best))
             shutil.rmtree(old, ignore_errors=True)
             return True
 
