@@ -71,6 +71,18 @@ def test_bad_requests_get_a_json_error_never_a_traceback(client, body, status, m
     assert set(r.json()) == {"error"}
 
 
+def test_a_client_batch_over_the_token_budget_is_split_not_refused(trained):
+    from finetune_bert import load
+
+    texts = [f"the movie was good and the plot superb {'!' * i}" for i in range(8)]
+    expected = load(trained.output, device="cpu").predict_proba(texts)
+    with TestClient(create_app(trained.output, device="cpu", max_batch_tokens=10)) as c:
+        r = c.post("/predict", json={"inputs": texts})
+    assert r.status_code == 200
+    got = [{a["label"]: a["score"] for a in row}["positive"] for row in r.json()]
+    assert got == pytest.approx(expected[:, 1].tolist(), abs=1e-6)
+
+
 def test_a_body_over_the_payload_limit_is_413_naming_the_flag(trained):
     with TestClient(create_app(trained.output, device="cpu", max_payload_bytes=100)) as c:
         r = c.post("/predict", json={"inputs": "x" * 200})
@@ -216,6 +228,11 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(trained):
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
             time.sleep(0.2)
+        proc.send_signal(signal.SIGHUP)  # reload: loads the folder again, probes it, swaps
+        deadline = time.time() + 30
+        while time.time() < deadline and not httpx.get(f"{url}/metrics").text.count("finetune_bert_reloads_total 1.0"):
+            time.sleep(0.2)
+        assert "finetune_bert_reloads_total 1.0" in httpx.get(f"{url}/metrics").text
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             inflight = [pool.submit(httpx.post, f"{url}/predict", json={"inputs": f"good film {i}"}, timeout=30)
                         for i in range(3)]
