@@ -76,19 +76,23 @@ class Batcher:
 
     def submit(self, texts: list[str]) -> Future:
         """Queue texts (already checked by the caller); the future's result is a Scored."""
+        self._refuse_if_full()  # before tokenizing: under overload, a refusal must cost nothing
         classifier = self.classifier
         prepared, tokens = classifier.prepare(texts)
         request = _Request(texts, prepared, tokens, Future())
         with self._cond:
-            if self._closed:
-                raise Closed("the server is shutting down")
-            if len(self._queue) >= self.max_queue:
-                raise QueueFull(f"{len(self._queue)} requests are queued already (--max-queue {self.max_queue})")
+            self._refuse_if_full()
             # texts prepared by a model swapped out meanwhile are prepared again by the worker
             request.prepared = (classifier, prepared)
             self._queue.append(request)
             self._cond.notify()
         return request.future
+
+    def _refuse_if_full(self) -> None:
+        if self._closed:
+            raise Closed("the server is shutting down")
+        if len(self._queue) >= self.max_queue:
+            raise QueueFull(f"{len(self._queue)} requests are queued already (--max-queue {self.max_queue})")
 
     @property
     def queued(self) -> int:
