@@ -194,7 +194,7 @@ def evaluation_report(m: dict[str, Any], name: str) -> str:
 
 def rebuild(target: str) -> Path:
     """`finetune-bert report DIR|NAME.json`: write DIR/report.html, or NAME.html beside an evaluation."""
-    from finetune_bert.safefiles import read_marker, write_text_atomic
+    from finetune_bert.safefiles import claim, read_marker, write_text_atomic
 
     path = Path(target).expanduser()
     if path.is_file() and path.suffix == ".json":
@@ -213,6 +213,5 @@ def rebuild(target: str) -> Path:
         raise UserError(f"{target}: its metrics.json was written by an older finetune-bert, without what the report "
                         "draws; run `finetune-bert evaluate --model DIR --data FILE` to get a report of this model")
     out = write_text_atomic(path / "report.html", run_report(path))
-    from finetune_bert.safefiles import claim
     claim(path, ["report.html"])
     return out

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from finetune_bert.batcher import Batcher, BatchRecord, Closed, QueueFull
+from finetune_bert.batcher import Batcher, Closed, QueueFull
 from finetune_bert.config import Reading, ServeConfig
 from finetune_bert.engine import steady_heap
 from finetune_bert.errors import UserError
@@ -72,12 +72,9 @@ class Service:
         steady_heap(self.classifier.device)  # a long-lived process: the heap must not creep batch after batch
         self.classifier.predict_proba(PROBE)  # the first inference is slow (allocations): pay it now
         self.batcher = Batcher(self.classifier, max_batch_tokens=cfg.max_batch_tokens, max_wait_ms=cfg.max_wait_ms,
-                               max_queue=cfg.max_queue, on_batch=self._record)
+                               max_queue=cfg.max_queue, on_batch=self.metrics.batch)
         self._reload_lock = threading.Lock()
         self.api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
-
-    def _record(self, batch: BatchRecord) -> None:
-        self.metrics.batch(batch)
 
     def info(self) -> dict[str, Any]:
         clf = self.classifier
