@@ -2,7 +2,8 @@
 
 import pytest
 
-from finetune_bert.config import EvaluateConfig, NotANumber, TrainConfig
+from finetune_bert.config import NotANumber, TrainConfig
+from finetune_bert.score_config import EvaluateConfig
 
 
 def test_every_problem_is_listed_at_once():

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from finetune_bert import __version__
-from finetune_bert.config import (MAX_SEED, DataConfig, EvaluateConfig, NotANumber, PredictConfig, ServeConfig,
-                                  TrainConfig, TuneConfig, range_problems)
+from finetune_bert.config import MAX_SEED, DataConfig, NotANumber, TrainConfig, TuneConfig, range_problems
+from finetune_bert.score_config import EvaluateConfig, ExportConfig, PredictConfig, ServeConfig
 from finetune_bert.errors import TrainingInterrupted, UserError
 
 
@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "Requests are batched dynamically; SIGTERM drains, SIGHUP reloads the model.")
     _add_config_options(p, ServeConfig, skip=("text_column", "on_bad_rows"))
 
+    p = sub.add_parser("export", help="export a fine-tuned model to ONNX (fp32, and int8 on request)",
+                       description="Export a fine-tuned model folder to ONNX, written into it (MODEL/onnx/) and "
+                       "checked against torch; predict, evaluate and serve then take --backend onnx (or onnx-int8).")
+    _add_config_options(p, ExportConfig)
+
     p = sub.add_parser("report", help="rebuild report.html of a training run, or of an evaluation",
                        description="Rebuild DIR/report.html from a finished training run's files, or NAME.html from "
                        "the NAME.json `evaluate` wrote.")
@@ -162,12 +167,16 @@ def run(args: argparse.Namespace) -> int:
         cfg = _checked(_config(EvaluateConfig, args))
         evaluate(cfg.model, cfg.data, cfg.output, batch_size=cfg.batch_size, text_column=cfg.text_column,
                  label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows, max_samples=cfg.max_samples, seed=cfg.seed,
-                 reading=cfg.reading(), errors=cfg.errors)
+                 reading=cfg.reading(), errors=cfg.errors, backend=cfg.backend)
     elif args.command == "predict":
         _predict(_config(PredictConfig, args), args.texts)
     elif args.command == "serve":
         from finetune_bert.serve import serve
         return serve(_checked(_config(ServeConfig, args)))
+    elif args.command == "export":
+        from finetune_bert.export import describe, export
+        cfg = _checked(_config(ExportConfig, args))
+        print(describe(export(cfg.model, cfg.format, cfg.quantize, cfg.data, cfg.rows), cfg.model))
     elif args.command == "report":
         from finetune_bert.html_report import rebuild
         print(f"report written to {rebuild(args.target)}")
@@ -273,7 +282,7 @@ def _predict(cfg: PredictConfig, texts: list[str]) -> None:
         rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
                           chunk_rows(None, cfg.batch_size), cleaned=read_run_info(cfg.model).get("clean", True))
         rows.check()
-    clf = load(cfg.model, reading=cfg.reading())
+    clf = load(cfg.model, reading=cfg.reading(), backend=cfg.backend)
     if rows is not None:
         n = write_predictions(clf, rows, out, cfg.batch_size)
         print(f"{n} predictions written to {out}")

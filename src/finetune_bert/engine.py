@@ -63,6 +63,8 @@ def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
 class Engine(torch.nn.Module):
     """A classifier and how it runs. `training=True`: it will be trained (masters kept for bf16 weights)."""
 
+    backend = "torch"
+
     def __init__(self, model: torch.nn.Module, device: torch.device, pad_id: int, *,
                  options: EngineOptions = EngineOptions(), training: bool = False,
                  dtype: torch.dtype | None | str = "auto"):
@@ -85,6 +87,10 @@ class Engine(torch.nn.Module):
             self.model.to(self.dtype)
         self._stock_lock = threading.Lock()
         self.train(training)
+
+    @property
+    def config(self):
+        return self.model.config
 
     @property
     def fast_path(self) -> bool:

@@ -29,7 +29,7 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
              text_column: str | None = None, label_column: str | None = None,
              on_bad_rows: str = "error", max_samples: int | None = None, seed: int = 42,
              quiet: bool = False, rows_per_chunk: int | None = None, reading: Reading = Reading(),
-             errors: int = 0) -> dict[str, Any]:
+             errors: int = 0, backend: str = "auto") -> dict[str, Any]:
     """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON.
 
     Options, then the output's place, then every row are checked before the model is loaded: the data is
@@ -37,14 +37,14 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
     it. Rows skipped under on_bad_rows="skip" are written beside the metrics (NAME.skipped.csv); `errors`
     most confident mistakes to NAME.errors.csv; `reading`: how long texts are read (config.Reading).
     """
-    from finetune_bert.config import EvaluateConfig
+    from finetune_bert.score_config import EvaluateConfig
     from finetune_bert.data import sample_mask
     from finetune_bert.skipped import write_skipped
     from finetune_bert.model import load_model_config, read_run_info
     from finetune_bert.predict import LabelMap, labelled_rows, load
 
     cfg = EvaluateConfig(model=model, data=data, output=output, batch_size=batch_size, max_samples=max_samples,
-                         seed=seed, on_bad_rows=on_bad_rows, errors=errors, long_texts=reading.long_texts,
+                         seed=seed, on_bad_rows=on_bad_rows, errors=errors, long_texts=reading.long_texts, backend=backend,
                          stride=reading.stride, aggregate=reading.aggregate, truncation=reading.truncation)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
@@ -55,13 +55,13 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
     rows = labelled_rows(data, labels, clean=info.get("clean", True), columns=(text_column, label_column),
                          on_bad_rows=on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size))
     total = rows.check()
-    clf = load(model, reading=reading)
+    clf = load(model, reading=reading, backend=backend)
     steady_heap(clf.device)
     mistakes = ConfidentMistakes(max(errors, REPORT_MISTAKES), clf.label_names)
     # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
     metrics = _score(clf, rows, sample_mask(total, max_samples, seed), batch_size, mistakes)
     worst = mistakes.rows()
-    metrics.update(data=data, model=model, skipped_rows=len(rows.skipped), reading=dataclasses.asdict(reading),
+    metrics.update(data=data, model=model, backend=clf.backend, skipped_rows=len(rows.skipped), reading=dataclasses.asdict(reading),
                    mistakes=[{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]])
     if not quiet:
         print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))

@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from finetune_bert.config import Reading
+from finetune_bert.score_config import BACKENDS
 from finetune_bert.data import Split, clean_text
 from finetune_bert.engine import Engine, steady_heap
 from finetune_bert.skipped import SkippedRow, refuse_foreign_skipped_list, write_skipped
 from finetune_bert.tokens import Encoded, Windows, encode, encode_windows, max_length_for, window_size
 from finetune_bert.errors import UserError
-from finetune_bert.model import load_classifier, load_tokenizer, pick_device, read_run_info, refuse_model_file, resolve
+from finetune_bert.model import (load_classifier, load_model_config, load_tokenizer, pick_device, read_run_info,
+                                 refuse_model_file, resolve)
+from finetune_bert.onnx_engine import OnnxEngine, export_command, find_export
 from finetune_bert.sources import source_chunks
 from finetune_bert.safefiles import atomic_output, check_output_file, claim_output, read_marker
 from finetune_bert.streaming import EVAL_CHUNK, ChunkedSplit, chunk_rows
@@ -46,12 +49,13 @@ class Classifier:
     model was trained to read texts (cleaning, truncation, labels), or `reading` as asked (config.Reading:
     another truncation, or long texts read whole as windows)."""
 
-    def __init__(self, engine: Engine, tokenizer, info: dict[str, Any], source: str | None = None,
+    def __init__(self, engine: Engine | OnnxEngine, tokenizer, info: dict[str, Any], source: str | None = None,
                  reading: Reading = Reading()):
         self.engine, self.tokenizer, self.info = engine, tokenizer, info
-        self.model, self.device = engine.model, engine.device
+        self.model, self.device = getattr(engine, "model", None), engine.device  # model: None for ONNX
+        self.backend = engine.backend
         self.source = source  # the folder or hub id it was loaded from
-        config = self.model.config
+        config = engine.config
         self.labels = LabelMap.of(config, info)
         self.label_names = self.labels.names
         # the length it was trained at, clamped as training clamps it (tokens.max_length_for)
@@ -180,26 +184,48 @@ def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[st
                         on_bad_rows=on_bad_rows, row_filter=labels.known)
 
 
-def load(model_dir: str, device: str | None = None, reading: Reading = Reading()) -> Classifier:
+def load(model_dir: str, device: str | None = None, reading: Reading = Reading(), backend: str = "auto") -> Classifier:
     """Load a fine-tuned classifier folder (or hub id) for prediction; a warning on stderr if its
     classification head was never trained (its predictions would be random). `reading`: how texts longer
-    than the model's max length are read (config.Reading), checked before the weights are loaded."""
-    if problems := reading.problems():
+    than the model's max length are read (config.Reading), checked before the weights are loaded.
+    `backend`: torch; onnx or onnx-int8 (the folder's `finetune-bert export`, on the CPU); auto: the fp32
+    ONNX export where one is current and the device is the CPU, else torch."""
+    if problems := reading.problems() + ([] if backend in BACKENDS else
+                                         [f"--backend {backend}: one of {', '.join(BACKENDS)}"]):
         raise UserError("; ".join(problems))
     info = read_run_info(model_dir)
     tokenizer = load_tokenizer(model_dir)
     _check_stride(reading, tokenizer, info)
-    notes: list[str] = []
-    model = load_classifier(model_dir, notes=notes)
-    for note in notes:
-        print(note, file=sys.stderr, flush=True)
     folder = Path(resolve(model_dir))
     if "train_log.jsonl" in read_marker(folder)["files"] and not (folder / "metrics.json").is_file():
         print(f"warning: the training run in {model_dir} has not finished (no metrics.json): this is its best model "
               "so far; finish the run with `finetune-bert train ... --resume`", file=sys.stderr, flush=True)
-    target = torch.device(device) if device else pick_device()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    target = torch.device(device) if device else pick_device()
+    # an ONNX backend asked for by name runs on the CPU whatever device is there, unless another was given
+    if (onnx := _onnx_file(model_dir, folder, backend, target if device or backend == "auto" else None)) is not None:
+        return Classifier(OnnxEngine(onnx, load_model_config(model_dir), pad_id), tokenizer, info, model_dir, reading)
+    notes: list[str] = []
+    model = load_classifier(model_dir, notes=notes)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
     return Classifier(Engine(model, target, pad_id), tokenizer, info, model_dir, reading)
+
+
+def _onnx_file(model_dir: str, folder: Path, backend: str, device: torch.device | None) -> Path | None:
+    """The export `backend` asks for (None: torch). An explicit ONNX backend without an export, or with
+    one older than the weights, is an error naming the command that makes it; auto falls back to torch
+    where there is none, but never uses a stale one."""
+    if backend == "torch" or (backend == "auto" and device.type != "cpu"):
+        return None
+    if device is not None and device.type != "cpu":
+        raise UserError(f"--backend {backend} runs on the CPU (onnxruntime's CPU provider); on {device.type} use "
+                        "--backend torch")
+    found = find_export(folder, "onnx" if backend == "auto" else backend, model_dir) if folder.is_dir() else None
+    if found is None and backend != "auto":
+        raise UserError(f"--backend {backend}: {model_dir} has no {'int8 ' if backend == 'onnx-int8' else ''}ONNX "
+                        f"export; make it with: {export_command(model_dir, backend)}")
+    return found
 
 
 def _check_stride(reading: Reading, tokenizer, info: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 
 from finetune_bert.batcher import Batcher, Closed, QueueFull
-from finetune_bert.config import Reading, ServeConfig
+from finetune_bert.config import Reading
+from finetune_bert.score_config import ServeConfig
 from finetune_bert.engine import steady_heap
 from finetune_bert.errors import UserError
 from finetune_bert.serve_metrics import ServerMetrics
@@ -54,9 +55,9 @@ def _load(cfg: ServeConfig, reading: Reading, device: str | None):
 
     from finetune_bert.predict import load
 
-    classifier = load(cfg.model, device=device, reading=reading)
-    with torch.no_grad():
-        for tensor in (*classifier.model.parameters(), *classifier.model.buffers()):
+    classifier = load(cfg.model, device=device, reading=reading, backend=cfg.backend)
+    with torch.no_grad():  # (an ONNX session holds its graph in memory: nothing mapped)
+        for tensor in () if classifier.model is None else (*classifier.model.parameters(), *classifier.model.buffers()):
             tensor.data = tensor.data.clone()
     return classifier
 
@@ -78,7 +79,7 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         clf = self.classifier
-        return {"model": self.cfg.model, "labels": clf.label_names, "max_length": clf.max_length,
+        return {"model": self.cfg.model, "backend": clf.backend, "labels": clf.label_names, "max_length": clf.max_length,
                 "temperature": clf.temperature, "reading": {"long_texts": self.reading.mode,
                                                             "truncation": clf.truncation},
                 "auth": self.api_key is not None,
