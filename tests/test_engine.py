@@ -213,7 +213,7 @@ def test_another_architecture_trains_and_predicts_through_the_stock_forward(tiny
     DistilBertForSequenceClassification(config).save_pretrained(folder)
     result = train(data=str(toy_data["train"]), model=str(folder), output=str(tmp_path / "out"), epochs=4,
                    batch_size=8, lr=5e-3, max_length=32, seed=0, num_threads=1)
-    clf = load(result.output)
+    clf = load(result.output, backend="torch-fp32")  # exact: compared with the stock forward at 1e-5
     assert not clf.engine.fast_path and not clf.engine.training
     texts = ["the film was good and wonderful", "awful boring plot"]
     probs = clf.predict_proba(texts)
@@ -221,3 +221,23 @@ def test_another_architecture_trains_and_predicts_through_the_stock_forward(tiny
         enc = clf.tokenizer(texts, padding=True, return_tensors="pt")
         stock = torch.softmax(clf.model(**enc).logits, -1).numpy()
     assert np.allclose(probs, stock, atol=1e-5) and result.metrics["validation"]["accuracy"] >= 0.5
+
+
+def test_inference_runs_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(monkeypatch, trained):
+    """bf16 only where the CPU multiplies it fast (AMX); FINETUNE_BERT_CPU_BF16=0 or --backend torch-fp32 keep
+    fp32; labels equal fp32's on the toy test set either way."""
+    from finetune_bert import load
+    from finetune_bert.engine import inference_dtype
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert inference_dtype(cpu) == torch.bfloat16
+    monkeypatch.setenv("FINETUNE_BERT_CPU_BF16", "0")
+    assert inference_dtype(cpu) is None
+    monkeypatch.delenv("FINETUNE_BERT_CPU_BF16")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert inference_dtype(cpu) is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    fast, exact = load(trained.output, device="cpu"), load(trained.output, device="cpu", backend="torch-fp32")
+    assert fast.engine.dtype == torch.bfloat16 and fast.engine.layout.multiple == 32 and exact.engine.dtype is None
+    texts = ["a good and wonderful film", "awful dull plot", "superb music", "hated it"]
+    assert (fast.predict_proba(texts).argmax(1) == exact.predict_proba(texts).argmax(1)).all()

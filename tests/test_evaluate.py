@@ -202,7 +202,7 @@ def test_evaluate_errors_writes_the_most_confident_mistakes_beside_the_metrics(t
     confidences = [float(r["confidence"]) for r in errors]
     assert confidences == sorted(confidences, reverse=True)
     assert all(r["true_label"] != r["predicted"] for r in errors)
-    assert {r["text"] for r in errors} <= {row["text"].strip() for row in rows}
+    assert {r["text"].strip() for r in errors} <= {row["text"].strip() for row in rows}
     assert errors[0]["row"].startswith("line ")
     metrics = json.loads((tmp_path / "ev.json").read_text())
     assert len(metrics["mistakes"]) <= 20 and metrics["mistakes"][0]["confidence"] == pytest.approx(confidences[0], abs=1e-6)

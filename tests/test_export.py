@@ -38,7 +38,7 @@ def test_onnx_logits_equal_torch_within_1e_4(exported):
     from finetune_bert import load
     folder, _ = exported
     for reading in ({}, {"reading": __import__("finetune_bert").Reading(long_texts="truncate")}):
-        torch_logits, _ = load(str(folder), backend="torch", **reading).scored(TEXTS)
+        torch_logits, _ = load(str(folder), backend="torch-fp32", **reading).scored(TEXTS)
         onnx_clf = load(str(folder), backend="onnx", **reading)
         assert onnx_clf.backend == "onnx" and onnx_clf.model is None
         onnx_logits, _ = onnx_clf.scored(TEXTS)
@@ -50,7 +50,7 @@ def test_int8_agreement_is_measured_not_assumed(exported, toy_data):
     folder, manifest = exported
     assert 0 <= manifest["onnx-int8"]["label_agreement"] <= 1 and manifest["onnx-int8"]["max_abs_prob_diff"] >= 0
     texts = [r["text"] for r in csv.DictReader(open(toy_data["test"]))]
-    fp32 = load(str(folder), backend="torch").predict_proba(texts)
+    fp32 = load(str(folder), backend="torch-fp32").predict_proba(texts)
     int8 = load(str(folder), backend="onnx-int8").predict_proba(texts)
     assert int8.shape == fp32.shape and np.allclose(int8.sum(1), 1, atol=1e-5)
     assert not np.array_equal(int8, fp32)  # a real int8 graph, not the fp32 one under another name
@@ -68,12 +68,11 @@ def test_export_checks_on_data_when_given(trained, toy_data, tmp_path):
     assert "agrees with torch on 100.00%" in describe(manifest, str(folder))
 
 
-def test_auto_backend_uses_a_current_export_on_cpu(exported, trained):
+def test_the_default_backend_is_torch_even_beside_an_export(exported):
     from finetune_bert import load
     folder, _ = exported
-    assert load(str(folder), device="cpu").backend == "onnx"
-    assert load(str(trained.output), device="cpu").backend == "torch"  # no export: torch, silently
-    assert load(str(folder), device="cpu", backend="torch").backend == "torch"
+    assert load(str(folder), device="cpu").backend == "torch"
+    assert load(str(folder), device="cpu", backend="torch-fp32").backend == "torch-fp32"
 
 
 def test_a_copied_folder_keeps_its_export(exported, tmp_path):
@@ -93,7 +92,7 @@ def test_an_export_older_than_the_weights_is_refused(exported, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # retrained: other weights of the same size
     weights.write_bytes(bytes(data))
-    for backend in ("auto", "onnx", "onnx-int8"):
+    for backend in ("onnx", "onnx-int8"):
         with pytest.raises(UserError, match="made from other weights.*finetune-bert export --model"):
             load(str(stale), device="cpu", backend=backend)
 
@@ -112,7 +111,7 @@ def test_backend_switch_on_predict_and_evaluate(exported, toy_data, tmp_path, ca
     from finetune_bert.cli import main
     folder, _ = exported
     results = {}
-    for backend in ("torch", "onnx", "onnx-int8"):
+    for backend in ("torch-fp32", "onnx", "onnx-int8"):
         out = tmp_path / f"{backend}.csv"
         assert main(["predict", "--model", str(folder), "--input", str(toy_data["test"]), "--output", str(out),
                      "--backend", backend]) == 0
@@ -122,9 +121,9 @@ def test_backend_switch_on_predict_and_evaluate(exported, toy_data, tmp_path, ca
                      "--backend", backend]) == 0
         assert json.loads(metrics.read_text())["backend"] == backend
     capsys.readouterr()
-    assert np.abs(np.array(results["onnx"]) - np.array(results["torch"])).max() <= 1e-5  # 6 decimals written
+    assert np.abs(np.array(results["onnx"]) - np.array(results["torch-fp32"])).max() <= 1e-5  # 6 decimals written
     assert json.loads((tmp_path / "onnx.json").read_text())["accuracy"] == \
-        json.loads((tmp_path / "torch.json").read_text())["accuracy"]
+        json.loads((tmp_path / "torch-fp32.json").read_text())["accuracy"]
 
 
 def test_backend_switch_on_the_server(exported):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -58,6 +59,16 @@ def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
     if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def inference_dtype(device: torch.device) -> torch.dtype | None:
+    """What predict, evaluate and the server compute in: bf16 on a GPU that has it, and on a CPU with AMX
+    tiles, where MiniLM scored 1,000 IMDB reviews in 5.3 s against 15.5 in fp32, with the same label for
+    every review (benchmarks/RESULTS.md); fp32 on other CPUs (AVX-512 bf16 alone measured half as fast)."""
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if amx and os.environ.get("FINETUNE_BERT_CPU_BF16", "1") != "0" else None
+    return autocast_dtype(device, True)
 
 
 class Engine(torch.nn.Module):

@@ -29,7 +29,7 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
              text_column: str | None = None, label_column: str | None = None,
              on_bad_rows: str = "error", max_samples: int | None = None, seed: int = 42,
              quiet: bool = False, rows_per_chunk: int | None = None, reading: Reading = Reading(),
-             errors: int = 0, backend: str = "auto") -> dict[str, Any]:
+             errors: int = 0, backend: str = "torch") -> dict[str, Any]:
     """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON.
 
     Options, then the output's place, then every row are checked before the model is loaded: the data is

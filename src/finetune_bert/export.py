@@ -3,8 +3,7 @@
 The graph is written beside the Hugging Face files, in DIR/onnx/, with a manifest (export.json) that
 records the weights it came from and what was measured: fp32 parity with the torch path (refused beyond
 1e-4 in any logit) and, for int8, how often its label agrees with fp32's and how far its probabilities
-move. `predict`, `evaluate` and `serve` then take `--backend onnx` (or `onnx-int8`); `auto` uses the fp32
-export on a CPU whenever a current one is there.
+move. `predict`, `evaluate` and `serve` then take `--backend onnx` (or `onnx-int8`).
 
 The TorchScript exporter (dynamo=False) is used: it handles dynamic batch and sequence axes for BERT,
 where the dynamo path still fails on dimensions of size 0 or 1 (huggingface/optimum#2219).
@@ -159,7 +158,7 @@ def _on_data(model: str, data: str, rows: int, backends: list[str]) -> dict[str,
     chunks = input_rows(data, rows_per_chunk=rows, on_bad_rows="skip")
     chunks.check()
     split = next(iter(chunks))
-    reference = load(model, device="cpu", backend="torch")
+    reference = load(model, device="cpu", backend="torch-fp32")
     torch_probs = reference.predict_proba(split.texts)
     truth = None
     if split.labels is not None:

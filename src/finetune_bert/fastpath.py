@@ -39,7 +39,10 @@ def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, 
     packed = fast and unpadded and not pad_to and device.type == "cuda" and dtype is not None and supported(model)
     lanes = fast and lane_dropout and device.type == "cpu" and supported(model)
     cap = _activation_shape(model.config) if cpu_micro_batches and device.type == "cpu" else None
-    return Layout(pad_id, 8 if device.type == "cuda" else 1, packed, fast, lanes, cap, pad_to)
+    # bf16 on a CPU (AMX): oneDNN builds a kernel per shape, so widths are rounded to 32 tokens; one process
+    # scoring 1,000 IMDB reviews spent ~1.9 s building kernels for exact widths, ~0.1 s for multiples of 32
+    multiple = 8 if device.type == "cuda" else 32 if dtype is not None else 1
+    return Layout(pad_id, multiple, packed, fast, lanes, cap, pad_to)
 
 
 def _activation_shape(config) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import torch
 from finetune_bert.config import Reading
 from finetune_bert.score_config import BACKENDS
 from finetune_bert.data import Split, clean_text
-from finetune_bert.engine import Engine, steady_heap
+from finetune_bert.engine import Engine, inference_dtype, steady_heap
 from finetune_bert.skipped import SkippedRow, refuse_foreign_skipped_list, write_skipped
 from finetune_bert.tokens import Encoded, Windows, encode, encode_windows, max_length_for, window_size
 from finetune_bert.errors import UserError
@@ -184,12 +184,12 @@ def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[st
                         on_bad_rows=on_bad_rows, row_filter=labels.known)
 
 
-def load(model_dir: str, device: str | None = None, reading: Reading = Reading(), backend: str = "auto") -> Classifier:
+def load(model_dir: str, device: str | None = None, reading: Reading = Reading(), backend: str = "torch") -> Classifier:
     """Load a fine-tuned classifier folder (or hub id) for prediction; a warning on stderr if its
     classification head was never trained (its predictions would be random). `reading`: how texts longer
     than the model's max length are read (config.Reading), checked before the weights are loaded.
-    `backend`: torch; onnx or onnx-int8 (the folder's `finetune-bert export`, on the CPU); auto: the fp32
-    ONNX export where one is current and the device is the CPU, else torch."""
+    `backend`: torch (bf16 where the device computes it fast: engine.inference_dtype), torch-fp32; onnx or
+    onnx-int8 (the folder's `finetune-bert export`, on the CPU)."""
     if problems := reading.problems() + ([] if backend in BACKENDS else
                                          [f"--backend {backend}: one of {', '.join(BACKENDS)}"]):
         raise UserError("; ".join(problems))
@@ -202,27 +202,28 @@ def load(model_dir: str, device: str | None = None, reading: Reading = Reading()
               "so far; finish the run with `finetune-bert train ... --resume`", file=sys.stderr, flush=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     target = torch.device(device) if device else pick_device()
-    # an ONNX backend asked for by name runs on the CPU whatever device is there, unless another was given
-    if (onnx := _onnx_file(model_dir, folder, backend, target if device or backend == "auto" else None)) is not None:
+    # an ONNX backend runs on the CPU whatever device is there, unless another was given
+    if (onnx := _onnx_file(model_dir, folder, backend, target if device else None)) is not None:
         return Classifier(OnnxEngine(onnx, load_model_config(model_dir), pad_id), tokenizer, info, model_dir, reading)
     notes: list[str] = []
     model = load_classifier(model_dir, notes=notes)
     for note in notes:
         print(note, file=sys.stderr, flush=True)
-    return Classifier(Engine(model, target, pad_id), tokenizer, info, model_dir, reading)
+    engine = Engine(model, target, pad_id, dtype=None if backend == "torch-fp32" else inference_dtype(target))
+    engine.backend = "torch-fp32" if backend == "torch-fp32" else "torch"
+    return Classifier(engine, tokenizer, info, model_dir, reading)
 
 
 def _onnx_file(model_dir: str, folder: Path, backend: str, device: torch.device | None) -> Path | None:
-    """The export `backend` asks for (None: torch). An explicit ONNX backend without an export, or with
-    one older than the weights, is an error naming the command that makes it; auto falls back to torch
-    where there is none, but never uses a stale one."""
-    if backend == "torch" or (backend == "auto" and device.type != "cpu"):
+    """The export an ONNX `backend` asks for (None: torch). No export, or one older than the weights, is an
+    error naming the command that makes it."""
+    if backend in ("torch", "torch-fp32"):
         return None
     if device is not None and device.type != "cpu":
         raise UserError(f"--backend {backend} runs on the CPU (onnxruntime's CPU provider); on {device.type} use "
                         "--backend torch")
-    found = find_export(folder, "onnx" if backend == "auto" else backend, model_dir) if folder.is_dir() else None
-    if found is None and backend != "auto":
+    found = find_export(folder, backend, model_dir) if folder.is_dir() else None
+    if found is None:
         raise UserError(f"--backend {backend}: {model_dir} has no {'int8 ' if backend == 'onnx-int8' else ''}ONNX "
                         f"export; make it with: {export_command(model_dir, backend)}")
     return found
