@@ -116,7 +116,7 @@ def test_folded_temperature_gives_the_calibrated_probabilities_in_predict_and_in
 
     out, t = calibrated.output, calibrated.metrics["calibration"]["value"]
     texts = ["a great and wonderful film", "boring dull plot", "the camera light at night"]
-    ours = load(out, device="cpu").predict_proba(texts)
+    ours = load(out, device="cpu", backend="torch-fp32").predict_proba(texts)  # exact: compared at 1e-5
     pipe = pipeline("text-classification", model=out, device="cpu", top_k=None)
     theirs = np.array([[d["score"] for d in sorted(row, key=lambda d: d["label"])] for row in pipe(texts)])
     assert np.allclose(ours, theirs, atol=1e-5)

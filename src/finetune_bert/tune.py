@@ -127,8 +127,10 @@ def _setup_study(cfg: TuneConfig, folder: Path, fingerprint: dict[str, Any]):
             break
         except Exception as exc:  # sqlalchemy's errors (unreachable server, bad URL, no such driver)
             # Two processes starting one study at once race to create its tables (IntegrityError on
-            # alembic_version): the loser finds them made a moment later.
-            if type(exc).__name__ == "IntegrityError" and attempt < 4:
+            # alembic_version, or OperationalError "table ... already exists" when both create the schema):
+            # the loser finds them made a moment later.
+            raced = type(exc).__name__ == "IntegrityError" or "already exists" in str(exc)
+            if raced and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
