@@ -22,7 +22,7 @@ import torch
 
 from finetune_bert.engine import Engine
 from finetune_bert.errors import UserError
-from finetune_bert.model import load_classifier, load_tokenizer, read_run_info
+from finetune_bert.model import load_classifier, load_tokenizer, read_run_info, resolve
 from finetune_bert.onnx_engine import EXPORT_DIR, FILES, MANIFEST, WEIGHTS, OnnxEngine, weights_stamp
 from finetune_bert.safefiles import MARKER, claim, disk_error, write_text_atomic
 from finetune_bert.tokens import Encoded, max_length_for, special_tokens
@@ -85,8 +85,6 @@ def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str
 
 def _model_folder(model: str, fmt: str, quantize: str | None) -> Path:
     """The local model folder to write into; everything wrong with the request, before any work."""
-    from finetune_bert.model import resolve
-
     problems = []
     if fmt != "onnx":
         problems.append(f"--format {fmt}: the one export format is onnx")

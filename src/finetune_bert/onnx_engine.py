@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_bert.batches import eval_batches
+from finetune_bert.batches import collate, eval_batches
 from finetune_bert.errors import UserError
 from finetune_bert.tokens import Encoded
 
@@ -27,8 +27,8 @@ EXPORT_DIR = "onnx"
 MANIFEST = "export.json"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 WEIGHTS = "model.safetensors"
-# Tokens in one ONNX batch (padded): at 4k-16k MiniLM's throughput on 2 cores is flat within 3%
-# (benchmarks/infer_speed.py --batch-tokens); smaller batches pay per-call overhead, larger ones cache misses.
+# Tokens in one ONNX batch (padded), so tweets and long reviews both run at a sensible batch; not tuned:
+# 8192 is 64 texts at 128 tokens, 16 at 512 (the torch engine's CPU default sizes).
 BATCH_TOKENS = 8192
 
 
@@ -94,7 +94,6 @@ class OnnxEngine:
             raise UserError(f"{path}: cannot be loaded by onnxruntime ({type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); the export may "
                             "be damaged: run the export again") from None
-        self.inputs = {i.name for i in self.session.get_inputs()}
         self.path, self.config, self.pad_id = path, config, pad_id
         self.device = torch.device("cpu")
         self.backend = "onnx-int8" if path.name == FILES["onnx-int8"] else "onnx"
@@ -102,23 +101,12 @@ class OnnxEngine:
     def batch_fit(self, length: int) -> int:
         return max(1, BATCH_TOKENS // max(length, 1))
 
-    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.inputs:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        return self.session.run(["logits"], feed)[0]
-
     def logits(self, encoded: Encoded, batch_size: int) -> torch.Tensor:
         """fp32 logits (n, classes) in input order; batches longest first, at most `batch_size` texts and
         about BATCH_TOKENS tokens each."""
         out = np.zeros((len(encoded), self.config.num_labels), dtype=np.float32)
         for index in eval_batches(encoded.lengths, batch_size, self.batch_fit):
-            rows = [encoded.ids[i] for i in index]
-            width = max(len(r) for r in rows)
-            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for j, r in enumerate(rows):
-                ids[j, :len(r)] = r
-                mask[j, :len(r)] = 1
-            out[index] = self.run(ids, mask)
+            batch = collate(encoded, index, self.pad_id)  # the graph's two inputs, int64 (as exported)
+            feed = {name: batch[name].numpy() for name in ("input_ids", "attention_mask")}
+            out[index] = self.session.run(["logits"], feed)[0]
         return torch.from_numpy(out)
