@@ -52,8 +52,8 @@ def test_ddp_wrapped_engine_runs_the_fast_path_and_gives_the_same_gradients(tiny
     from torch.nn.parallel import DistributedDataParallel
 
     engine, enc = _setup(tiny_model)
-    index = np.arange(len(TEXTS))
-    steps._forward_backward(engine, enc, index, 2, None, 1)  # two micro-batches: DDP syncs once, at the last
+    share = steps.Share(np.arange(len(TEXTS)), 1 / len(TEXTS))
+    steps._forward_backward(engine, enc, share, 2, None, 1)  # two micro-batches: DDP syncs once, at the last
     plain = _grads(engine)
     engine.model.zero_grad(set_to_none=True)
 
@@ -64,7 +64,9 @@ def test_ddp_wrapped_engine_runs_the_fast_path_and_gives_the_same_gradients(tiny
         monkeypatch.setattr(wrapped, "_pre_forward", lambda *a, **k: ddp_forward.append(1) or
                             DistributedDataParallel._pre_forward(wrapped, *a, **k))
         calls = _spy_fast_path(monkeypatch)
-        steps._forward_backward(wrapped, enc, index, 2, None, 1)
+        done = steps._forward_backward(wrapped, enc, share, 2, None, 1)
+        assert done.last is not None  # under DDP the exchanging backward waits for the vote
+        done.last.backward()
     finally:
         dist.destroy_process_group()
     assert ddp_forward and calls, "DDP's forward and the fast path both ran"

@@ -73,8 +73,8 @@ def _engine(model, layout):
 def _step(model, enc, index, layout):
     """One training step's forward and backward: (loss, real tokens, gradients)."""
     model.zero_grad()
-    loss, tokens = steps._forward_backward(_engine(model, layout), enc, index, 1, None, 1)
-    return loss, tokens, {n: p.grad.clone() for n, p in model.named_parameters()}
+    done = steps._forward_backward(_engine(model, layout), enc, steps.Share(index, 1 / len(index)), 1, None, 1)
+    return done.loss, done.tokens, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def _assert_same_step(a, b):

@@ -308,7 +308,7 @@ def test_a_new_run_that_fails_after_its_first_save_leaves_no_old_metrics_beside_
 
     def crash(*a, **k):
         raise RuntimeError("crash after the first save")
-    monkeypatch.setattr(train_module, "_finish", crash)
+    monkeypatch.setattr(train_module, "finish", crash)
     with pytest.raises(RuntimeError):
         _quick(tiny_model, toy_data["train"], tmp_path / "o", lr=1e-3, overwrite=True)
     names = {p.name for p in (tmp_path / "o").iterdir()}

@@ -250,7 +250,7 @@ def test_command_line_options_override_the_config_file(tmp_path, monkeypatch):
     import importlib
     from finetune_bert import cli
     seen = []
-    monkeypatch.setattr(importlib.import_module("finetune_bert.train"), "train", lambda cfg: seen.append(cfg))
+    monkeypatch.setattr(importlib.import_module("finetune_bert.launch"), "train_here", lambda cfg: seen.append(cfg))
     (tmp_path / "c.json").write_text(json.dumps({"data": "d.csv", "output": "o", "lr": 0.01, "epochs": 5, "clean": False}))
     assert cli.main(["train", "--config", str(tmp_path / "c.json"), "--epochs", "2", "--clean"]) == 0
     assert seen[0].lr == 0.01 and seen[0].epochs == 2 and seen[0].clean is True and seen[0].data == "d.csv"

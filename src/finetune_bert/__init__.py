@@ -9,7 +9,8 @@ from finetune_bert.config import Reading, TrainConfig, TuneConfig
 from finetune_bert.errors import UserError
 from finetune_bert.evaluate import evaluate
 from finetune_bert.predict import Classifier, Prediction, load
-from finetune_bert.train import TrainResult, train
+from finetune_bert.launch import train
+from finetune_bert.train import TrainResult
 from finetune_bert.tune import tune
 
 __version__ = "0.1.0"

@@ -3,7 +3,8 @@
 A checkpoint is the folder DIR/checkpoints/step-NNNNNNN holding
   model.safetensors   the weights (safetensors: loading it cannot run code)
   optimizer.pt        AdamW state, loaded with torch.load(weights_only=True)
-  rng.pt              python, numpy, torch CPU and CUDA generator states (weights_only=True)
+  rng.pt              python, numpy, torch CPU and CUDA generator states (weights_only=True): rank 0's, and
+                      under several processes every rank's in "ranks", so each resumes its own dropout
   state.json          step counters, data position, best metric, early stopping, backoff, run fingerprint
   COMPLETE            written last; a folder without it is never used
 It is written into a temporary sibling folder, each file fsynced, then renamed into place. The learning
@@ -81,24 +82,36 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if saved.get(k) != now.get(k)]
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
     state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # the current device's alone: every process trains on one, and touching the others would give each
+        # process of a multi-GPU job a CUDA context on every GPU
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], rank: int = 0) -> None:
+    """Rank `rank`'s generators from a checkpoint's states. A rank the checkpoint has none for (a resume
+    with more processes than saved it) keeps the fresh seeding it started with: its dropout masks are new
+    ones, which no run without dropout notices."""
+    ranks = state.get("ranks") or [state]
+    if rank >= len(ranks):
+        return
+    state = ranks[rank]
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every device's state
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 def _fsync(path: Path) -> None:
@@ -109,19 +122,20 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save(folder: Path, engine, optimizer, state: TrainState, keep: int) -> Path:
+def save(folder: Path, engine, optimizer, state: TrainState, keep: int, rngs: list[dict] | None = None) -> Path:
     """Write a complete checkpoint atomically, then prune all but the newest `keep` (at least 1).
 
     A disk problem (full, read-only, file-size limit) removes the partial folder and is one line naming the
     last complete checkpoint, which is left intact. `engine`: an engine.Engine; its full-precision weights
-    (the fp32 masters when the model runs in bf16) are what is saved."""
+    (the fp32 masters when the model runs in bf16) are what is saved. `rngs`: every rank's generator
+    states, rank order (default: this process's)."""
     root = folder / "checkpoints"
     final = root / f"step-{state.step:07d}"
     tmp = root / f".tmp-step-{state.step:07d}"
     try:
         root.mkdir(exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        _write(tmp, engine.weights(), optimizer, state)
+        _write(tmp, engine.weights(), optimizer, state, rngs or [rng_state()])
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _fsync(root)
@@ -139,7 +153,7 @@ def save(folder: Path, engine, optimizer, state: TrainState, keep: int) -> Path:
     return final
 
 
-def _write(tmp: Path, state_dict: dict[str, torch.Tensor], optimizer, state: TrainState) -> None:
+def _write(tmp: Path, state_dict: dict[str, torch.Tensor], optimizer, state: TrainState, rngs: list[dict]) -> None:
     from safetensors.torch import save_file
 
     tmp.mkdir()
@@ -147,7 +161,7 @@ def _write(tmp: Path, state_dict: dict[str, torch.Tensor], optimizer, state: Tra
     save_file(_untie(weights), str(tmp / "model.safetensors"))
     faults.hit("checkpoint", state.step)  # tests kill the process here: mid-write
     _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
-    _torch_save(_rng_state(), tmp / "rng.pt")
+    _torch_save({**rngs[0], "ranks": rngs} if len(rngs) > 1 else rngs[0], tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state)) + "\n", encoding="utf-8")
     mode = public_mode()  # safetensors >= 0.8 writes 0600
     for name in ("model.safetensors", "optimizer.pt", "rng.pt", "state.json"):
@@ -204,8 +218,9 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / DONE).is_file())
 
 
-def load(path: Path, engine, optimizer) -> TrainState:
-    """Restore weights (into an engine.Engine), optimizer, RNG and counters. Pickled code is refused, never run."""
+def load(path: Path, engine, optimizer, rank: int = 0) -> TrainState:
+    """Restore weights (into an engine.Engine), optimizer, RNG (rank `rank`'s) and counters. Pickled code is
+    refused, never run."""
     from safetensors.torch import load_file
 
     try:
@@ -216,6 +231,6 @@ def load(path: Path, engine, optimizer) -> TrainState:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: {first}); "
                         "it may be damaged or tampered with. Remove it to resume from an older one") from None
-    _set_rng_state(rng)
+    _set_rng_state(rng, rank)
     payload = json.loads((path / "state.json").read_text())
     return TrainState(**payload)

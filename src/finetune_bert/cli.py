@@ -18,7 +18,8 @@ from typing import Any, Callable, NoReturn
 from finetune_bert import __version__
 from finetune_bert.config import MAX_SEED, DataConfig, NotANumber, TrainConfig, TuneConfig, range_problems
 from finetune_bert.score_config import EvaluateConfig, ExportConfig, PredictConfig, ServeConfig
-from finetune_bert.errors import TrainingInterrupted, UserError
+from finetune_bert.distributed import RankLost, follower
+from finetune_bert.errors import Reported, TrainingInterrupted, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,7 +158,7 @@ def _config(cls, args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "train":
-        from finetune_bert.train import train
+        from finetune_bert.launch import train
         train(_from_file(args) if args.config else _config(TrainConfig, args))
     elif args.command == "tune":
         from finetune_bert.tune import tune
@@ -313,13 +314,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if args.command == "serve" else "true")
     try:
         return run(args)
+    except Reported as exc:  # said already, by the process that met it
+        return exc.exit_code
+    except RankLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank_prefix()}{exc}", file=sys.stderr)
         return exc.exit_code
     except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
+        if not follower():  # rank 0 says where the checkpoint is
+            print(str(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -332,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc} (run again with --debug for the traceback)", file=sys.stderr)
         return 2
+
+
+def _rank_prefix() -> str:
+    """Under torchrun, which process an error of its own is from (rank 0's are unmarked: the usual case)."""
+    return f"rank {os.environ.get('RANK')}: " if follower() else ""
 
 
 if __name__ == "__main__":

@@ -190,6 +190,11 @@ class TrainConfig(DataConfig):
     keep_checkpoints: int = opt(2, "Keep the newest K checkpoints (the best model is always kept in --output); 0 "
                                    "keeps one while training and removes it after a successful run.", at_least=0)
     max_bad_steps: int = opt(5, "Stop after this many consecutive steps with a NaN or inf loss or gradient.", at_least=1)
+    nproc_per_node: int = opt(1, "Train with this many processes on this machine (one per GPU; DDP under torchrun, "
+                              "started for you); --batch-size stays the global batch of a step. For several "
+                              "machines, run torchrun yourself (README, 'More than one GPU').", at_least=1)
+    dist_timeout: float = opt(600.0, "With several processes: seconds a process waits for the others at a collective "
+                              "before the job stops with a message (a process that died or hangs).", at_least=1)
     debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
 
     def problems(self) -> list[str]:
@@ -249,7 +254,11 @@ class TuneConfig(TrainConfig):
                          "(another host's; on this host a killed trial is found at once) and retried.", at_least=1)
 
     def problems(self) -> list[str]:
-        return TrainConfig.problems(self)
+        found = TrainConfig.problems(self)
+        if self.nproc_per_node != 1:
+            found.append("--nproc-per-node is for train; to search with several processes, run several tune "
+                         "commands on one --storage (each trial runs in one process)")
+        return found
 
     def train_config(self, **changes: Any) -> TrainConfig:
         """The train options alone (what a trial, or best_config.json, is)."""

@@ -33,8 +33,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from finetune_bert import fastpath
+from finetune_bert import distributed, fastpath, faults
 from finetune_bert.batches import Layout, eval_batches, to_device
+from finetune_bert.distributed import ALONE, World
+from finetune_bert.errors import is_oom
 from finetune_bert.tokens import Encoded
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt() parameter (malloc.h)
@@ -97,6 +99,8 @@ class Engine(torch.nn.Module):
         if self.bf16_weights:
             self.model.to(self.dtype)
         self._stock_lock = threading.Lock()
+        self.world: World = ALONE  # under torchrun, inference is shared between the processes (infer)
+        self.step = 0  # the training step being run (steps.train_step), for fault injection
         self.train(training)
 
     @property
@@ -113,6 +117,9 @@ class Engine(torch.nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """fp32 logits of a batch (from Layout.batch, on the device); dropout as the module is set."""
+        # tests' out-of-memory errors fire here, inside the forward, as real ones do: under DDP that is after
+        # its own pre-forward work, which every rank must have done alike
+        faults.hit("forward", self.step)
         return self._logits(batch, self.training)
 
     def _logits(self, batch: dict, train: bool) -> torch.Tensor:
@@ -138,18 +145,46 @@ class Engine(torch.nn.Module):
 
     def infer(self, encoded: Encoded, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """(row indices, fp32 logits on the CPU) per batch, longest first; one batch in flight at a time.
+        Under several processes each scores its share of the batches and every process gets all of them."""
+        batches = eval_batches(encoded.lengths, batch_size, self.layout.capped_fit)
+        if self.world.several:
+            yield from self._infer_shared(encoded, batches)
+            return
+        yield from self._run(encoded, batches)
 
-        A batch's logits are read back only after the next batch has been queued, so the GPU never waits
+    def _run(self, encoded: Encoded, batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """A batch's logits are read back only after the next batch has been queued, so the GPU never waits
         for the host to collate and launch."""
         pending = None
         with self.inference():
-            for index in eval_batches(encoded.lengths, batch_size, self.layout.capped_fit):
+            for index in batches:
                 logits = self._logits(to_device(self.layout.batch(encoded, index), self.device), False)
                 if pending is not None:
                     yield pending[0], pending[1].cpu()
                 pending = (index, logits)
             if pending is not None:
                 yield pending[0], pending[1].cpu()
+
+    def _infer_shared(self, encoded: Encoded, batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Every size-th batch of the single process's own batches on this rank, so each row's logits are
+        computed in the batch it would be alone; gathered once, then handed out in the single process's
+        order, so streaming sums add up in the same order and the metrics are exactly its metrics. An
+        out-of-memory error on any rank is raised on all, so that all halve the batch together."""
+        mine = batches[self.world.rank::self.world.size]
+        local, failed = torch.zeros(len(encoded), self.model.config.num_labels), None
+        try:
+            for index, logits in self._run(encoded, mine):
+                local[torch.from_numpy(index)] = logits
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            failed = exc
+        if distributed.agree(failed is not None, world=self.world)[0]:
+            raise failed or torch.OutOfMemoryError("another process ran out of memory in evaluation")
+        rows = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+        every = distributed.gather_rows(rows, local[torch.from_numpy(rows)], len(encoded), self.world)
+        for index in batches:
+            yield index, every[torch.from_numpy(index)]
 
     def logits(self, encoded: Encoded, batch_size: int) -> torch.Tensor:
         """fp32 logits (n, classes) on the CPU, in input order."""

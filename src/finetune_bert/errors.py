@@ -11,3 +11,20 @@ class TrainingInterrupted(Exception):
     """Ctrl-C or SIGTERM: a checkpoint was saved and the run can be resumed."""
 
     exit_code = 130
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of device or host memory, as torch raises it (its own type, or a RuntimeError from a backend)."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+class Reported(Exception):
+    """A failure already reported by the process that met it (another rank, a training process the launcher
+    started): exit with its code, saying nothing more."""
+
+    def __init__(self, exit_code: int, message: str = ""):
+        super().__init__(message or f"stopped with exit code {exit_code}; the reason is printed above")
+        self.exit_code = exit_code

@@ -6,7 +6,8 @@ FINETUNE_BERT_FAULTS="kill@checkpoint:4,oom@forward:3" makes the run, at those p
   nan   poison the loss with NaN (only at place `loss`)
   int / term  send itself SIGINT / SIGTERM (Ctrl-C, a scheduler's stop)
   slow  sleep one second (a server's batch in flight long enough to be caught by a SIGTERM)
-A kind ending in "!" (e.g. "oom!@forward:2") fires every time, not once.
+A kind ending in "!" (e.g. "oom!@forward:2") fires every time, not once. A suffix "#R" (e.g. "kill@step:3#1")
+keeps the fault to the process of rank R under torchrun (env RANK); without one, every rank fires it.
 Places: step (after an optimizer step, between checkpoints), forward (a training forward pass),
 eval (inside an evaluation), checkpoint (mid-write), loss, batch (a server batch; its step is always 0).
 Unless marked "!", each fault fires once per process. Unset, this module costs one dict lookup per call.
@@ -23,7 +24,11 @@ import torch
 
 def _parse(spec: str) -> dict[tuple[str, int], str]:
     faults = {}
+    rank = os.environ.get("RANK", "0")
     for item in filter(None, (s.strip() for s in spec.split(","))):
+        item, _, only = item.partition("#")
+        if only and only.strip() != rank:
+            continue
         kind, _, where = item.partition("@")
         place, _, step = where.partition(":")
         faults[(place, int(step))] = kind

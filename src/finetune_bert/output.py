@@ -1,4 +1,4 @@
-"""The output folder: ownership, a run lock, atomic model saves, the JSONL log, and the model card.
+"""The output folder: ownership, a run lock, atomic model saves, and the JSONL log.
 
 A folder is ours when it holds the marker file, and we only ever replace files the marker lists; a user's
 folder with other files in it is refused unless --overwrite, and a finished model unless --overwrite or
@@ -242,6 +242,42 @@ class RunFolder:
                 lock.release()
 
 
+class Follower:
+    """The run folder as a process of rank > 0 sees it under torchrun: rank 0 alone writes the folder, holds
+    its lock and logs, so every write here is a no-op; `path` is where rank 0 writes (checkpoints to resume)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path).expanduser()
+        self.files: set[str] = set()
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def own(self, *names: str) -> None:
+        pass
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.path / name
+
+    def stage(self, name: str, text: str) -> None:
+        pass
+
+    def save_model(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def remove_checkpoints(self) -> None:
+        pass
+
+    def log(self, event: str, **fields: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _our_checkpoint(entry: Path) -> bool:
     """A step folder as checkpoint.save writes it, holding nothing else: a folder of the user's that happens to
     be named like one, or one they put a file in, is never removed."""
@@ -279,11 +315,20 @@ def _jsonable(value: Any) -> Any:
 
 
 _QUIET = threading.local()
+_SILENT = {"on": False}
+
+
+def silence() -> None:
+    """Nothing is said by this process from now on: a torchrun process of rank > 0, whose every line rank 0
+    already says (errors of its own are still printed, by the CLI)."""
+    _SILENT["on"] = True
 
 
 def say(message: str) -> None:
     """A line for the user: warnings on stderr, always; the rest on stdout, unless inside `quietly()`."""
     warning = message.startswith("warning")
+    if _SILENT["on"]:
+        return
     if warning or not getattr(_QUIET, "depth", 0):
         from tqdm import tqdm
 
@@ -296,7 +341,7 @@ def say(message: str) -> None:
 
 
 def is_quiet() -> bool:
-    return bool(getattr(_QUIET, "depth", 0))
+    return bool(getattr(_QUIET, "depth", 0)) or _SILENT["on"]
 
 
 @contextlib.contextmanager
@@ -307,57 +352,3 @@ def quietly() -> Iterator[None]:
         yield
     finally:
         _QUIET.depth -= 1
-
-
-def model_card(cfg, report: dict[str, Any], metrics: dict[str, Any]) -> str:
-    names = report["labels"]
-    rows = []
-    for split in ("validation", "test"):
-        m = metrics.get(split)
-        if m:
-            auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-            rows.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {m['f1_macro']:.4f} | {auc} | {m['log_loss']:.4f} |")
-    train_rows = report["splits"]["train"]["rows"]
-    c = metrics.get("calibration") or {}
-    calibrated = (f"Confidences are calibrated: temperature {c['value']:.3f}, fitted on validation, is folded into "
-                  "the classifier, so the pipeline below gives calibrated probabilities too."
-                  if c.get("kept") else f"Confidences are the raw softmax ({c['note']})." if c else "")
-    return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-base_model: {cfg.model}
-tags: [finetune-bert, text-classification]
----
-
-# Text classifier fine-tuned from `{cfg.model}`
-
-Labels: {", ".join(f"`{n}`" for n in names.values())}. Trained with finetune-bert on `{cfg.data}`
-({train_rows} training rows), max length {report['max_length']}, truncation `{report['truncation']}`,
-{cfg.epochs} epochs, batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr}, seed {cfg.seed}.
-
-| split | texts | accuracy | macro F1 | ROC-AUC | log loss |
-| --- | --- | --- | --- | --- | --- |
-{chr(10).join(rows)}
-
-{calibrated}
-
-## Use
-
-```python
-from transformers import pipeline
-clf = pipeline("text-classification", model="PATH_TO_THIS_FOLDER", truncation=True)
-clf("I loved it")
-```
-
-`truncation=True` is needed: without it a text longer than the model's limit crashes the pipeline. The
-pipeline skips finetune-bert's cleaning and its `{report['truncation']}` truncation (it keeps the first
-tokens), so its predictions can differ from these, made with the same cleaning and truncation as in training:
-
-```python
-from finetune_bert import load
-load("PATH_TO_THIS_FOLDER").predict("I loved it")
-```
-
-`run_config.json` repeats the run; `data_report.txt` describes the data; `metrics.json` has every number;
-`report.html` shows them.
-"""

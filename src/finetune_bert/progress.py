@@ -9,7 +9,7 @@ import time
 import numpy as np
 import torch
 
-from finetune_bert import checkpoint
+from finetune_bert import checkpoint, distributed
 from finetune_bert.output import is_quiet, say
 from finetune_bert.steps import settle
 
@@ -53,10 +53,16 @@ class Meter:
         self.losses = []
 
     def save_checkpoint(self) -> None:
-        job = self.job
+        """Rank 0 writes it, with every rank's generator states; the others wait until it is complete, so no
+        process exits (a stop) before the checkpoint they share is on disk."""
+        job, world = self.job, self.job.world
         self.settle()  # the counters it saves must be current
-        path = checkpoint.save(job.run.path, job.engine, job.optimizer, job.state, max(1, job.cfg.keep_checkpoints))
-        job.run.log("checkpoint", step=job.state.step, path=str(path))
+        rngs = distributed.gather_objects(checkpoint.rng_state(), world)
+        if world.main:
+            path = checkpoint.save(job.run.path, job.engine, job.optimizer, job.state,
+                                   max(1, job.cfg.keep_checkpoints), rngs)
+            job.run.log("checkpoint", step=job.state.step, path=str(path))
+        distributed.barrier(world)
         self.last_save = time.time()
 
     def close(self) -> None:

@@ -23,15 +23,11 @@ import torch.nn.functional as F
 from finetune_bert import faults
 from finetune_bert.batches import micro_batches, real_tokens, to_device
 from finetune_bert.checkpoint import TrainState
-from finetune_bert.errors import UserError
+from finetune_bert.distributed import World, step_share, vote
+from finetune_bert.errors import UserError, is_oom
 from finetune_bert.metrics import score
 from finetune_bert.tokens import Encoded
 from finetune_bert.output import say
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def _free(device: torch.device) -> None:
@@ -41,29 +37,63 @@ def _free(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def _forward_backward(engine, enc: Encoded, batch_index: np.ndarray, splits: int, weights: torch.Tensor | None,
-                      step: int) -> tuple[torch.Tensor, int]:
-    """Forward and backward over the step's micro-batches, through `engine` as a module (under DDP, the
-    wrapper's forward). `weights`: class weights of the loss."""
+def _forward_backward(engine, enc: Encoded, share: Share, splits: int, weights: torch.Tensor | None,
+                      step: int) -> _Pass:
+    """Forward and backward over this rank's micro-batches of a step, through `engine` as a module (under
+    DDP, the wrapper's forward). Under DDP the last micro-batch's backward is left to the caller
+    (`_Pass.last`): it is the one that exchanges the gradients, which must wait until every rank is known to
+    have got this far. An out-of-memory error is kept in `_Pass.oom`, not raised. `weights`: class weights."""
     core = getattr(engine, "module", engine)  # the Engine itself, wrapped (DDP) or not
+    defer_last = hasattr(engine, "no_sync")
     device, layout = core.device, core.layout
-    loss_sum, tokens = torch.zeros((), device=device), 0
-    lengths = np.fromiter((len(enc.ids[i]) for i in batch_index), dtype=np.int64, count=len(batch_index))
-    micros = micro_batches(batch_index, lengths, splits, layout.capped_fit)
-    for i, micro in enumerate(micros):
-        faults.hit("forward", step)
-        host = layout.batch(enc, micro)
-        tokens += real_tokens(host)  # counted on the host: no device sync per micro-batch
-        batch = to_device(host, device)
-        # under DDP, gradients are all-reduced once per step, with the last micro-batch's backward
-        with engine.no_sync() if hasattr(engine, "no_sync") and i < len(micros) - 1 else contextlib.nullcontext():
-            logits = engine(batch)
-            loss = F.cross_entropy(logits, batch["labels"], weight=weights, reduction="sum") / len(batch_index)
-            if faults.hit("loss", step):
-                loss = loss * float("nan")
-            loss.backward()
-        loss_sum += loss.detach()
-    return loss_sum, tokens
+    out = _Pass(torch.zeros((), device=device))
+    lengths = np.fromiter((len(enc.ids[i]) for i in share.index), dtype=np.int64, count=len(share.index))
+    micros = micro_batches(share.index, lengths, splits, layout.capped_fit)
+    try:
+        core.step = step
+        for i, micro in enumerate(micros):
+            host = layout.batch(enc, micro)
+            out.tokens += real_tokens(host) if share.weight else 0  # on the host: no device sync per micro-batch
+            batch = to_device(host, device)
+            last = i == len(micros) - 1
+            with engine.no_sync() if hasattr(engine, "no_sync") and not last else contextlib.nullcontext():
+                logits = engine(batch)
+                loss = F.cross_entropy(logits, batch["labels"], weight=weights, reduction="sum") * share.weight
+                if faults.hit("loss", step):
+                    loss = loss * float("nan")
+                out.loss += loss.detach() / share.scale
+                if last and defer_last:
+                    out.last = loss
+                else:
+                    loss.backward()
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        out.oom, out.last = exc, None
+    return out
+
+
+@dataclass
+class _Pass:
+    loss: torch.Tensor                   # the step's loss from this rank's texts (summed / global count)
+    tokens: int = 0
+    last: torch.Tensor | None = None     # the last micro-batch's loss, its backward still to run
+    oom: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Share:
+    """This rank's texts of a step (all of them, alone) and the factor on each one's summed loss: 1 / the
+    step's count, times the number of ranks under DDP (which averages the ranks' gradients)."""
+
+    index: np.ndarray
+    weight: float
+    scale: float = 1.0  # the number of ranks: divided back out of the loss that is reported
+
+    @staticmethod
+    def of(batch_index: np.ndarray, world: World) -> Share:
+        mine, weight = step_share(batch_index, world)
+        return Share(mine, weight, float(world.size))
 
 
 def defers_checks(optimizer) -> bool:
@@ -84,23 +114,28 @@ def train_step(engine, optimizer, enc: Encoded, batch_index: np.ndarray, state: 
                options: StepOptions = StepOptions()) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and update for one step's batch. Returns (loss, finite) as 0-d tensors, still on
     the device: `settle` reads them later. A step whose loss or gradient norm is not finite is not applied.
-    `engine`: an engine.Engine, or one wrapped in DistributedDataParallel."""
+    `engine`: an engine.Engine, or one wrapped in DistributedDataParallel (its `world` says which)."""
     core = getattr(engine, "module", engine)
-    step = state.step + 1
+    step, world = state.step + 1, core.world
+    share = Share.of(batch_index, world)
     while True:
-        try:
-            loss, tokens = _forward_backward(engine, enc, batch_index, state.micro_splits, options.weights, step)
+        done = _forward_backward(engine, enc, share, state.micro_splits, options.weights, step)
+        # every rank's loss and out-of-memory flag, before the gradients are exchanged: all retry or none
+        loss, oom, tokens = vote(done.loss, done.oom is not None, done.tokens, world)
+        if not oom:
             break
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            core.model.zero_grad(set_to_none=True)
-            _free(core.device)
-            _back_off(state, len(batch_index), step)
+        if world.several:
+            _abandon(engine, enc, share, done)
+        done = None  # the graphs of a step to redo: freed before the retry, not during it
+        core.model.zero_grad(set_to_none=True)
+        _free(core.device)
+        _back_off(state, step, -(-len(batch_index) // world.size), world.several)
+    if done.last is not None:
+        _last_backward(done, step, world)
     state.tokens_seen += tokens
     core.gradients_to_masters()
     limit = options.max_grad_norm if options.max_grad_norm > 0 else math.inf
-    norm = torch.nn.utils.clip_grad_norm_(core.trainable(), limit)
+    norm = torch.nn.utils.clip_grad_norm_(core.trainable(), limit)  # of the exchanged gradients: equal on all ranks
     finite = torch.isfinite(loss) & torch.isfinite(norm)
     if defers_checks(optimizer):
         optimizer.found_inf = (~finite).float()
@@ -111,15 +146,43 @@ def train_step(engine, optimizer, enc: Encoded, batch_index: np.ndarray, state: 
     return loss, finite
 
 
-def _back_off(state: TrainState, batch: int, step: int) -> None:
-    """After an out-of-memory error: twice as many micro-batches for the same step, or a clear stop."""
-    if state.micro_splits >= batch:
+def _abandon(engine, enc: Encoded, share: Share, done: _Pass) -> None:
+    """Before a step is redone under DDP: a rank whose synced forward ran expects its backward (DDP's
+    reducer would otherwise exchange gradients in the next micro-batch's backward, alone), so every rank
+    runs one exchanging backward, of nothing: a rank that ran out of memory before its synced forward first
+    makes one of a single text. The gradients are thrown away."""
+    last = done.last
+    if last is None:
+        core = engine.module
+        core.step = 0  # no injected fault in this pass
+        last = engine(to_device(core.layout.batch(enc, share.index[:1]), core.device)).sum()
+    (last * 0).backward()
+
+
+def _last_backward(done: _Pass, step: int, world: World) -> None:
+    """The last micro-batch's backward: under DDP, the gradient exchange. Out of memory here cannot be
+    retried with several processes (the others are already exchanging); alone it is backed off as usual."""
+    try:
+        done.last.backward()
+    except Exception as exc:
+        if not is_oom(exc) or not world.several:
+            raise
+        raise UserError(f"out of memory at step {step} in the backward pass that exchanges gradients between "
+                        "processes, which cannot be redone; rerun with --resume and twice the --grad-accum "
+                        "(the same update, in smaller micro-batches)") from None
+
+
+def _back_off(state: TrainState, step: int, texts: int, several: bool) -> None:
+    """After an out-of-memory error: twice as many micro-batches for the same step, or a clear stop. `texts`:
+    the most texts of the step one process has (the whole batch, alone), the same number on every rank, so
+    that every rank takes the same decision."""
+    if state.micro_splits >= texts:
         raise UserError(f"out of memory at step {step} even with micro-batch 1; lower --max-length "
                         "or use a smaller model") from None
-    state.micro_splits = min(state.micro_splits * 2, batch)
-    micro = math.ceil(batch / state.micro_splits)
-    say(f"warning: out of memory at step {step}: micro-batch now {micro} with {state.micro_splits} "
-        "accumulation steps (effective batch unchanged); retrying the step")
+    state.micro_splits = min(state.micro_splits * 2, texts)
+    micro = math.ceil(texts / state.micro_splits)
+    say(f"warning: out of memory at step {step}: micro-batch now {micro}{' in each process' if several else ''} "
+        f"with {state.micro_splits} accumulation steps (effective batch unchanged); retrying the step")
 
 
 def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainState, max_bad_steps: int) -> list[float]:
@@ -180,8 +243,12 @@ def stop_on_signal() -> tuple[dict[str, int], Callable[[], None]]:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
-        if flag["signal"]:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if flag["signal"]:
+            # a second Ctrl-C: stop now; a second SIGTERM (torchrun sends its workers more than one) waits
+            # for the checkpoint, and a scheduler that cannot wait has SIGKILL
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         flag["signal"] = signum
         say("\nstopping: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 

@@ -19,29 +19,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from finetune_bert import checkpoint, faults
-from finetune_bert.calibration import calibrate, score_calibrated, summary_line
+from finetune_bert import checkpoint, distributed, faults
 from finetune_bert.batches import train_batches
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
 from finetune_bert.data import Dataset, load_dataset
 from finetune_bert.engine import Engine, EngineOptions
-from finetune_bert.errors import TrainingInterrupted, UserError
-from finetune_bert.metrics import ConfidentMistakes, format_metrics, snippet
+from finetune_bert.finish import TrainResult, finish
+from finetune_bert.distributed import ALONE, World
+from finetune_bert.errors import Reported, TrainingInterrupted, UserError
 from finetune_bert.model import load_classifier, load_tokenizer, pick_device
-from finetune_bert.output import RunFolder, model_card, say
+from finetune_bert.output import Follower, RunFolder, say, silence
 from finetune_bert.progress import Meter
 from finetune_bert.report import build_report, format_report, report_files
 from finetune_bert.skipped import skipped_csv
 from finetune_bert.steps import StepOptions, defers_checks, evaluate_step, stop_on_signal, train_step
 from finetune_bert.tokens import Encoded, TokenizedSplits, encode_splits
-
-
-@dataclass
-class TrainResult:
-    output: str
-    metrics: dict[str, Any]
-    best_step: int
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -79,21 +72,40 @@ def _setup_data(cfg: TrainConfig, prepared: Prepared, model_config, run: RunFold
     return encoded, report
 
 
-def _setup_model(cfg: TrainConfig, label_names: list[str], device: torch.device):
-    torch.manual_seed(cfg.seed)  # the classifier head's initialisation
+def _setup_model(cfg: TrainConfig, label_names: list[str], device: torch.device, world: World = ALONE):
+    torch.manual_seed(cfg.seed)  # the classifier head's initialisation: the same on every rank
     notes: list[str] = []
     model = load_classifier(cfg.model, label_names, cfg.trust_remote_code, notes=notes)
     for note in notes:
         say(note)
+    if world.rank:  # dropout: each rank draws its own masks (rank 0 keeps the single process's generator)
+        torch.manual_seed((cfg.seed + 1_000_003 * world.rank) % (2**63))
     return model.to(device).train()
 
 
-def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int) -> Engine:
+def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int, world: World) -> Engine:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     options = EngineOptions(bf16=cfg.bf16, bf16_weights=cfg.bf16_weights, fast=cfg.cls_fast_path,
                             unpadded=cfg.unpadded, lane_dropout=cfg.lane_dropout,
                             cpu_micro_batches=cfg.cpu_micro_batches, pad_to=0 if cfg.dynamic_padding else max_length)
-    return Engine(model, next(model.parameters()).device, pad_id, options=options, training=True)
+    engine = Engine(model, next(model.parameters()).device, pad_id, options=options, training=True)
+    engine.world = world
+    return engine
+
+
+def _setup_trainer(engine: Engine, world: World):
+    """What a training step runs: the engine, or under several processes the engine in PyTorch's
+    DistributedDataParallel (made after a resume, so the state it broadcasts from rank 0 is the restored one)."""
+    if not world.several:
+        return engine
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(world.device)
+    with distributed.talking(world):
+        # broadcast_buffers off: a BERT's buffers are constants (position ids), and broadcasting them would
+        # put a collective in every forward, before the vote that lets a rank out of memory retry with all
+        return DistributedDataParallel(engine, device_ids=[device.index] if device.type == "cuda" else None,
+                                       forward_sync_buffers=False)
 
 
 def _setup_output(cfg: TrainConfig) -> None:
@@ -129,13 +141,15 @@ def _is_better(value: float, best: float | None, metric: str) -> bool:
 
 
 def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, fresh: TrainState) -> TrainState:
-    """The newest complete checkpoint's state, or `fresh`; a checkpoint from another run is refused."""
+    """The newest complete checkpoint's state, or `fresh`; a checkpoint from another run is refused. Rank 0
+    picks the checkpoint; every rank loads it (the output folder must be on storage they all see)."""
     found = checkpoint.complete_checkpoints(run.path) if cfg.resume else []
+    found = [Path(p) for p in distributed.from_main([str(p) for p in found], engine.world)]
     if cfg.resume and not found:
         say(f"--resume: no complete checkpoint in {run.path / 'checkpoints'}; starting fresh")
     if not found:
         return fresh
-    state = checkpoint.load(found[-1], engine, optimizer)
+    state = checkpoint.load(found[-1], engine, optimizer, engine.world.rank)
     if diff := checkpoint.differences(state.fingerprint, fresh.fingerprint):
         raise UserError(f"--resume: {found[-1]} was made with other arguments or data; differences: "
                         + "; ".join(diff) + ". Use the original arguments, or a new --output")
@@ -145,13 +159,49 @@ def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, f
 
 
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
-    """Fine-tune `cfg.model` on `cfg.data`; the best model by `cfg.metric` ends up in `cfg.output`."""
-    cfg = checked(cfg, **overrides)
+    """Fine-tune `cfg.model` on `cfg.data`; the best model by `cfg.metric` ends up in `cfg.output`. Under
+    torchrun, this process's share of it (rank 0 alone writes and prints)."""
+    if distributed.follower():
+        silence()
+    try:
+        cfg = checked(cfg, **overrides)
+    except UserError as exc:  # the same options on every rank: rank 0 says it
+        if distributed.follower():
+            raise Reported(exc.exit_code) from None
+        raise
     started = time.time()
-    # Cheap checks first, so a bad row, a missing model or an unusable output fails in seconds and leaves
-    # nothing behind; the model is loaded before the folder is touched (a head that cannot be made stops here).
-    _setup_output(cfg)
-    return run_training(cfg, prepare(cfg), started=started)
+    world = distributed.start(pick_device(), cfg.dist_timeout)
+    try:
+        # Cheap checks first, so a bad row, a missing model or an unusable output fails in seconds and leaves
+        # nothing behind; the model is loaded before the folder is touched (a head that cannot be made stops here).
+        prepared = _together(world, lambda: preflight(cfg, world.main))
+        return run_training(cfg, prepared, started=started, world=world)
+    finally:
+        distributed.stop(world)
+
+
+def preflight(cfg: TrainConfig, main: bool = True) -> Prepared:
+    """The output folder checked (by the process that writes it), the data read and validated, the tokenizer
+    loaded: every problem of the user's found before a model is loaded or a file written."""
+    if main:
+        _setup_output(cfg)
+    return prepare(cfg)
+
+
+def _together(world: World, setup: Callable[[], Any]) -> Any:
+    """`setup()` on every rank; a UserError on any rank stops them all. Rank 0's is said by rank 0 alone (the
+    others met the same one); a problem of another rank's alone (its copy of the data) is said by that rank."""
+    error = None
+    try:
+        result = setup()
+    except UserError as exc:
+        error = exc
+    failed = distributed.gather_objects(error is not None, world)
+    if error is not None:
+        raise error if world.main or not failed[0] else Reported(error.exit_code) from None
+    if any(failed):
+        raise Reported(2)
+    return result
 
 
 def checked(cfg: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
@@ -182,15 +232,21 @@ def prepare(cfg: TrainConfig) -> Prepared:
 
 
 def run_training(cfg: TrainConfig, prepared: Prepared, *, started: float | None = None,
-                 on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None) -> TrainResult:
+                 on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None,
+                 world: World = ALONE) -> TrainResult:
     """Train on prepared data into `cfg.output` (checked by the caller). `on_eval(state, metrics)` after each
-    validation: whatever it raises (a pruned trial) ends the run there, its checkpoints kept."""
-    model = _setup_model(cfg, prepared.ds.label_names, pick_device())
-    with RunFolder(cfg.output, cfg.overwrite, cfg.resume) as run:
-        job = _setup_job(cfg, run, prepared, model)
+    validation: whatever it raises (a pruned trial) ends the run there, its checkpoints kept. `world`: this
+    process's place under torchrun; rank 0 alone holds the output folder."""
+    model = _setup_model(cfg, prepared.ds.label_names, torch.device(world.device) if world.several else pick_device(),
+                         world)
+    folder = RunFolder(cfg.output, cfg.overwrite, cfg.resume) if world.main else Follower(cfg.output)
+    with folder as run, distributed.talking(world):
+        job = _setup_job(cfg, run, prepared, model, world)
         job.started, job.on_eval = started or time.time(), on_eval
         _loop(job)
-        return _finish(job)
+        result = finish(job)
+        distributed.barrier(world)  # rank 0 has written everything before any process leaves
+        return result
 
 
 @dataclass
@@ -202,6 +258,7 @@ class _Job:
     ds: Dataset
     tokenizer: Any
     engine: Engine
+    trainer: Any  # what a step runs: the engine, or it in DistributedDataParallel
     optimizer: torch.optim.Optimizer
     enc: dict[str, Encoded]
     report: dict[str, Any]
@@ -213,6 +270,10 @@ class _Job:
     train_seconds: float = 0.0
     on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None
     temperature: float = 1.0  # folded into the saved model by _calibrate
+
+    @property
+    def world(self) -> World:
+        return self.engine.world
 
     @property
     def step_size(self) -> int:
@@ -227,13 +288,13 @@ class _Job:
                 "temperature": self.temperature}
 
 
-def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model) -> _Job:
+def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world: World) -> _Job:
     """Tokenize, build the engine and the optimizer, and restore a checkpoint: everything before step one."""
     ds, tokenizer = prepared.ds, prepared.tokenizer
     run.own("checkpoints")
     run.stage("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
     enc, report = _setup_data(cfg, prepared, model.config, run)
-    engine = _setup_engine(cfg, model, tokenizer, report["max_length"])
+    engine = _setup_engine(cfg, model, tokenizer, report["max_length"], world)
     optimizer = _setup_optimizer(cfg, engine)
     weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), engine.device)
     step_size = cfg.batch_size * cfg.grad_accum
@@ -246,7 +307,7 @@ def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model) -> _
     fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
                        fingerprint=fingerprint)
     state = _setup_resume(cfg, run, engine, optimizer, fresh)
-    job = _Job(cfg, run, ds, tokenizer, engine, optimizer, enc, report, state,
+    job = _Job(cfg, run, ds, tokenizer, engine, _setup_trainer(engine, world), optimizer, enc, report, state,
                StepOptions(weights, cfg.max_grad_norm), math.ceil(cfg.warmup_ratio * total), total)
     _announce(job, steps_per_epoch)
     return job
@@ -278,7 +339,7 @@ def _loop(job: _Job) -> None:
                 lr = lr_at(state.step, job.total, job.warmup, cfg.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, finite = train_step(job.engine, optimizer, job.enc["train"], batches[state.batch_in_epoch],
+                loss, finite = train_step(job.trainer, optimizer, job.enc["train"], batches[state.batch_in_epoch],
                                           state, job.step_options)
                 state.step += 1
                 state.batch_in_epoch += 1
@@ -288,10 +349,12 @@ def _loop(job: _Job) -> None:
                     meter.settle()
                     _validate(job)
                 faults.hit("step", state.step)  # tests kill the process here: between checkpoints
-                if epoch_end or (cfg.save_every and state.step % cfg.save_every == 0) or \
-                        time.time() - meter.last_save > cfg.save_minutes * 60 or stop["signal"]:
+                # a signal or the clock on any rank: all ranks save and stop at the same step
+                stopping, due = distributed.agree(bool(stop["signal"]), time.time() - meter.last_save >
+                                                  cfg.save_minutes * 60, world=job.world)
+                if epoch_end or (cfg.save_every and state.step % cfg.save_every == 0) or due or stopping:
                     meter.save_checkpoint()
-                if stop["signal"]:
+                if stopping:
                     raise TrainingInterrupted(f"stopped at step {state.step}; checkpoint saved in "
                                               f"{job.run.path / 'checkpoints'}. Resume with the same command and --resume")
             if state.batch_in_epoch >= len(batches):
@@ -327,53 +390,3 @@ def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: Ru
         state.best, state.best_step, state.best_metrics, state.stale_evals = value, state.step, m, 0
     else:
         state.stale_evals += 1
-
-
-def _finish(job: _Job) -> TrainResult:
-    """Calibrate the best model, score it on test; write metrics, the model card and the report."""
-    cfg, run, state, engine = job.cfg, job.run, job.state, job.engine
-    if state.best_step != state.step:
-        from safetensors.torch import load_file
-        engine.load_weights(load_file(str(run.path / "model.safetensors"), device=str(engine.device)))
-    metrics: dict[str, Any] = {"validation": state.best_metrics, "best_step": state.best_step,
-                               "history": state.history,
-                               "train": {"steps": state.step, "seconds": round(job.train_seconds, 1),
-                                         "skipped_steps": state.skipped_steps, "examples": len(job.enc["train"]),
-                                         "micro_splits": state.micro_splits}}
-    names, batch_size = job.ds.label_names, state.eval_batch_size
-    t, measures, logits = calibrate(engine, job.enc["validation"], names, batch_size, cfg.calibrate)
-    if t.kept:  # the folded weights replace the saved model, T recorded beside them
-        job.temperature = t.value
-        run.save_model(engine.model, job.tokenizer, job.run_info, engine.weights())
-    run.log("calibration", temperature=t.value, fitted=t.fitted, note=t.note)
-    metrics["calibration"] = {**t.to_json(), "validation": measures}
-    split = "validation"
-    if "test" in job.enc:
-        split, scoring = "test", time.time()
-        metrics["test"], metrics["calibration"]["test"], logits = score_calibrated(engine, job.enc["test"], names,
-                                                                                   batch_size, t)
-        metrics["test"]["seconds"] = round(time.time() - scoring, 2)
-        say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
-    say(summary_line(t, {s: metrics["calibration"][s] for s in ("validation", "test") if s in metrics["calibration"]}))
-    metrics["mistakes"] = _mistakes(job, split, logits)
-    metrics["seconds_total"] = round(time.time() - job.started, 1)
-    run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
-    run.write_text("README.md", model_card(cfg, job.report, metrics))
-    if cfg.report:
-        from finetune_bert.html_report import run_report
-        run.write_text("report.html", run_report(run.path))
-    run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
-    if cfg.keep_checkpoints == 0:  # they were only kept for a crash; the run is done
-        run.remove_checkpoints()
-    say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
-        f"training took {job.train_seconds:.0f}s" + (f"; report: {run.path / 'report.html'}" if cfg.report else ""))
-    return TrainResult(str(run.path), metrics, state.best_step)
-
-
-def _mistakes(job: _Job, split: str, logits: torch.Tensor, k: int = 20) -> list[dict[str, Any]]:
-    """The k most confident mistakes among `split`'s logits (input order), texts shortened, for the report."""
-    data = job.ds.test if split == "test" else job.ds.val
-    tracker = ConfidentMistakes(k, job.ds.label_names)
-    tracker.update(logits, torch.from_numpy(job.enc[split].labels),
-                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j])})
-    return tracker.rows()

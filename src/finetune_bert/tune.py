@@ -23,6 +23,7 @@ from typing import Any
 from finetune_bert import checkpoint
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TuneConfig, greater_is_better
+from finetune_bert.distributed import launched
 from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.lock import process_gone, this_process
 from finetune_bert.model import load_model_config
@@ -54,6 +55,9 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # heartbeats are "experimental" in Optuna since 2.9: the warning would be printed to every user
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if launched():
+        raise UserError("tune runs each trial in one process: start it without torchrun (several tune commands "
+                        "on one --storage share a study, one per GPU or machine)")
     cfg = checked(cfg or TuneConfig(), **overrides)
     space = read_space(cfg.space)
     folder = _check_folder(cfg)

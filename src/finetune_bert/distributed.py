@@ -1,0 +1,256 @@
+"""Several processes under torchrun (DDP): who does what, and the few collectives the loop needs.
+
+torchrun starts one process per GPU (or per CPU share) and sets RANK, WORLD_SIZE and LOCAL_RANK; this
+module reads them. Nothing here launches anything: launch.py hands the command to torchrun itself.
+
+The design rests on two facts of the single-process code:
+- a step's batch is a pure function of (seed, epoch), so every rank computes the same global batch and
+  takes its own share of it (`step_share`): no sampler, no duplicated or dropped example, and a resume
+  with another number of processes sees the same batches;
+- the loss of a step is summed over its examples and divided by their count, so shares add up to
+  exactly the single-process gradient once DDP has averaged them (each share's loss is scaled by the
+  number of ranks to undo DDP's mean).
+
+Every decision that could differ between ranks is taken together, by one small all-reduce: whether a
+step ran out of memory anywhere (`vote`, before the gradients are exchanged), and whether to stop or save
+now (`agree`). Evaluation is shared by batches and the logits gathered (`gather_rows`), so every rank computes
+the same metrics from the same numbers and takes the same best-model and early-stopping decisions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_bert.errors import UserError
+
+
+class RankLost(Exception):
+    """A collective failed: another process died, was killed or stopped answering."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the job's processes; `World()` is a process alone."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"  # this process's device, where collectives' tensors live: cuda:N for NCCL, cpu for gloo
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def several(self) -> bool:
+        return self.size > 1
+
+
+ALONE = World()
+
+
+def launched() -> bool:
+    """Under torchrun (or any launcher that sets WORLD_SIZE) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def start(device: torch.device, timeout_s: float) -> World:
+    """Join the job's process group (NCCL on CUDA, gloo on CPU); `World()` when not launched with several.
+    `timeout_s`: how long a collective waits for the others before failing, so a rank that died or hangs
+    ends the job with a message instead of a hang."""
+    if not launched():
+        return ALONE
+    import torch.distributed as dist
+
+    rank, size, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"several processes need CUDA (NCCL) or the CPU (gloo), not {device.type}")
+    if device.type == "cuda" and local >= torch.cuda.device_count():
+        raise UserError(f"process {local} on this machine has no GPU of its own: {torch.cuda.device_count()} "
+                        "visible; start at most that many processes per machine (--nproc-per-node)")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+    return World(rank, size, local, str(device))  # cuda:LOCAL_RANK, or cpu
+
+
+def stop(world: World) -> None:
+    import torch.distributed as dist
+
+    if world.several and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def lost(exc: BaseException, world: World) -> RankLost:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"^\[[^\]]*\] ", "", first).split(". This is typically")[0][:200]  # gloo's source path
+    return RankLost(f"rank {world.rank} of {world.size} lost contact with the other processes ({first}): one of "
+                    "them died, was killed or stopped answering. Its own output says why; every checkpoint "
+                    "in OUTPUT/checkpoints is complete or absent, so rerun the same command with --resume")
+
+
+@contextlib.contextmanager
+def talking(world: World):
+    """Around collectives: a failure because another rank is gone becomes one RankLost line."""
+    try:
+        yield
+    except RankLost:
+        raise
+    except Exception as exc:
+        if is_collective_error(exc):
+            raise lost(exc, world) from None
+        raise
+
+
+def is_collective_error(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or (
+        isinstance(exc, RuntimeError) and any(s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed")))
+
+
+# ---- a step's share -------------------------------------------------------------------------------------
+
+
+def step_share(index: np.ndarray, world: World) -> tuple[np.ndarray, float]:
+    """This rank's texts of a step's batch `index`, and the weight of each one's summed loss (1 / global
+    count, times the ranks to undo DDP's mean). Strided, so a batch sorted by length splits evenly. A rank
+    left without texts (a last batch smaller than the world) runs one text at weight 0: DDP needs every
+    rank's backward."""
+    mine = index[world.rank::world.size]
+    if len(mine) == 0:
+        return index[:1], 0.0
+    return mine, world.size / len(index)
+
+
+def _all_reduce(values: torch.Tensor, world: World) -> torch.Tensor:
+    import torch.distributed as dist
+
+    with talking(world):
+        dist.all_reduce(values)
+    return values
+
+
+def vote(loss: torch.Tensor, oom: bool, tokens: int, world: World) -> tuple[torch.Tensor, bool, int]:
+    """Before the gradient exchange: the step's global loss (the ranks' shares summed), whether any rank ran
+    out of memory (then all back off together and redo the step), and the tokens of the step. One small
+    all-reduce, and so one host sync, a step."""
+    if not world.several:
+        return loss, oom, tokens
+    values = torch.stack([loss.detach().double().reshape(()).to(world.device),
+                          torch.tensor(float(oom), dtype=torch.float64, device=world.device),
+                          torch.tensor(float(tokens), dtype=torch.float64, device=world.device)])
+    values = _all_reduce(values, world)
+    return values[0].float(), bool(values[1].item() > 0), int(values[2].item())
+
+
+def agree(*flags: bool, world: World) -> list[bool]:
+    """Each flag true on any rank: stop now, save now. Alone: the flags as given."""
+    if not world.several:
+        return list(flags)
+    values = _all_reduce(torch.tensor([float(f) for f in flags], device=world.device), world)
+    return [v > 0 for v in values.tolist()]
+
+
+# ---- shared evaluation ------------------------------------------------------------------------------------
+
+
+def gather_rows(rows: np.ndarray, logits: torch.Tensor, n: int, world: World) -> torch.Tensor:
+    """Every rank's logits of its `rows`, assembled (n, k) in input order on every rank (CPU, fp32). Each row
+    must come from exactly one rank: a hole or an overlap is a bug, and raises."""
+    import torch.distributed as dist
+
+    # padded to n: a rank's share of whole batches can hold more than n / size rows (a few floats a row)
+    width, k = n, logits.shape[1]
+    index = torch.full((width,), -1, dtype=torch.int64, device=world.device)
+    index[:len(rows)] = torch.from_numpy(rows).to(world.device)
+    values = torch.zeros(width, k, dtype=torch.float32, device=world.device)
+    values[:len(rows)] = logits.to(world.device, torch.float32)
+    indexes = [torch.empty_like(index) for _ in range(world.size)]
+    all_values = [torch.empty_like(values) for _ in range(world.size)]
+    with talking(world):
+        dist.all_gather(indexes, index)
+        dist.all_gather(all_values, values)
+    index, values = torch.cat(indexes).cpu(), torch.cat(all_values).cpu()
+    keep = index >= 0
+    out = torch.zeros(n, k)
+    out[index[keep]] = values[keep]
+    if int(keep.sum()) != n or len(torch.unique(index[keep])) != n:
+        raise RuntimeError(f"sharded evaluation covered {int(keep.sum())} rows for {n}")
+    return out
+
+
+# ---- checkpoints and the best model -----------------------------------------------------------------------
+
+
+def gather_objects(obj: Any, world: World) -> list[Any]:
+    """`obj` from every rank, in rank order, on every rank (RNG states for a checkpoint)."""
+    if not world.several:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world.size
+    with talking(world):
+        dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(obj: Any, world: World) -> Any:
+    """Rank 0's `obj` on every rank (which checkpoint to resume from)."""
+    if not world.several:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    with talking(world):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def weights_from_main(state: dict[str, torch.Tensor] | None, world: World) -> dict[str, torch.Tensor]:
+    """Rank 0's `state` (a state dict) on every rank; the others pass None. The best model is read from the
+    output folder by rank 0 alone: another node may not see that folder."""
+    if not world.several:
+        return state
+    import torch.distributed as dist
+
+    shapes = from_main({k: (tuple(v.shape), v.dtype) for k, v in state.items()} if world.main else None, world)
+    out = {}
+    with talking(world):
+        for name in sorted(shapes):
+            shape, dtype = shapes[name]
+            tensor = (state[name].detach().to(world.device).contiguous().clone() if world.main
+                      else torch.empty(shape, dtype=dtype, device=world.device))
+            dist.broadcast(tensor, src=0)
+            out[name] = tensor
+    return out
+
+
+def follower() -> bool:
+    """A process of rank > 0 under a launcher: it says nothing, and writes nothing to the output folder."""
+    return launched() and int(os.environ.get("RANK", "0") or 0) > 0
+
+
+def barrier(world: World) -> None:
+    """Every rank waits here for the others (rank 0 finishing a checkpoint before anyone exits)."""
+    if not world.several:
+        return
+    import torch.distributed as dist
+
+    with talking(world):
+        dist.barrier()
