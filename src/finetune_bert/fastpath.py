@@ -164,7 +164,9 @@ def _packed_logits(model, batch: dict, train: bool) -> torch.Tensor:
     starts = cu[:-1].long()  # each text's [CLS]
     queries = torch.arange(len(starts) + 1, device=cu.device, dtype=cu.dtype)
     cls = _packed_layer(last, hidden[starts], hidden, (queries, cu), (1, longest), train)
-    return _head(model, cls[:, None], train)
+    logits = _head(model, cls[:, None], train)
+    # a batch padded to a graph's bucket (graph_plan.pad_packed): its pad segments' rows are not texts
+    return logits[:batch["texts"]] if "texts" in batch else logits
 
 
 def _packed_layer(layer, queries_from: torch.Tensor, hidden: torch.Tensor, offsets: tuple[torch.Tensor, torch.Tensor],
