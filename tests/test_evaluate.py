@@ -239,3 +239,10 @@ def test_evaluate_long_texts_as_chunks_from_the_command_line(trained, tmp_path):
     assert main(["evaluate", "--model", trained.output, "--data", str(data), "--output", str(tmp_path / "ev2.json"),
                  "--truncation", "head"]) == 0
     assert json.loads((tmp_path / "ev2.json").read_text())["reading"]["truncation"] == "head"
+
+
+def test_evaluate_with_and_without_overlap_gives_the_same_metrics(trained, toy_data, tmp_path):
+    """--no-overlap reads, tokenizes and scores each chunk in turn; the default overlaps them: same numbers."""
+    both = [evaluate(trained.output, str(toy_data["test"]), str(tmp_path / f"{o}.json"), quiet=True, rows_per_chunk=7,
+                     overlap=o) for o in (True, False)]
+    assert both[0] == both[1] and both[0]["n"] == 40

@@ -177,13 +177,13 @@ def test_a_failed_predict_leaves_no_half_written_output(trained, toy_data, tmp_p
     clf = load(trained.output)
     calls = []
 
-    def fail_on_second_chunk(self, texts, batch_size=64):
+    def fail_on_second_chunk(self, prepared, batch_size=64):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("killed")
-        return original(self, texts, batch_size)
-    original = Classifier.predict_proba
-    monkeypatch.setattr(Classifier, "predict_proba", fail_on_second_chunk)
+        return original(self, prepared, batch_size)
+    original = Classifier.score_prepared
+    monkeypatch.setattr(Classifier, "score_prepared", fail_on_second_chunk)
     with pytest.raises(RuntimeError):
         predict_file(clf, str(toy_data["test"]), str(out), rows_per_chunk=8)
     assert out.read_text() == "an earlier run's predictions\n"
@@ -388,3 +388,12 @@ def test_bad_long_text_options_are_one_line_errors(trained, capsys, args, messag
     assert main(["predict", "--model", trained.output, *args, "a good film"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_predict_file_with_and_without_overlap_writes_the_same_file(trained, toy_data, tmp_path):
+    from finetune_bert import load
+    from finetune_bert.predict import predict_file
+    clf = load(trained.output)
+    for overlap in (True, False):
+        predict_file(clf, str(toy_data["test"]), str(tmp_path / f"{overlap}.csv"), rows_per_chunk=3, overlap=overlap)
+    assert (tmp_path / "True.csv").read_text() == (tmp_path / "False.csv").read_text()

@@ -94,3 +94,67 @@ def test_iterating_before_check_is_refused(tmp_path):
                         None, None, True, True, on_bad_rows="error")
     with pytest.raises(RuntimeError):
         next(iter(rows))
+
+
+# ---- ahead: the next chunk worked on while this one is used -------------------------------------------
+
+
+def test_ahead_keeps_the_order_and_works_while_the_caller_does():
+    import time
+    from finetune_bert.streaming import ahead
+
+    def slow_double(x):
+        time.sleep(0.2)
+        return 2 * x
+
+    started = time.time()
+    seen = []
+    for item, result in ahead(range(5), slow_double):
+        time.sleep(0.2)  # the caller's own work (scoring)
+        seen.append((item, result))
+    assert seen == [(i, 2 * i) for i in range(5)]
+    assert time.time() - started < 1.6  # serial would take 2.0 s
+
+
+def test_ahead_reads_at_most_one_item_beyond_the_one_in_use():
+    import time
+    from finetune_bert.streaming import ahead
+
+    read = []
+
+    def items():
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    for item, _ in ahead(items(), lambda x: x):
+        time.sleep(0.3)  # time for a greedy worker to run far ahead
+        assert len(read) <= item + 2
+
+
+def test_ahead_raises_the_workers_error_in_its_place_and_stops_early():
+    import threading
+    from finetune_bert.streaming import ahead
+
+    def work(x):
+        if x == 3:
+            raise ValueError("bad chunk 3")
+        return x
+
+    got = []
+    with pytest.raises(ValueError, match="bad chunk 3"):
+        for item, _ in ahead(range(10), work):
+            got.append(item)
+    assert got == [0, 1, 2]
+    for item, _ in ahead(range(100), lambda x: x):
+        if item == 1:
+            break
+    assert not [t for t in threading.enumerate() if t.name == "finetune-bert-ahead"]
+
+
+def test_ahead_without_overlap_runs_in_the_callers_thread():
+    import threading
+    from finetune_bert.streaming import ahead
+
+    threads = [t for _, t in ahead(range(3), lambda x: threading.current_thread().name, overlap=False)]
+    assert threads == [threading.current_thread().name] * 3

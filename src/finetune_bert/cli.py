@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _checked(_config(EvaluateConfig, args))
         evaluate(cfg.model, cfg.data, cfg.output, batch_size=cfg.batch_size, text_column=cfg.text_column,
                  label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows, max_samples=cfg.max_samples, seed=cfg.seed,
-                 reading=cfg.reading(), errors=cfg.errors, backend=cfg.backend)
+                 reading=cfg.reading(), errors=cfg.errors, backend=cfg.backend, overlap=cfg.overlap)
     elif args.command == "predict":
         _predict(_config(PredictConfig, args), args.texts)
     elif args.command == "serve":
@@ -285,7 +285,7 @@ def _predict(cfg: PredictConfig, texts: list[str]) -> None:
         rows.check()
     clf = load(cfg.model, reading=cfg.reading(), backend=cfg.backend)
     if rows is not None:
-        n = write_predictions(clf, rows, out, cfg.batch_size)
+        n = write_predictions(clf, rows, out, cfg.batch_size, overlap=cfg.overlap)
         print(f"{n} predictions written to {out}")
     for text, pred in zip(texts, clf.predict(list(texts), cfg.batch_size)):
         preview = text if len(text) <= 60 else text[:57] + "..."

@@ -22,20 +22,21 @@ from finetune_bert.errors import UserError
 from finetune_bert.metrics import ConfidentMistakes, StreamingMetrics, format_metrics, snippet
 from finetune_bert.model import EVALUATE_FILES, refuse_model_file
 from finetune_bert.safefiles import check_output_file, claim_output, write_text_atomic
-from finetune_bert.streaming import chunk_rows
+from finetune_bert.streaming import ahead, chunk_rows
 
 
 def evaluate(model: str, data: str, output: str | None = None, *, batch_size: int = 64,
              text_column: str | None = None, label_column: str | None = None,
              on_bad_rows: str = "error", max_samples: int | None = None, seed: int = 42,
              quiet: bool = False, rows_per_chunk: int | None = None, reading: Reading = Reading(),
-             errors: int = 0, backend: str = "torch") -> dict[str, Any]:
+             errors: int = 0, backend: str = "torch", overlap: bool = True) -> dict[str, Any]:
     """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON.
 
     Options, then the output's place, then every row are checked before the model is loaded: the data is
     read twice, a chunk of rows at a time (see streaming.ChunkedSplit), once to check it and once to score
     it. Rows skipped under on_bad_rows="skip" are written beside the metrics (NAME.skipped.csv); `errors`
-    most confident mistakes to NAME.errors.csv; `reading`: how long texts are read (config.Reading).
+    most confident mistakes to NAME.errors.csv; `reading`: how long texts are read (config.Reading);
+    `overlap`: the next chunk read and tokenized while this one is scored (streaming.ahead).
     """
     from finetune_bert.score_config import EvaluateConfig
     from finetune_bert.data import sample_mask
@@ -45,6 +46,7 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
 
     cfg = EvaluateConfig(model=model, data=data, output=output, batch_size=batch_size, max_samples=max_samples,
                          seed=seed, on_bad_rows=on_bad_rows, errors=errors, long_texts=reading.long_texts, backend=backend,
+                         overlap=overlap,
                          stride=reading.stride, aggregate=reading.aggregate, truncation=reading.truncation)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
@@ -59,7 +61,7 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
     steady_heap(clf.device)
     mistakes = ConfidentMistakes(max(errors, REPORT_MISTAKES), clf.label_names)
     # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
-    metrics = _score(clf, rows, sample_mask(total, max_samples, seed), batch_size, mistakes)
+    metrics = _score(clf, rows, sample_mask(total, max_samples, seed), (batch_size, overlap), mistakes)
     worst = mistakes.rows()
     metrics.update(data=data, model=model, backend=clf.backend, skipped_rows=len(rows.skipped), reading=dataclasses.asdict(reading),
                    mistakes=[{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]])
@@ -90,18 +92,16 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
 REPORT_MISTAKES = 20
 
 
-def _score(clf, rows, sample: np.ndarray | None, batch_size: int, mistakes: ConfidentMistakes) -> dict[str, Any]:
-    """Read, tokenize and score a chunk at a time: memory stays flat however many texts there are. A model
-    with a folded temperature T is also scored on logits * T: what it gave before calibration."""
+def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mistakes: ConfidentMistakes) -> dict[str, Any]:
+    """Read, tokenize and score a chunk at a time: memory stays flat however many texts there are; the next
+    chunk is read and tokenized while this one is scored. A model with a folded temperature T is also scored
+    on logits * T: what it gave before calibration. `batching`: (batch size, overlap)."""
+    batch_size, overlap = batching
     stream = StreamingMetrics(clf.label_names)
     raw = StreamingMetrics(clf.label_names) if clf.temperature != 1.0 else None
-    seen = 0
-    for split in rows:
-        chunk = split if sample is None else split.subset(np.flatnonzero(sample[seen:seen + len(split)]))
-        seen += len(split)
-        if not len(chunk):
-            continue
-        logits, lengths = clf.scored(chunk.texts, batch_size)
+    for chunk, (prepared, _) in ahead(_sampled(rows, sample), lambda c: clf.prepare(c.texts, cleaned=True),
+                                      overlap=overlap):
+        logits, lengths = clf.logits_of([prepared], batch_size), prepared.full_lengths
         labels = torch.as_tensor(chunk.labels, dtype=torch.long)
         stream.update(logits, labels, lengths)
         if raw is not None:
@@ -113,6 +113,16 @@ def _score(clf, rows, sample: np.ndarray | None, batch_size: int, mistakes: Conf
         metrics.update(temperature=clf.temperature,
                        uncalibrated={k: before[k] for k in (*MEASURES, "reliability")})
     return metrics
+
+
+def _sampled(rows, sample: np.ndarray | None):
+    """Each chunk's rows that --max-samples picked (all of them without it); empty chunks left out."""
+    seen = 0
+    for split in rows:
+        chunk = split if sample is None else split.subset(np.flatnonzero(sample[seen:seen + len(split)]))
+        seen += len(split)
+        if len(chunk):
+            yield chunk
 
 
 def _write_errors(rows: list[dict[str, Any]], label_names: list[str], path: Path) -> None:

@@ -28,7 +28,7 @@ from finetune_bert.model import (load_classifier, load_model_config, load_tokeni
 from finetune_bert.onnx_engine import OnnxEngine, export_command, find_export
 from finetune_bert.sources import source_chunks
 from finetune_bert.safefiles import atomic_output, check_output_file, claim_output, read_marker
-from finetune_bert.streaming import EVAL_CHUNK, ChunkedSplit, chunk_rows
+from finetune_bert.streaming import EVAL_CHUNK, ChunkedSplit, ahead, chunk_rows
 
 
 @dataclass(frozen=True)
@@ -269,19 +269,22 @@ def input_rows(input_path: str, text_column: str | None = None, label_column: st
 
 
 def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size: int = 64,
-                 rows_per_chunk: int | None = None, **read: Any) -> int:
+                 rows_per_chunk: int | None = None, *, overlap: bool = True, **read: Any) -> int:
     """Predict every row of a file into `output_path` (format by extension: OUTPUT_FORMATS), with every
-    class probability; `read` are `input_rows`' options. Returns the number of predictions."""
+    class probability; `read` are `input_rows`' options; `overlap`: see write_predictions. Returns the
+    number of predictions."""
     out = check_output(output_path, input_path, clf.source, skipping=read.get("on_bad_rows") == "skip")
     rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean, **read)
     rows.check()
-    return write_predictions(clf, rows, out, batch_size)
+    return write_predictions(clf, rows, out, batch_size, overlap=overlap)
 
 
-def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size: int = 64) -> int:
+def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size: int = 64, *,
+                      overlap: bool = True) -> int:
     """Read, predict and write a chunk of rows at a time, in the file's order, so memory does not grow with
     its size; the output appears whole, by rename, only when every row is written. `rows.check()` must
-    have passed (so bad rows were reported before any prediction)."""
+    have passed (so bad rows were reported before any prediction). `overlap`: the next chunk read and
+    tokenized while this one is scored (streaming.ahead)."""
     steady_heap(clf.device)
     labelled = rows.picked is not None and rows.picked[1] is not None
     fields = ["row", "text", "predicted", "confidence", *(["true_label"] if labelled else []),
@@ -289,8 +292,8 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size
     written = 0
     with atomic_output(out, newline="") as handle:
         write = _row_writer(handle, OUTPUT_FORMATS[out.suffix.lower()], fields)
-        for split in rows:
-            for i, p in enumerate(clf.predict_proba(split.texts, batch_size)):
+        for split, prepared in ahead(rows, lambda c: clf.prepare(c.texts)[0] if c.texts else None, overlap=overlap):
+            for i, p in enumerate(clf.score_prepared([prepared], batch_size)[0] if prepared is not None else []):
                 row = {"row": split.where[i], "text": split.texts[i],
                        "predicted": clf.label_names[int(p.argmax())], "confidence": round(float(p.max()), 6)}
                 if labelled:

@@ -54,6 +54,8 @@ class EvaluateConfig(ScoreConfig):
     seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0, at_most=MAX_SEED)
     errors: int = opt(0, "Also write the N most confident mistakes (text, true label, prediction, confidence) to "
                          "OUTPUT_NAME.errors.csv beside the metrics.", at_least=0)
+    overlap: bool = opt(True, "Read and tokenize the next chunk of rows in a worker thread while this one is "
+                              "scored (--no-overlap: one after the other; the same results).")
 
 
 @dataclass
@@ -64,6 +66,8 @@ class PredictConfig(ScoreConfig):
     label_column: str | None = opt(None, "A column copied to the output as true_label (auto-detected: label, "
                                          "sentiment, target, class); empty cells are fine, predict needs no labels.")
     ignore_labels: bool = opt(False, "Do not look for a label column: the output has no true_label.")
+    overlap: bool = opt(True, "Read and tokenize the next chunk of rows in a worker thread while this one is "
+                              "scored (--no-overlap: one after the other; the same results).")
 
 
 @dataclass

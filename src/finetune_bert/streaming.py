@@ -132,3 +132,60 @@ def chunk_rows(rows_per_chunk: int | None, batch_size: int) -> int:
     """Rows per chunk: EVAL_CHUNK, or 8 batches when batches are larger (a GPU would otherwise wait for
     each chunk's tokenization every batch or two). Memory follows this, never the size of the data."""
     return rows_per_chunk or max(EVAL_CHUNK, 8 * batch_size)
+
+
+def ahead(items: Iterable[Any], work: Callable[[Any], Any], *, overlap: bool = True) -> Iterator[tuple[Any, Any]]:
+    """(item, work(item)) in order, with the next item read and worked on by a worker thread while the caller
+    uses this one: chunk i + 1 read and tokenized while chunk i is scored (the tokenizer and the file reader
+    release the GIL as torch does, so the two overlap). At most one item waits ahead, so memory holds two
+    chunks, not the file; the worker's exception is raised here, in its place; a caller that stops early (an
+    error, Ctrl-C) stops the worker before returning. `overlap=False`: all in the caller's thread."""
+    if not overlap:
+        yield from ((item, work(item)) for item in items)
+        return
+    import queue
+    import threading
+
+    results: queue.Queue = queue.Queue()
+    slot, stop = threading.Semaphore(1), threading.Event()  # one item in work or waiting at a time
+
+    def run() -> None:
+        try:
+            for item in _while(items, slot, stop):
+                results.put(("item", (item, work(item))))
+            results.put(("end", None))
+        except BaseException as exc:  # handed to the caller, which raises it
+            results.put(("error", exc))
+
+    worker = threading.Thread(target=run, name="finetune-bert-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = results.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            slot.release()  # the worker may start on the next item while the caller uses this one
+            yield value
+    finally:
+        stop.set()
+        slot.release()
+        worker.join()
+
+
+def _while(items: Iterable[Any], slot, stop) -> Iterator[Any]:
+    """`items`, each read only once `slot` is free (so no chunk is read before there is room for it), until
+    `stop`."""
+    iterator = iter(items)
+    while True:
+        while not slot.acquire(timeout=0.1):
+            if stop.is_set():
+                return
+        if stop.is_set():
+            return
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield item
