@@ -255,3 +255,13 @@ def test_a_fault_can_be_kept_to_one_rank(monkeypatch):
     from finetune_bert import faults
     monkeypatch.setenv("RANK", "1")
     assert faults._parse("kill@step:3#1,oom@forward:2#0,nan@loss:4") == {("step", 3): "kill", ("loss", 4): "nan"}
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tiny_model, toy_data, tmp_path):
+    out = tmp_path / "t"
+    done = _launch(_args(tiny_model, toy_data, out, epochs="1"), faults="term@step:6#1")
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "stopped at step 6" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
+    events = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [4, 6]

@@ -34,20 +34,17 @@ def evaluate(model: str, data: str, output: str | None = None, *, batch_size: in
 
     Options, then the output's place, then every row are checked before the model is loaded: the data is
     read twice, a chunk of rows at a time (see streaming.ChunkedSplit), once to check it and once to score
-    it. Rows skipped under on_bad_rows="skip" are written beside the metrics (NAME.skipped.csv); `errors`
-    most confident mistakes to NAME.errors.csv; `reading`: how long texts are read (config.Reading);
-    `overlap`: the next chunk read and tokenized while this one is scored (streaming.ahead).
-    """
-    from finetune_bert.score_config import EvaluateConfig
+    it. Rows skipped under on_bad_rows="skip" go to NAME.skipped.csv, the `errors` most confident mistakes to
+    NAME.errors.csv; `reading`: config.Reading; `overlap`: see streaming.ahead."""
     from finetune_bert.data import sample_mask
-    from finetune_bert.skipped import write_skipped
     from finetune_bert.model import load_model_config, read_run_info
     from finetune_bert.predict import LabelMap, labelled_rows, load
+    from finetune_bert.score_config import EvaluateConfig
+    from finetune_bert.skipped import write_skipped
 
     cfg = EvaluateConfig(model=model, data=data, output=output, batch_size=batch_size, max_samples=max_samples,
-                         seed=seed, on_bad_rows=on_bad_rows, errors=errors, long_texts=reading.long_texts, backend=backend,
-                         overlap=overlap,
-                         stride=reading.stride, aggregate=reading.aggregate, truncation=reading.truncation)
+                         seed=seed, on_bad_rows=on_bad_rows, errors=errors, backend=backend, overlap=overlap,
+                         **dataclasses.asdict(reading))
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
     target, skipped_at = _metrics_path(model, data, output, skipping=on_bad_rows == "skip")

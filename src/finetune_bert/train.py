@@ -24,10 +24,10 @@ from finetune_bert.batches import train_batches
 from finetune_bert.checkpoint import TrainState
 from finetune_bert.config import TrainConfig, greater_is_better
 from finetune_bert.data import Dataset, load_dataset
-from finetune_bert.engine import Engine, EngineOptions
-from finetune_bert.finish import TrainResult, finish
 from finetune_bert.distributed import ALONE, World
+from finetune_bert.engine import Engine, EngineOptions
 from finetune_bert.errors import Reported, TrainingInterrupted, UserError
+from finetune_bert.finish import TrainResult, finish
 from finetune_bert.model import load_classifier, load_tokenizer, pick_device
 from finetune_bert.output import Follower, RunFolder, say, silence
 from finetune_bert.progress import Meter
@@ -102,8 +102,8 @@ def _setup_trainer(engine: Engine, world: World):
 
     device = torch.device(world.device)
     with distributed.talking(world):
-        # broadcast_buffers off: a BERT's buffers are constants (position ids), and broadcasting them would
-        # put a collective in every forward, before the vote that lets a rank out of memory retry with all
+        # no buffer sync in forward: a BERT's buffers are constants (position ids), and syncing them would put
+        # a collective in every forward, before the vote that lets a rank out of memory retry with the others
         return DistributedDataParallel(engine, device_ids=[device.index] if device.type == "cuda" else None,
                                        forward_sync_buffers=False)
 
