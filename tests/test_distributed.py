@@ -265,3 +265,20 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tiny_model, toy_d
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
     events = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "checkpoint"] == [4, 6]
+
+
+def test_the_readmes_multi_node_command_trains_the_same_model(tiny_model, toy_data, one, tmp_path):
+    """Two 'machines' on this host, each a torchrun of one process meeting at a c10d rendezvous."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "multi"
+    command = [PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend",
+               "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "finetune_bert", *_args(tiny_model, toy_data, out)]
+    nodes = [subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+             for _ in range(2)]
+    ends = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in ends]
+    assert sum("model saved to" in stdout for stdout, _ in ends) == 1  # one machine's rank 0 speaks
+    assert _largest_difference(out, one) <= TOLERANCE
