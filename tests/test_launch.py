@@ -66,6 +66,7 @@ def test_tune_refuses_several_processes(tiny_model, toy_data, tmp_path):
 
 @pytest.mark.parametrize("codes, expected", [
     ({0: 130, 1: 130}, Reported(130)),
+    ({0: -signal.SIGTERM, 1: 130}, Reported(130)),  # torchrun stopped rank 0 as it was leaving after the save
     ({0: 2, 1: 1}, Reported(2)),
     ({0: -signal.SIGTERM, 1: -signal.SIGKILL}, "training stopped: rank 1 was killed by SIGKILL;"),
     ({0: 1, 1: 1}, "training stopped: rank 0, 1 failed (see above);"),

@@ -90,7 +90,9 @@ def _run_torchrun(nproc: int, argv: list[str]) -> None:
 
 def _failure(codes: dict[int, int]) -> Exception:
     """One exception for the training processes' exit codes (rank: code; a negative code is a signal)."""
-    if all(code == 130 for code in codes.values()):
+    # a rank stopped by a signal exits 130 after the shared checkpoint; torchrun may SIGTERM the slower ones
+    # while they exit the same way
+    if 130 in codes.values() and all(code in (0, 130, -signal.SIGTERM) for code in codes.values()):
         return Reported(130)
     if any(code == 2 for code in codes.values()):
         return Reported(2)
