@@ -88,3 +88,13 @@ def test_python_train_with_several_processes_goes_through_the_launcher(monkeypat
     train(data=str(toy_data["train"]), model=str(tiny_model), output=str(tmp_path / "o"), nproc_per_node=2)
     assert seen["cfg"].nproc_per_node == 2
 
+
+
+def test_more_processes_than_gpus_is_refused_before_anything_starts(monkeypatch, tiny_model, toy_data, tmp_path):
+    from finetune_bert.config import TrainConfig
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = TrainConfig(data=str(toy_data["train"]), model=str(tiny_model), output=str(tmp_path / "o"), nproc_per_node=2)
+    with pytest.raises(UserError, match="2 processes on this machine, but it has 1 GPU"):
+        launch.launch(cfg)
+    assert not (tmp_path / "o").exists()

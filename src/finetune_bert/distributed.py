@@ -75,9 +75,8 @@ def start(device: torch.device, timeout_s: float) -> World:
     rank, size, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type not in ("cuda", "cpu"):
         raise UserError(f"several processes need CUDA (NCCL) or the CPU (gloo), not {device.type}")
-    if device.type == "cuda" and local >= torch.cuda.device_count():
-        raise UserError(f"process {local} on this machine has no GPU of its own: {torch.cuda.device_count()} "
-                        "visible; start at most that many processes per machine (--nproc-per-node)")
+    if device.type == "cuda":
+        check_gpus(local + 1)
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         if device.type == "cuda":
@@ -86,6 +85,13 @@ def start(device: torch.device, timeout_s: float) -> World:
         else:
             dist.init_process_group("gloo", timeout=timeout)
     return World(rank, size, local, str(device))  # cuda:LOCAL_RANK, or cpu
+
+
+def check_gpus(processes: int) -> None:
+    """One GPU per process: refuse more processes on this machine than it has GPUs (none needed on CPU)."""
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise UserError(f"{processes} processes on this machine, but it has {torch.cuda.device_count()} GPU(s): "
+                        "one per process; start at most that many per machine (--nproc-per-node)")
 
 
 def stop(world: World) -> None:

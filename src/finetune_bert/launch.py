@@ -46,11 +46,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
 
 def launch(cfg: TrainConfig) -> TrainResult:
     """Check everything, then run `cfg` under torchrun with `cfg.nproc_per_node` processes on this machine."""
-    import torch
-
-    if torch.cuda.is_available() and cfg.nproc_per_node > torch.cuda.device_count():
-        raise UserError(f"--nproc-per-node {cfg.nproc_per_node}: this machine has {torch.cuda.device_count()} "
-                        "GPU(s), one per process")
+    distributed.check_gpus(cfg.nproc_per_node)
     with quietly():
         preflight(cfg)
     with tempfile.TemporaryDirectory(prefix="finetune-bert-launch-") as tmp:

@@ -95,17 +95,17 @@ def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int, world: Wo
 
 def _setup_trainer(engine: Engine, world: World):
     """What a training step runs: the engine, or under several processes the engine in PyTorch's
-    DistributedDataParallel (made after a resume, so the state it broadcasts from rank 0 is the restored one)."""
+    DistributedDataParallel (made after a resume, so the state it broadcasts from rank 0 is the restored one;
+    inside run_training's `distributed.talking`, like everything DDP exchanges in the backward)."""
     if not world.several:
         return engine
     from torch.nn.parallel import DistributedDataParallel
 
     device = torch.device(world.device)
-    with distributed.talking(world):
-        # no buffer sync in forward: a BERT's buffers are constants (position ids), and syncing them would put
-        # a collective in every forward, before the vote that lets a rank out of memory retry with the others
-        return DistributedDataParallel(engine, device_ids=[device.index] if device.type == "cuda" else None,
-                                       forward_sync_buffers=False)
+    # no buffer sync in forward: a BERT's buffers are constants (position ids), and syncing them would put a
+    # collective in every forward, before the vote that lets a rank out of memory retry with the others
+    return DistributedDataParallel(engine, device_ids=[device.index] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
 
 
 def _setup_output(cfg: TrainConfig) -> None:
