@@ -330,6 +330,7 @@ def test_long_texts_as_chunks_aggregate_the_windows_logits_by_hand(trained):
         first = alone[torch.from_numpy(windows.owner == 0)]
         expected = first.mean(0) if how == "mean" else first.max(0).values
         logits, lengths = clf.scored([LONG, "superb"])
+        logits = torch.from_numpy(logits)
         assert torch.allclose(logits[0], expected, atol=1e-5)
         assert torch.allclose(logits[1], alone[-1], atol=1e-5)  # one window: its own logits
         assert lengths[0] == windows.full_lengths[0]

@@ -8,12 +8,16 @@ asks for every batch at the max length (`Layout.pad_to`), or packed with no padd
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from finetune_bert.tokens import Encoded
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where tensors are made, not here: the ONNX engine batches through this module and runs
+# without torch (a first prediction in under 2 s, issue 20).
 
 CPU_BLOCK_BYTES = 32 * 2**20  # glibc's largest dynamic mmap threshold on 64-bit
 
@@ -112,6 +116,8 @@ class Layout:
 def collate_packed(encoded: Encoded, index: np.ndarray) -> dict:
     """The batch's texts end to end with no padding: token ids, positions within each text, int32 offsets
     of each text (cu_seqlens, as variable-length FlashAttention takes them) and the longest length."""
+    import torch
+
     rows = [encoded.ids[i] for i in index]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
@@ -130,13 +136,26 @@ def real_tokens(batch: dict) -> int:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    import torch
+
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: int = 1,
             pad_to: int = 0) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest text, or to `pad_to` tokens if longer (rounded up to a multiple, for
-    tensor cores on GPU)."""
+    """`padded` as torch tensors, with the labels where there are some."""
+    import torch
+
+    batch = {k: torch.from_numpy(v) for k, v in padded(encoded, index, pad_id, pad_to_multiple, pad_to).items()}
+    if encoded.labels is not None:
+        batch["labels"] = torch.from_numpy(encoded.labels[index])
+    return batch
+
+
+def padded(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: int = 1,
+           pad_to: int = 0) -> dict[str, np.ndarray]:
+    """input_ids and attention_mask (int64) of a batch padded to its own longest text, or to `pad_to` tokens
+    if longer (rounded up to a multiple, for tensor cores on GPU)."""
     rows = [encoded.ids[i] for i in index]
     width = max(pad_to, *(len(r) for r in rows))
     width = -(-width // pad_to_multiple) * pad_to_multiple
@@ -145,7 +164,4 @@ def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: i
     for r, row in enumerate(rows):
         input_ids[r, :len(row)] = row
         mask[r, :len(row)] = 1
-    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
-    if encoded.labels is not None:
-        batch["labels"] = torch.from_numpy(encoded.labels[index])
-    return batch
+    return {"input_ids": input_ids, "attention_mask": mask}

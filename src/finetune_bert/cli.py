@@ -18,8 +18,8 @@ from typing import Any, Callable, NoReturn
 from finetune_bert import __version__
 from finetune_bert.config import MAX_SEED, DataConfig, NotANumber, TrainConfig, TuneConfig, range_problems
 from finetune_bert.score_config import EvaluateConfig, ExportConfig, PredictConfig, ServeConfig
-from finetune_bert.distributed import RankLost, follower
-from finetune_bert.errors import Reported, TrainingInterrupted, UserError
+from finetune_bert.errors import RankLost, Reported, TrainingInterrupted, UserError
+from finetune_bert.ranks import follower
 
 
 class _Parser(argparse.ArgumentParser):

@@ -29,13 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_bert.errors import UserError
+from finetune_bert.errors import RankLost, UserError
+from finetune_bert.ranks import follower, launched
 
-
-class RankLost(Exception):
-    """A collective failed: another process died, was killed or stopped answering."""
-
-    exit_code = 1
+__all__ = ["RankLost", "follower", "launched"]  # (re-exported: the callers' one place for the world)
 
 
 @dataclass(frozen=True)
@@ -57,11 +54,6 @@ class World:
 
 
 ALONE = World()
-
-
-def launched() -> bool:
-    """Under torchrun (or any launcher that sets WORLD_SIZE) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def start(device: torch.device, timeout_s: float) -> World:
@@ -245,11 +237,6 @@ def weights_from_main(state: dict[str, torch.Tensor] | None, world: World) -> di
             dist.broadcast(tensor, src=0)
             out[name] = tensor
     return out
-
-
-def follower() -> bool:
-    """A process of rank > 0 under a launcher: it says nothing, and writes nothing to the output folder."""
-    return launched() and int(os.environ.get("RANK", "0") or 0) > 0
 
 
 def barrier(world: World) -> None:

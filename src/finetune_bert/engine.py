@@ -23,8 +23,6 @@ saved models hold the fp32 masters, so a resume or a later fine-tune loses no pr
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import threading
 from dataclasses import dataclass
@@ -39,7 +37,6 @@ from finetune_bert.distributed import ALONE, World
 from finetune_bert.errors import is_oom
 from finetune_bert.tokens import Encoded
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt() parameter (malloc.h)
 
 
 @dataclass(frozen=True)
@@ -234,22 +231,3 @@ class Engine(torch.nn.Module):
                 for name, master in zip(self._names, self.masters):
                     if name in state:
                         master.copy_(state[name])
-
-
-def steady_heap(device: torch.device) -> None:
-    """On CPU with glibc, stop the heap creeping up chunk after chunk of inference (elsewhere a no-op).
-
-    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so after the first
-    batch the model's CPU activations come from the heap; tokenizing the next chunk fills the holes they
-    leave, the next activations extend the heap, and peak RSS grew ~25 MiB per chunk although nothing is
-    kept (10,000 reviews: 940 MiB against 630). A fixed 1 MiB threshold keeps large blocks in mmap, handed
-    back when freed, at the cost of page faults (~15-30% of evaluate time with a tiny CPU model). It holds
-    for the rest of the process. Calling `malloc_trim` between chunks instead was measured and does not
-    help (10,000 reviews: 778 MiB against 620 for 1,000).
-    """
-    if device.type != "cpu":
-        return
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass  # not glibc

@@ -21,6 +21,12 @@ def is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+class RankLost(Exception):
+    """A collective failed: another process died, was killed or stopped answering."""
+
+    exit_code = 1
+
+
 class Reported(Exception):
     """A failure already reported by the process that met it (another rank, a training process the launcher
     started): exit with its code, saying nothing more."""

@@ -17,7 +17,7 @@ import torch
 
 from finetune_bert.calibration import MEASURES
 from finetune_bert.config import Reading
-from finetune_bert.engine import steady_heap
+from finetune_bert.heap import steady_heap
 from finetune_bert.errors import UserError
 from finetune_bert.metrics import ConfidentMistakes, StreamingMetrics, format_metrics, snippet
 from finetune_bert.model import EVALUATE_FILES, refuse_model_file
@@ -98,7 +98,7 @@ def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mis
     raw = StreamingMetrics(clf.label_names) if clf.temperature != 1.0 else None
     for chunk, (prepared, _) in ahead(_sampled(rows, sample), lambda c: clf.prepare(c.texts, cleaned=True),
                                       overlap=overlap):
-        logits, lengths = clf.logits_of([prepared], batch_size), prepared.full_lengths
+        logits, lengths = torch.from_numpy(clf.logits_of([prepared], batch_size)), prepared.full_lengths
         labels = torch.as_tensor(chunk.labels, dtype=torch.long)
         stream.update(logits, labels, lengths)
         if raw is not None:

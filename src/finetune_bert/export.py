@@ -23,7 +23,9 @@ import torch
 from finetune_bert.engine import Engine
 from finetune_bert.errors import UserError
 from finetune_bert.model import load_classifier, load_tokenizer, read_run_info, resolve
-from finetune_bert.onnx_engine import EXPORT_DIR, FILES, MANIFEST, WEIGHTS, OnnxEngine, weights_stamp
+from finetune_bert import fastpath, tokenizer_file
+from finetune_bert.onnx_engine import (EXPORT_DIR, FILES, MANIFEST, SOURCES, WEIGHTS, ExportedConfig, OnnxEngine,
+                                       weights_stamp)
 from finetune_bert.safefiles import MARKER, claim, disk_error, write_text_atomic
 from finetune_bert.tokens import Encoded, max_length_for, special_tokens
 
@@ -33,14 +35,15 @@ OPSET = 17               # LayerNormalization is a single op from 17 on
 
 
 class _Logits(torch.nn.Module):
-    """The classifier as a function of (input_ids, attention_mask) to logits: the graph's signature."""
+    """The classifier as a function of (input_ids, attention_mask) to logits: the graph's signature. The
+    engine's fast path is traced (its last layer for [CLS] alone), stock forward for other architectures."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return fastpath.logits(self.model, {"input_ids": input_ids, "attention_mask": attention_mask}, train=False)
 
 
 def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str | None = None,
@@ -50,7 +53,7 @@ def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str
     rows. Returns the manifest written to DIR/onnx/export.json."""
     folder = _model_folder(model, fmt, quantize)
     tokenizer = load_tokenizer(model)
-    classifier = load_classifier(model, notes=[]).eval()
+    classifier = load_classifier(model, notes=[], attn_implementation="eager").eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length, _ = max_length_for(tokenizer, classifier.config, read_run_info(model).get("max_length", 512))
     target = folder / EXPORT_DIR
@@ -61,18 +64,18 @@ def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str
         raise disk_error(exc, target, "write the export") from None
     probes = _probes(tokenizer, classifier.config, max_length)
     reference = Engine(classifier, torch.device("cpu"), pad_id).logits(probes, 16).numpy()
-    gap = float(np.abs(OnnxEngine(fp32, classifier.config, pad_id).logits(probes, 16).numpy() - reference).max())
+    gap = float(np.abs(OnnxEngine(fp32, classifier.config, pad_id).logits(probes, 16) - reference).max())
     if gap > PARITY_TOLERANCE:
         fp32.unlink()
         raise UserError(f"--model {model}: the ONNX graph's logits differ from torch's by {gap:.2e} (over "
                         f"{PARITY_TOLERANCE:g}); not exported. Rerun with --debug and report it")
     manifest: dict[str, Any] = {"format": fmt, "opset": OPSET, "weights": weights_stamp(folder),
                                 "files": [FILES["onnx"]], "probes": PROBES,
-                                "onnx": {"max_abs_logit_diff": gap}}
+                                "onnx": {"max_abs_logit_diff": gap}, **_standalone(tokenizer, classifier, folder)}
     if quantize == "int8":
         int8 = _quantize(fp32, target / FILES["onnx-int8"])
         manifest["files"].append(FILES["onnx-int8"])
-        manifest["onnx-int8"] = _agreement(OnnxEngine(int8, classifier.config, pad_id).logits(probes, 16).numpy(),
+        manifest["onnx-int8"] = _agreement(OnnxEngine(int8, classifier.config, pad_id).logits(probes, 16),
                                            reference)
     write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     if data is not None:  # scored through the export just recorded, as predict will score
@@ -81,6 +84,17 @@ def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str
     if (folder / MARKER).is_file():  # a later run in this folder replaces the export with the rest of its files
         claim(folder, [EXPORT_DIR])
     return manifest
+
+
+def _standalone(tokenizer, classifier, folder: Path) -> dict[str, Any]:
+    """What lets predict run the export without transformers: the config as transformers read it, and the
+    Rust tokenizer where it gives the HF tokenizer's ids (tokenizer_file.save); the files they came from."""
+    found: dict[str, Any] = {"config": ExportedConfig.of(classifier.config).as_json(),
+                             "sources": tokenizer_file.stamps(folder, SOURCES)}
+    saved = tokenizer_file.save(tokenizer, folder / EXPORT_DIR / tokenizer_file.FILE)
+    if saved is not None:
+        found["tokenizer"] = saved
+    return found
 
 
 def _model_folder(model: str, fmt: str, quantize: str | None) -> Path:
@@ -197,6 +211,9 @@ def describe(manifest: dict[str, Any], folder: str) -> str:
         q = manifest["onnx-int8"]
         lines.append(f"  onnx int8: label agrees with fp32 on {q['label_agreement']:.1%} of the random sequences, "
                      f"max |prob diff| {q['max_abs_prob_diff']:.3f}")
+    lines.append(f"  tokenizer: the same ids as transformers' on {len(tokenizer_file.PROBE_TEXTS)} test texts; predict "
+                 "starts without importing torch or transformers" if "tokenizer" in manifest else
+                 "  tokenizer: differs from transformers' on a test text; predict loads transformers' (slower start)")
     for backend, seen in manifest.get("on_data", {}).get("backends", {}).items():
         acc = f", accuracy {seen['accuracy']:.2%} (torch {manifest['on_data']['torch_accuracy']:.2%})" \
             if "accuracy" in seen else ""

@@ -12,12 +12,15 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from finetune_bert.errors import UserError
 from finetune_bert.safefiles import read_marker
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported by the functions that make models: reading a model folder's files (run info, aliases)
+# is also the ONNX path's, which starts without torch (issue 20).
 
 ALIASES = ("minilm",)
 # One of these makes a tokenizer; without any, transformers builds an empty vocabulary.
@@ -103,6 +106,8 @@ def load_classifier(name: str, label_names: list[str] | None = None, trust_remot
     trained for other labels (another count, or other names) is replaced by a fresh one. What the user
     should know about the head (untrained, replaced, continued) is appended to `notes`.
     """
+    import torch
+
     source = resolve(name)
     saved = load_model_config(name, trust_remote_code)
     # fp32 whatever dtype the folder was saved in (transformers 5 would load it as saved): training steps fp32
@@ -173,6 +178,8 @@ def _fresh_head(model, head_params: list[str]) -> None:
 
     transformers 5 skips parameters it already loaded when asked to initialise them again, so this is
     done here; `train` seeds torch before loading, which makes the new head reproducible."""
+    import torch
+
     std = getattr(model.config, "initializer_range", 0.02)
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -203,6 +210,8 @@ def quiet_transformers():
 
 
 def pick_device() -> torch.device:
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

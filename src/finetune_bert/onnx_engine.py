@@ -4,6 +4,9 @@ It answers what the torch engine (engine.Engine) answers for inference, `logits(
 input order, so predict, evaluate and the server run either one unchanged. Batches are sorted by length
 and sized by tokens: a file of tweets and a file of long reviews both run near the best batch.
 
+Nothing here imports torch or transformers: with an export whose manifest holds the model's config and a
+checked tokenizer (tokenizer_file.py), a prediction starts in well under 2 s (issue 20).
+
 An export records the weights it was made from (size, mtime, sha256, in onnx/export.json). A model
 folder retrained or replaced since is refused, never scored with the old graph: that would be a silent
 wrong result.
@@ -13,13 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from finetune_bert.batches import collate, eval_batches
+from finetune_bert import tokenizer_file
+from finetune_bert.batches import eval_batches, padded
 from finetune_bert.errors import UserError
 from finetune_bert.tokens import Encoded
 
@@ -27,9 +32,58 @@ EXPORT_DIR = "onnx"
 MANIFEST = "export.json"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 WEIGHTS = "model.safetensors"
-# Tokens in one ONNX batch (padded), so tweets and long reviews both run at a sensible batch; not tuned:
-# 8192 is 64 texts at 128 tokens, 16 at 512 (the torch engine's CPU default sizes).
-BATCH_TOKENS = 8192
+# Tokens in one ONNX batch (padded), so tweets and long reviews both run at their best batch: small batches
+# keep each layer's activations (and the heads' score matrices) in cache. On a 2-core AVX-512 Xeon, 200 IMDB
+# reviews cut at 256 took 2.18 s (int8) at 1024 tokens a batch, 2.32 at 2048, 2.84 at 8192 and 3.21 at 16384;
+# fp32 4.26 s at 1024 against 4.14 at 2048 (benchmarks/NOTES.md).
+BATCH_TOKENS = 1024
+# The files the manifest's config and tokenizer were read from: any of them changed since the export, and
+# they are read again through transformers (slower to start, never stale).
+SOURCES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where onnxruntime's CPU provider runs, as a torch.device would say it (callers ask `.type`)."""
+
+    type: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ExportedConfig:
+    """What predict reads of a model's HF config, as transformers gave it at export time."""
+
+    num_labels: int
+    id2label: dict[int, str]
+    model_type: str
+    max_position_embeddings: int | None
+    vocab_size: int | None
+
+    @classmethod
+    def of(cls, config) -> "ExportedConfig":
+        return cls(config.num_labels, {int(k): str(v) for k, v in config.id2label.items()},
+                   getattr(config, "model_type", ""), getattr(config, "max_position_embeddings", None),
+                   getattr(config, "vocab_size", None))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"num_labels": self.num_labels, "id2label": {str(k): v for k, v in self.id2label.items()},
+                "model_type": self.model_type, "max_position_embeddings": self.max_position_embeddings,
+                "vocab_size": self.vocab_size}
+
+
+def standalone(folder: Path) -> tuple[ExportedConfig, tokenizer_file.TokenizerFile] | None:
+    """The model's config and tokenizer from its export alone (no transformers), or None when the export
+    predates them, its tokenizer check failed, or a source file changed since."""
+    manifest = read_manifest(folder) or {}
+    config, tokenizer = manifest.get("config"), manifest.get("tokenizer")
+    path = folder / EXPORT_DIR / tokenizer_file.FILE
+    if not (config and tokenizer and path.is_file()):
+        return None
+    if tokenizer_file.stamps(folder, SOURCES) != manifest.get("sources"):
+        return None
+    config = {**config, "id2label": {int(k): v for k, v in config["id2label"].items()}}
+    return ExportedConfig(**config), tokenizer_file.TokenizerFile(path, tokenizer["pad_token_id"],
+                                                                  tokenizer["model_max_length"])
 
 
 def weights_stamp(folder: Path, with_hash: bool = True) -> dict[str, Any]:
@@ -83,7 +137,7 @@ class OnnxEngine:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or cpu_threads()
         options.inter_op_num_threads = 1
         # torch runs in the same process (tokenizing, aggregating): spinning ORT threads would steal its
         # cores between calls (onnxruntime#13808)
@@ -95,18 +149,25 @@ class OnnxEngine:
                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); the export may "
                             "be damaged: run the export again") from None
         self.path, self.config, self.pad_id = path, config, pad_id
-        self.device = torch.device("cpu")
+        self.device = Device()
         self.backend = "onnx-int8" if path.name == FILES["onnx-int8"] else "onnx"
 
     def batch_fit(self, length: int) -> int:
         return max(1, BATCH_TOKENS // max(length, 1))
 
-    def logits(self, encoded: Encoded, batch_size: int) -> torch.Tensor:
+    def logits(self, encoded: Encoded, batch_size: int) -> np.ndarray:
         """fp32 logits (n, classes) in input order; batches longest first, at most `batch_size` texts and
         about BATCH_TOKENS tokens each."""
         out = np.zeros((len(encoded), self.config.num_labels), dtype=np.float32)
         for index in eval_batches(encoded.lengths, batch_size, self.batch_fit):
-            batch = collate(encoded, index, self.pad_id)  # the graph's two inputs, int64 (as exported)
-            feed = {name: batch[name].numpy() for name in ("input_ids", "attention_mask")}
-            out[index] = self.session.run(["logits"], feed)[0]
-        return torch.from_numpy(out)
+            out[index] = self.session.run(["logits"], padded(encoded, index, self.pad_id))[0]
+        return out
+
+
+def cpu_threads() -> int:
+    """OMP_NUM_THREADS if set (as torch honours it), else 0: onnxruntime's default, one thread per physical
+    core (the logical CPUs of a hyperthreaded core share one set of vector units)."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return 0

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from finetune_bert.batcher import Batcher, Closed, QueueFull
 from finetune_bert.config import Reading
 from finetune_bert.score_config import ServeConfig
-from finetune_bert.engine import steady_heap
+from finetune_bert.heap import steady_heap
 from finetune_bert.errors import UserError
 from finetune_bert.serve_metrics import ServerMetrics
 from finetune_bert.serve_page import PAGE
@@ -51,13 +51,15 @@ class _Refused(Exception):
 def _load(cfg: ServeConfig, reading: Reading, device: str | None):
     """The classifier, its weights copied into memory: safetensors maps the file, and a long-lived server
     must not crash (SIGBUS) when someone rewrites model.safetensors in place (`cp new.safetensors ...`)."""
-    import torch
-
     from finetune_bert.predict import load
 
     classifier = load(cfg.model, device=device, reading=reading, backend=cfg.backend)
-    with torch.no_grad():  # (an ONNX session holds its graph in memory: nothing mapped)
-        for tensor in () if classifier.model is None else (*classifier.model.parameters(), *classifier.model.buffers()):
+    if classifier.model is None:  # an ONNX session holds its graph in memory: nothing mapped
+        return classifier
+    import torch
+
+    with torch.no_grad():
+        for tensor in (*classifier.model.parameters(), *classifier.model.buffers()):
             tensor.data = tensor.data.clone()
     return classifier
 
