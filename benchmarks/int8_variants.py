@@ -1,7 +1,8 @@
 """Which ONNX graph keeps accuracy at int8 speed (issue 20's tries), measured in one process on the same
-reviews: fp32 as exported, fp32 through onnxruntime's transformer optimizer, dynamic int8 (the export's),
-dynamic int8 of the optimized graph, dynamic int8 keeping the last layer and the head in fp32, and static
-int8 (QDQ, calibrated on training reviews).
+reviews: fp32 as exported, dynamic int8 (the export's), dynamic int8 keeping in fp32 the layers most
+sensitive to activation outliers (the feed-forward output dense, or the whole feed-forward block, of every
+layer; or the last layer and the head), and static int8 (QDQ, calibrated on training reviews).
+(onnxruntime's transformer optimizer was measured too and bought nothing: benchmarks/NOTES.md.)
 
     python benchmarks/int8_variants.py --model MODEL --data test.csv --calibration train.csv [--no-record]
 
@@ -12,6 +13,7 @@ MODEL must hold `finetune-bert export --quantize int8`'s files. Every graph read
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,30 +33,31 @@ def _classifier(model: str, graph: Path):
     return Classifier(engine, base.tokenizer, base.info, model, base.reading)
 
 
-def _optimized(fp32: Path, config, work: Path) -> Path:
-    from onnxruntime.transformers.optimizer import optimize_model
-    out = work / "optimized.onnx"
-    optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads,
-                   hidden_size=config.hidden_size).save_model_to_file(str(out))
-    return out
-
-
 def _dynamic(source: Path, out: Path, exclude: list[str] | None = None) -> Path:
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    # the optimizer's fused ops (com.microsoft domain) defeat shape inference: their outputs are fp32
     quantize_dynamic(str(source), str(out), per_channel=True, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=exclude or [], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     nodes_to_exclude=exclude or [])
     return out
 
 
-def _last_layer_nodes(fp32: Path, layers: int) -> list[str]:
-    """The MatMul nodes of the last encoder layer and of the pooler/classifier: kept fp32."""
+def _weight_matmuls(fp32: Path) -> list[str]:
+    """The graph's MatMul/Gemm nodes that multiply by a weight, in graph order: six per encoder layer
+    (query, key, value, attention output, intermediate, output; the export traces them in that order, named
+    by position), then the pooler and the classifier."""
     import onnx
     graph = onnx.load(str(fp32)).graph
-    marks = (f"layer.{layers - 1}/", f"layer.{layers - 1}.", "pooler", "classifier")  # node names, weight names
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-            and any(m in name for m in marks for name in (n.name, *n.input))]
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(x in weights for x in n.input)]
+
+
+def _roles(nodes: list[str], layers: int, roles: tuple[int, ...] = (), last_layers: int = 0) -> list[str]:
+    """Nodes to keep fp32: `roles` (0-5 as in _weight_matmuls) of every layer, all of the last `last_layers`
+    layers, and with the last layers also the head."""
+    per_layer = [nodes[6 * k:6 * k + 6] for k in range(layers)]
+    keep = [layer[r] for layer in per_layer for r in roles]
+    if last_layers:
+        keep += [n for layer in per_layer[layers - last_layers:] for n in layer] + nodes[6 * layers:]
+    return keep
 
 
 def _static(fp32: Path, out: Path, clf, texts: list[str]) -> Path:
@@ -92,17 +95,17 @@ def main() -> None:
     folder = Path(args.model) / "onnx"
     work = Path(tempfile.mkdtemp(prefix="int8-"))
     base = _classifier(args.model, folder / "model.onnx")
-    config = base.engine.config
-    optimized = _optimized(folder / "model.onnx", config, work)
     calibration = pd.read_csv(args.calibration)["text"].tolist()[:args.calibration_n]
-    graphs = {"fp32 (export)": folder / "model.onnx", "fp32, ORT transformer optimizer": optimized,
-              "dynamic int8 (export)": folder / "model.int8.onnx",
-              "dynamic int8 of the optimized graph": _dynamic(optimized, work / "opt-int8.onnx"),
-              "dynamic int8, last layer + head fp32": _dynamic(
-                  folder / "model.onnx", work / "partial-int8.onnx",
-                  _last_layer_nodes(folder / "model.onnx", config.num_hidden_layers)),
+    fp32, layers = folder / "model.onnx", json.loads((Path(args.model) / "config.json").read_text())["num_hidden_layers"]
+    nodes = _weight_matmuls(fp32)
+    assert len(nodes) == 6 * layers + 2, f"{len(nodes)} weight MatMuls: not the traced BERT this script knows"
+    graphs = {"fp32 (export)": fp32, "dynamic int8 (export)": folder / "model.int8.onnx",
+              "dynamic int8, FFN output dense fp32": _dynamic(fp32, work / "ffn-out.onnx", _roles(nodes, layers, (5,))),
+              "dynamic int8, FFN (both dense) fp32": _dynamic(fp32, work / "ffn.onnx", _roles(nodes, layers, (4, 5))),
+              "dynamic int8, last layer + head fp32": _dynamic(fp32, work / "last.onnx",
+                                                               _roles(nodes, layers, last_layers=1)),
               f"static int8 (QDQ, {len(calibration)} training reviews)": _static(
-                  folder / "model.onnx", work / "static-int8.onnx", base, calibration)}
+                  fp32, work / "static-int8.onnx", base, calibration)}
     reference = None
     rows = []
     for name, graph in graphs.items():

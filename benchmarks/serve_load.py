@@ -32,7 +32,9 @@ BASELINE_APP = textwrap.dedent('''
     from fastapi import FastAPI
     from pydantic import BaseModel
     from transformers import pipeline
-    clf = pipeline("text-classification", model=os.environ["BASELINE_MODEL"], device="cpu", truncation=True, top_k=None)
+    cut = {"max_length": int(os.environ["BASELINE_MAX_LENGTH"])} if os.environ.get("BASELINE_MAX_LENGTH") else {}
+    clf = pipeline("text-classification", model=os.environ["BASELINE_MODEL"], device="cpu", truncation=True, top_k=None,
+                   **cut)
     lock = threading.Lock()
     app = FastAPI()
     class Body(BaseModel):
@@ -152,20 +154,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level, at most")
     parser.add_argument("--seconds", type=float, default=60, help="seconds per concurrency level, at most")
     parser.add_argument("--soak", type=float, default=300, help="seconds of the soak at 32 clients (0: none)")
+    parser.add_argument("--backend", default="torch", help="ours: serve's --backend (onnx, onnx-int8: the model "
+                        "folder needs `finetune-bert export`)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     texts, _ = load_reviews(DATA / "test.csv.gz", 2000, seed=3)
-    cli = [sys.executable, "-m", "finetune_bert.cli", "serve", "--model", args.model]
+    cli = [sys.executable, "-m", "finetune_bert.cli", "serve", "--model", args.model, "--backend", args.backend]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         app = Path(tmp) / "baseline_app.py"
         app.write_text(BASELINE_APP)
-        port = _free_port()
-        with _server([sys.executable, "-m", "uvicorn", "--app-dir", tmp, "baseline_app:app", "--port", str(port),
-                      "--log-level", "warning"], port, env={"BASELINE_MODEL": args.model}) as proc:
-            for clients in (1, 32):
-                rows.append(("baseline", asyncio.run(_closed_loop(f"http://127.0.0.1:{port}", texts, clients,
-                                                                    args.requests, args.seconds, proc))))
+        # as users write it (the pipeline cuts at the tokenizer's 512), then cut at the model's trained max
+        # length, as `--long-texts truncate` cuts: the same work per review as "ours, truncate"
+        trained = _trained_max_length(args.model)
+        for name, cut, levels in (("baseline", {}, (1, 32)),
+                                  (f"baseline, cut at {trained}", {"BASELINE_MAX_LENGTH": str(trained)}, (32,))):
+            port = _free_port()
+            with _server([sys.executable, "-m", "uvicorn", "--app-dir", tmp, "baseline_app:app", "--port", str(port),
+                          "--log-level", "warning"], port, env={"BASELINE_MODEL": args.model, **cut}) as proc:
+                for clients in levels:
+                    rows.append((name, asyncio.run(_closed_loop(f"http://127.0.0.1:{port}", texts, clients,
+                                                                args.requests, args.seconds, proc))))
     # ours as it starts (long reviews read whole, windows of the model's max length), then cutting them as the
     # baseline's pipeline does (truncate): the same work per review as the baseline's, up to the max length
     for name, extra, levels in (("ours", [], (1, 8, 32, 64)), ("ours, truncate", ["--long-texts", "truncate"], (1, 32))):
@@ -190,11 +199,18 @@ def main() -> None:
     publish(_table(args, rows, overload, soak), record=not args.no_record)
 
 
+def _trained_max_length(model: str) -> int:
+    """The max length the model was fine-tuned at (finetune_bert.json), 512 for another folder."""
+    import json
+    run = Path(model) / "finetune_bert.json"
+    return int(json.loads(run.read_text()).get("max_length", 512)) if run.is_file() else 512
+
+
 def _table(args, rows, overload, soak) -> str:
     base = next(r["rps"] for name, r in rows if name == "baseline" and r["clients"] == 32)
     lines = [f"\n### {now()}: serve under load, {args.model}\n", f"Hardware: {hardware()}.",
              f"Command: `python benchmarks/serve_load.py --model {args.model} --requests {args.requests} "
-             f"--seconds {args.seconds:g} --soak {args.soak:g}`\n",
+             f"--seconds {args.seconds:g} --soak {args.soak:g} --backend {args.backend}`\n",
              "| server | clients | requests | reviews/s | vs baseline at 32 | p50 ms | p95 ms | p99 ms | errors | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows:

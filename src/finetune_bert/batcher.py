@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from finetune_bert import faults
+from finetune_bert.priority import lower_this_thread
 
 
 class QueueFull(Exception):
@@ -146,6 +147,7 @@ class Batcher:
             return group
 
     def _run(self) -> None:
+        lower_this_thread()  # (priority.py: the event loop must not wait for the model's cores)
         while (group := self._take()) is not None:
             started = time.perf_counter()
             try:

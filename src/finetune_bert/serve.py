@@ -32,6 +32,7 @@ from finetune_bert.batcher import Batcher, Closed, QueueFull
 from finetune_bert.config import Reading
 from finetune_bert.score_config import ServeConfig
 from finetune_bert.heap import steady_heap
+from finetune_bert.priority import lowered
 from finetune_bert.errors import UserError
 from finetune_bert.serve_metrics import ServerMetrics
 from finetune_bert.serve_page import PAGE
@@ -71,9 +72,10 @@ class Service:
         self.cfg, self.device = cfg, device
         self.reading = cfg.reading()
         self.metrics = ServerMetrics()
-        self.classifier = _load(cfg, self.reading, device)
+        # loaded and probed below the server's priority: the inference threads this makes inherit it
+        self.classifier = lowered(_load, cfg, self.reading, device)
         steady_heap(self.classifier.device)  # a long-lived process: the heap must not creep batch after batch
-        self.classifier.predict_proba(PROBE)  # the first inference is slow (allocations): pay it now
+        lowered(self.classifier.predict_proba, PROBE)  # the first inference is slow (allocations): pay it now
         self.batcher = Batcher(self.classifier, max_batch_tokens=cfg.max_batch_tokens, max_wait_ms=cfg.max_wait_ms,
                                max_queue=cfg.max_queue, on_batch=self.metrics.batch)
         self._reload_lock = threading.Lock()
@@ -93,8 +95,8 @@ class Service:
         Requests in flight finish on the model they started with."""
         with self._reload_lock:
             started = time.perf_counter()
-            new = _load(self.cfg, self.reading, self.device)
-            probe = new.predict_proba(PROBE)
+            new = lowered(_load, self.cfg, self.reading, self.device)
+            probe = lowered(new.predict_proba, PROBE)
             if not (probe.sum() > 0.99):
                 raise UserError(f"the reloaded model's probe gave {probe.tolist()}, not probabilities; kept the old model")
             self.batcher.swap(new)
