@@ -230,3 +230,25 @@ def test_the_graph_masks_attention_by_addition(exported):
     import onnx
     ops = collections.Counter(node.op_type for node in onnx.load(str(exported[0] / "onnx" / "model.onnx")).graph.node)
     assert ops["IsNaN"] == 0 and ops["Where"] <= 2, ops
+
+
+@pytest.mark.parametrize("damage", ["truncated tokenizer", "edited tokenizer", "manifest without a key"])
+def test_a_damaged_standalone_part_falls_back_to_the_folders_own_files(exported, tmp_path, damage):
+    from finetune_bert import load
+    from finetune_bert.onnx_engine import standalone
+    folder = tmp_path / "model"
+    shutil.copytree(exported[0], folder)
+    saved = folder / "onnx" / "tokenizer.json"
+    if damage == "truncated tokenizer":
+        saved.write_bytes(saved.read_bytes()[:100])
+    elif damage == "edited tokenizer":  # valid JSON, another vocabulary: only its hash tells
+        saved.write_text(saved.read_text().replace('"[UNK]"', '"[UNKNOWN]"', 1))
+    else:
+        manifest = json.loads((folder / "onnx" / "export.json").read_text())
+        del manifest["tokenizer"]["pad_token_id"]
+        (folder / "onnx" / "export.json").write_text(json.dumps(manifest))
+    assert standalone(folder) is None
+    clf = load(str(folder), backend="onnx")
+    assert type(clf.tokenizer).__name__ != "TokenizerFile"
+    reference = load(str(exported[0]), backend="onnx")
+    assert np.abs(clf.predict_proba(TEXTS) - reference.predict_proba(TEXTS)).max() <= 1e-6

@@ -73,17 +73,22 @@ class ExportedConfig:
 
 def standalone(folder: Path) -> tuple[ExportedConfig, tokenizer_file.TokenizerFile] | None:
     """The model's config and tokenizer from its export alone (no transformers), or None when the export
-    predates them, its tokenizer check failed, or a source file changed since."""
+    predates them, its tokenizer check failed, a source file or the saved tokenizer changed since, or any of
+    it cannot be read: the caller then reads the folder's own files through transformers."""
     manifest = read_manifest(folder) or {}
     config, tokenizer = manifest.get("config"), manifest.get("tokenizer")
     path = folder / EXPORT_DIR / tokenizer_file.FILE
-    if not (config and tokenizer and path.is_file()):
+    if not (isinstance(config, dict) and isinstance(tokenizer, dict) and path.is_file()):
         return None
-    if tokenizer_file.stamps(folder, SOURCES) != manifest.get("sources"):
-        return None
-    config = {**config, "id2label": {int(k): v for k, v in config["id2label"].items()}}
-    return ExportedConfig(**config), tokenizer_file.TokenizerFile(path, tokenizer["pad_token_id"],
-                                                                  tokenizer["model_max_length"])
+    try:
+        if tokenizer_file.stamps(folder, SOURCES) != manifest.get("sources") or \
+                tokenizer_file.stamps(path.parent, (path.name,)).get(path.name) != tokenizer.get("sha256"):
+            return None
+        config = {**config, "id2label": {int(k): v for k, v in config["id2label"].items()}}
+        return ExportedConfig(**config), tokenizer_file.TokenizerFile(path, tokenizer["pad_token_id"],
+                                                                      tokenizer["model_max_length"])
+    except Exception:  # a hand-edited manifest, or a damaged tokenizer.json (tokenizers raises a bare Exception)
+        return None  # (the fallback reads the folder's own files, and reports what is wrong with them)
 
 
 def weights_stamp(folder: Path, with_hash: bool = True) -> dict[str, Any]:
