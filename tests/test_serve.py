@@ -115,13 +115,16 @@ def test_a_full_queue_is_429_with_retry_after_and_a_late_answer_is_503(trained):
     with TestClient(app) as c:
         pool, first = _requests_in_threads(c, 1)
         assert blocked.entered.wait(5)  # the worker holds request 1
-        _, second = _requests_in_threads(c, 1)  # queued: the queue is now full
+        pool_2, second = _requests_in_threads(c, 1)  # queued: the queue is now full
         time.sleep(0.2)
         third = c.post("/predict", json={"inputs": "good film"})
         assert third.status_code == 429 and third.headers["retry-after"] == "1" and "--max-queue 1" in third.json()["error"]
         assert first[0].result(5).status_code == 503 and "--timeout" in first[0].result().json()["error"]
         blocked.release.set()
+        # every request answered before the client closes: none may be in flight when the app shuts down
+        assert second[0].result(10).status_code in (200, 503)
         pool.shutdown()
+        pool_2.shutdown()
 
 
 def test_the_api_key_guards_predict_and_reload_but_not_health_or_metrics(trained, monkeypatch):
