@@ -191,15 +191,12 @@ def _on_data(model: str, data: str, rows: int, backends: list[str]) -> dict[str,
 
 
 def _agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    probs, ref = _softmax(logits), _softmax(reference)
+    from finetune_bert.predict import softmax
+
+    probs, ref = softmax(logits), softmax(reference)
     return {"label_agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
             "max_abs_prob_diff": float(np.abs(probs - ref).max()),
             "max_abs_logit_diff": float(np.abs(logits - reference).max())}
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def describe(manifest: dict[str, Any], folder: str) -> str:

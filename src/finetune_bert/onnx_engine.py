@@ -144,8 +144,9 @@ class OnnxEngine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or cpu_threads()
         options.inter_op_num_threads = 1
-        # torch runs in the same process (tokenizing, aggregating): spinning ORT threads would steal its
-        # cores between calls (onnxruntime#13808)
+        # idle ORT threads must not spin: they would take the cores of the tokenizing thread (evaluate's and
+        # predict's overlap) and of a server's event loop between calls (onnxruntime#13808); spinning bought
+        # 0-3% here (benchmarks/NOTES.md)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

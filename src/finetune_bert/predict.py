@@ -48,9 +48,8 @@ OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "j
 
 class Classifier:
     """A fine-tuned model for prediction: its engine (engine.Engine in eval mode, or onnx_engine.OnnxEngine),
-    tokenizer, and how the
-    model was trained to read texts (cleaning, truncation, labels), or `reading` as asked (config.Reading:
-    another truncation, or long texts read whole as windows)."""
+    tokenizer, and how the model was trained to read texts (cleaning, truncation, labels), or `reading` as
+    asked (config.Reading: another truncation, or long texts read whole as windows)."""
 
     def __init__(self, engine, tokenizer, info: dict[str, Any], source: str | None = None,
                  reading: Reading = Reading()):

@@ -50,11 +50,18 @@ class _Refused(Exception):
 
 
 def _load(cfg: ServeConfig, reading: Reading, device: str | None):
-    """The classifier, its weights copied into memory: safetensors maps the file, and a long-lived server
-    must not crash (SIGBUS) when someone rewrites model.safetensors in place (`cp new.safetensors ...`)."""
+    """The classifier and its probabilities for PROBE (the first inference is slow, allocations: paid now).
+    Run below the server's priority (priority.lowered): the inference threads this makes inherit it."""
     from finetune_bert.predict import load
 
-    classifier = load(cfg.model, device=device, reading=reading, backend=cfg.backend)
+    classifier = _in_memory(load(cfg.model, device=device, reading=reading, backend=cfg.backend))
+    steady_heap(classifier.device)  # a long-lived process: the heap must not creep batch after batch
+    return classifier, classifier.predict_proba(PROBE)
+
+
+def _in_memory(classifier):
+    """Its weights copied into memory: safetensors maps the file, and a long-lived server must not crash
+    (SIGBUS) when someone rewrites model.safetensors in place (`cp new.safetensors ...`)."""
     if classifier.model is None:  # an ONNX session holds its graph in memory: nothing mapped
         return classifier
     import torch
@@ -72,10 +79,7 @@ class Service:
         self.cfg, self.device = cfg, device
         self.reading = cfg.reading()
         self.metrics = ServerMetrics()
-        # loaded and probed below the server's priority: the inference threads this makes inherit it
-        self.classifier = lowered(_load, cfg, self.reading, device)
-        steady_heap(self.classifier.device)  # a long-lived process: the heap must not creep batch after batch
-        lowered(self.classifier.predict_proba, PROBE)  # the first inference is slow (allocations): pay it now
+        self.classifier, _ = lowered(_load, cfg, self.reading, device)
         self.batcher = Batcher(self.classifier, max_batch_tokens=cfg.max_batch_tokens, max_wait_ms=cfg.max_wait_ms,
                                max_queue=cfg.max_queue, on_batch=self.metrics.batch)
         self._reload_lock = threading.Lock()
@@ -95,8 +99,7 @@ class Service:
         Requests in flight finish on the model they started with."""
         with self._reload_lock:
             started = time.perf_counter()
-            new = lowered(_load, self.cfg, self.reading, self.device)
-            probe = lowered(new.predict_proba, PROBE)
+            new, probe = lowered(_load, self.cfg, self.reading, self.device)
             if not (probe.sum() > 0.99):
                 raise UserError(f"the reloaded model's probe gave {probe.tolist()}, not probabilities; kept the old model")
             self.batcher.swap(new)
