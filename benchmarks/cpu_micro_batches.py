@@ -37,10 +37,10 @@ def setup(args) -> tuple:
     """(the reviews tokenized, one engine per flag over one MiniLM, their optimizer, the three batches)."""
     import torch
 
-    from finetune_bert.batches import train_batches
-    from finetune_bert.engine import Engine, EngineOptions
-    from finetune_bert.model import load_classifier, load_tokenizer
-    from finetune_bert.tokens import encode
+    from finetune_bert.engine.batches import train_batches
+    from finetune_bert.engine.torch_engine import Engine, EngineOptions
+    from finetune_bert.engine.model_folder import load_classifier, load_tokenizer
+    from finetune_bert.data.tokens import encode
 
     texts, labels = load_reviews(args.data, args.n)
     torch.manual_seed(0)
@@ -58,8 +58,8 @@ def setup(args) -> tuple:
 
 def measure(enc, engines: dict, optimizer, picks: list, reps: int) -> dict:
     """(batch number, flag) -> [(wall s, minor page faults, system s)] of each alternated step."""
-    from finetune_bert.checkpoint import TrainState
-    from finetune_bert.steps import train_step
+    from finetune_bert.training.checkpoint import TrainState
+    from finetune_bert.training.steps import train_step
 
     runs = {(i, flag): [] for i in range(len(picks)) for flag in (False, True)}
 
@@ -81,7 +81,7 @@ def measure(enc, engines: dict, optimizer, picks: list, reps: int) -> dict:
 
 
 def table(enc, fit, picks: list, runs: dict) -> str:
-    from finetune_bert.batches import micro_batches
+    from finetune_bert.engine.batches import micro_batches
 
     med = statistics.median
     rows = []

@@ -35,8 +35,8 @@ def measure(model: Path, data: Path, n: int, work: Path) -> tuple[float, float, 
     peak = "int(dict(l.split(':',1) for l in open('/proc/self/status'))['VmHWM'].split()[0])/1024"
     results = []
     for call in calls.values():  # each in a fresh process
-        code = ("import sys,time;from finetune_bert.evaluate import evaluate;"
-                f"from finetune_bert.predict import load,predict_file;t=time.time();{call};"
+        code = ("import sys,time;from finetune_bert.evaluation.evaluate import evaluate;"
+                f"from finetune_bert.inference.classifier import load;from finetune_bert.inference.files import predict_file;t=time.time();{call};"
                 f"print({peak}, time.time()-t)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True).stdout.split()

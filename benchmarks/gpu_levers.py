@@ -31,11 +31,11 @@ from unittest import mock
 import torch
 
 from bench import DATA, adamw, bert_config, flops_per_token, load_reviews, matmul_peak, model_source, random_bert, sync
-from finetune_bert import steps
-from finetune_bert.batches import Layout, train_batches
-from finetune_bert.checkpoint import TrainState
-from finetune_bert.engine import Engine, EngineOptions
-from finetune_bert.tokens import encode
+from finetune_bert.training import steps
+from finetune_bert.engine.batches import Layout, train_batches
+from finetune_bert.training.checkpoint import TrainState
+from finetune_bert.engine.torch_engine import Engine, EngineOptions
+from finetune_bert.data.tokens import encode
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of the script itself, not a measurement
 SIZE = "base" if DEV == "cuda" else "tiny"

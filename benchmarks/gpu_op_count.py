@@ -20,10 +20,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import adamw, random_bert
-from finetune_bert.checkpoint import TrainState
-from finetune_bert.engine import Engine, EngineOptions
-from finetune_bert.steps import train_step
-from finetune_bert.tokens import Encoded
+from finetune_bert.training.checkpoint import TrainState
+from finetune_bert.engine.torch_engine import Engine, EngineOptions
+from finetune_bert.training.steps import train_step
+from finetune_bert.data.tokens import Encoded
 
 
 KERNELS = "(ops that compute: not views)"

@@ -1,7 +1,7 @@
 """On a GPU: does the toy task of the test suite learn the same under each GPU path? And where a packed
 bert-base step spends its time (torch.profiler), for benchmarks/NOTES.md.
 
-Both go through the product: `finetune_bert.train` for the toy task, an `engine.Engine` and
+Both go through the product: `finetune_bert.training.train` for the toy task, an `engine.Engine` and
 `steps.train_step` (bf16 weights with fp32 masters, the CUDA default) for the profile. Without CUDA it is a
 smoke run (a tiny BERT, CPU activity only), not a measurement:
 
@@ -20,11 +20,11 @@ import torch
 
 from bench import adamw, random_bert, sync, tiny_bert_folder, toy_csv
 from finetune_bert import train
-from finetune_bert.checkpoint import TrainState
-from finetune_bert.engine import Engine
-from finetune_bert.predict import load
-from finetune_bert.steps import train_step
-from finetune_bert.tokens import Encoded
+from finetune_bert.training.checkpoint import TrainState
+from finetune_bert.engine.torch_engine import Engine
+from finetune_bert.inference.classifier import load
+from finetune_bert.training.steps import train_step
+from finetune_bert.data.tokens import Encoded
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of the script itself
 

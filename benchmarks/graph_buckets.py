@@ -16,8 +16,8 @@ from bench import DATA, cpu_hardware, load_reviews, model_source, now, publish
 
 
 def main() -> None:
-    from finetune_bert import graph_plan
-    from finetune_bert.model import load_tokenizer
+    import graph_plan  # beside this script
+    from finetune_bert.engine.model_folder import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-length", type=int, default=512)

@@ -58,10 +58,10 @@ def _ours(model: str, data: str, backend: str, reading: list[str], work: Path) -
 
 
 def _ensure_export(model: str) -> None:
-    from finetune_bert.onnx_engine import read_manifest
+    from finetune_bert.engine.onnx_engine import read_manifest
     manifest = read_manifest(Path(model))
     if manifest is None or "model.int8.onnx" not in manifest.get("files", []):
-        from finetune_bert.export import describe, export
+        from finetune_bert.export.onnx import describe, export
         print(describe(export(model, quantize="int8"), model))
 
 

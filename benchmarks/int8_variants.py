@@ -25,8 +25,8 @@ from bench import cpu_hardware, now, publish
 
 def _classifier(model: str, graph: Path):
     from finetune_bert import Reading, load
-    from finetune_bert.onnx_engine import OnnxEngine
-    from finetune_bert.predict import Classifier
+    from finetune_bert.engine.onnx_engine import OnnxEngine
+    from finetune_bert.inference.classifier import Classifier
 
     base = load(model, device="cpu", backend="onnx", reading=Reading(long_texts="truncate"))
     engine = OnnxEngine(graph, base.engine.config, base.engine.pad_id)

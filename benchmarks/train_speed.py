@@ -112,7 +112,7 @@ def worker_ours(args) -> dict:
     """C: finetune-bert's default train path, through its public API."""
     import pandas as pd
     from finetune_bert import train
-    from finetune_bert.batches import eval_batches
+    from finetune_bert.engine.batches import eval_batches
 
     texts, labels = load_reviews(args.data / "train.csv.gz", args.n)
     eval_texts, eval_labels = load_reviews(args.data / "test.csv.gz", args.eval_n, seed=1)
@@ -150,13 +150,13 @@ def worker_ours(args) -> dict:
 
 
 def _lengths(model_dir: Path, texts: list[str], max_length: int):
-    from finetune_bert.tokens import encode
+    from finetune_bert.data.tokens import encode
     from transformers import AutoTokenizer
     return encode(AutoTokenizer.from_pretrained(model_dir), texts, None, max_length, "head+tail").lengths
 
 
 def _padded(model_dir: Path, texts: list[str], args) -> int:
-    from finetune_bert.batches import train_batches
+    from finetune_bert.engine.batches import train_batches
     lengths = _lengths(model_dir, texts, args.max_length)
     return int(sum(len(b) * lengths[b].max() for b in train_batches(lengths, args.batch_size, 0, 0, True)))
 

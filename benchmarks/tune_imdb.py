@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import pandas as pd
-    from finetune_bert.tune import tune
+    from finetune_bert.tuning.search import tune
 
     args.output.mkdir(parents=True, exist_ok=True)
     data = args.output.parent / f"{args.output.name}-data"

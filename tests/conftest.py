@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,3 +121,23 @@ def read_only():
                 subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
             os.chmod(folder, 0o755)
     return make
+
+
+def _browser():
+    """A headless Chromium through selenium, or the reason there is none."""
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        return None, "Chromium is not installed (Debian: apt-get install chromium chromium-driver; `make setup` does it as root)"
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return None, "selenium is not installed (pip install selenium; in the dev extras)"
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options), None
+    except Exception as exc:  # a browser that will not start here is a skip with its reason, not a failure
+        return None, f"Chromium did not start: {str(exc).splitlines()[0]}"

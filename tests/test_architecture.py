@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "src" / "finetune_bert").glob("*.py"))
+PACKAGE = ROOT / "src" / "finetune_bert"
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
 
 
 def test_imports_follow_the_stage_layers():
@@ -27,7 +29,7 @@ def test_no_function_over_60_lines_or_6_positional_parameters():
     long, wide = [], []
     for path in SOURCES:
         for fn in _functions(path):
-            where = f"{path.name}:{fn.lineno} {fn.name}"
+            where = f"{path.relative_to(PACKAGE)}:{fn.lineno} {fn.name}"
             if fn.end_lineno - fn.lineno + 1 > 60:
                 long.append(f"{where} ({fn.end_lineno - fn.lineno + 1} lines)")
             positional = [a for a in fn.args.posonlyargs + fn.args.args if a.arg not in ("self", "cls")]
@@ -37,14 +39,35 @@ def test_no_function_over_60_lines_or_6_positional_parameters():
 
 
 def test_no_file_over_400_lines():
-    assert not [(p.name, n) for p in SOURCES if (n := len(p.read_text().splitlines())) > 400]
+    assert not [(str(p.relative_to(PACKAGE)), n) for p in SOURCES if (n := len(p.read_text().splitlines())) > 400]
 
 
 def test_no_utils_module():
-    assert not [p.name for p in SOURCES if p.stem in ("utils", "util", "helpers", "misc", "common")]
+    assert not [str(p.relative_to(PACKAGE)) for p in SOURCES
+                if p.stem in ("utils", "util", "helpers", "misc", "common")]
 
 
 def test_benchmarks_import_the_product_without_sys_path_edits():
     edit = re.compile(r"sys\.path\s*(\.(insert|append|extend)|\[|=|\+=)")
     edits = [p.name for p in (ROOT / "benchmarks").glob("*.py") if edit.search(p.read_text())]
     assert not edits
+
+
+def test_no_import_circle_of_any_kind():
+    """No module imports another that imports it back, through any path: type-only and function-local
+    imports included (the layers contract sees only arrows between subpackages)."""
+    import grimp
+
+    graph = grimp.build_graph("finetune_bert", exclude_type_checking_imports=False, cache_dir=None)
+    modules = sorted(graph.modules)
+    circles = []
+    for module in modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            if graph.chain_exists(imported, module):
+                circles.append(" -> ".join(graph.find_shortest_chain(imported, module) or ()) + f" -> {imported}")
+    assert not circles, circles
+
+
+def test_every_subpackage_has_its_tests_folder():
+    """Tests mirror the subpackages: tests/<subpackage>/ for each one."""
+    assert not [name for name in SUBPACKAGES if not (ROOT / "tests" / name).is_dir()]

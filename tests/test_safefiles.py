@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from finetune_bert.errors import UserError
-from finetune_bert.safefiles import (atomic_output, check_output_file, check_output_folder, disk_error, same_file,
-                                     write_text_atomic)
+from finetune_bert.safefiles import atomic_output, check_output_file, check_output_folder, disk_error, same_file, write_text_atomic
 
 
 @pytest.fixture

@@ -2,6 +2,6 @@
 
 import sys
 
-from finetune_bert.cli import main
+from finetune_bert.cli.main import main
 
 sys.exit(main())

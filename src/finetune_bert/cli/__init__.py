@@ -1,0 +1,1 @@
+"""The command line: one registry of commands, each a config and a function."""

@@ -1,0 +1,1 @@
+"""Data: files and hub datasets read, rows checked, labels mapped, texts tokenized."""

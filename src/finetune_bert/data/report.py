@@ -1,0 +1,108 @@
+"""The data report: what a user should know about their data before spending compute on it. It only reports:
+the texts are tokenized by the tokens stage (tokens.encode_splits) and handed to it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import Any
+import numpy as np
+from finetune_bert.data.dataset import Dataset
+from finetune_bert.data.splits import Split
+from finetune_bert.data.tokens import Encoded
+
+
+IMBALANCE_WARNING = 3.0  # majority / minority class ratio worth a warning
+
+
+def _split_report(split: Split, encoded: Encoded | None, names: list[str], to_id: dict, max_length: int) -> dict:
+    counts = Counter(split.labels) if split.labels is not None else Counter()
+    by_text: dict[str, set] = defaultdict(set)
+    for text, label in zip(split.texts, split.labels or [None] * len(split)):
+        by_text[text].add(label)
+    entry: dict[str, Any] = {
+        "source": split.source,
+        "rows": len(split),
+        "classes": {names[to_id[k]] if k in to_id else str(k): v for k, v in sorted(
+            counts.items(), key=lambda kv: to_id.get(kv[0], 1 << 30))},
+        "duplicate_rows": len(split) - len(by_text),
+        "conflicting_duplicates": sum(1 for labels in by_text.values() if len(labels) > 1),
+    }
+    if counts:
+        entry["imbalance_ratio"] = round(max(counts.values()) / min(counts.values()), 2)
+    if encoded is not None:
+        full = encoded.full_lengths
+        entry["tokens"] = {f"p{q}": int(np.percentile(full, q)) for q in (50, 90, 95, 99)}
+        entry["tokens"]["max"] = int(full.max())
+        entry["tokens"]["mean"] = round(float(full.mean()), 1)
+        entry["truncated"] = int((full > max_length).sum())
+    return entry
+
+
+def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, truncation: str,
+                 clean: bool) -> dict[str, Any]:
+    to_id = ds.label_to_id
+    splits = {"train": ds.train, "validation": ds.val, "test": ds.test}
+    report: dict[str, Any] = {
+        "labels": {i: n for i, n in enumerate(ds.label_names)},
+        "label_values": {n: raw for n, raw in zip(ds.label_names, ds.raw_labels)},
+        "cleaning": "on: '<br />' tags and HTML entities turned into text" if clean else "off",
+        "max_length": max_length,
+        "truncation": truncation,
+        "splits": {name: _split_report(s, encoded.get(name), ds.label_names, to_id, max_length)
+                   for name, s in splits.items() if s is not None},
+        "skipped_rows": len(ds.skipped),
+        "notes": list(ds.notes),
+        "warnings": [],
+    }
+    if ds.train_all is not None and ds.train_all is not ds.train:
+        whole = _split_report(ds.train_all, None, ds.label_names, to_id, max_length)
+        if ds.test is not None:
+            whole["shared_with_test"] = len(set(ds.train_all.texts) & set(ds.test.texts))
+        report["train_data"] = whole
+    train_texts = set(ds.train.texts)
+    for name, other in (("validation", ds.val), ("test", ds.test)):
+        if other is not None:
+            report["splits"][name]["shared_with_train"] = len(train_texts & set(other.texts))
+    ratio = report["splits"]["train"].get("imbalance_ratio", 1)
+    if ratio >= IMBALANCE_WARNING:
+        report["warnings"].append(f"classes are imbalanced {ratio}:1 in train; consider --class-weights auto and --metric f1_macro")
+    if ds.test is not None and report["splits"]["test"]["shared_with_train"]:
+        n = report["splits"]["test"]["shared_with_train"]
+        report["warnings"].append(f"{n} distinct test texts also appear in train (leakage): test scores are "
+                                  "optimistic")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["Data report", "  labels: " + ", ".join(f"{i}={n}" for i, n in report["labels"].items()),
+             f"  cleaning: {report['cleaning']}",
+             f"  max length {report['max_length']} tokens, truncation {report['truncation']}"]
+    if "train_data" in report:
+        w = report["train_data"]
+        classes = ", ".join(f"{k} {v}" for k, v in w["classes"].items())
+        lines.append(f"  train data as given: {w['rows']} rows ({classes}); duplicate rows {w['duplicate_rows']}, "
+                     f"conflicting duplicates {w['conflicting_duplicates']}"
+                     + (f"; distinct texts shared with test {w['shared_with_test']}" if "shared_with_test" in w else ""))
+    for name, s in report["splits"].items():
+        classes = ", ".join(f"{k} {v}" for k, v in s["classes"].items())
+        lines.append(f"  {name}: {s['rows']} rows ({classes}) from {s['source']}")
+        if "tokens" in s:
+            t = s["tokens"]
+            lines.append(f"    tokens: median {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}; "
+                         f"{s['truncated']} truncated ({100 * s['truncated'] / max(s['rows'], 1):.1f}%)")
+        lines.append(f"    duplicate rows {s['duplicate_rows']}, conflicting duplicates {s['conflicting_duplicates']}"
+                     + (f", distinct texts shared with train {s['shared_with_train']}" if "shared_with_train" in s else ""))
+    if report["skipped_rows"]:
+        listed = report.get("skipped_list", "skipped_rows.csv")
+        lines.append(f"  skipped rows: {report['skipped_rows']} " + (f"(listed in {listed})" if listed else
+                                                                    "(pass --output DIR to get their list)"))
+    lines.extend(f"  note: {n}" for n in report["notes"])
+    lines.extend(f"  WARNING: {w}" for w in report["warnings"])
+    return "\n".join(lines)
+
+
+def report_files(report: dict[str, Any]) -> dict[str, str]:
+    """The report's files by name: JSON for programs, text for people."""
+    return {"data_report.json": json.dumps(report, indent=2, default=str) + "\n",
+            "data_report.txt": format_report(report) + "\n"}

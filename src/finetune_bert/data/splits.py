@@ -1,0 +1,84 @@
+"""Splits of a dataset: the rows, their sampling, the validation split and deduplication."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+import numpy as np
+from finetune_bert.data.skipped import SkippedRow
+
+
+@dataclass
+class Split:
+    """One split of labelled (or, for predict, unlabelled) texts."""
+
+    name: str
+    source: str
+    texts: list[str]
+    labels: list[Any] | None
+    where: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: list[int] | np.ndarray) -> "Split":
+        labels = None if self.labels is None else [self.labels[i] for i in index]
+        return Split(self.name, self.source, [self.texts[i] for i in index], labels,
+                     [self.where[i] for i in index])
+
+
+# ---------------------------------------------------------------- splits and labels
+
+def seeded_sample(split: Split, n: int | None, seed: int) -> Split:
+    """The first n rows after a seeded shuffle: a reproducible, unbiased sample of sorted files."""
+    keep = sample_mask(len(split), n, seed)
+    return split if keep is None else split.subset(np.flatnonzero(keep).tolist())
+
+
+def sample_mask(size: int, n: int | None, seed: int) -> np.ndarray | None:
+    """Which of `size` rows `seeded_sample` keeps (None: all); for data that is read a chunk at a time."""
+    if n is None or n >= size:
+        return None
+    keep = np.zeros(size, dtype=bool)
+    keep[np.random.default_rng(seed).permutation(size)[:n]] = True
+    return keep
+
+
+def stratified_split(split: Split, fraction: float, seed: int, notes: list[str]) -> tuple[Split, Split]:
+    """Hold out `fraction` of every class (at least one example of each class that has two or more)."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([str(x) for x in split.labels])
+    val_index = []
+    for value in sorted(set(labels)):
+        members = np.flatnonzero(labels == value)
+        if len(members) < 2:
+            notes.append(f"class {str(value)!r} has {len(members)} training example(s): none held out for validation")
+            continue
+        take = min(max(1, round(len(members) * fraction)), len(members) - 1)
+        val_index.extend(rng.permutation(members)[:take].tolist())
+    val_set = set(val_index)
+    train_index = [i for i in range(len(split)) if i not in val_set]
+    val = split.subset(sorted(val_index))
+    val.name = "validation"
+    return split.subset(train_index), val
+
+
+def dedupe_train(train: Split, held_out: list[Split], skipped: list[SkippedRow]) -> tuple[Split, str]:
+    """--dedupe: drop train rows whose text is in a held-out split (leakage) or repeats an earlier row."""
+    elsewhere = set().union(*(set(s.texts) for s in held_out))
+    first: dict[str, int] = {}
+    keep, leaked, repeated = [], 0, 0
+    for i, text in enumerate(train.texts):
+        if text in elsewhere:
+            leaked += 1
+            reason = "text also appears in " + " or ".join(s.name for s in held_out if text in s.texts) + " (--dedupe)"
+        elif text in first:
+            repeated += 1
+            reason = f"duplicate of {train.where[first[text]]} (--dedupe)"
+        else:
+            first[text] = i
+            keep.append(i)
+            continue
+        skipped.append(SkippedRow("train", train.source, train.where[i], "text", reason, repr(text[:200])))
+    return train.subset(keep), (f"--dedupe removed {repeated} duplicate rows and {leaked} rows whose text is "
+                                "also held out from train (listed in skipped_rows.csv)")

@@ -1,0 +1,1 @@
+"""The engine: a model folder opened, and a model run in torch or onnxruntime."""

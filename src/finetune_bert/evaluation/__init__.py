@@ -1,0 +1,1 @@
+"""Evaluation: metrics, calibration, the report page, and `evaluate`."""

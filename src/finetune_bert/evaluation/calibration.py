@@ -1,0 +1,165 @@
+"""Calibrated confidence: one temperature T fitted on validation, folded into the classifier's last layer.
+
+Temperature scaling (Guo et al. 2017) divides the logits by a scalar T fitted to minimise the validation
+negative log-likelihood; the argmax, hence accuracy, cannot change. The reference code fits T with L-BFGS,
+which its users report diverging (T of 1e6-1e7, gpleiss/temperature_scaling#20, #23) or not converging. The
+NLL of logits/T is convex in 1/T, so a bounded 1-D search cannot go wrong: a grid over log T in
+[0.05, 20] finds the bracket of the minimum, and a golden-section search inside it refines T to ~1e-6.
+
+T is kept only if it lowers the validation NLL, and only with enough validation rows to fit one number
+honestly (MIN_ROWS). Kept, it is folded into the saved model: the weights and bias of the layer that
+produces the logits are divided by T, so `predict`, the Python API, a server and plain
+`transformers.pipeline` all give the calibrated probabilities with no code of ours. T is recorded in
+finetune_bert.json ("temperature"), so the uncalibrated logits stay recoverable (logits * T).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from finetune_bert.evaluation.metrics import scores_of
+from finetune_bert.data.tokens import Encoded
+
+
+MIN_ROWS = 50
+T_RANGE = (0.05, 20.0)
+GRID = 161           # points on log T: neighbours ~4% apart
+GOLDEN_STEPS = 40    # shrinks the bracket by 0.618^40 ~ 4e-9
+MEASURES = ("log_loss", "ece", "brier")
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """The outcome of a fit: `value` is what the model uses (1.0 unless kept)."""
+
+    value: float
+    fitted: float | None       # the minimiser found, kept or not (None: not fitted)
+    nll_before: float | None
+    nll_after: float | None
+    rows: int
+    note: str
+
+    @property
+    def kept(self) -> bool:
+        return self.value != 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "kept": self.kept}
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of logits / t; `t` may be a vector of temperatures (one NLL each)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    scaled = logits.double()[None] / t.reshape(-1, 1, 1)
+    logp = torch.log_softmax(scaled, dim=-1)
+    picked = logp.gather(2, labels.reshape(1, -1, 1).expand(len(scaled), -1, 1))
+    out = -picked.mean(dim=(1, 2))
+    return out if t.ndim else out[0]
+
+
+def _search(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T in T_RANGE minimising the NLL: grid on log T, then golden section in the best point's bracket."""
+    grid = torch.linspace(math.log(T_RANGE[0]), math.log(T_RANGE[1]), GRID, dtype=torch.float64)
+    # a few thousand rows at a time, so the (grid, rows, classes) tensor stays small
+    values = torch.zeros(GRID, dtype=torch.float64)
+    for start in range(0, len(labels), 4096):
+        part = slice(start, start + 4096)
+        values += nll(logits[part], labels[part], grid.exp()) * len(labels[part])
+    best = int(values.argmin())
+    lo, hi = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, GRID - 1)])
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = float(nll(logits, labels, math.exp(a))), float(nll(logits, labels, math.exp(b)))
+    for _ in range(GOLDEN_STEPS):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = float(nll(logits, labels, math.exp(a)))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = float(nll(logits, labels, math.exp(b)))
+    return math.exp((lo + hi) / 2)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> Temperature:
+    """Fit T on validation logits (n, k) and class ids (n,); keep it only if the NLL improves."""
+    n = len(labels)
+    if n < MIN_ROWS:
+        return Temperature(1.0, None, None, None, n, f"not calibrated: {n} validation rows, fewer than the "
+                                                     f"{MIN_ROWS} needed to fit a temperature")
+    logits, labels = logits.double().cpu(), labels.cpu()
+    t = _search(logits, labels)
+    before, after = float(nll(logits, labels, 1.0)), float(nll(logits, labels, t))
+    if not after < before - 1e-9:
+        return Temperature(1.0, t, before, before, n, f"not calibrated: the fitted temperature {t:.3f} did not "
+                                                      f"lower the validation NLL ({before:.4f}); kept T = 1")
+    edge = " (at the edge of the search range)" if min(abs(t - T_RANGE[0]), abs(t - T_RANGE[1])) < 1e-3 else ""
+    return Temperature(t, t, before, after, n, f"temperature {t:.3f}{edge} fitted on {n} validation rows "
+                                               f"(NLL {before:.4f} -> {after:.4f})")
+
+
+def head_layer(model: torch.nn.Module) -> str | None:
+    """The name of the linear layer that produces the logits: the last nn.Linear with num_labels outputs
+    (BERT's `classifier`, RoBERTa's `classifier.out_proj`, DistilBERT's `classifier`)."""
+    k = model.config.num_labels
+    found = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == k]
+    return found[-1] if found else None
+
+
+def fold(weights: dict[str, torch.Tensor], layer: str, t: float) -> dict[str, torch.Tensor]:
+    """The state dict with the logits layer divided by t: logits(x) / t = (W / t) x + b / t."""
+    out = dict(weights)
+    for suffix in ("weight", "bias"):
+        name = f"{layer}.{suffix}"
+        if name in out:
+            out[name] = out[name] / t
+    return out
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The calibration measures (and the reliability bins) of two metrics dicts, side by side."""
+    keys = (*MEASURES, "reliability")
+    return {"before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}
+
+
+def summary_line(t: Temperature, splits: dict[str, dict[str, Any]]) -> str:
+    """One line for a person: what T is, and what it did to ECE, NLL and Brier on each split."""
+    parts = [t.note]
+    for split, pair in splits.items():
+        b, a = pair["before"], pair["after"]
+        parts.append(f"{split} ECE {100 * b['ece']:.2f}% -> {100 * a['ece']:.2f}%, NLL {b['log_loss']:.4f} -> "
+                     f"{a['log_loss']:.4f}, Brier {b['brier']:.4f} -> {a['brier']:.4f}")
+    return "calibration: " + "; ".join(parts)
+
+
+def calibrate(engine, val: Encoded, label_names: list[str], batch_size: int,
+              enabled: bool = True) -> tuple[Temperature, dict[str, Any], torch.Tensor]:
+    """Fit T on the engine's (engine.Engine) validation logits and, if kept, fold it into the engine's
+    weights. Returns the outcome, the validation measures before and after, and the calibrated logits."""
+    logits = engine.logits(val, batch_size)
+    if not enabled:
+        t = Temperature(1.0, None, None, None, len(val), "not calibrated: --no-calibrate")
+    else:
+        t = fit_temperature(logits, torch.from_numpy(val.labels))
+    layer = head_layer(engine.model)
+    if t.kept and layer is None:
+        t = replace(t, value=1.0, note="not calibrated: no linear layer with one output per class to fold a "
+                                       "temperature into")
+    if t.kept:
+        engine.load_weights(fold(engine.weights(), layer, t.value))
+    after = logits / t.value
+    return t, before_after(scores_of(logits, val, label_names), scores_of(after, val, label_names)), after
+
+
+def score_calibrated(engine, encoded: Encoded, label_names: list[str], batch_size: int,
+                     t: Temperature) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor]:
+    """The (calibrated) engine's metrics on labelled data, the measures before and after calibration (the
+    same logits times T), and the logits."""
+    logits = engine.logits(encoded, batch_size)
+    metrics = scores_of(logits, encoded, label_names)
+    return metrics, before_after(scores_of(logits * t.value, encoded, label_names), metrics), logits

@@ -1,0 +1,20 @@
+"""`evaluate`'s options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from finetune_bert.options import MAX_SEED, opt
+from finetune_bert.inference.config import ScoreConfig
+
+
+@dataclass
+class EvaluateConfig(ScoreConfig):
+    data: str = opt(None, "Labelled data, any form `train --data` takes.", required=True)
+    output: str | None = opt(None, "Where to write the metrics, a .json file (default: MODEL/evaluation.json).")
+    label_column: str | None = opt(None, "Name of the label column (auto-detected: label, sentiment, target, class).")
+    max_samples: int | None = opt(None, "Score only N rows (a seeded sample).", at_least=1)
+    seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0, at_most=MAX_SEED)
+    errors: int = opt(0, "Also write the N most confident mistakes (text, true label, prediction, confidence) to "
+                         "OUTPUT_NAME.errors.csv beside the metrics.", at_least=0)
+    overlap: bool = opt(True, "Read and tokenize the next chunk of rows in a worker thread while this one is "
+                              "scored (--no-overlap: one after the other; the same results).")

@@ -1,0 +1,161 @@
+"""`finetune-bert evaluate`: score a fine-tuned model on labelled data, a chunk of rows at a time.
+
+Beside the metrics (NAME.json) it writes a report a person reads (NAME.html, see html_report.py) and, with
+`errors`, the most confident mistakes in full (NAME.errors.csv). A model calibrated by `train` (a
+temperature folded into its weights) is also scored as it was before calibration ("uncalibrated").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_bert.evaluation.calibration import MEASURES
+from finetune_bert.inference.reading import Reading
+from finetune_bert.inference.heap import steady_heap
+from finetune_bert.errors import UserError
+from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, format_metrics, snippet
+from finetune_bert.engine.model_folder import EVALUATE_FILES, refuse_model_file
+from finetune_bert.safefiles import check_output_file, claim_output, write_text_atomic
+from finetune_bert.data.chunks import ahead, chunk_rows
+
+
+def evaluate(model: str, data: str, output: str | None = None, *, batch_size: int = 64,
+             text_column: str | None = None, label_column: str | None = None,
+             on_bad_rows: str = "error", max_samples: int | None = None, seed: int = 42,
+             quiet: bool = False, rows_per_chunk: int | None = None, reading: Reading = Reading(),
+             errors: int = 0, backend: str = "torch", overlap: bool = True) -> dict[str, Any]:
+    """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON.
+
+    Options, then the output's place, then every row are checked before the model is loaded: the data is
+    read twice, a chunk of rows at a time (see streaming.ChunkedSplit), once to check it and once to score
+    it. Rows skipped under on_bad_rows="skip" go to NAME.skipped.csv, the `errors` most confident mistakes to
+    NAME.errors.csv; `reading`: config.Reading; `overlap`: see streaming.ahead."""
+    from finetune_bert.data.splits import sample_mask
+    from finetune_bert.engine.model_folder import load_model_config, read_run_info
+    from finetune_bert.inference.classifier import LabelMap, load
+    from finetune_bert.inference.files import labelled_rows
+    from finetune_bert.evaluation.config import EvaluateConfig
+    from finetune_bert.data.skipped import write_skipped
+
+    cfg = EvaluateConfig(model=model, data=data, output=output, batch_size=batch_size, max_samples=max_samples,
+                         seed=seed, on_bad_rows=on_bad_rows, errors=errors, backend=backend, overlap=overlap,
+                         **dataclasses.asdict(reading))
+    if problems := cfg.problems():
+        raise UserError("; ".join(problems))
+    target, skipped_at = _metrics_path(model, data, output, skipping=on_bad_rows == "skip")
+    errors_at, html_at = target.with_name(target.stem + ".errors.csv"), target.with_suffix(".html")
+    info = read_run_info(model)
+    labels = LabelMap.of(load_model_config(model), info)
+    rows = labelled_rows(data, labels, clean=info.get("clean", True), columns=(text_column, label_column),
+                         on_bad_rows=on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size))
+    total = rows.check()
+    clf = load(model, reading=reading, backend=backend)
+    steady_heap(clf.device)
+    mistakes = ConfidentMistakes(max(errors, REPORT_MISTAKES), clf.label_names)
+    # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
+    metrics = _score(clf, rows, sample_mask(total, max_samples, seed), (batch_size, overlap), mistakes)
+    worst = mistakes.rows()
+    metrics.update(data=data, model=model, backend=clf.backend, skipped_rows=len(rows.skipped), reading=dataclasses.asdict(reading),
+                   mistakes=[{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]])
+    if not quiet:
+        print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))
+        if "uncalibrated" in metrics:
+            u = metrics["uncalibrated"]
+            print(f"calibrated (temperature {metrics['temperature']:.3f} folded in by train); before calibration: "
+                  f"ece {u['ece']:.4f}   log_loss {u['log_loss']:.4f}   brier {u['brier']:.4f}")
+    write_text_atomic(target, json.dumps(metrics, indent=2) + "\n")
+    write_skipped(rows.skipped, skipped_at)
+    written = [target, *([skipped_at] if rows.skipped else [])]
+    if errors:
+        _write_errors(worst[:errors], clf.label_names, errors_at)
+        written.append(errors_at)
+    from finetune_bert.evaluation.report_page import evaluation_report
+    write_text_atomic(html_at, evaluation_report(metrics, target.name))
+    for path in (*written, html_at):
+        claim_output(path)
+    if rows.skipped:
+        print(f"warning: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in {skipped_at}")
+    if not quiet:
+        print(f"metrics written to {target}, the report to {html_at}"
+              + (f", the {len(worst[:errors])} most confident mistakes to {errors_at}" if errors else ""))
+    return metrics
+
+
+REPORT_MISTAKES = 20
+
+
+def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mistakes: ConfidentMistakes) -> dict[str, Any]:
+    """Read, tokenize and score a chunk at a time: memory stays flat however many texts there are; the next
+    chunk is read and tokenized while this one is scored. A model with a folded temperature T is also scored
+    on logits * T: what it gave before calibration. `batching`: (batch size, overlap)."""
+    batch_size, overlap = batching
+    stream = StreamingMetrics(clf.label_names)
+    raw = StreamingMetrics(clf.label_names) if clf.temperature != 1.0 else None
+    for chunk, (prepared, _) in ahead(_sampled(rows, sample), lambda c: clf.prepare(c.texts, cleaned=True),
+                                      overlap=overlap):
+        logits, lengths = torch.from_numpy(clf.logits_of([prepared], batch_size)), prepared.full_lengths
+        labels = torch.as_tensor(chunk.labels, dtype=torch.long)
+        stream.update(logits, labels, lengths)
+        if raw is not None:
+            raw.update(logits * clf.temperature, labels, lengths)
+        mistakes.update(logits, labels, lambda j, c=chunk: {"row": c.where[j], "text": c.texts[j]})
+    metrics = stream.compute()
+    if raw is not None:
+        before = raw.compute()
+        metrics.update(temperature=clf.temperature,
+                       uncalibrated={k: before[k] for k in (*MEASURES, "reliability")})
+    return metrics
+
+
+def _sampled(rows, sample: np.ndarray | None):
+    """Each chunk's rows that --max-samples picked (all of them without it); empty chunks left out."""
+    seen = 0
+    for split in rows:
+        chunk = split if sample is None else split.subset(np.flatnonzero(sample[seen:seen + len(split)]))
+        seen += len(split)
+        if len(chunk):
+            yield chunk
+
+
+def _write_errors(rows: list[dict[str, Any]], label_names: list[str], path: Path) -> None:
+    """The most confident mistakes, whole texts, most confident first."""
+    import csv
+
+    from finetune_bert.safefiles import atomic_output
+
+    fields = ["row", "text", "true_label", "predicted", "confidence", *(f"prob_{n}" for n in label_names)]
+    with atomic_output(path, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def _metrics_path(model: str, data: str, output: str | None, *, skipping: bool = False) -> tuple[Path, Path]:
+    """Where the metrics and the skipped rows go (default: MODEL/evaluation.json), checked before any work:
+    a JSON name, a writable place, not the data itself, not a file of the model."""
+    target = Path(output).expanduser() if output else (
+        Path(model) / "evaluation.json" if Path(model).is_dir() else Path("evaluation.json"))
+    if target.suffix.lower() != ".json":
+        raise UserError(f"--output {target}: the metrics are written as JSON; give a file name ending in .json")
+    skipped_at = target.with_name(target.stem + ".skipped.csv")
+    beside = [(target.with_name(target.stem + suffix), f"the {what} of --output {target},")
+              for suffix, what in ((".skipped.csv", "skipped-rows file"), (".errors.csv", "mistakes file"),
+                                   (".html", "report"))]
+    for path, option in ((target, "--output"), *beside):
+        try:
+            check_output_file(path, option, inputs=[data])
+            refuse_model_file(path, model, option, allow=EVALUATE_FILES)
+        except UserError as exc:
+            default = "" if output else "; pass --output FILE.json to write the metrics elsewhere"
+            raise UserError(f"{exc}{default}") from None
+    if skipping:
+        from finetune_bert.data.skipped import refuse_foreign_skipped_list
+        refuse_foreign_skipped_list(skipped_at, f"the skipped-rows file of --output {target},")
+    return target, skipped_at

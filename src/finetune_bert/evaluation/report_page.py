@@ -1,0 +1,217 @@
+"""`report.html`: one self-contained page a person reads after training, instead of JSON.
+
+Written by `train` (DIR/report.html) and `evaluate` (NAME.html beside NAME.json), and rebuilt by
+`finetune-bert report DIR|NAME.json` from the files alone: metrics.json (or the evaluation's JSON),
+run_config.json, data_report.txt and train_log.jsonl. Figures are PNGs inlined as data: URIs, the style is
+inline, there is no script and no link to load: the page opens offline, from an e-mail or a CI artifact.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from finetune_bert.evaluation import figures
+from finetune_bert.errors import UserError
+
+STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
+th { background: #f3f3f3; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; display: block; margin: .6em 0; } .note { color: #555; }
+pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: 12px; }
+td.text { max-width: 620px; font-size: 12px; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]], text_column: int | None = None) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for i, value in enumerate(row):
+            kind = "text" if i == text_column else ("n" if isinstance(value, (int, float)) or value is None else "")
+            cells.append(f'<td class="{kind}">{_esc(_fmt(value))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _image(png: bytes, alt: str) -> str:
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _page(title: str, sections: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + _esc(title) + "</title>"
+            f"<style>{STYLE}</style></head><body><h1>{_esc(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def _summary(splits: dict[str, dict[str, Any]]) -> str:
+    keys = ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "brier")
+    rows = [[name, m["n"], *(m.get(k) for k in keys)] for name, m in splits.items() if m]
+    return "<h2>Results</h2>" + _table(["split", "texts", "accuracy", "macro F1", "ROC-AUC", "NLL", "ECE", "Brier"], rows)
+
+
+def _per_class(m: dict[str, Any], split: str) -> str:
+    rows = [[name, c["precision"], c["recall"], c["f1"], c["support"]] for name, c in m["per_class"].items()]
+    rows.append(["macro avg", m["precision_macro"], m["recall_macro"], m["f1_macro"], m["n"]])
+    return (f"<h2>Per class ({_esc(split)})</h2>" + _table(["class", "precision", "recall", "F1", "support"], rows)
+            + _image(figures.confusion(m["confusion_matrix"], m["labels"]), f"confusion matrix, {split}"))
+
+
+def _calibration(calibration: dict[str, Any] | None) -> str:
+    """Before/after table and reliability diagrams, from metrics.json's "calibration" (train) section."""
+    if not calibration:
+        return ""
+    out = [f"<h2>Calibration</h2><p>{_esc(calibration['note'])}. Temperature used: "
+           f"<b>{calibration['value']:.3f}</b> (folded into the saved classifier).</p>"]
+    rows, panels = [], []
+    for split in ("validation", "test"):
+        if split not in calibration:
+            continue
+        pair = calibration[split]
+        for when in ("before", "after"):
+            m = pair[when]
+            rows.append([split, when, m["log_loss"], m["ece"], m["brier"]])
+    out.append(_table(["split", "calibration", "NLL", "ECE", "Brier"], rows))
+    shown = "test" if "test" in calibration else "validation"
+    for when in ("before", "after"):
+        m = calibration[shown][when]
+        panels.append((f"{shown}, {when} calibration", m["reliability"], m["ece"]))
+    out.append(_image(figures.reliability(panels), f"reliability diagram, {shown}, before and after calibration"))
+    return "".join(out)
+
+
+def _uncalibrated(m: dict[str, Any]) -> str:
+    """evaluate of a calibrated model: the same data before calibration (logits * T), beside after."""
+    if "uncalibrated" not in m:
+        return ("<h2>Calibration</h2><p class=\"note\">This model carries no temperature (trained with "
+                "--no-calibrate, or not by finetune-bert): its confidences are the raw softmax.</p>"
+                + _image(figures.reliability([("reliability", m["reliability"], m["ece"])]), "reliability diagram"))
+    u = m["uncalibrated"]
+    rows = [["before", u["log_loss"], u["ece"], u["brier"]], ["after", m["log_loss"], m["ece"], m["brier"]]]
+    return (f"<h2>Calibration</h2><p>Temperature {m['temperature']:.3f}, fitted by train on validation and "
+            "folded into the classifier.</p>" + _table(["calibration", "NLL", "ECE", "Brier"], rows)
+            + _image(figures.reliability([("before calibration", u["reliability"], u["ece"]),
+                                          ("after calibration", m["reliability"], m["ece"])]),
+                     "reliability diagram before and after calibration"))
+
+
+def _confidence(m: dict[str, Any]) -> str:
+    out = ["<h2>Confidence and length</h2>",
+           _image(figures.confidence_histogram(m["confidence_histogram"]), "confidence of correct and wrong predictions")]
+    if m.get("by_length"):
+        out.append(_image(figures.by_length(m["by_length"]), "accuracy by text length"))
+    return "".join(out)
+
+
+def _mistakes(rows: list[dict[str, Any]] | None) -> str:
+    if rows is None:
+        return ""
+    if not rows:
+        return "<h2>Most confident mistakes</h2><p>No mistakes.</p>"
+    table = [[r["row"], r["text"], r["true_label"], r["predicted"], r["confidence"]] for r in rows]
+    return (f"<h2>The {len(rows)} most confident mistakes</h2><p class=\"note\">Wrong predictions made with the "
+            "highest confidence: label errors in the data, or what the model has not learned. Texts shortened."
+            "</p>" + _table(["row", "text", "true label", "predicted", "confidence"], table, text_column=1))
+
+
+def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and validation records; after a resume, the records it replays replace the earlier ones."""
+    train: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    if not path.is_file():
+        return train, evals
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if record.get("event") == "resume":
+            train = [r for r in train if r["step"] <= record.get("step", 0)]
+            evals = [r for r in evals if r["step"] <= record.get("step", 0)]
+        elif record.get("event") == "train" and record.get("loss") is not None:
+            train.append(record)
+        elif record.get("event") == "eval":
+            evals.append(record)
+    return train, evals
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def run_report(folder: Path) -> str:
+    """The report of a finished training run, from its folder's files."""
+    folder = Path(folder)
+    metrics, config = _read_json(folder / "metrics.json"), _read_json(folder / "run_config.json")
+    shown = "test" if metrics.get("test") else "validation"
+    m = metrics[shown]
+    train, evals = _read_log(folder / "train_log.jsonl")
+    metric = config.get("metric", "accuracy")
+    data_report = (folder / "data_report.txt").read_text(encoding="utf-8") if (folder / "data_report.txt").is_file() else ""
+    sections = [f"<p class=\"note\">{_esc(config.get('model', ''))} fine-tuned into {_esc(folder)}; best model at "
+                f"step {metrics.get('best_step')} by validation {_esc(metric)}; training {metrics['train']['seconds']} s, "
+                f"{metrics['train']['steps']} steps.</p>",
+                _summary({"validation (best step)": metrics["validation"], "test": metrics.get("test") or {}}),
+                _per_class(m, shown), _calibration(metrics.get("calibration")), _confidence(m),
+                "<h2>Training</h2>" + _image(figures.curves(train, evals, metric), "training curves"),
+                _mistakes(metrics.get("mistakes")),
+                "<h2>Configuration</h2>" + _table(["option", "value"], [[k, json.dumps(v)] for k, v in config.items()]),
+                f"<h2>Data</h2><pre>{_esc(data_report)}</pre>"]
+    return _page(f"finetune-bert report: {folder.name}", sections)
+
+
+def evaluation_report(m: dict[str, Any], name: str) -> str:
+    """The report of one `evaluate` (its metrics dict)."""
+    reading = m.get("reading") or {}
+    how = ", ".join(f"{k} {v}" for k, v in reading.items() if v is not None)
+    sections = [f"<p class=\"note\">{_esc(m.get('model'))} on {_esc(m.get('data'))} ({m['n']} texts"
+                f"{'; ' + _esc(how) if how else ''}); metrics in {_esc(name)}.</p>",
+                _summary({"evaluation": m}), _per_class(m, "evaluation"), _uncalibrated(m), _confidence(m),
+                _mistakes(m.get("mistakes"))]
+    return _page(f"finetune-bert evaluation: {Path(str(m.get('data'))).name}", sections)
+
+
+def rebuild(target: str) -> Path:
+    """`finetune-bert report DIR|NAME.json`: write DIR/report.html, or NAME.html beside an evaluation."""
+    from finetune_bert.safefiles import claim, read_marker, write_text_atomic
+
+    path = Path(target).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        m = _read_json(path)
+        if not {"n", "accuracy", "confusion_matrix", "confidence_histogram"} <= set(m):
+            raise UserError(f"{target}: not the metrics of `finetune-bert evaluate` (or written by an older version:"
+                            " evaluate again to get a report)")
+        return write_text_atomic(path.with_suffix(".html"), evaluation_report(m, path.name))
+    if not path.is_dir():
+        raise UserError(f"{target}: no such folder; give a training run's output folder or an evaluation's .json")
+    metrics = _read_json(path / "metrics.json")
+    if "metrics.json" not in read_marker(path)["files"] or not metrics.get("validation"):
+        raise UserError(f"{target}: not a finished finetune-bert training run (no metrics.json of ours); give the "
+                        "--output folder of a `train` that finished, or an evaluation's .json")
+    if "confidence_histogram" not in metrics.get("test", metrics["validation"]):
+        raise UserError(f"{target}: its metrics.json was written by an older finetune-bert, without what the report "
+                        "draws; run `finetune-bert evaluate --model DIR --data FILE` to get a report of this model")
+    out = write_text_atomic(path / "report.html", run_report(path))
+    claim(path, ["report.html"])
+    return out

@@ -1,0 +1,1 @@
+"""Export: a trained model folder written as ONNX (fp32, int8) and checked."""

@@ -1,0 +1,23 @@
+"""`export`'s options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from finetune_bert.options import opt, range_problems
+
+
+@dataclass
+class ExportConfig:
+    """`export`: a fine-tuned model folder as ONNX, written beside its files (MODEL/onnx/) and checked."""
+
+    model: str = opt(None, "A fine-tuned model folder (local: the export is written into it).", required=True)
+    format: str = opt("onnx", "Export format.", choices=("onnx",))
+    quantize: str | None = opt(None, "Also write a dynamic int8 model (per-channel weights): model.int8.onnx.",
+                               choices=("int8",))
+    data: str | None = opt(None, "Texts to check the export on as predict reads them (labelled: accuracy too); "
+                                 "its first --rows rows.")
+    rows: int = opt(512, "With --data: rows to check on.", at_least=1)
+    debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
+
+    def problems(self) -> list[str]:
+        return range_problems(self)

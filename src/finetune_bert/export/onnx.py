@@ -1,0 +1,223 @@
+"""`finetune-bert export`: a fine-tuned model folder as ONNX (fp32, and int8 on request), checked.
+
+The graph is written beside the Hugging Face files, in DIR/onnx/, with a manifest (export.json) that
+records the weights it came from and what was measured: fp32 parity with the torch path (refused beyond
+1e-4 in any logit) and, for int8, how often its label agrees with fp32's and how far its probabilities
+move. `predict`, `evaluate` and `serve` then take `--backend onnx` (or `onnx-int8`).
+
+The TorchScript exporter (dynamo=False) is used: it handles dynamic batch and sequence axes for BERT,
+where the dynamo path still fails on dimensions of size 0 or 1 (huggingface/optimum#2219).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune_bert.engine.torch_engine import Engine
+from finetune_bert.errors import UserError
+from finetune_bert.engine.model_folder import load_classifier, load_tokenizer, read_run_info, resolve
+from finetune_bert.engine import fastpath, onnx_tokenizer as tokenizer_file
+from finetune_bert.engine.onnx_engine import EXPORT_DIR, FILES, MANIFEST, SOURCES, WEIGHTS, ExportedConfig, OnnxEngine, weights_stamp
+from finetune_bert.safefiles import MARKER, claim, disk_error, write_text_atomic
+from finetune_bert.data.tokens import Encoded, max_length_for, special_tokens
+
+PARITY_TOLERANCE = 1e-4  # the largest |logit difference| an fp32 export may have from the torch path
+PROBES = 64              # random token sequences the export is checked on (lengths 1 to the max length)
+OPSET = 17               # LayerNormalization is a single op from 17 on
+
+
+class _Logits(torch.nn.Module):
+    """The classifier as a function of (input_ids, attention_mask) to logits: the graph's signature. The
+    engine's fast path is traced (its last layer for [CLS] alone), stock forward for other architectures."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return fastpath.logits(self.model, {"input_ids": input_ids, "attention_mask": attention_mask}, train=False)
+
+
+def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str | None = None,
+           rows: int = 512) -> dict[str, Any]:
+    """Export `model` (a local model folder) to DIR/onnx/; `quantize="int8"` adds dynamic int8 with
+    per-channel weights. `data`: texts (labelled or not) to measure the export on as well, its first `rows`
+    rows. Returns the manifest written to DIR/onnx/export.json."""
+    folder = _model_folder(model, fmt, quantize)
+    tokenizer = load_tokenizer(model)
+    classifier = load_classifier(model, notes=[], attn_implementation="eager").eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    max_length, _ = max_length_for(tokenizer, classifier.config, read_run_info(model).get("max_length", 512))
+    target = folder / EXPORT_DIR
+    try:
+        target.mkdir(exist_ok=True)
+        fp32 = _write_graph(classifier, target / FILES["onnx"], pad_id)
+    except OSError as exc:
+        raise disk_error(exc, target, "write the export") from None
+    probes = _probes(tokenizer, classifier.config, max_length)
+    reference = Engine(classifier, torch.device("cpu"), pad_id).logits(probes, 16).numpy()
+    gap = float(np.abs(OnnxEngine(fp32, classifier.config, pad_id).logits(probes, 16) - reference).max())
+    if gap > PARITY_TOLERANCE:
+        fp32.unlink()
+        raise UserError(f"--model {model}: the ONNX graph's logits differ from torch's by {gap:.2e} (over "
+                        f"{PARITY_TOLERANCE:g}); not exported. Rerun with --debug and report it")
+    manifest: dict[str, Any] = {"format": fmt, "opset": OPSET, "weights": weights_stamp(folder),
+                                "files": [FILES["onnx"]], "probes": PROBES,
+                                "onnx": {"max_abs_logit_diff": gap}, **_standalone(tokenizer, classifier, folder)}
+    if quantize == "int8":
+        int8 = _quantize(fp32, target / FILES["onnx-int8"])
+        manifest["files"].append(FILES["onnx-int8"])
+        manifest["onnx-int8"] = _agreement(OnnxEngine(int8, classifier.config, pad_id).logits(probes, 16),
+                                           reference)
+    write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    if data is not None:  # scored through the export just recorded, as predict will score
+        manifest["on_data"] = _on_data(model, data, rows, ["onnx", *(["onnx-int8"] if quantize else [])])
+        write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    if (folder / MARKER).is_file():  # a later run in this folder replaces the export with the rest of its files
+        claim(folder, [EXPORT_DIR])
+    return manifest
+
+
+def _standalone(tokenizer, classifier, folder: Path) -> dict[str, Any]:
+    """What lets predict run the export without transformers: the config as transformers read it, and the
+    Rust tokenizer where it gives the HF tokenizer's ids (tokenizer_file.save); the files they came from."""
+    found: dict[str, Any] = {"config": ExportedConfig.of(classifier.config).as_json(),
+                             "sources": tokenizer_file.stamps(folder, SOURCES)}
+    saved = tokenizer_file.save(tokenizer, folder / EXPORT_DIR / tokenizer_file.FILE)
+    if saved is not None:
+        found["tokenizer"] = saved
+    return found
+
+
+def _model_folder(model: str, fmt: str, quantize: str | None) -> Path:
+    """The local model folder to write into; everything wrong with the request, before any work."""
+    problems = []
+    if fmt != "onnx":
+        problems.append(f"--format {fmt}: the one export format is onnx")
+    if quantize not in (None, "int8"):
+        problems.append(f"--quantize {quantize}: the one quantization is int8")
+    if problems:
+        raise UserError("; ".join(problems))
+    source = Path(resolve(model))
+    if not source.is_dir():
+        raise UserError(f"--model {model}: export writes beside the model's files, so it needs a local model folder "
+                        "(download a hub model first, or fine-tune one with finetune-bert train)")
+    if not (source / WEIGHTS).is_file():
+        raise UserError(f"--model {model}: has no {WEIGHTS}; export reads weights only from safetensors")
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"export needs onnx and onnxruntime ({exc.name} is missing): "
+                        "pip install 'finetune-bert[onnx]'") from None
+    return source
+
+
+def _write_graph(classifier, path: Path, pad_id: int) -> Path:
+    """The fp32 graph with dynamic batch and sequence axes, written whole or not at all."""
+    sample = torch.full((2, 8), pad_id, dtype=torch.long)
+    mask = torch.ones_like(sample)
+    mask[1, 5:] = 0  # a padded row, so the mask path is traced as it runs
+    partial = path.with_name(path.name + ".partial")
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings concern shapes the dynamic axes cover
+        torch.onnx.export(_Logits(classifier).eval(), (sample, mask), str(partial), input_names=list(axes)[:2],
+                          output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    os.replace(partial, path)
+    return path
+
+
+def _quantize(fp32: Path, path: Path) -> Path:
+    """Dynamic int8: weights per output channel, activations quantized batch by batch (u8, which VNNI's
+    u8 x s8 dot product takes)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    partial = path.with_name(path.name + ".partial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(fp32), str(partial), per_channel=True, weight_type=QuantType.QInt8)
+    os.replace(partial, path)
+    return path
+
+
+def _probes(tokenizer, config, max_length: int) -> Encoded:
+    """PROBES seeded random token sequences, framed by the model's special tokens, of lengths spread from
+    one token to the max length: the parity check covers short, long and padded rows."""
+    prefix, suffix = special_tokens(tokenizer)
+    rng = np.random.default_rng(0)
+    vocab = int(getattr(config, "vocab_size", len(tokenizer)))
+    budget = max(1, max_length - len(prefix) - len(suffix))
+    lengths = np.unique(np.linspace(1, budget, PROBES).astype(int))
+    ids = [np.array(prefix + rng.integers(0, vocab, n).tolist() + suffix, dtype=np.int32) for n in lengths]
+    return Encoded(ids, np.array([len(x) for x in ids]), None)
+
+
+def _on_data(model: str, data: str, rows: int, backends: list[str]) -> dict[str, Any]:
+    """Each backend's labels against torch's on the first `rows` rows of `data`, read as predict reads
+    them; accuracy too where the rows have labels the model knows."""
+    from finetune_bert.inference.files import input_rows
+    from finetune_bert.inference.classifier import load
+
+    chunks = input_rows(data, rows_per_chunk=rows, on_bad_rows="skip")
+    chunks.check()
+    split = next(iter(chunks))
+    reference = load(model, device="cpu", backend="torch-fp32")
+    torch_probs = reference.predict_proba(split.texts)
+    truth = None
+    if split.labels is not None:
+        to_id = reference.labels.to_id
+        ids = [to_id.get(v, to_id.get(str(v))) for v in split.labels]
+        truth = np.array(ids) if None not in ids else None
+    found: dict[str, Any] = {"data": data, "rows": len(split.texts), "backends": {}}
+    if truth is not None:
+        found["torch_accuracy"] = float((torch_probs.argmax(1) == truth).mean())
+    for backend in backends:
+        probs = load(model, device="cpu", backend=backend).predict_proba(split.texts)
+        seen = {"label_agreement": float((probs.argmax(1) == torch_probs.argmax(1)).mean()),
+                "max_abs_prob_diff": float(np.abs(probs - torch_probs).max())}
+        if truth is not None:
+            seen["accuracy"] = float((probs.argmax(1) == truth).mean())
+        found["backends"][backend] = seen
+    return found
+
+
+def _agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    from finetune_bert.inference.classifier import softmax
+
+    probs, ref = softmax(logits), softmax(reference)
+    return {"label_agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
+            "max_abs_prob_diff": float(np.abs(probs - ref).max()),
+            "max_abs_logit_diff": float(np.abs(logits - reference).max())}
+
+
+def describe(manifest: dict[str, Any], folder: str) -> str:
+    """What the export wrote and measured, for the terminal."""
+    lines = [f"exported to {Path(folder) / EXPORT_DIR}: {', '.join(manifest['files'])}",
+             f"  onnx fp32: max |logit - torch's| {manifest['onnx']['max_abs_logit_diff']:.1e} on "
+             f"{manifest['probes']} random sequences"]
+    if "onnx-int8" in manifest:
+        q = manifest["onnx-int8"]
+        lines.append(f"  onnx int8: label agrees with fp32 on {q['label_agreement']:.1%} of the random sequences, "
+                     f"max |prob diff| {q['max_abs_prob_diff']:.3f}")
+    lines.append(f"  tokenizer: the same ids as transformers' on {len(tokenizer_file.PROBE_TEXTS)} test texts; predict "
+                 "starts without importing torch or transformers" if "tokenizer" in manifest else
+                 "  tokenizer: differs from transformers' on a test text; predict loads transformers' (slower start)")
+    for backend, seen in manifest.get("on_data", {}).get("backends", {}).items():
+        acc = f", accuracy {seen['accuracy']:.2%} (torch {manifest['on_data']['torch_accuracy']:.2%})" \
+            if "accuracy" in seen else ""
+        lines.append(f"  on {manifest['on_data']['rows']} rows of {manifest['on_data']['data']}: {backend} agrees "
+                     f"with torch on {seen['label_agreement']:.2%}{acc}")
+    lines.append(f"use it: finetune-bert predict --model {folder} --backend "
+                 f"{'onnx-int8' if 'onnx-int8' in manifest else 'onnx'} ...")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,1 @@
+"""Inference: a trained model as a Python object, and prediction files."""

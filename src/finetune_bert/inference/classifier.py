@@ -1,0 +1,243 @@
+"""A fine-tuned model as a Python object: `load(DIR).predict("I loved it")`.
+
+The same cleaning and truncation the model was trained with are applied at prediction time; they are
+read from finetune_bert.json beside the weights (any other classifier folder gets the defaults).
+
+torch and transformers are imported only by the torch backend: through an ONNX export, predicting one
+text starts and answers in well under 2 s (issue 20)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+import numpy as np
+from finetune_bert.inference.reading import Reading
+from finetune_bert.inference.config import BACKENDS
+from finetune_bert.data.splits import Split
+from finetune_bert.data.rows import clean_text
+from finetune_bert.data.skipped import SkippedRow
+from finetune_bert.data.tokens import Encoded, Windows, encode, encode_windows, max_length_for, window_size
+from finetune_bert.errors import UserError
+from finetune_bert.engine.model_folder import load_classifier, load_model_config, load_tokenizer, pick_device, read_run_info, resolve
+from finetune_bert.engine.onnx_engine import OnnxEngine, export_command, find_export, standalone
+from finetune_bert.safefiles import read_marker
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+
+    def __str__(self) -> str:
+        return f"{self.label}, confidence {self.confidence:.2f}"
+
+
+class Classifier:
+    """A fine-tuned model for prediction: its engine (engine.Engine in eval mode, or onnx_engine.OnnxEngine),
+    tokenizer, and how the model was trained to read texts (cleaning, truncation, labels), or `reading` as
+    asked (config.Reading: another truncation, or long texts read whole as windows)."""
+
+    def __init__(self, engine, tokenizer, info: dict[str, Any], source: str | None = None,
+                 reading: Reading = Reading()):
+        self.engine, self.tokenizer, self.info = engine, tokenizer, info
+        self.model, self.device = getattr(engine, "model", None), engine.device  # model: None for ONNX
+        self.backend = engine.backend
+        self.source = source  # the folder or hub id it was loaded from
+        config = engine.config
+        self.labels = LabelMap.of(config, info)
+        self.label_names = self.labels.names
+        # the length it was trained at, clamped as training clamps it (tokens.max_length_for)
+        self.max_length, _ = max_length_for(tokenizer, config, info.get("max_length", 512))
+        self.reading = reading
+        self.truncation = reading.truncation or info.get("truncation", "head+tail")
+        self.head_tokens = info.get("head_tokens", 128)
+        self.clean = info.get("clean", True)
+        self.temperature = float(info.get("temperature", 1.0))  # already folded into the weights
+        if problems := reading.problems(window_size(tokenizer, self.max_length), self.max_length):
+            raise UserError("; ".join(problems))
+
+    def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
+        return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
+
+    def prepare(self, texts: list[str], *, cleaned: bool = False) -> tuple[Encoded | Windows, int]:
+        """Texts as the model reads them (cleaned, unless `cleaned` says they are; cut, or as windows) and how
+        many tokens that is: a unit the server's batcher queues and groups by token budget."""
+        items = [clean_text(t) for t in texts] if self.clean and not cleaned else list(texts)
+        if self.reading.mode != "chunks":
+            encoded = self.encode(items)
+            return encoded, int(encoded.lengths.sum())
+        stride = self.reading.overlap(window_size(self.tokenizer, self.max_length))
+        windows = encode_windows(self.tokenizer, items, self.max_length, stride)
+        return windows, int(windows.encoded.lengths.sum())
+
+    def logits_of(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> np.ndarray:
+        """fp32 logits (n, k) of several prepared units scored together, rows in their order, one after the
+        other: the windows of every text are batched with all the others and aggregated per text after."""
+        if not prepared:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        if isinstance(prepared[0], Windows):
+            offsets = np.cumsum([0] + [len(w.full_lengths) for w in prepared])
+            merged = _concat([w.encoded for w in prepared])
+            owner = np.concatenate([w.owner + start for w, start in zip(prepared, offsets)])
+            return aggregate(self._logits(merged, batch_size), owner, int(offsets[-1]), self.reading.how)
+        return self._logits(_concat(prepared), batch_size)
+
+    def _logits(self, encoded: Encoded, batch_size: int) -> np.ndarray:
+        logits = self.engine.logits(encoded, batch_size)  # numpy from onnxruntime, a CPU tensor from torch
+        return logits if isinstance(logits, np.ndarray) else logits.numpy()
+
+    def score_prepared(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> list[np.ndarray]:
+        """Probabilities of each prepared unit (one array (n_i, k) each), scored together."""
+        probs = softmax(self.logits_of(prepared, batch_size))
+        sizes = [len(p.full_lengths) for p in prepared]
+        return np.split(probs, np.cumsum(sizes)[:-1]) if sizes else []
+
+    def scored(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (n, k) in input order for texts already cleaned, and each text's length in tokens."""
+        prepared, _ = self.prepare(texts, cleaned=True)
+        return self.logits_of([prepared], batch_size), prepared.full_lengths
+
+    def predict_proba(self, texts: str | list[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities, columns in `label_names` order: shape (n, k), or (k,) for one string."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not all(isinstance(t, str) for t in items):
+            raise UserError("predict_proba takes a string or a list of strings")
+        if not items:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        probs = self.score_prepared([self.prepare(items)[0]], batch_size)[0]
+        return probs[0] if single else probs
+
+    def predict(self, texts: str | list[str], batch_size: int = 64) -> Prediction | list[Prediction]:
+        """The most likely label and its probability, for a string or a list of strings."""
+        probs = self.predict_proba(texts, batch_size)
+        rows = probs[None] if probs.ndim == 1 else probs
+        out = [Prediction(self.label_names[int(p.argmax())], float(p.max())) for p in rows]
+        return out[0] if isinstance(texts, str) else out
+
+
+def _concat(parts: list[Encoded]) -> Encoded:
+    if len(parts) == 1:
+        return parts[0]
+    return Encoded([ids for p in parts for ids in p.ids], np.concatenate([p.full_lengths for p in parts]), None)
+
+
+def aggregate(logits: np.ndarray, owner: np.ndarray, n: int, how: str = "mean") -> np.ndarray:
+    """Per-text logits (n, k) from per-window ones: each class's mean over the text's windows, or its max.
+    Both commute with a folded temperature (mean(z / T) = mean(z) / T, and so for max)."""
+    if how == "max":
+        out = np.full((n, logits.shape[1]), -np.inf, dtype=np.float32)
+        np.maximum.at(out, owner, logits)
+        return out
+    sums = np.zeros((n, logits.shape[1]), dtype=np.float32)
+    np.add.at(sums, owner, logits)
+    return sums / np.maximum(np.bincount(owner, minlength=n), 1)[:, None].astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities, in float32 as torch.softmax gives them."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class LabelMap:
+    """A model's classes, and how labels in data map to them: read from config.json and finetune_bert.json,
+    so that data can be checked before the weights are loaded."""
+
+    names: list[str]
+    to_id: dict[Any, int]
+
+    @classmethod
+    def of(cls, config, info: dict[str, Any]) -> "LabelMap":
+        names = [str(config.id2label[i]) for i in range(config.num_labels)]
+        # Labels in data may be names or the values used in training; for a model finetune-bert did not
+        # train, integer labels are taken as ids.
+        raw = info.get("raw_labels", list(range(len(names))))
+        return cls(names, {**{n: i for i, n in enumerate(names)}, **{r: i for i, r in enumerate(raw)}})
+
+    def known(self, split: Split) -> tuple[Split, list[SkippedRow]]:
+        """The rows whose label this model knows, with labels as ids; the others as bad rows."""
+        ids, keep, bad = [], [], []
+        for i, value in enumerate(split.labels):
+            label_id = self.to_id.get(value, self.to_id.get(str(value)))
+            if label_id is None:
+                bad.append(SkippedRow("test", split.source, split.where[i], "label", self._unknown(value), repr(value)))
+            else:
+                ids.append(label_id)
+                keep.append(i)
+        kept = split.subset(keep)
+        kept.labels = ids
+        return kept, bad
+
+    def _unknown(self, value: Any) -> str:
+        same = [n for n in self.names if isinstance(value, str) and n.casefold() == value.casefold()]
+        hint = f"; labels are case-sensitive: the model has {same[0]!r}" if same else ""
+        return f"label {value!r} is not one of the model's labels ({', '.join(self.names)}){hint}"
+
+
+def load(model_dir: str, device: str | None = None, reading: Reading = Reading(), backend: str = "torch") -> Classifier:
+    """Load a fine-tuned classifier folder (or hub id) for prediction; a warning on stderr if its
+    classification head was never trained (its predictions would be random). `reading`: how texts longer
+    than the model's max length are read (config.Reading), checked before the weights are loaded.
+    `backend`: torch (bf16 where the device computes it fast: engine.inference_dtype), torch-fp32; onnx or
+    onnx-int8 (the folder's `finetune-bert export`, on the CPU)."""
+    if problems := reading.problems() + ([] if backend in BACKENDS else
+                                         [f"--backend {backend}: one of {', '.join(BACKENDS)}"]):
+        raise UserError("; ".join(problems))
+    info = read_run_info(model_dir)
+    if backend in ("onnx", "onnx-int8"):
+        return _load_onnx(model_dir, backend, device, info, reading)
+    import torch
+
+    from finetune_bert.engine.torch_engine import Engine, inference_dtype
+
+    tokenizer = load_tokenizer(model_dir)
+    _check_stride(reading, tokenizer, info)
+    _warn_unfinished(model_dir)
+    target = torch.device(device) if device else pick_device()
+    notes: list[str] = []
+    model = load_classifier(model_dir, notes=notes)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
+    engine = Engine(model, target, _pad_id(tokenizer), dtype=None if backend == "torch-fp32" else inference_dtype(target))
+    engine.backend = "torch-fp32" if backend == "torch-fp32" else "torch"
+    return Classifier(engine, tokenizer, info, model_dir, reading)
+
+
+def _load_onnx(model_dir: str, backend: str, device: str | None, info: dict[str, Any], reading: Reading) -> Classifier:
+    """The folder's export (onnx or onnx-int8) in onnxruntime on the CPU; its config and tokenizer from the
+    export itself where it holds them (no torch, no transformers), else through transformers. No export,
+    or one older than the weights, is an error naming the command that makes it."""
+    if device is not None and device.split(":")[0] != "cpu":
+        raise UserError(f"--backend {backend} runs on the CPU (onnxruntime's CPU provider); on {device} use "
+                        "--backend torch")
+    folder = Path(resolve(model_dir))
+    found = find_export(folder, backend, model_dir) if folder.is_dir() else None
+    if found is None:
+        raise UserError(f"--backend {backend}: {model_dir} has no {'int8 ' if backend == 'onnx-int8' else ''}ONNX "
+                        f"export; make it with: {export_command(model_dir, backend)}")
+    config, tokenizer = standalone(folder) or (load_model_config(model_dir), load_tokenizer(model_dir))
+    _check_stride(reading, tokenizer, info)
+    _warn_unfinished(model_dir)
+    return Classifier(OnnxEngine(found, config, _pad_id(tokenizer)), tokenizer, info, model_dir, reading)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _warn_unfinished(model_dir: str) -> None:
+    folder = Path(resolve(model_dir))
+    if "train_log.jsonl" in read_marker(folder)["files"] and not (folder / "metrics.json").is_file():
+        print(f"warning: the training run in {model_dir} has not finished (no metrics.json): this is its best model "
+              "so far; finish the run with `finetune-bert train ... --resume`", file=sys.stderr, flush=True)
+
+
+def _check_stride(reading: Reading, tokenizer, info: dict[str, Any]) -> None:
+    """A stride the model's windows cannot step by, refused before the weights are loaded."""
+    length = min(int(info.get("max_length", 512)), getattr(tokenizer, "model_max_length", None) or 10**9)
+    if problems := reading.problems(window_size(tokenizer, length), length):
+        raise UserError("; ".join(problems))

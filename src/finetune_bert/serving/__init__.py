@@ -1,0 +1,1 @@
+"""Serving: `serve`, a model behind HTTP with dynamic batching and limits."""

@@ -1,0 +1,1 @@
+"""Training: `train`, its job, loop, steps, checkpoints, run folder and launcher."""

@@ -1,0 +1,114 @@
+"""`train`'s options: the data options plus the model, the schedule, the speed levers and the run's safety nets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from finetune_bert.data.config import DataConfig, output_in_data
+from finetune_bert.options import MAX_SEED, _finite, opt, range_problems
+
+
+METRICS = ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss")
+
+
+@dataclass
+class TrainConfig(DataConfig):
+    model: str = opt("bert-base-uncased", "A Hugging Face model id, a local model folder, or 'minilm' "
+                                          "for the bundled offline all-MiniLM-L6-v2.")
+    output: str = opt(None, "Output folder: becomes a standard Hugging Face model folder.", required=True)
+    overwrite: bool = opt(False, "Allow writing into an existing folder this tool did not create, or replacing "
+                                 "the trained model in a folder it did.")
+    epochs: float = opt(3, "Number of passes over the training data.")
+    batch_size: int = opt(16, "Examples per optimizer step, before gradient accumulation.", at_least=1)
+    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", at_least=1)
+    eval_batch_size: int = opt(64, "Examples per evaluation batch.", at_least=1)
+    lr: float = opt(5e-5, "Peak learning rate of AdamW.")
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm weights).", at_least=0)
+    warmup_ratio: float = opt(0.1, "Fraction of optimizer steps spent warming the learning rate up from 0.")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 turns clipping off).", at_least=0)
+    seed: int = opt(42, "Seed for the split, data order, head initialisation and dropout.", at_least=0,
+                    at_most=MAX_SEED)
+    eval_every: int = opt(0, "Also evaluate on validation every N optimizer steps (0: only at epoch ends).", at_least=0)
+    metric: str = opt("accuracy", "Validation metric that picks the best model and drives early stopping.",
+                      choices=METRICS)
+    patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).", at_least=0)
+    report: bool = opt(True, "Write report.html at the end (its figures take a few seconds; tune's trials skip it and "
+                             "only the best model gets one).")
+    calibrate: bool = opt(True, "After training, fit a temperature on validation (temperature scaling) and fold it "
+                                "into the saved classifier, so its confidences match its accuracy; kept only if it "
+                                "lowers validation NLL (--no-calibrate: raw softmax).")
+    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not (none).",
+                             choices=("none", "auto"))
+    dynamic_padding: bool = opt(True, "Pad each batch to its own longest text (--no-dynamic-padding: every batch "
+                                "to --max-length, as the tutorial recipe does, and never packed; same logits).")
+    group_by_length: bool = opt(True, "Batch texts of similar length together, so little padding is computed.")
+    cls_fast_path: bool = opt(True, "BERT classifiers: run the last layer for [CLS] only, the one position the "
+                                    "classifier reads; same logits, ~14% fewer FLOPs for MiniLM-L6 (--no-cls-fast-path: stock forward).")
+    lane_dropout: bool = opt(True, "CPU training, BERT classifiers: draw dropout masks from 16-bit lanes of torch's "
+                             "generator (3x cheaper than bernoulli; p rounded to a multiple of 1/65536) with attention "
+                             "in plain ops; 1.1-1.3x per step (--no-lane-dropout: PyTorch's dropout).")
+    unpadded: bool = opt(True, "GPU, BERT classifiers: pack each batch's real tokens with no padding and use "
+                         "variable-length FlashAttention (dropout inside the kernel).")
+    cpu_micro_batches: bool = opt(True, "CPU: split each step (gradients summed, the same step) and each evaluation "
+                                  "batch so that no activation outgrows glibc's 32 MiB heap threshold; larger "
+                                  "blocks are page-faulted afresh each time: 1.2x per MiniLM step at 16 x 512 "
+                                  "(--no-cpu-micro-batches: whole batches).")
+    bf16: bool = opt(True, "bf16 autocast on a GPU that supports it (always fp32 on CPU, where bf16 is slower).")
+    bf16_weights: bool = opt(True, "GPU with bf16: keep the weights themselves in bf16 and let the optimizer step fp32 "
+                             "master copies (saved in checkpoints and the model), instead of autocast casting every "
+                             "weight each step; 1.27-1.37x per bert-base step on an H200, same losses "
+                             "(--no-bf16-weights: autocast).")
+    log_every: int = opt(10, "Write a training log record every N optimizer steps.", at_least=1)
+    num_threads: int = opt(0, "CPU threads for torch (0: torch's default), at most this machine's CPU count.",
+                           at_least=0, at_most=os.cpu_count() or 1)
+    trust_remote_code: bool = opt(False, "Allow model code from the hub to run (off: only built-in architectures).")
+    resume: bool = opt(False, "Continue from the newest complete checkpoint in --output (starts fresh if none).")
+    save_every: int = opt(0, "Also save a checkpoint every N optimizer steps (always at epoch ends).", at_least=0)
+    save_minutes: float = opt(10.0, "Also save a checkpoint after this many minutes of wall time since the last.")
+    keep_checkpoints: int = opt(2, "Keep the newest K checkpoints (the best model is always kept in --output); 0 "
+                                   "keeps one while training and removes it after a successful run.", at_least=0)
+    max_bad_steps: int = opt(5, "Stop after this many consecutive steps with a NaN or inf loss or gradient.", at_least=1)
+    nproc_per_node: int = opt(1, "Train with this many processes on this machine (one per GPU; DDP under torchrun, "
+                              "started for you); --batch-size stays the global batch of a step. For several "
+                              "machines, run torchrun yourself (README, 'More than one GPU').", at_least=1)
+    dist_timeout: float = opt(600.0, "With several processes: seconds a process waits for the others at a collective "
+                              "before the job stops with a message (a process that died or hangs).", at_least=1)
+    debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
+
+    def problems(self) -> list[str]:
+        """Every conflicting or impossible option, so the user fixes them in one go."""
+        found = DataConfig.problems(self) + range_problems(self, skip=DataConfig)
+        if _finite(self.epochs) and self.epochs <= 0:
+            found.append(f"--epochs must be positive, got {self.epochs}")
+        if _finite(self.lr) and self.lr <= 0:
+            found.append(f"--lr must be positive, got {self.lr}")
+        if _finite(self.warmup_ratio) and not 0 <= self.warmup_ratio < 1:
+            found.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if _finite(self.save_minutes) and self.save_minutes <= 0:
+            found.append(f"--save-minutes must be positive, got {self.save_minutes}")
+        if not str(self.model).strip():
+            found.append("--model must not be empty: a hub id, a model folder, or minilm")
+        found += output_in_data(self) + self._output_is_model()
+        return found
+
+    def _output_is_model(self) -> list[str]:
+        """Training into the folder of the model it starts from would replace that model at the first
+        evaluation, and a run failing after it would leave neither."""
+        out, model = Path(self.output or "").expanduser(), Path(self.model).expanduser()
+        try:
+            same = bool(self.output) and out.is_dir() and model.is_dir() and out.samefile(model)
+        except OSError:
+            same = False
+        return [f"--output {self.output} is the --model folder; training into it would replace the model it "
+                "starts from: choose a new folder"] if same else []
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in payload.items() if k in known})

@@ -1,0 +1,75 @@
+"""The end of a training run: the best model back, calibrated, scored on test; its metrics and model card.
+
+Under several processes every rank computes the same numbers (shared inference, see engine.infer); rank 0
+alone writes them (the others hold a no-op output.Follower)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+import torch
+from finetune_bert.engine import distributed
+from finetune_bert.evaluation.calibration import calibrate, score_calibrated, summary_line
+from finetune_bert.evaluation.metrics import ConfidentMistakes, format_metrics, snippet
+from finetune_bert.console import say
+from finetune_bert.training.model_card import model_card
+
+
+@dataclass
+class TrainResult:
+    output: str
+    metrics: dict[str, Any]
+    best_step: int
+
+
+def finish(job) -> TrainResult:
+    """Calibrate the best model, score it on test; write metrics, the model card and the report."""
+    cfg, run, state, engine = job.cfg, job.run, job.state, job.engine
+    if state.best_step != state.step:  # read by rank 0, which wrote it, and sent to the others
+        from safetensors.torch import load_file
+        best = load_file(str(run.path / "model.safetensors"), device=str(engine.device)) if job.world.main else None
+        engine.load_weights(distributed.weights_from_main(best, job.world))
+    metrics: dict[str, Any] = {"validation": state.best_metrics, "best_step": state.best_step,
+                               "history": state.history,
+                               "train": {"steps": state.step, "seconds": round(job.train_seconds, 1),
+                                         "skipped_steps": state.skipped_steps, "examples": len(job.enc["train"]),
+                                         "micro_splits": state.micro_splits}}
+    names, batch_size = job.ds.label_names, state.eval_batch_size
+    t, measures, logits = calibrate(engine, job.enc["validation"], names, batch_size, cfg.calibrate)
+    if t.kept:  # the folded weights replace the saved model, T recorded beside them
+        job.temperature = t.value
+        run.save_model(engine.model, job.tokenizer, job.run_info, engine.weights())
+    run.log("calibration", temperature=t.value, fitted=t.fitted, note=t.note)
+    metrics["calibration"] = {**t.to_json(), "validation": measures}
+    split = "validation"
+    if "test" in job.enc:
+        split, scoring = "test", time.time()
+        metrics["test"], metrics["calibration"]["test"], logits = score_calibrated(engine, job.enc["test"], names,
+                                                                                   batch_size, t)
+        metrics["test"]["seconds"] = round(time.time() - scoring, 2)
+        say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
+    say(summary_line(t, {s: metrics["calibration"][s] for s in ("validation", "test") if s in metrics["calibration"]}))
+    metrics["mistakes"] = _mistakes(job, split, logits)
+    metrics["seconds_total"] = round(time.time() - job.started, 1)
+    run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
+    run.write_text("README.md", model_card(cfg, job.report, metrics))
+    if cfg.report and job.world.main:
+        from finetune_bert.evaluation.report_page import run_report
+        run.write_text("report.html", run_report(run.path))
+    run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
+    if cfg.keep_checkpoints == 0:  # they were only kept for a crash; the run is done
+        run.remove_checkpoints()
+    say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
+        f"training took {job.train_seconds:.0f}s" + (f"; report: {run.path / 'report.html'}" if cfg.report else ""))
+    return TrainResult(str(run.path), metrics, state.best_step)
+
+
+def _mistakes(job, split: str, logits: torch.Tensor, k: int = 20) -> list[dict[str, Any]]:
+    """The k most confident mistakes among `split`'s logits (input order), texts shortened, for the report."""
+    data = job.ds.test if split == "test" else job.ds.val
+    tracker = ConfidentMistakes(k, job.ds.label_names)
+    tracker.update(logits, torch.from_numpy(job.enc[split].labels),
+                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j])})
+    return tracker.rows()

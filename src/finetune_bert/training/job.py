@@ -1,0 +1,226 @@
+"""One training run's parts, built before its first step: data, model, engine, optimizer and the state to resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+import numpy as np
+import torch
+from finetune_bert.training import checkpoint
+from finetune_bert.engine import distributed
+from finetune_bert.training.checkpoint import TrainState
+from finetune_bert.training.config import TrainConfig
+from finetune_bert.data.dataset import Dataset, load_dataset
+from finetune_bert.engine.distributed import ALONE, World
+from finetune_bert.engine.torch_engine import Engine, EngineOptions
+from finetune_bert.errors import UserError
+from finetune_bert.engine.model_folder import load_classifier, load_tokenizer
+from finetune_bert.training.run_folder import RunFolder
+from finetune_bert.console import say
+from finetune_bert.data.report import build_report, format_report, report_files
+from finetune_bert.data.skipped import skipped_csv
+from finetune_bert.training.steps import StepOptions
+from finetune_bert.data.tokens import Encoded, TokenizedSplits, encode_splits
+
+
+def _setup_data(cfg: TrainConfig, prepared: Prepared, model_config, run: RunFolder) -> tuple[dict[str, Encoded], dict]:
+    """Tokenize (the tokens stage, once for prepared data), report on the data, and stage the report beside
+    the model to come."""
+    ds, tokenizer = prepared.ds, prepared.tokenizer
+    if prepared.tokens is None:
+        prepared.tokens = encode_splits(ds, tokenizer, model_config, max_length=cfg.max_length,
+                                        truncation=cfg.truncation, head_tokens=cfg.head_tokens)
+    tokens = prepared.tokens
+    if tokens.warning:
+        say(f"warning: {tokens.warning}")
+    encoded = tokens.splits
+    report = build_report(ds, encoded, tokens.max_length, cfg.truncation, cfg.clean)
+    say(format_report(report))
+    # Staged, not written: they appear with the first model saved, so that a run failing before it never
+    # leaves a report of its own beside an earlier run's model.
+    for name, text in report_files(report).items():
+        run.stage(name, text)
+    if ds.skipped:
+        run.stage("skipped_rows.csv", skipped_csv(ds.skipped))
+        say(f"warning: {len(ds.skipped)} bad rows skipped; each is listed with its reason in "
+            f"{run.path / 'skipped_rows.csv'} (written with the model)")
+    for i in range(min(2, len(ds.train))):
+        ids = encoded["train"].ids[i]
+        say(f"sample {i}: label {ds.label_names[encoded['train'].labels[i]]!r}, {len(ids)} tokens: "
+            f"{tokenizer.decode(ids[:24])} ... {tokenizer.decode(ids[-8:])}")
+    return encoded, report
+
+
+def _setup_model(cfg: TrainConfig, label_names: list[str], device: torch.device, world: World = ALONE):
+    torch.manual_seed(cfg.seed)  # the classifier head's initialisation: the same on every rank
+    notes: list[str] = []
+    model = load_classifier(cfg.model, label_names, cfg.trust_remote_code, notes=notes)
+    for note in notes:
+        say(note)
+    if world.rank:  # dropout: each rank draws its own masks (rank 0 keeps the single process's generator)
+        torch.manual_seed((cfg.seed + 1_000_003 * world.rank) % (2**63))
+    return model.to(device).train()
+
+
+def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int, world: World) -> Engine:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    options = EngineOptions(bf16=cfg.bf16, bf16_weights=cfg.bf16_weights, fast=cfg.cls_fast_path,
+                            unpadded=cfg.unpadded, lane_dropout=cfg.lane_dropout,
+                            cpu_micro_batches=cfg.cpu_micro_batches, pad_to=0 if cfg.dynamic_padding else max_length)
+    engine = Engine(model, next(model.parameters()).device, pad_id, options=options, training=True)
+    engine.world = world
+    return engine
+
+
+def _setup_trainer(engine: Engine, world: World):
+    """What a training step runs: the engine, or under several processes the engine in PyTorch's
+    DistributedDataParallel (made after a resume, so the state it broadcasts from rank 0 is the restored one;
+    inside run_training's `distributed.talking`, like everything DDP exchanges in the backward)."""
+    if not world.several:
+        return engine
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(world.device)
+    # no buffer sync in forward: a BERT's buffers are constants (position ids), and syncing them would put a
+    # collective in every forward, before the vote that lets a rank out of memory retry with the others
+    return DistributedDataParallel(engine, device_ids=[device.index] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
+
+
+def _setup_output(cfg: TrainConfig) -> None:
+    """Refuse, before any data is read, an output folder this run must not write into."""
+    RunFolder.check(cfg.output, cfg.overwrite, cfg.resume)
+    if cfg.resume and not cfg.overwrite and (Path(cfg.output) / "model.safetensors").is_file() \
+            and not checkpoint.complete_checkpoints(Path(cfg.output)):
+        raise UserError(f"--resume: {cfg.output} holds a finished model and no checkpoint to continue from; "
+                        "pass --overwrite to train it again from the start, or choose a new --output")
+
+
+def _setup_optimizer(cfg: TrainConfig, engine: Engine) -> torch.optim.Optimizer:
+    """AdamW over what the engine trains (its fp32 masters with bf16 weights), with no weight decay on biases
+    and LayerNorm weights (every 1-D parameter)."""
+    params = engine.trainable()
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    fused = engine.device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused, foreach=None if fused else True)
+
+
+def _class_weights(cfg: TrainConfig, labels: np.ndarray, k: int, device: torch.device) -> torch.Tensor | None:
+    if cfg.class_weights != "auto":
+        return None
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    return torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+
+
+def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, fresh: TrainState) -> TrainState:
+    """The newest complete checkpoint's state, or `fresh`; a checkpoint from another run is refused. Rank 0
+    picks the checkpoint; every rank loads it (the output folder must be on storage they all see)."""
+    found = checkpoint.complete_checkpoints(run.path) if cfg.resume else []
+    found = [Path(p) for p in distributed.from_main([str(p) for p in found], engine.world)]
+    if cfg.resume and not found:
+        say(f"--resume: no complete checkpoint in {run.path / 'checkpoints'}; starting fresh")
+    if not found:
+        return fresh
+    state = checkpoint.load(found[-1], engine, optimizer, engine.world.rank)
+    if diff := checkpoint.differences(state.fingerprint, fresh.fingerprint):
+        raise UserError(f"--resume: {found[-1]} was made with other arguments or data; differences: "
+                        + "; ".join(diff) + ". Use the original arguments, or a new --output")
+    say(f"resumed from {found[-1]} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    run.log("resume", step=state.step, checkpoint=str(found[-1]))
+    return state
+
+
+@dataclass
+class Prepared:
+    """The data read and checked, and its tokenizer: what runs on the same data share (tune's trials read,
+    validate and tokenize once). `tokens` is filled by the first run's tokens stage and reused after it."""
+
+    ds: Dataset
+    tokenizer: Any
+    tokens: TokenizedSplits | None = None
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    return Prepared(load_dataset(cfg), load_tokenizer(cfg.model, cfg.trust_remote_code))
+
+
+@dataclass
+class _Job:
+    """One training run's parts: what the loop reads, and the state it advances."""
+
+    cfg: TrainConfig
+    run: RunFolder
+    ds: Dataset
+    tokenizer: Any
+    engine: Engine
+    trainer: Any  # what a step runs: the engine, or it in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    enc: dict[str, Encoded]
+    report: dict[str, Any]
+    state: TrainState
+    step_options: StepOptions
+    warmup: int
+    total: int  # planned steps; state.total_steps is lowered by early stopping
+    started: float = 0.0
+    train_seconds: float = 0.0
+    on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None
+    temperature: float = 1.0  # folded into the saved model by _calibrate
+
+    @property
+    def world(self) -> World:
+        return self.engine.world
+
+    @property
+    def step_size(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum
+
+    @property
+    def run_info(self) -> dict[str, Any]:
+        """finetune_bert.json: how the saved model reads texts, for predict and evaluate."""
+        cfg, ds = self.cfg, self.ds
+        return {"max_length": self.report["max_length"], "truncation": cfg.truncation, "head_tokens": cfg.head_tokens,
+                "clean": cfg.clean, "raw_labels": ds.raw_labels, "label_names": ds.label_names, "base_model": cfg.model,
+                "temperature": self.temperature}
+
+
+def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world: World) -> _Job:
+    """Tokenize, build the engine and the optimizer, and restore a checkpoint: everything before step one."""
+    ds, tokenizer = prepared.ds, prepared.tokenizer
+    run.own("checkpoints")
+    run.stage("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
+    enc, report = _setup_data(cfg, prepared, model.config, run)
+    engine = _setup_engine(cfg, model, tokenizer, report["max_length"], world)
+    optimizer = _setup_optimizer(cfg, engine)
+    weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), engine.device)
+    step_size = cfg.batch_size * cfg.grad_accum
+    if len(enc["train"]) < step_size:
+        say(f"note: {len(enc['train'])} training rows are fewer than one batch of {step_size}: every step uses all of them")
+    steps_per_epoch = math.ceil(len(enc["train"]) / step_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    fingerprint = checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts)
+    fingerprint["bf16_weights"] = engine.bf16_weights  # what runs, not the option (a no-op on CPU)
+    fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
+                       fingerprint=fingerprint)
+    state = _setup_resume(cfg, run, engine, optimizer, fresh)
+    job = _Job(cfg, run, ds, tokenizer, engine, _setup_trainer(engine, world), optimizer, enc, report, state,
+               StepOptions(weights, cfg.max_grad_norm), math.ceil(cfg.warmup_ratio * total), total)
+    _announce(job, steps_per_epoch)
+    return job
+
+
+def _announce(job: _Job, steps_per_epoch: int) -> None:
+    engine, layout, state = job.engine, job.engine.layout, job.state
+    precision = ", fp32" if engine.dtype is None else (" with bf16 weights (fp32 masters)" if engine.bf16_weights
+                                                       else " with bf16 autocast")
+    say(f"training {job.cfg.model} on {engine.device.type}{precision}"
+        f"{', packed batches (no padding)' if layout.packed else ''}"
+        f"{f', every batch padded to {layout.pad_to}' if layout.pad_to else ''}"
+        f"{', lane dropout' if layout.lane_dropout else ''}: {len(job.enc['train'])} texts, "
+        f"{state.total_steps} steps of {job.step_size} ({steps_per_epoch} per epoch), warm-up {job.warmup}")
+    job.run.log("start", device=engine.device.type, steps=state.total_steps, examples=len(job.enc["train"]),
+                labels=job.ds.label_names, packed=layout.packed, lane_dropout=layout.lane_dropout,
+                bf16=engine.dtype is not None, bf16_weights=engine.bf16_weights)

@@ -1,0 +1,1 @@
+"""Tuning: `tune`, a hyperparameter search with Optuna."""

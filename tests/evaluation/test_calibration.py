@@ -1,0 +1,146 @@
+"""Temperature scaling: the fit, the fold into the classifier, and what train records."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from finetune_bert.evaluation.calibration import MIN_ROWS, T_RANGE, fit_temperature, fold, head_layer, nll
+
+
+def _overconfident(t: float, n: int = 4000, k: int = 2, seed: int = 0):
+    """Labels drawn from softmax(z) (so z is calibrated), and the logits z * t a model with temperature t gives."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, k, generator=g, dtype=torch.float64) * 1.5
+    labels = torch.multinomial(torch.softmax(z, -1), 1, generator=g).flatten()
+    return z * t, labels
+
+
+@pytest.mark.parametrize("t", [3.0, 0.5, 1.7])
+def test_the_fit_recovers_the_temperature_of_a_synthetically_miscalibrated_model(t):
+    logits, labels = _overconfident(t)
+    fitted = fit_temperature(logits, labels)
+    assert fitted.kept
+    assert fitted.value == pytest.approx(t, rel=0.08)
+    assert fitted.nll_after < fitted.nll_before
+
+
+def test_the_fitted_temperature_is_the_minimum_of_a_fine_grid():
+    logits, labels = _overconfident(2.2, n=1000, k=3, seed=1)
+    fitted = fit_temperature(logits, labels)
+    grid = torch.exp(torch.linspace(math.log(T_RANGE[0]), math.log(T_RANGE[1]), 20001, dtype=torch.float64))
+    assert fitted.nll_after <= float(nll(logits, labels, grid).min()) + 1e-9
+
+
+def test_temperature_1_is_kept_when_the_nll_does_not_improve():
+    """Logits that say nothing (all equal) have the same NLL at every temperature: nothing to gain."""
+    fitted = fit_temperature(torch.zeros(200, 2), torch.arange(200) % 2)
+    assert not fitted.kept and fitted.value == 1.0
+    assert "did not lower the validation NLL" in fitted.note
+
+
+def test_logits_that_are_not_finite_are_not_calibrated():
+    logits = torch.randn(100, 2)
+    logits[3, 0] = float("nan")
+    fitted = fit_temperature(logits, torch.arange(100) % 2)
+    assert fitted.value == 1.0
+
+
+def test_fewer_than_50_validation_rows_are_not_calibrated_and_say_so():
+    logits, labels = _overconfident(3.0, n=MIN_ROWS - 1)
+    fitted = fit_temperature(logits, labels)
+    assert fitted.value == 1.0 and fitted.fitted is None
+    assert f"{MIN_ROWS - 1} validation rows, fewer than the {MIN_ROWS}" in fitted.note
+
+
+def test_folding_divides_the_logits_by_t(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3).eval()
+    ids = torch.tensor([[2, 20, 21, 3]])
+    raw = model(input_ids=ids).logits
+    layer = head_layer(model)
+    assert layer == "classifier"
+    model.load_state_dict(fold(model.state_dict(), layer, 2.5))
+    assert torch.allclose(model(input_ids=ids).logits, raw / 2.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "distilbert"])
+def test_the_logits_layer_is_found_in_other_architectures(kind):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    small = {"roberta": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+             "distilbert": dict(dim=32, n_layers=1, n_heads=2, hidden_dim=64)}[kind]
+    config = AutoConfig.for_model(kind, vocab_size=50, num_labels=2, **small)
+    model = AutoModelForSequenceClassification.from_config(config)
+    assert head_layer(model) == {"roberta": "classifier.out_proj", "distilbert": "classifier"}[kind]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_model, tmp_path_factory):
+    """A run with 100 validation rows, enough to calibrate."""
+    from conftest import toy_rows, write_csv
+    from finetune_bert import train
+
+    folder = tmp_path_factory.mktemp("calibrated")
+    data = write_csv(folder / "train.csv", toy_rows(400, seed=3))
+    test = write_csv(folder / "test.csv", toy_rows(60, seed=4))
+    return train(data=str(data), test_data=str(test), model=str(tiny_model), output=str(folder / "model"),
+                 epochs=2, batch_size=16, lr=3e-3, max_length=32, val_fraction=0.25, seed=0, bf16=False)
+
+
+def test_train_folds_the_temperature_and_records_it(calibrated):
+    out = calibrated.output
+    info = json.loads(open(f"{out}/finetune_bert.json").read())
+    c = calibrated.metrics["calibration"]
+    assert c["kept"] and info["temperature"] == pytest.approx(c["value"]) and c["value"] != 1.0
+    assert c["rows"] == 100
+    for split in ("validation", "test"):
+        before, after = c[split]["before"], c[split]["after"]
+        assert set(before) == set(after) == {"log_loss", "ece", "brier", "reliability"}
+    assert c["validation"]["after"]["log_loss"] < c["validation"]["before"]["log_loss"]
+    # the test metrics are the saved model's: the calibrated ones
+    assert calibrated.metrics["test"]["log_loss"] == pytest.approx(c["test"]["after"]["log_loss"])
+
+
+def test_folded_temperature_gives_the_calibrated_probabilities_in_predict_and_in_the_pipeline(calibrated):
+    """The saved folder alone calibrates: finetune-bert's API and plain transformers.pipeline agree, and
+    both equal softmax(uncalibrated logits / T)."""
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    from finetune_bert import load
+
+    out, t = calibrated.output, calibrated.metrics["calibration"]["value"]
+    texts = ["a great and wonderful film", "boring dull plot", "the camera light at night"]
+    ours = load(out, device="cpu", backend="torch-fp32").predict_proba(texts)  # exact: compared at 1e-5
+    pipe = pipeline("text-classification", model=out, device="cpu", top_k=None)
+    theirs = np.array([[d["score"] for d in sorted(row, key=lambda d: d["label"])] for row in pipe(texts)])
+    assert np.allclose(ours, theirs, atol=1e-5)
+    # undo the fold: the raw classifier's logits divided by T give the same probabilities
+    raw = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    raw.load_state_dict(fold(raw.state_dict(), head_layer(raw), 1 / t))
+    tok = pipe.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = raw(**tok).logits
+    assert np.allclose(torch.softmax(logits / t, -1).numpy(), ours, atol=1e-5)
+    assert not np.allclose(torch.softmax(logits, -1).numpy(), ours, atol=1e-3)
+
+
+def test_no_calibrate_keeps_the_raw_softmax(tiny_model, toy_data, tmp_path):
+    from finetune_bert import train
+
+    r = train(data=str(toy_data["train"]), model=str(tiny_model), output=str(tmp_path / "m"), epochs=1,
+              batch_size=16, max_length=32, calibrate=False, val_fraction=0.4)
+    assert r.metrics["calibration"]["value"] == 1.0
+    assert r.metrics["calibration"]["note"] == "not calibrated: --no-calibrate"
+    assert json.loads((tmp_path / "m" / "finetune_bert.json").read_text())["temperature"] == 1.0
+
+
+def test_a_small_validation_split_is_not_calibrated_with_a_note(trained):
+    """The shared run has 16 validation rows."""
+    c = trained.metrics["calibration"]
+    assert c["value"] == 1.0 and "fewer than the 50" in c["note"]
