@@ -30,7 +30,7 @@ def _classifier(model: str, graph: Path):
 
     base = load(model, device="cpu", backend="onnx", reading=Reading(long_texts="truncate"))
     engine = OnnxEngine(graph, base.engine.config, base.engine.pad_id)
-    return Classifier(engine, base.tokenizer, base.info, model, base.reading)
+    return Classifier(engine, base.tokenizer, base.folder, base.reading, backend="onnx")
 
 
 def _dynamic(source: Path, out: Path, exclude: list[str] | None = None) -> Path:

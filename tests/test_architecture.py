@@ -71,3 +71,21 @@ def test_no_import_circle_of_any_kind():
 def test_every_subpackage_has_its_tests_folder():
     """Tests mirror the subpackages: tests/<subpackage>/ for each one."""
     assert not [name for name in SUBPACKAGES if not (ROOT / "tests" / name).is_dir()]
+
+
+def test_the_architecture_doc_names_every_module_and_copies_the_contract():
+    """docs/architecture.md cannot drift: every module is named by its path in its subpackage, and its layer
+    diagram is the import-linter contract in pyproject.toml, line for line."""
+    import tomllib
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    rows = {(sub, mod) for sub, mod in re.findall(r"^\| ?(\w+)? ?\| `([\w_]+\.py)` \|", doc, re.M)}
+    named, sub = set(), "core"
+    for row_sub, module in re.findall(r"^\| ?(\w*) ?\| `([\w_]+\.py)` \|", doc, re.M):
+        sub = row_sub or sub
+        named.add(module if sub == "core" else f"{sub}/{module}")
+    modules = {str(p.relative_to(PACKAGE)) for p in SOURCES if p.name != "__init__.py"} - {"__main__.py"}
+    assert rows and not modules - named, sorted(modules - named)
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    block = doc.split("## Who may import whom", 1)[1].split("```")[1].strip().splitlines()
+    assert block == contract["layers"]

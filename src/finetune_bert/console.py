@@ -1,50 +1,78 @@
-"""The console: every line the tool says to its user goes through here."""
+"""The console: every line the tool says to its user goes through here, so one setting decides what is said.
+
+Results and progress go to stdout; warnings and errors to stderr, where a pipe of results does not carry
+them. A live progress bar on the terminal gets each line written above it, not through it.
+
+Rank-aware, as accelerate's logger is: under torchrun every process meets the same lines, so rank 0 says them
+for the job (`main_process_only=True`, the default); a line only one rank can know, its own error, is said
+with `main_process_only=False` and names the rank.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 import threading
-from typing import Iterator
+from typing import Iterator, TextIO
+
+from finetune_bert.ranks import follower, launched, rank
 
 
-_QUIET = threading.local()
+class Console:
+    """What the user is told. `quiet()` keeps a stretch of work to its warnings and errors (tune's trials: one
+    line each, said by tune, not a whole training report); it holds for the thread that entered it."""
 
+    def __init__(self) -> None:
+        self._local = threading.local()
 
-_SILENT = {"on": False}
+    @property
+    def is_quiet(self) -> bool:
+        return bool(getattr(self._local, "quiet", 0))
 
+    @contextlib.contextmanager
+    def quiet(self, on: bool = True) -> Iterator[None]:
+        """Only warnings and errors are said inside; `on=False` changes nothing (a caller's own option)."""
+        self._local.quiet = getattr(self._local, "quiet", 0) + int(on)
+        try:
+            yield
+        finally:
+            self._local.quiet -= int(on)
 
-def silence() -> None:
-    """Nothing is said by this process from now on: a torchrun process of rank > 0, whose every line rank 0
-    already says (errors of its own are still printed, by the CLI)."""
-    _SILENT["on"] = True
+    def say(self, message: str, *, main_process_only: bool = True, even_quiet: bool = False) -> None:
+        """A line of results or progress, on stdout, unless quiet (`even_quiet`: a line about the results
+        themselves, said with them however quiet, as evaluate's count of rows it did not score)."""
+        if even_quiet or not self.is_quiet:
+            self._write(message, sys.stdout, main_process_only)
 
+    def note(self, message: str, *, main_process_only: bool = True) -> None:
+        """Something worth knowing about the input, beside results: on stderr, so that predictions or metrics
+        written to stdout stay clean."""
+        if not self.is_quiet:
+            self._write(f"note: {message}", sys.stderr, main_process_only)
 
-def say(message: str) -> None:
-    """A line for the user: warnings on stderr, always; the rest on stdout, unless inside `quietly()`."""
-    warning = message.startswith("warning")
-    if _SILENT["on"]:
-        return
-    if warning or not getattr(_QUIET, "depth", 0):
-        from tqdm import tqdm
+    def warn(self, message: str, *, main_process_only: bool = True) -> None:
+        """Something the user should act on or know before trusting a result; always said, on stderr."""
+        self._write(f"warning: {message}", sys.stderr, main_process_only)
 
-        stream = sys.stderr if warning else sys.stdout
-        if getattr(tqdm, "_instances", None):  # a live bar on the terminal: written above it, not through it
-            tqdm.write(message, file=stream)
+    def error(self, message: str, *, name_rank: bool = True) -> None:
+        """The one line a failed command ends with; every rank says its own, marked with the rank (rank 0's
+        unmarked: the usual case). `name_rank=False`: a line about the job as a whole (a rank that was lost)."""
+        where = f"rank {rank()}: " if name_rank and launched() and rank() > 0 else ""
+        self._write(f"error: {where}{message}", sys.stderr, main_process_only=False)
+
+    def stopped(self, message: str, *, main_process_only: bool = True) -> None:
+        """Why a command stopped short of an error (Ctrl-C, a signal): on stderr, always said."""
+        self._write(message, sys.stderr, main_process_only)
+
+    def _write(self, message: str, stream: TextIO, main_process_only: bool) -> None:
+        if main_process_only and follower():
+            return
+        bars = getattr(sys.modules.get("tqdm"), "tqdm", None)
+        if bars is not None and getattr(bars, "_instances", None):
+            bars.write(message, file=stream)
             stream.flush()
         else:
             print(message, file=stream, flush=True)
 
 
-def is_quiet() -> bool:
-    return bool(getattr(_QUIET, "depth", 0)) or _SILENT["on"]
-
-
-@contextlib.contextmanager
-def quietly() -> Iterator[None]:
-    """Only warnings are said (tune's trials: one line each, said by tune, not a whole training report)."""
-    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _QUIET.depth -= 1
+console = Console()

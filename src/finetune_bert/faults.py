@@ -44,10 +44,21 @@ def configure(spec: str) -> None:
     _PENDING.update(_parse(spec))
 
 
-def hit(place: str, step: int) -> bool:
-    """Fire the fault planned for (place, step), if any. True means: poison this value with NaN."""
+_STEP = {"now": 0}
+
+
+def at_step(step: int) -> None:
+    """The training step now running, for places that cannot know it (the engine's forward, which must fire
+    inside the forward, after DDP's own pre-forward work). Step 0: no step, nothing fires."""
+    _STEP["now"] = step
+
+
+def hit(place: str, step: int | None = None) -> bool:
+    """Fire the fault planned for (place, step), if any; `step` None: the one `at_step` set. True means:
+    poison this value with NaN."""
     if not _PENDING:
         return False
+    step = _STEP["now"] if step is None else step
     kind = _PENDING.get((place, step))
     if kind is None:
         return False

@@ -1,5 +1,6 @@
-"""Typed run configuration. Each field's `help` becomes its `--help` line; `problems()` reports every
-conflict at once, before any data or model is loaded."""
+"""What every command's config is made of. Each field's `help` becomes its `--help` line; `problems()`
+reports every conflict at once, before any data or model is loaded. The fields several commands share are
+declared once here (`debug_option`, `overlap_option`)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 def opt(default: Any, help: str, at_least: float | None = None, required: bool = False, *,
-        at_most: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+        at_most: float | None = None, choices: tuple[str, ...] | None = None, positional: str | None = None) -> Any:
     """A config field whose help text, bounds and choices travel with it.
 
     `at_least`, `at_most` and `choices` are checked by `range_problems` (None values are "not given" and
     pass), so that the Python API and the command line refuse the same values, all at once; `required`
     fields are listed under "required options" in --help and checked by the config's `problems()`.
+    `positional`: an argument without a flag, with this argparse nargs ("?" one, "*" any number).
     """
     meta: dict[str, Any] = {"help": help}
-    for key, value in (("at_least", at_least), ("at_most", at_most), ("choices", choices)):
+    for key, value in (("at_least", at_least), ("at_most", at_most), ("choices", choices),
+                       ("positional", positional)):
         if value is not None:
             meta[key] = value
     if required:
@@ -58,7 +61,7 @@ def range_problems(cfg: Any, only: type | None = None, skip: type | None = None)
     return found
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
     """A number the further checks can compare; anything else range_problems has reported already."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -70,3 +73,12 @@ class NotANumber:
 
     text: str
     kind: str  # "a whole number" or "a number"
+
+
+def debug_option() -> Any:
+    return opt(False, "Show full tracebacks instead of one-line errors.")
+
+
+def overlap_option() -> Any:
+    return opt(True, "Read and tokenize the next chunk of rows in a worker thread while this one is scored "
+                     "(--no-overlap: one after the other; the same results).")

@@ -1,7 +1,7 @@
 """Which process this is under a launcher (torchrun's environment variables), read without importing torch.
 
 The command line asks this of every process, before and after the work; the prediction path must not pay
-torch's import (1-2 s) to learn that it runs alone (issue 20: a first result in under 2 s).
+torch's import (1-2 s) to learn that it runs alone.
 """
 
 from __future__ import annotations
@@ -17,3 +17,8 @@ def launched() -> bool:
 def follower() -> bool:
     """A process of rank > 0 under a launcher: it says nothing, and writes nothing to the output folder."""
     return launched() and int(os.environ.get("RANK", "0") or 0) > 0
+
+
+def rank() -> int:
+    """This process's rank under a launcher (0 when alone)."""
+    return int(os.environ.get("RANK", "0") or 0)

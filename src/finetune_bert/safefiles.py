@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from finetune_bert.errors import UserError
 
-MARKER = ".finetune-bert"  # the file listing what finetune-bert wrote in a folder (see output.py)
+MARKER = ".finetune-bert"  # the file listing what finetune-bert wrote in a folder (see training/run_folder.py)
 
 _REASONS = {
     errno.ENOSPC: "disk full",

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
+from finetune_bert.console import console
+from finetune_bert.errors import UserError
+from finetune_bert.inference.classifier import load
+from finetune_bert.cli.config import DemoConfig
 from finetune_bert.training.config import TrainConfig
+from finetune_bert.training.run_folder import RunFolder
+from finetune_bert.training.train import train
 
 EXAMPLES = ("An absolute joy from start to finish, I would happily watch it again tomorrow.",
             "Two hours of my life I will never get back; the plot made no sense at all.")
@@ -28,31 +36,29 @@ def _is_demo_run(folder: Path, cfg: TrainConfig) -> bool:
     return isinstance(saved, dict) and saved.get("data") == cfg.data and saved.get("model") == cfg.model
 
 
-def demo(output: str = "runs/demo", epochs: float | None = None, overwrite: bool = False) -> None:
-    """Train the demo into `output`. A second `make demo` replaces the first demo's model: a folder holding
+def demo(cfg: DemoConfig | None = None, **overrides: Any) -> None:
+    """Train the demo into `cfg.output`. A second `make demo` replaces the first demo's model: a folder holding
     only what finetune-bert wrote may be replaced; any other needs `overwrite`."""
-    from finetune_bert.errors import UserError
-    from finetune_bert.training.run_folder import RunFolder
-    from finetune_bert.inference.classifier import load
-    from finetune_bert.training.train import train
-
-    cfg = demo_config(output)
-    if epochs is not None:
-        cfg.epochs = epochs
-    if not overwrite:
-        try:
-            RunFolder.check(output, overwrite=False, resume=True)  # a foreign file stops here, a model does not
-        except UserError as exc:
-            raise UserError(str(exc).replace("pass --overwrite", "pass demo --overwrite")) from None
-        if (Path(output) / "model.safetensors").exists() and not _is_demo_run(Path(output), cfg):
-            raise UserError(f"--output {output} holds a model that is not an earlier demo's; choose another folder "
-                            "for the demo, or pass demo --overwrite to replace that model")
-    cfg.overwrite = True
+    cfg = dataclasses.replace(cfg or DemoConfig(), **overrides)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
-    result = train(cfg)
+    run = demo_config(cfg.output)
+    if cfg.epochs is not None:
+        run.epochs = cfg.epochs
+    if not cfg.overwrite:
+        try:
+            RunFolder.check(cfg.output, overwrite=False, resume=True)  # a foreign file stops here, a model does not
+        except UserError as exc:
+            raise UserError(str(exc).replace("pass --overwrite", "pass demo --overwrite")) from None
+        if (Path(cfg.output) / "model.safetensors").exists() and not _is_demo_run(Path(cfg.output), run):
+            raise UserError(f"--output {cfg.output} holds a model that is not an earlier demo's; choose another "
+                            "folder for the demo, or pass demo --overwrite to replace that model")
+    run.overwrite = True
+    if problems := run.problems():
+        raise UserError("; ".join(problems))
+    result = train(run)
     clf = load(result.output)
-    print("\nPredictions with the fine-tuned model:")
+    console.say("\nPredictions with the fine-tuned model:")
     for text, pred in zip(EXAMPLES, clf.predict(list(EXAMPLES))):
-        print(f"  {pred.label:<9} confidence {pred.confidence:.2f}   {text}")
-    print(f"\nTry it:  finetune-bert predict --model {result.output} \"What a wonderful film\"")
+        console.say(f"  {pred.label:<9} confidence {pred.confidence:.2f}   {text}")
+    console.say(f"\nTry it:  finetune-bert predict --model {result.output} \"What a wonderful film\"")

@@ -9,12 +9,12 @@ is known for seeded samples); iterating then yields each chunk's usable rows, re
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from finetune_bert.data.splits import Split
 from finetune_bert.data.rows import all_skipped, bad_rows_error, check_rows, first_label_kinds, mixed_labels_error, report_bad_rows, split_columns
+from finetune_bert.console import console
 from finetune_bert.errors import UserError
 from finetune_bert.data.readers import Records
 from finetune_bert.data.skipped import SkippedRow
@@ -109,8 +109,8 @@ class ChunkedSplit:
             first = tally.first_bad or tally.first_filtered
             raise UserError(f"{tally.source}: no usable rows" + all_skipped(first, tally.bad + tally.filtered, "score"))
         self.picked = picked
-        for note in self.notes:  # on stderr, so that predictions or metrics on stdout stay clean
-            print(f"note: {note}", file=sys.stderr, flush=True)
+        for note in self.notes:
+            console.note(note)
         return tally.usable - tally.filtered
 
     def __iter__(self) -> Iterator[Split]:

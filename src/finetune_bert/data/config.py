@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from finetune_bert.options import _finite, opt, range_problems
+from finetune_bert.options import finite, opt, range_problems
 
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
@@ -62,7 +62,7 @@ class DataConfig:
         found = range_problems(self, only=DataConfig)
         if self.label_names is not None and not all(n.strip() for n in self.label_names.split(",")):
             found.append(f"--label-names {self.label_names!r}: every name must be non-empty, e.g. 'negative,positive'")
-        if _finite(self.val_fraction) and not 0 < self.val_fraction < 1:
+        if finite(self.val_fraction) and not 0 < self.val_fraction < 1:
             found.append(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         return found
 

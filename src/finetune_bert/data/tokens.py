@@ -143,3 +143,8 @@ def encode_splits(ds: Any, tokenizer, model_config, *, max_length: int, truncati
     splits = {name: encode(tokenizer, split.texts, [to_id[x] for x in split.labels], length, truncation, head_tokens)
               for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)) if split}
     return TokenizedSplits(splits, length, warning)
+
+
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's own, or 0 for a tokenizer without one."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

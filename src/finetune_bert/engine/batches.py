@@ -16,8 +16,8 @@ from finetune_bert.data.tokens import Encoded
 
 if TYPE_CHECKING:
     import torch
-# torch is imported where tensors are made, not here: the ONNX engine batches through this module and runs
-# without torch (a first prediction in under 2 s, issue 20).
+# torch is imported where tensors are made, not here: the ONNX engine batches through this module and must
+# start without paying torch's import.
 
 CPU_BLOCK_BYTES = 32 * 2**20  # glibc's largest dynamic mmap threshold on 64-bit
 

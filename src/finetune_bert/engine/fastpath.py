@@ -3,20 +3,20 @@
 BertForSequenceClassification classifies from the pooler, which reads only the [CLS] position of the last
 layer. In that layer every other position still needs its key and value (they are what [CLS] attends to),
 but its query, attention output, feed-forward block and LayerNorms are computed and thrown away. Here the
-last layer runs for [CLS] alone: for MiniLM-L6 that skips ~14% of the model's FLOPs, more at long lengths
-where attention dominates. The function is the same: in evaluation the logits equal the stock forward's
+last layer runs for [CLS] alone, a share of the model's work that grows with the length, where attention
+dominates (measured: benchmarks/NOTES.md). The function is the same: in evaluation the logits equal the stock forward's
 (tested to 1e-5); in training only which random numbers dropout draws differs (a smaller mask), not its law.
 Other architectures go through their stock forward.
 
 Packed batches (GPU): the batch's real tokens are laid end to end with no padding at all, every dense layer
 runs on real tokens only, and attention is FlashAttention's variable-length kernel, which also draws the
 attention-probability dropout inside the kernel. A padded batch with a mask cannot use FlashAttention, and
-PyTorch's masked kernels with dropout measured 2-3x slower per step on an H200 (benchmarks/NOTES.md).
+PyTorch's masked kernels with dropout are slower per step (measured on an H200: benchmarks/NOTES.md).
 Where that kernel is missing (CPU, fp32) the packed layout falls back to SDPA one text at a time.
 
 CPU training with dropout (`lane_dropout`): every layer but the last runs here too, with dropout masks cut
-from 16-bit lanes of torch's generator and attention in plain ops (dropout.py); 1.1-1.3x per MiniLM step at
-16 x 512 (benchmarks/cpu_dropout.py), same dropout law.
+from 16-bit lanes of torch's generator and attention in plain ops (dropout.py): cheaper per step, the same
+dropout law (benchmarks/cpu_dropout.py).
 """
 
 from __future__ import annotations

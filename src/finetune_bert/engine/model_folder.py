@@ -7,20 +7,22 @@ if the one asked for cannot be had, stop and say which alias works offline.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune_bert.data.tokens import max_length_for
+from finetune_bert.engine.run_info import RUN_FILE, RunInfo
 from finetune_bert.errors import UserError
 from finetune_bert.safefiles import read_marker
 
 if TYPE_CHECKING:
     import torch
 # torch is imported by the functions that make models: reading a model folder's files (run info, aliases)
-# is also the ONNX path's, which starts without torch (issue 20).
+# is also the ONNX path's, which must start without paying torch's import.
 
 ALIASES = ("minilm",)
 # One of these makes a tokenizer; without any, transformers builds an empty vocabulary.
@@ -52,6 +54,54 @@ def resolve(name: str) -> str:
     return name
 
 
+class ModelFolder:
+    """A model as the user named it, resolved once where it enters: the alias, local folder or hub id, the run
+    info saved beside the weights, and loaders for what the folder holds. Messages name it as the user did."""
+
+    def __init__(self, name: str, source: str):
+        self.name, self.source = name, source
+        self.path = Path(source) if Path(source).is_dir() else None  # None: a hub id
+        self._config = None
+
+    @cached_property
+    def info(self) -> RunInfo:
+        """finetune_bert.json, read at first use: a base model to train from never needs it."""
+        return RunInfo.read(self.path)
+
+    @classmethod
+    def open(cls, model: str | ModelFolder) -> ModelFolder:
+        return model if isinstance(model, ModelFolder) else cls(model, resolve(model))
+
+    def __str__(self) -> str:
+        return self.name
+
+    def config(self, trust_remote_code: bool = False):
+        """The HF config (config.json), read once."""
+        if self._config is None:
+            self._config = load_model_config(self, trust_remote_code)
+        return self._config
+
+    def tokenizer(self, trust_remote_code: bool = False):
+        return load_tokenizer(self, trust_remote_code)
+
+    def classifier(self, label_names: list[str] | None = None, trust_remote_code: bool = False, **options: Any):
+        """The torch classifier (see load_classifier)."""
+        return load_classifier(self, label_names, trust_remote_code, **options)
+
+    def max_length(self, tokenizer, config) -> int:
+        """The length the model reads, as training clamped it: the run's, within the model's own limits."""
+        return max_length_for(tokenizer, config, self.info.max_length)[0]
+
+    def marker_files(self) -> set[str]:
+        """The files finetune-bert wrote here (none for a hub id or another tool's folder)."""
+        return read_marker(self.path)["files"] if self.path is not None else set()
+
+    @property
+    def unfinished(self) -> bool:
+        """A training run wrote here and has not finished: its model is only the best so far."""
+        return "train_log.jsonl" in self.marker_files() and not (self.path / "metrics.json").is_file()
+
+
 def _load_failure(name: str, source: str, exc: Exception, what: str) -> UserError:
     """A local folder whose files are damaged is named as such; anything else is a hub failure."""
     if not Path(source).is_dir():
@@ -68,10 +118,11 @@ def _hub_failure(name: str, exc: Exception) -> UserError:
                      "or a local model folder")
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(model: ModelFolder | str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    source = resolve(name)
+    folder = ModelFolder.open(model)
+    name, source = folder.name, folder.source
     if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
         # transformers would build an empty vocabulary, and every word would silently become [UNK]
         raise UserError(f"--model {name}: has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy them "
@@ -85,10 +136,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model_config(name: str, trust_remote_code: bool = False):
+def load_model_config(model: ModelFolder | str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
-    source = resolve(name)
+    folder = ModelFolder.open(model)
+    name, source = folder.name, folder.source
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:  # a damaged config.json raises TypeError, AttributeError, ... as well
@@ -98,7 +150,7 @@ def load_model_config(name: str, trust_remote_code: bool = False):
     return config
 
 
-def load_classifier(name: str, label_names: list[str] | None = None, trust_remote_code: bool = False,
+def load_classifier(model: ModelFolder | str, label_names: list[str] | None = None, trust_remote_code: bool = False,
                     attn_implementation: str = "sdpa", notes: list[str] | None = None):
     """AutoModelForSequenceClassification from safetensors only, with real label names in id2label.
 
@@ -108,8 +160,9 @@ def load_classifier(name: str, label_names: list[str] | None = None, trust_remot
     """
     import torch
 
-    source = resolve(name)
-    saved = load_model_config(name, trust_remote_code)
+    folder = ModelFolder.open(model)
+    name, source = folder.name, folder.source
+    saved = folder.config(trust_remote_code)
     # fp32 whatever dtype the folder was saved in (transformers 5 would load it as saved): training steps fp32
     # weights or masters, and the engine casts for the device (bf16 on a GPU)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
@@ -122,7 +175,7 @@ def load_classifier(name: str, label_names: list[str] | None = None, trust_remot
     missing = sorted(set(head) & set(info.get("missing_keys", ())))
     resized = sorted(key for key, *_ in info.get("mismatched_keys", ()))
     found = _head_note(name, saved, label_names, missing, resized)
-    if found and found.startswith("note: a fresh head") and not resized:
+    if found and found.startswith("a fresh head") and not resized:
         _fresh_head(model, head)
     if found and notes is not None:
         notes.append(found)
@@ -153,24 +206,25 @@ def _from_pretrained(name: str, source: str, attn_implementation: str, kwargs: d
 
 
 def _head_note(name: str, saved, label_names: list[str] | None, missing: list[str], resized: list[str]) -> str | None:
-    """One line about the classification head, or None when there is nothing to say (a base model in train)."""
+    """One line about the classification head, or None when there is nothing to say (a base model in train). With
+    `label_names` (train) it is a note; without (a model loaded to predict) a warning: its predictions are random."""
     old = [str(saved.id2label.get(i, i)) for i in range(saved.num_labels)]
     if label_names is None:
         if missing:
-            return (f"warning: {name} has no trained classification head ({', '.join(missing)} not in its "
+            return (f"{name} has no trained classification head ({', '.join(missing)} not in its "
                     "weights): its predictions are random. Fine-tune it first with `finetune-bert train`")
         return None
     if missing:
         return None  # a base model: the head is new, as expected
     generic = old == [f"LABEL_{i}" for i in range(len(old))]
     if resized or (old != list(label_names) and not generic):
-        return (f"note: a fresh head is started for the {len(label_names)} labels here "
+        return (f"a fresh head is started for the {len(label_names)} labels here "
                 f"({', '.join(label_names)}): {name}'s classification head was trained for {len(old)} labels "
                 f"({', '.join(old)})")
     if generic:
-        return (f"note: continuing from {name}'s trained classification head; its labels {', '.join(old)} "
+        return (f"continuing from {name}'s trained classification head; its labels {', '.join(old)} "
                 f"are taken as {', '.join(label_names)}, in that order")
-    return f"note: continuing from {name}'s trained classification head ({', '.join(old)})"
+    return f"continuing from {name}'s trained classification head ({', '.join(old)})"
 
 
 def _fresh_head(model, head_params: list[str]) -> None:
@@ -219,7 +273,6 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-RUN_FILE = "finetune_bert.json"
 # `evaluate`'s default outputs in a model folder: never foreign to a later run, never written by train.
 EVALUATE_FILES = frozenset({"evaluation.json", "evaluation.skipped.csv", "evaluation.errors.csv", "evaluation.html"})
 # Names a training run writes in its folder, or removes as stale (see output.RUN_RESULTS): never an output.
@@ -231,16 +284,17 @@ _MODEL_FILE = re.compile(r"(config|generation_config|tokenizer|tokenizer_config|
                          r"model|onnx|h5|msgpack)|README\.md|" + re.escape(RUN_FILE))
 
 
-def refuse_model_file(target: Path, model: str, option: str, allow: frozenset[str] = frozenset()) -> None:
+def refuse_model_file(target: Path, model: ModelFolder | str, option: str, allow: frozenset[str] = frozenset()) -> None:
     """An output must never replace a file of the model being used (its config, weights, tokenizer, metrics),
     take a name a later run of it writes (`allow`: those the caller itself owns, as evaluate its
     evaluation.json), or go inside the folders the run manages (checkpoints/, tensorboard/)."""
     try:
-        folder = Path(resolve(model))
+        opened = ModelFolder.open(model)
     except UserError:
         return  # the model's own problem is reported when it is loaded
-    if not folder.is_dir():
+    if opened.path is None:
         return
+    folder = opened.path
     inside = target.expanduser().resolve().relative_to(folder.resolve()).parts \
         if folder.resolve() in target.expanduser().resolve().parents else ()
     if not inside:
@@ -250,7 +304,7 @@ def refuse_model_file(target: Path, model: str, option: str, allow: frozenset[st
                         "manages and prunes. Choose another place")
     name = inside[0] if len(inside) == 1 else None
     reserved = name in RUN_NAMES and name not in allow
-    existing = name is not None and target.exists() and (name in read_marker(folder)["files"]
+    existing = name is not None and target.exists() and (name in opened.marker_files()
                                                          or _MODEL_FILE.fullmatch(name))
     if existing:
         raise UserError(f"{option} {target}: is a file of the model {model}; writing it would damage the model. "
@@ -258,18 +312,3 @@ def refuse_model_file(target: Path, model: str, option: str, allow: frozenset[st
     if reserved:
         raise UserError(f"{option} {target}: is a name the training run of {model} writes there, and would replace "
                         "or remove. Choose another file name")
-
-
-def read_run_info(model_dir: str) -> dict[str, Any]:
-    """What finetune-bert saved beside the weights: cleaning, truncation, raw labels. {} for other models."""
-    path = Path(resolve(model_dir)) / RUN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
-        raise UserError(f"{path}: cannot be read ({exc}); it tells how the model cleans and truncates texts. "
-                        "Restore it from the training run, or delete it to use the defaults") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{path}: is not a JSON object; restore it from the training run, or delete it")
-    return info

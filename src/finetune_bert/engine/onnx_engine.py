@@ -1,11 +1,11 @@
 """The ONNX engine: a model exported by `finetune-bert export`, run by onnxruntime on the CPU.
 
-It answers what the torch engine (engine.Engine) answers for inference, `logits(encoded, batch_size)` in
+It answers what the torch engine (torch_engine.Engine) answers for inference, `logits(encoded, batch_size)` in
 input order, so predict, evaluate and the server run either one unchanged. Batches are sorted by length
 and sized by tokens: a file of tweets and a file of long reviews both run near the best batch.
 
 Nothing here imports torch or transformers: with an export whose manifest holds the model's config and a
-checked tokenizer (tokenizer_file.py), a prediction starts in well under 2 s (issue 20).
+checked tokenizer (onnx_tokenizer.py), a prediction starts without paying their import.
 
 An export records the weights it was made from (size, mtime, sha256, in onnx/export.json). A model
 folder retrained or replaced since is refused, never scored with the old graph: that would be a silent
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_bert.engine import onnx_tokenizer as tokenizer_file
+from finetune_bert.engine import onnx_tokenizer
 from finetune_bert.engine.batches import eval_batches, padded
 from finetune_bert.errors import UserError
 from finetune_bert.data.tokens import Encoded
@@ -71,21 +71,21 @@ class ExportedConfig:
                 "vocab_size": self.vocab_size}
 
 
-def standalone(folder: Path) -> tuple[ExportedConfig, tokenizer_file.TokenizerFile] | None:
+def standalone(folder: Path) -> tuple[ExportedConfig, onnx_tokenizer.TokenizerFile] | None:
     """The model's config and tokenizer from its export alone (no transformers), or None when the export
     predates them, its tokenizer check failed, a source file or the saved tokenizer changed since, or any of
     it cannot be read: the caller then reads the folder's own files through transformers."""
     manifest = read_manifest(folder) or {}
     config, tokenizer = manifest.get("config"), manifest.get("tokenizer")
-    path = folder / EXPORT_DIR / tokenizer_file.FILE
+    path = folder / EXPORT_DIR / onnx_tokenizer.FILE
     if not (isinstance(config, dict) and isinstance(tokenizer, dict) and path.is_file()):
         return None
     try:
-        if tokenizer_file.stamps(folder, SOURCES) != manifest.get("sources") or \
-                tokenizer_file.stamps(path.parent, (path.name,)).get(path.name) != tokenizer.get("sha256"):
+        if onnx_tokenizer.stamps(folder, SOURCES) != manifest.get("sources") or \
+                onnx_tokenizer.stamps(path.parent, (path.name,)).get(path.name) != tokenizer.get("sha256"):
             return None
         config = {**config, "id2label": {int(k): v for k, v in config["id2label"].items()}}
-        return ExportedConfig(**config), tokenizer_file.TokenizerFile(path, tokenizer["pad_token_id"],
+        return ExportedConfig(**config), onnx_tokenizer.TokenizerFile(path, tokenizer["pad_token_id"],
                                                                       tokenizer["model_max_length"])
     except Exception:  # a hand-edited manifest, or a damaged tokenizer.json (tokenizers raises a bare Exception)
         return None  # (the fallback reads the folder's own files, and reports what is wrong with them)
@@ -136,8 +136,6 @@ def find_export(folder: Path, backend: str, model: str) -> Path | None:
 class OnnxEngine:
     """An exported classifier in an onnxruntime session on the CPU; `config` is the model's HF config."""
 
-    backend = "onnx"
-
     def __init__(self, path: Path, config, pad_id: int, threads: int | None = None):
         import onnxruntime as ort
 
@@ -156,7 +154,6 @@ class OnnxEngine:
                             "be damaged: run the export again") from None
         self.path, self.config, self.pad_id = path, config, pad_id
         self.device = Device()
-        self.backend = "onnx-int8" if path.name == FILES["onnx-int8"] else "onnx"
 
     def batch_fit(self, length: int) -> int:
         return max(1, BATCH_TOKENS // max(length, 1))

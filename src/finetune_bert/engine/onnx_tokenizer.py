@@ -53,7 +53,7 @@ def save(hf_tokenizer, path: Path) -> dict[str, Any] | None:
     when the two disagree on any probe text, with or without special tokens."""
     path.write_text(hf_tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
     info = {"file": path.name, "pad_token_id": hf_tokenizer.pad_token_id,
-            "model_max_length": _finite(getattr(hf_tokenizer, "model_max_length", None)),
+            "model_max_length": finite(getattr(hf_tokenizer, "model_max_length", None)),
             "sha256": stamps(path.parent, (path.name,))[path.name]}
     ours = TokenizerFile(path, info["pad_token_id"], info["model_max_length"])
     for special in (False, True):
@@ -64,7 +64,7 @@ def save(hf_tokenizer, path: Path) -> dict[str, Any] | None:
     return info
 
 
-def _finite(limit: int | None) -> int | None:
+def finite(limit: int | None) -> int | None:
     return limit if limit and limit < 1_000_000 else None  # HF's "no limit" is int(1e30)
 
 

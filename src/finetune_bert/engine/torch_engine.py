@@ -74,11 +74,9 @@ def inference_dtype(device: torch.device) -> torch.dtype | None:
 class Engine(torch.nn.Module):
     """A classifier and how it runs. `training=True`: it will be trained (masters kept for bf16 weights)."""
 
-    backend = "torch"
-
     def __init__(self, model: torch.nn.Module, device: torch.device, pad_id: int, *,
                  options: EngineOptions = EngineOptions(), training: bool = False,
-                 dtype: torch.dtype | None | str = "auto"):
+                 dtype: torch.dtype | None | str = "auto", world: World = ALONE):
         super().__init__()
         self.model = model.to(device)
         self.device = device
@@ -97,8 +95,7 @@ class Engine(torch.nn.Module):
         if self.bf16_weights:
             self.model.to(self.dtype)
         self._stock_lock = threading.Lock()
-        self.world: World = ALONE  # under torchrun, inference is shared between the processes (infer)
-        self.step = 0  # the training step being run (steps.train_step), for fault injection
+        self.world = world  # under torchrun, inference is shared between the processes (infer)
         self.train(training)
 
     @property
@@ -117,7 +114,7 @@ class Engine(torch.nn.Module):
         """fp32 logits of a batch (from Layout.batch, on the device); dropout as the module is set."""
         # tests' out-of-memory errors fire here, inside the forward, as real ones do: under DDP that is after
         # its own pre-forward work, which every rank must have done alike
-        faults.hit("forward", self.step)
+        faults.hit("forward")
         return self._logits(batch, self.training)
 
     def _logits(self, batch: dict, train: bool) -> torch.Tensor:

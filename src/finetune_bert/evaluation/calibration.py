@@ -139,7 +139,7 @@ def summary_line(t: Temperature, splits: dict[str, dict[str, Any]]) -> str:
 
 def calibrate(engine, val: Encoded, label_names: list[str], batch_size: int,
               enabled: bool = True) -> tuple[Temperature, dict[str, Any], torch.Tensor]:
-    """Fit T on the engine's (engine.Engine) validation logits and, if kept, fold it into the engine's
+    """Fit T on the engine's (torch_engine.Engine) validation logits and, if kept, fold it into the engine's
     weights. Returns the outcome, the validation measures before and after, and the calibrated logits."""
     logits = engine.logits(val, batch_size)
     if not enabled:

@@ -1,9 +1,9 @@
-"""`evaluate`'s options."""
+"""`evaluate`'s and `report`'s options."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from finetune_bert.options import MAX_SEED, opt
+from finetune_bert.options import MAX_SEED, debug_option, opt, range_problems
 from finetune_bert.inference.config import ScoreConfig
 
 
@@ -16,5 +16,15 @@ class EvaluateConfig(ScoreConfig):
     seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0, at_most=MAX_SEED)
     errors: int = opt(0, "Also write the N most confident mistakes (text, true label, prediction, confidence) to "
                          "OUTPUT_NAME.errors.csv beside the metrics.", at_least=0)
-    overlap: bool = opt(True, "Read and tokenize the next chunk of rows in a worker thread while this one is "
-                              "scored (--no-overlap: one after the other; the same results).")
+
+
+@dataclass
+class ReportConfig:
+    """`report`: rebuild a training run's report.html, or an evaluation's NAME.html, from the files it wrote."""
+
+    target: str = opt(None, "a training run's output folder, or an evaluation's .json", required=True,
+                      positional="?")
+    debug: bool = debug_option()
+
+    def problems(self) -> list[str]:
+        return range_problems(self)

@@ -1,12 +1,13 @@
 """`finetune-bert evaluate`: score a fine-tuned model on labelled data, a chunk of rows at a time.
 
-Beside the metrics (NAME.json) it writes a report a person reads (NAME.html, see html_report.py) and, with
+Beside the metrics (NAME.json) it writes a report a person reads (NAME.html, see report_page.py) and, with
 `errors`, the most confident mistakes in full (NAME.errors.csv). A model calibrated by `train` (a
 temperature folded into its weights) is also scored as it was before calibration ("uncalibrated").
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -15,75 +16,86 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_bert.evaluation.calibration import MEASURES
-from finetune_bert.inference.reading import Reading
-from finetune_bert.inference.heap import steady_heap
-from finetune_bert.errors import UserError
-from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, format_metrics, snippet
-from finetune_bert.engine.model_folder import EVALUATE_FILES, refuse_model_file
-from finetune_bert.safefiles import check_output_file, claim_output, write_text_atomic
+from finetune_bert.console import console
 from finetune_bert.data.chunks import ahead, chunk_rows
+from finetune_bert.data.skipped import refuse_foreign_skipped_list, write_skipped
+from finetune_bert.data.splits import sample_mask
+from finetune_bert.engine.model_folder import EVALUATE_FILES, ModelFolder, refuse_model_file
+from finetune_bert.errors import UserError
+from finetune_bert.evaluation.calibration import MEASURES
+from finetune_bert.evaluation.config import EvaluateConfig
+from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, format_metrics, snippet
+from finetune_bert.evaluation.report_page import evaluation_report
+from finetune_bert.inference.classifier import LabelMap, load
+from finetune_bert.inference.files import labelled_rows
+from finetune_bert.inference.heap import steady_heap
+from finetune_bert.inference.reading import Reading
+from finetune_bert.safefiles import atomic_output, check_output_file, claim_output, write_text_atomic
 
 
-def evaluate(model: str, data: str, output: str | None = None, *, batch_size: int = 64,
-             text_column: str | None = None, label_column: str | None = None,
-             on_bad_rows: str = "error", max_samples: int | None = None, seed: int = 42,
-             quiet: bool = False, rows_per_chunk: int | None = None, reading: Reading = Reading(),
-             errors: int = 0, backend: str = "torch", overlap: bool = True) -> dict[str, Any]:
+def evaluate(cfg: EvaluateConfig | str | None = None, data: str | None = None, output: str | None = None, *,
+             quiet: bool = False, rows_per_chunk: int | None = None, reading: Reading | None = None,
+             **overrides: Any) -> dict[str, Any]:
     """Score a fine-tuned model on labelled data; print the table and write the metrics as JSON.
 
-    Options, then the output's place, then every row are checked before the model is loaded: the data is
-    read twice, a chunk of rows at a time (see streaming.ChunkedSplit), once to check it and once to score
-    it. Rows skipped under on_bad_rows="skip" go to NAME.skipped.csv, the `errors` most confident mistakes to
-    NAME.errors.csv; `reading`: config.Reading; `overlap`: see streaming.ahead."""
-    from finetune_bert.data.splits import sample_mask
-    from finetune_bert.engine.model_folder import load_model_config, read_run_info
-    from finetune_bert.inference.classifier import LabelMap, load
-    from finetune_bert.inference.files import labelled_rows
-    from finetune_bert.evaluation.config import EvaluateConfig
-    from finetune_bert.data.skipped import write_skipped
+    Takes an EvaluateConfig, or its options as keywords (`evaluate(model=..., data=...)`, as `train` does);
+    `evaluate(model, data, output)` is the same. Options, then the output's place, then every row are checked
+    before the model is loaded: the data is read twice, a chunk of rows at a time (data.chunks.ChunkedSplit),
+    once to check it and once to score it. Rows skipped under on_bad_rows="skip" go to NAME.skipped.csv, the
+    `errors` most confident mistakes to NAME.errors.csv. `reading` gives the four reading options at once."""
+    cfg = _checked(cfg, dict(overrides, **({} if data is None else {"data": data}),
+                             **({} if output is None else {"output": output}),
+                             **(dataclasses.asdict(reading) if reading is not None else {})))
+    with console.quiet(quiet):
+        return _evaluate(cfg, rows_per_chunk)
 
-    cfg = EvaluateConfig(model=model, data=data, output=output, batch_size=batch_size, max_samples=max_samples,
-                         seed=seed, on_bad_rows=on_bad_rows, errors=errors, backend=backend, overlap=overlap,
-                         **dataclasses.asdict(reading))
+
+def _checked(cfg: EvaluateConfig | str | None, overrides: dict[str, Any]) -> EvaluateConfig:
+    if isinstance(cfg, str):  # the model, given first as it always could be
+        cfg, overrides = None, {"model": cfg, **overrides}
+    cfg = dataclasses.replace(cfg or EvaluateConfig(), **overrides)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
-    target, skipped_at = _metrics_path(model, data, output, skipping=on_bad_rows == "skip")
+    return cfg
+
+
+def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]:
+    folder = ModelFolder.open(cfg.model)
+    target, skipped_at = _metrics_path(folder, cfg.data, cfg.output, skipping=cfg.on_bad_rows == "skip")
     errors_at, html_at = target.with_name(target.stem + ".errors.csv"), target.with_suffix(".html")
-    info = read_run_info(model)
-    labels = LabelMap.of(load_model_config(model), info)
-    rows = labelled_rows(data, labels, clean=info.get("clean", True), columns=(text_column, label_column),
-                         on_bad_rows=on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size))
+    rows = labelled_rows(cfg.data, LabelMap.of(folder.config(), folder.info), clean=folder.info.clean,
+                         columns=(cfg.text_column, cfg.label_column), on_bad_rows=cfg.on_bad_rows,
+                         rows_per_chunk=chunk_rows(rows_per_chunk, cfg.batch_size))
     total = rows.check()
-    clf = load(model, reading=reading, backend=backend)
+    clf = load(folder, reading=cfg.reading(), backend=cfg.backend)
     steady_heap(clf.device)
-    mistakes = ConfidentMistakes(max(errors, REPORT_MISTAKES), clf.label_names)
+    mistakes = ConfidentMistakes(max(cfg.errors, REPORT_MISTAKES), clf.label_names)
     # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
-    metrics = _score(clf, rows, sample_mask(total, max_samples, seed), (batch_size, overlap), mistakes)
+    metrics = _score(clf, rows, sample_mask(total, cfg.max_samples, cfg.seed), (cfg.batch_size, cfg.overlap),
+                     mistakes)
     worst = mistakes.rows()
-    metrics.update(data=data, model=model, backend=clf.backend, skipped_rows=len(rows.skipped), reading=dataclasses.asdict(reading),
+    metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, skipped_rows=len(rows.skipped),
+                   reading=dataclasses.asdict(cfg.reading()),
                    mistakes=[{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]])
-    if not quiet:
-        print(format_metrics(metrics, f"{data} ({metrics['n']} texts)"))
-        if "uncalibrated" in metrics:
-            u = metrics["uncalibrated"]
-            print(f"calibrated (temperature {metrics['temperature']:.3f} folded in by train); before calibration: "
-                  f"ece {u['ece']:.4f}   log_loss {u['log_loss']:.4f}   brier {u['brier']:.4f}")
+    console.say(format_metrics(metrics, f"{cfg.data} ({metrics['n']} texts)"))
+    if "uncalibrated" in metrics:
+        u = metrics["uncalibrated"]
+        console.say(f"calibrated (temperature {metrics['temperature']:.3f} folded in by train); before calibration: "
+                    f"ece {u['ece']:.4f}   log_loss {u['log_loss']:.4f}   brier {u['brier']:.4f}")
     write_text_atomic(target, json.dumps(metrics, indent=2) + "\n")
     write_skipped(rows.skipped, skipped_at)
     written = [target, *([skipped_at] if rows.skipped else [])]
-    if errors:
-        _write_errors(worst[:errors], clf.label_names, errors_at)
+    if cfg.errors:
+        _write_errors(worst[:cfg.errors], clf.label_names, errors_at)
         written.append(errors_at)
-    from finetune_bert.evaluation.report_page import evaluation_report
     write_text_atomic(html_at, evaluation_report(metrics, target.name))
     for path in (*written, html_at):
         claim_output(path)
-    if rows.skipped:
-        print(f"warning: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in {skipped_at}")
-    if not quiet:
-        print(f"metrics written to {target}, the report to {html_at}"
-              + (f", the {len(worst[:errors])} most confident mistakes to {errors_at}" if errors else ""))
+    if rows.skipped:  # asked for with --on-bad-rows skip: said beside the results, not as a warning
+        console.say(f"note: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in "
+                    f"{skipped_at}", even_quiet=True)
+    console.say(f"metrics written to {target}, the report to {html_at}"
+                + (f", the {len(worst[:cfg.errors])} most confident mistakes to {errors_at}" if cfg.errors else ""))
     return metrics
 
 
@@ -125,10 +137,6 @@ def _sampled(rows, sample: np.ndarray | None):
 
 def _write_errors(rows: list[dict[str, Any]], label_names: list[str], path: Path) -> None:
     """The most confident mistakes, whole texts, most confident first."""
-    import csv
-
-    from finetune_bert.safefiles import atomic_output
-
     fields = ["row", "text", "true_label", "predicted", "confidence", *(f"prob_{n}" for n in label_names)]
     with atomic_output(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -137,11 +145,11 @@ def _write_errors(rows: list[dict[str, Any]], label_names: list[str], path: Path
             writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
 
 
-def _metrics_path(model: str, data: str, output: str | None, *, skipping: bool = False) -> tuple[Path, Path]:
+def _metrics_path(model: ModelFolder, data: str, output: str | None, *, skipping: bool = False) -> tuple[Path, Path]:
     """Where the metrics and the skipped rows go (default: MODEL/evaluation.json), checked before any work:
     a JSON name, a writable place, not the data itself, not a file of the model."""
     target = Path(output).expanduser() if output else (
-        Path(model) / "evaluation.json" if Path(model).is_dir() else Path("evaluation.json"))
+        model.path / "evaluation.json" if model.path is not None else Path("evaluation.json"))
     if target.suffix.lower() != ".json":
         raise UserError(f"--output {target}: the metrics are written as JSON; give a file name ending in .json")
     skipped_at = target.with_name(target.stem + ".skipped.csv")
@@ -156,6 +164,5 @@ def _metrics_path(model: str, data: str, output: str | None, *, skipping: bool =
             default = "" if output else "; pass --output FILE.json to write the metrics elsewhere"
             raise UserError(f"{exc}{default}") from None
     if skipping:
-        from finetune_bert.data.skipped import refuse_foreign_skipped_list
         refuse_foreign_skipped_list(skipped_at, f"the skipped-rows file of --output {target},")
     return target, skipped_at

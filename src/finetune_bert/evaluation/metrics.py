@@ -8,7 +8,7 @@ How far confidence is from accuracy, also streamed: ECE over 15 equal-width bins
 the Brier score in its original multi-class form, the mean over texts of sum_k (p_k - y_k)^2 (twice
 scikit-learn's binary `brier_score_loss`, which scores the positive class alone). NLL is `log_loss`.
 
-For the report (html_report.py), also streamed: the reliability diagram's bins, a histogram of top-label
+For the report (report_page.py), also streamed: the reliability diagram's bins, a histogram of top-label
 confidence for correct and wrong predictions, accuracy by text length in tokens, and the most confident
 mistakes (`ConfidentMistakes`, a bounded heap).
 """
@@ -171,7 +171,7 @@ class ConfidentMistakes:
 
 def score(engine, encoded: Encoded, label_names: list[str], batch_size: int,
           on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """The metrics of `engine` (engine.Engine) on labelled token ids; `on_batch(i)` after the i-th batch."""
+    """The metrics of `engine` (torch_engine.Engine) on labelled token ids; `on_batch(i)` after the i-th batch."""
     metrics = StreamingMetrics(label_names)
     for i, (index, logits) in enumerate(engine.infer(encoded, batch_size)):
         metrics.update(logits, torch.from_numpy(encoded.labels[index]), encoded.full_lengths[index])
@@ -217,3 +217,10 @@ def format_metrics(m: dict[str, Any], title: str = "") -> str:
 
 def greater_is_better(metric: str) -> bool:
     return metric not in ("loss", "log_loss")
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    """Whether `value` of `metric` beats `best` (None: nothing to beat yet)."""
+    if best is None:
+        return True
+    return value > best if greater_is_better(metric) else value < best

@@ -9,13 +9,16 @@ inline, there is no script and no link to load: the page opens offline, from an 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 from pathlib import Path
 from typing import Any
 
 from finetune_bert.evaluation import figures
+from finetune_bert.console import console
 from finetune_bert.errors import UserError
+from finetune_bert.evaluation.config import ReportConfig
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -215,3 +218,13 @@ def rebuild(target: str) -> Path:
     out = write_text_atomic(path / "report.html", run_report(path))
     claim(path, ["report.html"])
     return out
+
+
+def report(cfg: ReportConfig | None = None, **overrides: Any) -> Path:
+    """`finetune-bert report`: rebuild the page, and say where it is."""
+    cfg = dataclasses.replace(cfg or ReportConfig(), **overrides)
+    if problems := cfg.problems():
+        raise UserError("; ".join(problems))
+    written = rebuild(cfg.target)
+    console.say(f"report written to {written}")
+    return written

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from finetune_bert.options import opt, range_problems
+from finetune_bert.options import debug_option, opt, range_problems
 
 
 @dataclass
@@ -17,7 +17,7 @@ class ExportConfig:
     data: str | None = opt(None, "Texts to check the export on as predict reads them (labelled: accuracy too); "
                                  "its first --rows rows.")
     rows: int = opt(512, "With --data: rows to check on.", at_least=1)
-    debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
+    debug: bool = debug_option()
 
     def problems(self) -> list[str]:
         return range_problems(self)

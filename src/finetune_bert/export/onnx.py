@@ -11,6 +11,7 @@ where the dynamo path still fails on dimensions of size 0 or 1 (huggingface/opti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -22,11 +23,13 @@ import torch
 
 from finetune_bert.engine.torch_engine import Engine
 from finetune_bert.errors import UserError
-from finetune_bert.engine.model_folder import load_classifier, load_tokenizer, read_run_info, resolve
-from finetune_bert.engine import fastpath, onnx_tokenizer as tokenizer_file
+from finetune_bert.console import console
+from finetune_bert.engine.model_folder import ModelFolder
+from finetune_bert.export.config import ExportConfig
+from finetune_bert.engine import fastpath, onnx_tokenizer
 from finetune_bert.engine.onnx_engine import EXPORT_DIR, FILES, MANIFEST, SOURCES, WEIGHTS, ExportedConfig, OnnxEngine, weights_stamp
 from finetune_bert.safefiles import MARKER, claim, disk_error, write_text_atomic
-from finetune_bert.data.tokens import Encoded, max_length_for, special_tokens
+from finetune_bert.data.tokens import Encoded, pad_id, special_tokens
 
 PARITY_TOLERANCE = 1e-4  # the largest |logit difference| an fp32 export may have from the torch path
 PROBES = 64              # random token sequences the export is checked on (lengths 1 to the max length)
@@ -45,40 +48,52 @@ class _Logits(torch.nn.Module):
         return fastpath.logits(self.model, {"input_ids": input_ids, "attention_mask": attention_mask}, train=False)
 
 
-def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str | None = None,
-           rows: int = 512) -> dict[str, Any]:
-    """Export `model` (a local model folder) to DIR/onnx/; `quantize="int8"` adds dynamic int8 with
-    per-channel weights. `data`: texts (labelled or not) to measure the export on as well, its first `rows`
-    rows. Returns the manifest written to DIR/onnx/export.json."""
-    folder = _model_folder(model, fmt, quantize)
-    tokenizer = load_tokenizer(model)
-    classifier = load_classifier(model, notes=[], attn_implementation="eager").eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    max_length, _ = max_length_for(tokenizer, classifier.config, read_run_info(model).get("max_length", 512))
+def export(cfg: ExportConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Export a local model folder to DIR/onnx/ and say what was written and measured; `quantize="int8"` adds
+    dynamic int8 with per-channel weights, `data` texts (labelled or not) to measure the export on as well,
+    its first `rows` rows. Takes an ExportConfig or its options as keywords (`export(model, quantize="int8")`
+    is the same). Returns the manifest written to DIR/onnx/export.json."""
+    if isinstance(cfg, str):  # the model, given first as it always could be
+        cfg, overrides = None, {"model": cfg, **overrides}
+    cfg = dataclasses.replace(cfg or ExportConfig(), **overrides)
+    if problems := cfg.problems():
+        raise UserError("; ".join(problems))
+    model = ModelFolder.open(cfg.model)
+    folder = _model_folder(model, cfg.format, cfg.quantize)
+    manifest = _export(model, folder, cfg)
+    console.say(describe(manifest, cfg.model))
+    return manifest
+
+
+def _export(model: ModelFolder, folder: Path, cfg: ExportConfig) -> dict[str, Any]:
+    tokenizer = model.tokenizer()
+    classifier = model.classifier(notes=[], attn_implementation="eager").eval()
+    pad = pad_id(tokenizer)
+    max_length = model.max_length(tokenizer, classifier.config)
     target = folder / EXPORT_DIR
     try:
         target.mkdir(exist_ok=True)
-        fp32 = _write_graph(classifier, target / FILES["onnx"], pad_id)
+        fp32 = _write_graph(classifier, target / FILES["onnx"], pad)
     except OSError as exc:
         raise disk_error(exc, target, "write the export") from None
     probes = _probes(tokenizer, classifier.config, max_length)
-    reference = Engine(classifier, torch.device("cpu"), pad_id).logits(probes, 16).numpy()
-    gap = float(np.abs(OnnxEngine(fp32, classifier.config, pad_id).logits(probes, 16) - reference).max())
+    reference = Engine(classifier, torch.device("cpu"), pad).logits(probes, 16).numpy()
+    gap = float(np.abs(OnnxEngine(fp32, classifier.config, pad).logits(probes, 16) - reference).max())
     if gap > PARITY_TOLERANCE:
         fp32.unlink()
         raise UserError(f"--model {model}: the ONNX graph's logits differ from torch's by {gap:.2e} (over "
                         f"{PARITY_TOLERANCE:g}); not exported. Rerun with --debug and report it")
-    manifest: dict[str, Any] = {"format": fmt, "opset": OPSET, "weights": weights_stamp(folder),
+    manifest: dict[str, Any] = {"format": cfg.format, "opset": OPSET, "weights": weights_stamp(folder),
                                 "files": [FILES["onnx"]], "probes": PROBES,
                                 "onnx": {"max_abs_logit_diff": gap}, **_standalone(tokenizer, classifier, folder)}
-    if quantize == "int8":
+    if cfg.quantize == "int8":
         int8 = _quantize(fp32, target / FILES["onnx-int8"])
         manifest["files"].append(FILES["onnx-int8"])
-        manifest["onnx-int8"] = _agreement(OnnxEngine(int8, classifier.config, pad_id).logits(probes, 16),
+        manifest["onnx-int8"] = _agreement(OnnxEngine(int8, classifier.config, pad).logits(probes, 16),
                                            reference)
     write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    if data is not None:  # scored through the export just recorded, as predict will score
-        manifest["on_data"] = _on_data(model, data, rows, ["onnx", *(["onnx-int8"] if quantize else [])])
+    if cfg.data is not None:  # scored through the export just recorded, as predict will score
+        manifest["on_data"] = _on_data(model, cfg.data, cfg.rows, ["onnx", *(["onnx-int8"] if cfg.quantize else [])])
         write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     if (folder / MARKER).is_file():  # a later run in this folder replaces the export with the rest of its files
         claim(folder, [EXPORT_DIR])
@@ -87,16 +102,16 @@ def export(model: str, fmt: str = "onnx", quantize: str | None = None, data: str
 
 def _standalone(tokenizer, classifier, folder: Path) -> dict[str, Any]:
     """What lets predict run the export without transformers: the config as transformers read it, and the
-    Rust tokenizer where it gives the HF tokenizer's ids (tokenizer_file.save); the files they came from."""
+    Rust tokenizer where it gives the HF tokenizer's ids (onnx_tokenizer.save); the files they came from."""
     found: dict[str, Any] = {"config": ExportedConfig.of(classifier.config).as_json(),
-                             "sources": tokenizer_file.stamps(folder, SOURCES)}
-    saved = tokenizer_file.save(tokenizer, folder / EXPORT_DIR / tokenizer_file.FILE)
+                             "sources": onnx_tokenizer.stamps(folder, SOURCES)}
+    saved = onnx_tokenizer.save(tokenizer, folder / EXPORT_DIR / onnx_tokenizer.FILE)
     if saved is not None:
         found["tokenizer"] = saved
     return found
 
 
-def _model_folder(model: str, fmt: str, quantize: str | None) -> Path:
+def _model_folder(model: ModelFolder, fmt: str, quantize: str | None) -> Path:
     """The local model folder to write into; everything wrong with the request, before any work."""
     problems = []
     if fmt != "onnx":
@@ -105,8 +120,8 @@ def _model_folder(model: str, fmt: str, quantize: str | None) -> Path:
         problems.append(f"--quantize {quantize}: the one quantization is int8")
     if problems:
         raise UserError("; ".join(problems))
-    source = Path(resolve(model))
-    if not source.is_dir():
+    source = model.path
+    if source is None:
         raise UserError(f"--model {model}: export writes beside the model's files, so it needs a local model folder "
                         "(download a hub model first, or fine-tune one with finetune-bert train)")
     if not (source / WEIGHTS).is_file():
@@ -161,7 +176,7 @@ def _probes(tokenizer, config, max_length: int) -> Encoded:
     return Encoded(ids, np.array([len(x) for x in ids]), None)
 
 
-def _on_data(model: str, data: str, rows: int, backends: list[str]) -> dict[str, Any]:
+def _on_data(model: ModelFolder, data: str, rows: int, backends: list[str]) -> dict[str, Any]:
     """Each backend's labels against torch's on the first `rows` rows of `data`, read as predict reads
     them; accuracy too where the rows have labels the model knows."""
     from finetune_bert.inference.files import input_rows
@@ -208,7 +223,7 @@ def describe(manifest: dict[str, Any], folder: str) -> str:
         q = manifest["onnx-int8"]
         lines.append(f"  onnx int8: label agrees with fp32 on {q['label_agreement']:.1%} of the random sequences, "
                      f"max |prob diff| {q['max_abs_prob_diff']:.3f}")
-    lines.append(f"  tokenizer: the same ids as transformers' on {len(tokenizer_file.PROBE_TEXTS)} test texts; predict "
+    lines.append(f"  tokenizer: the same ids as transformers' on {len(onnx_tokenizer.PROBE_TEXTS)} test texts; predict "
                  "starts without importing torch or transformers" if "tokenizer" in manifest else
                  "  tokenizer: differs from transformers' on a test text; predict loads transformers' (slower start)")
     for backend, seen in manifest.get("on_data", {}).get("backends", {}).items():

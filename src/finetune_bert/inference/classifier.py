@@ -3,26 +3,24 @@
 The same cleaning and truncation the model was trained with are applied at prediction time; they are
 read from finetune_bert.json beside the weights (any other classifier folder gets the defaults).
 
-torch and transformers are imported only by the torch backend: through an ONNX export, predicting one
-text starts and answers in well under 2 s (issue 20)."""
+torch and transformers are imported only by the torch backend (inference/backends.py): through an ONNX
+export, predicting one text starts and answers without paying their import."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 import numpy as np
 from finetune_bert.inference.reading import Reading
-from finetune_bert.inference.config import BACKENDS
+from finetune_bert.console import console
+from finetune_bert.inference.backends import BACKENDS, InferenceEngine, as_numpy
 from finetune_bert.data.splits import Split
 from finetune_bert.data.rows import clean_text
 from finetune_bert.data.skipped import SkippedRow
-from finetune_bert.data.tokens import Encoded, Windows, encode, encode_windows, max_length_for, window_size
+from finetune_bert.data.tokens import Encoded, Windows, encode, encode_windows, window_size
 from finetune_bert.errors import UserError
-from finetune_bert.engine.model_folder import load_classifier, load_model_config, load_tokenizer, pick_device, read_run_info, resolve
-from finetune_bert.engine.onnx_engine import OnnxEngine, export_command, find_export, standalone
-from finetune_bert.safefiles import read_marker
+from finetune_bert.engine.model_folder import ModelFolder
+from finetune_bert.engine.run_info import RunInfo
 
 
 @dataclass(frozen=True)
@@ -35,28 +33,23 @@ class Prediction:
 
 
 class Classifier:
-    """A fine-tuned model for prediction: its engine (engine.Engine in eval mode, or onnx_engine.OnnxEngine),
+    """A fine-tuned model for prediction: its engine (torch_engine.Engine in eval mode, or onnx_engine.OnnxEngine),
     tokenizer, and how the model was trained to read texts (cleaning, truncation, labels), or `reading` as
-    asked (config.Reading: another truncation, or long texts read whole as windows)."""
+    asked (reading.Reading: another truncation, or long texts read whole as windows)."""
 
-    def __init__(self, engine, tokenizer, info: dict[str, Any], source: str | None = None,
-                 reading: Reading = Reading()):
-        self.engine, self.tokenizer, self.info = engine, tokenizer, info
+    def __init__(self, engine: InferenceEngine, tokenizer, folder: ModelFolder, reading: Reading = Reading(),
+                 backend: str = "torch"):
+        self.engine, self.tokenizer, self.folder, self.backend = engine, tokenizer, folder, backend
         self.model, self.device = getattr(engine, "model", None), engine.device  # model: None for ONNX
-        self.backend = engine.backend
-        self.source = source  # the folder or hub id it was loaded from
-        config = engine.config
-        self.labels = LabelMap.of(config, info)
+        self.info, self.source = folder.info, folder.name  # how it was trained; the folder or hub id as named
+        self.labels = LabelMap.of(engine.config, folder.info)
         self.label_names = self.labels.names
-        # the length it was trained at, clamped as training clamps it (tokens.max_length_for)
-        self.max_length, _ = max_length_for(tokenizer, config, info.get("max_length", 512))
+        self.max_length = folder.max_length(tokenizer, engine.config)
         self.reading = reading
-        self.truncation = reading.truncation or info.get("truncation", "head+tail")
-        self.head_tokens = info.get("head_tokens", 128)
-        self.clean = info.get("clean", True)
-        self.temperature = float(info.get("temperature", 1.0))  # already folded into the weights
-        if problems := reading.problems(window_size(tokenizer, self.max_length), self.max_length):
-            raise UserError("; ".join(problems))
+        self.truncation = reading.truncation or folder.info.truncation
+        self.head_tokens = folder.info.head_tokens
+        self.clean = folder.info.clean
+        self.temperature = folder.info.temperature  # already folded into the weights
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
         return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
@@ -85,8 +78,7 @@ class Classifier:
         return self._logits(_concat(prepared), batch_size)
 
     def _logits(self, encoded: Encoded, batch_size: int) -> np.ndarray:
-        logits = self.engine.logits(encoded, batch_size)  # numpy from onnxruntime, a CPU tensor from torch
-        return logits if isinstance(logits, np.ndarray) else logits.numpy()
+        return as_numpy(self.engine.logits(encoded, batch_size))
 
     def score_prepared(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> list[np.ndarray]:
         """Probabilities of each prepared unit (one array (n_i, k) each), scored together."""
@@ -151,11 +143,11 @@ class LabelMap:
     to_id: dict[Any, int]
 
     @classmethod
-    def of(cls, config, info: dict[str, Any]) -> "LabelMap":
+    def of(cls, config, info: RunInfo) -> "LabelMap":
         names = [str(config.id2label[i]) for i in range(config.num_labels)]
         # Labels in data may be names or the values used in training; for a model finetune-bert did not
         # train, integer labels are taken as ids.
-        raw = info.get("raw_labels", list(range(len(names))))
+        raw = info.raw_labels if info.raw_labels is not None else range(len(names))
         return cls(names, {**{n: i for i, n in enumerate(names)}, **{r: i for i, r in enumerate(raw)}})
 
     def known(self, split: Split) -> tuple[Split, list[SkippedRow]]:
@@ -178,66 +170,24 @@ class LabelMap:
         return f"label {value!r} is not one of the model's labels ({', '.join(self.names)}){hint}"
 
 
-def load(model_dir: str, device: str | None = None, reading: Reading = Reading(), backend: str = "torch") -> Classifier:
+def load(model: ModelFolder | str, device: str | None = None, reading: Reading = Reading(),
+         backend: str = "torch") -> Classifier:
     """Load a fine-tuned classifier folder (or hub id) for prediction; a warning on stderr if its
     classification head was never trained (its predictions would be random). `reading`: how texts longer
-    than the model's max length are read (config.Reading), checked before the weights are loaded.
-    `backend`: torch (bf16 where the device computes it fast: engine.inference_dtype), torch-fp32; onnx or
-    onnx-int8 (the folder's `finetune-bert export`, on the CPU)."""
+    than the model's max length are read (inference.reading.Reading), checked before the weights are loaded.
+    `backend`: one of inference.backends.BACKENDS (torch, torch-fp32, onnx, onnx-int8)."""
     if problems := reading.problems() + ([] if backend in BACKENDS else
                                          [f"--backend {backend}: one of {', '.join(BACKENDS)}"]):
         raise UserError("; ".join(problems))
-    info = read_run_info(model_dir)
-    if backend in ("onnx", "onnx-int8"):
-        return _load_onnx(model_dir, backend, device, info, reading)
-    import torch
+    folder = ModelFolder.open(model)
 
-    from finetune_bert.engine.torch_engine import Engine, inference_dtype
+    def check(tokenizer, config) -> None:  # before the weights: a stride the model's windows cannot step by
+        length = folder.max_length(tokenizer, config)
+        if problems := reading.problems(window_size(tokenizer, length), length):
+            raise UserError("; ".join(problems))
+        if folder.unfinished:
+            console.warn(f"the training run in {folder} has not finished (no metrics.json): this is its best "
+                         "model so far; finish the run with `finetune-bert train ... --resume`")
 
-    tokenizer = load_tokenizer(model_dir)
-    _check_stride(reading, tokenizer, info)
-    _warn_unfinished(model_dir)
-    target = torch.device(device) if device else pick_device()
-    notes: list[str] = []
-    model = load_classifier(model_dir, notes=notes)
-    for note in notes:
-        print(note, file=sys.stderr, flush=True)
-    engine = Engine(model, target, _pad_id(tokenizer), dtype=None if backend == "torch-fp32" else inference_dtype(target))
-    engine.backend = "torch-fp32" if backend == "torch-fp32" else "torch"
-    return Classifier(engine, tokenizer, info, model_dir, reading)
-
-
-def _load_onnx(model_dir: str, backend: str, device: str | None, info: dict[str, Any], reading: Reading) -> Classifier:
-    """The folder's export (onnx or onnx-int8) in onnxruntime on the CPU; its config and tokenizer from the
-    export itself where it holds them (no torch, no transformers), else through transformers. No export,
-    or one older than the weights, is an error naming the command that makes it."""
-    if device is not None and device.split(":")[0] != "cpu":
-        raise UserError(f"--backend {backend} runs on the CPU (onnxruntime's CPU provider); on {device} use "
-                        "--backend torch")
-    folder = Path(resolve(model_dir))
-    found = find_export(folder, backend, model_dir) if folder.is_dir() else None
-    if found is None:
-        raise UserError(f"--backend {backend}: {model_dir} has no {'int8 ' if backend == 'onnx-int8' else ''}ONNX "
-                        f"export; make it with: {export_command(model_dir, backend)}")
-    config, tokenizer = standalone(folder) or (load_model_config(model_dir), load_tokenizer(model_dir))
-    _check_stride(reading, tokenizer, info)
-    _warn_unfinished(model_dir)
-    return Classifier(OnnxEngine(found, config, _pad_id(tokenizer)), tokenizer, info, model_dir, reading)
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def _warn_unfinished(model_dir: str) -> None:
-    folder = Path(resolve(model_dir))
-    if "train_log.jsonl" in read_marker(folder)["files"] and not (folder / "metrics.json").is_file():
-        print(f"warning: the training run in {model_dir} has not finished (no metrics.json): this is its best model "
-              "so far; finish the run with `finetune-bert train ... --resume`", file=sys.stderr, flush=True)
-
-
-def _check_stride(reading: Reading, tokenizer, info: dict[str, Any]) -> None:
-    """A stride the model's windows cannot step by, refused before the weights are loaded."""
-    length = min(int(info.get("max_length", 512)), getattr(tokenizer, "model_max_length", None) or 10**9)
-    if problems := reading.problems(window_size(tokenizer, length), length):
-        raise UserError("; ".join(problems))
+    engine, tokenizer = BACKENDS[backend](folder, device, check)
+    return Classifier(engine, tokenizer, folder, reading, backend)

@@ -1,5 +1,5 @@
-"""The configs of the commands that score with a trained model: evaluate, predict, serve, export. Each
-field's `help` becomes its `--help` line, as in config.py."""
+"""What the commands that score with a trained model share (evaluate, predict, serve), and `predict`'s own
+options. Each field's `help` becomes its `--help` line."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 from finetune_bert.data.config import BAD_ROW_POLICIES
-from finetune_bert.options import opt, range_problems
+from finetune_bert.inference.backends import BACKENDS
+from finetune_bert.options import debug_option, opt, overlap_option, range_problems
 from finetune_bert.inference.reading import Reading
-
-
-# torch: the device's fast dtype (engine.inference_dtype: bf16 on GPUs and AMX CPUs), the fastest measured on
-# every machine so far; the ONNX backends serve where torch cannot go, and int8 where a CPU lacks AMX.
-BACKENDS = ("torch", "torch-fp32", "onnx", "onnx-int8")
 
 
 def _like(name: str) -> Any:
@@ -23,37 +19,65 @@ def _like(name: str) -> Any:
 
 
 @dataclass
-class ScoreConfig:
-    """What `evaluate` and `predict` share: a trained model and how to read rows."""
+class ModelReading:
+    """A trained model and how it reads texts: what every command that scores with one shares (evaluate,
+    predict, serve)."""
 
     model: str = opt(None, "A fine-tuned model folder (or hub id).", required=True)
     batch_size: int = opt(64, "Texts per batch.", at_least=1)
-    text_column: str | None = opt(None, "Name of the text column (auto-detected: text, review, sentence, content).")
-    on_bad_rows: str = opt("error", "What a bad row does: stop before any scoring (error), or skip it and list it "
-                                    "in OUTPUT_NAME.skipped.csv (skip).", choices=BAD_ROW_POLICIES)
     long_texts: str | None = _like("long_texts")
     stride: int | None = _like("stride")
     aggregate: str | None = _like("aggregate")
     truncation: str | None = _like("truncation")
     backend: str = opt("torch", "What runs the model: torch (bf16 on a GPU or a CPU with AMX, else fp32), "
                                 "torch-fp32, or onnx / onnx-int8 on the CPU (made by `finetune-bert export`).",
-                       choices=BACKENDS)
-    debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
+                       choices=tuple(BACKENDS))
+    debug: bool = debug_option()
 
     def problems(self) -> list[str]:
         return range_problems(self, skip=Reading) + self.reading().problems()
 
-    def reading(self) -> "Reading":
+    def reading(self) -> Reading:
         return Reading(self.long_texts, self.stride, self.aggregate, self.truncation)
 
 
 @dataclass
+class ScoreConfig(ModelReading):
+    """What `evaluate` and `predict` share beside the model: how rows of a file are read."""
+
+    text_column: str | None = opt(None, "Name of the text column (auto-detected: text, review, sentence, content).")
+    on_bad_rows: str = opt("error", "What a bad row does: stop before any scoring (error), or skip it and list it "
+                                    "in OUTPUT_NAME.skipped.csv (skip).", choices=BAD_ROW_POLICIES)
+    overlap: bool = overlap_option()
+
+
+@dataclass
 class PredictConfig(ScoreConfig):
+    """`predict`: texts given as arguments, printed with their label; or every row of --input into --output."""
+
+    texts: tuple[str, ...] = opt((), "texts to classify", positional="*")
     input: str | None = opt(None, "A file of texts (any form `train --data` takes, or .txt with one text per line).")
     output: str | None = opt(None, "With --input: where to write the predictions; .csv, .tsv, .jsonl, .ndjson or "
                                    ".json (an array), by its extension.")
     label_column: str | None = opt(None, "A column copied to the output as true_label (auto-detected: label, "
                                          "sentiment, target, class); empty cells are fine, predict needs no labels.")
     ignore_labels: bool = opt(False, "Do not look for a label column: the output has no true_label.")
-    overlap: bool = opt(True, "Read and tokenize the next chunk of rows in a worker thread while this one is "
-                              "scored (--no-overlap: one after the other; the same results).")
+
+    def problems(self) -> list[str]:
+        """The options and how they combine; the texts and the files are predict()'s to check."""
+        found = super().problems()
+        if not self.texts and not self.input:
+            found.append("predict needs texts as arguments or --input FILE")
+        if self.input and not self.output:
+            found.append("--input needs --output FILE for the predictions")
+        if not self.input:
+            given = [f"--{n.replace('_', '-')}" for n in ("output", "text_column", "label_column", "ignore_labels")
+                     if getattr(self, n)] + (["--on-bad-rows"] if self.on_bad_rows != "error" else [])
+            if given:
+                found.append(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only for --input FILE; texts "
+                             "given as arguments are printed")
+        elif self.texts:
+            found.append("give texts as arguments or --input FILE, not both")
+        if self.ignore_labels and self.label_column:
+            found.append("--ignore-labels and --label-column contradict each other; give one")
+        return found

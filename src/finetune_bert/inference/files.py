@@ -13,7 +13,12 @@ from finetune_bert.engine.model_folder import refuse_model_file
 from finetune_bert.data.sources import source_chunks
 from finetune_bert.safefiles import atomic_output, check_output_file, claim_output
 from finetune_bert.data.chunks import EVAL_CHUNK, ChunkedSplit, ahead, chunk_rows
-from finetune_bert.inference.classifier import Classifier, LabelMap
+from finetune_bert.inference.classifier import Classifier, LabelMap, load
+from finetune_bert.inference.config import PredictConfig
+from finetune_bert.console import console
+from finetune_bert.data.rows import clean_text, visible
+from finetune_bert.data.sources import local_file
+from finetune_bert.engine.model_folder import ModelFolder
 
 
 # Output formats of predictions, by the extension of --output.
@@ -28,7 +33,8 @@ def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[st
                         on_bad_rows=on_bad_rows, row_filter=labels.known)
 
 
-def check_output(output_path: str, input_path: str, model: str | None = None, *, skipping: bool = False) -> Path:
+def check_output(output_path: str, input_path: str, model: ModelFolder | str | None = None, *,
+                 skipping: bool = False) -> Path:
     """Before any row is read or the model loaded: a known extension, a writable place, not the input, not
     a file of the model. The file of skipped rows beside it is checked as well (`skipping`: it will be written,
     so a file of the user's there is refused)."""
@@ -65,10 +71,57 @@ def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size:
     """Predict every row of a file into `output_path` (format by extension: OUTPUT_FORMATS), with every
     class probability; `read` are `input_rows`' options; `overlap`: see write_predictions. Returns the
     number of predictions."""
-    out = check_output(output_path, input_path, clf.source, skipping=read.get("on_bad_rows") == "skip")
+    out = check_output(output_path, input_path, clf.folder, skipping=read.get("on_bad_rows") == "skip")
     rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean, **read)
     rows.check()
     return write_predictions(clf, rows, out, batch_size, overlap=overlap)
+
+
+def predict(cfg: PredictConfig) -> None:
+    """`finetune-bert predict`: the texts given, each printed with its label and confidence; or every row of
+    `cfg.input` into `cfg.output`. Every problem (options, texts, input, output, each row) is found before the
+    model is loaded, and all of them are said at once."""
+    folder, cleans = _opened(cfg.model)
+    found = cfg.problems() + _empty_texts(cfg.texts, cleans)
+    if cfg.input and (file := local_file(cfg.input)) is not None and not file.exists():
+        found.append(f"--input {cfg.input}: file not found")
+    if cfg.input and cfg.output:
+        try:
+            check_output(cfg.output, cfg.input, folder or cfg.model, skipping=cfg.on_bad_rows == "skip")
+        except UserError as exc:
+            found.append(str(exc))
+    if found:
+        raise UserError("; ".join(found))
+    rows = None
+    if cfg.input:
+        rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
+                          chunk_rows(None, cfg.batch_size), cleaned=cleans)
+        rows.check()
+    clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
+    if rows is not None:
+        out = Path(cfg.output).expanduser()
+        n = write_predictions(clf, rows, out, cfg.batch_size, overlap=cfg.overlap)
+        console.say(f"{n} predictions written to {out}")
+    for text, pred in zip(cfg.texts, clf.predict(list(cfg.texts), cfg.batch_size)):
+        preview = text if len(text) <= 60 else text[:57] + "..."
+        console.say(f"{pred.label}\t{pred.confidence:.2f}\t{preview}")
+
+
+def _opened(model: str) -> tuple[ModelFolder | None, bool]:
+    """The model's folder and whether it cleans texts; (None, True) when the model itself is wrong, which
+    load() then says, after every other problem has been found."""
+    try:
+        folder = ModelFolder.open(model)
+        return folder, folder.info.clean
+    except UserError:
+        return None, True
+
+
+def _empty_texts(texts: tuple[str, ...], cleans: bool) -> list[str]:
+    """Texts given as arguments that leave the model nothing but [CLS] [SEP], as the model cleans them."""
+    return [f"text {i} ({text!r}) has nothing to classify{' once cleaned' if cleans else ''}; give a text with words "
+            "in it" for i, text in enumerate(texts, start=1)
+            if not visible(clean_text(text) if cleans else text)]
 
 
 def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size: int = 64, *,
@@ -76,7 +129,7 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size
     """Read, predict and write a chunk of rows at a time, in the file's order, so memory does not grow with
     its size; the output appears whole, by rename, only when every row is written. `rows.check()` must
     have passed (so bad rows were reported before any prediction). `overlap`: the next chunk read and
-    tokenized while this one is scored (streaming.ahead)."""
+    tokenized while this one is scored (chunks.ahead)."""
     steady_heap(clf.device)
     labelled = rows.picked is not None and rows.picked[1] is not None
     fields = ["row", "text", "predicted", "confidence", *(["true_label"] if labelled else []),
@@ -98,7 +151,7 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size
     claim_output(out)
     if rows.skipped:
         claim_output(skipped_path(out))
-        print(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
+        console.say(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
     return written
 
 

@@ -14,11 +14,10 @@ def steady_heap(device) -> None:
 
     glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so after the first
     batch the model's CPU activations come from the heap; tokenizing the next chunk fills the holes they
-    leave, the next activations extend the heap, and peak RSS grew ~25 MiB per chunk although nothing is
-    kept (10,000 reviews: 940 MiB against 630). A fixed 1 MiB threshold keeps large blocks in mmap, handed
-    back when freed, at the cost of page faults (~15-30% of evaluate time with a tiny CPU model). It holds
-    for the rest of the process. Calling `malloc_trim` between chunks instead was measured and does not
-    help (10,000 reviews: 778 MiB against 620 for 1,000).
+    leave, the next activations extend the heap, and peak RSS grows chunk after chunk although nothing is
+    kept. A fixed 1 MiB threshold keeps large blocks in mmap, handed back when freed, at the cost of page
+    faults. It holds for the rest of the process. Calling `malloc_trim` between chunks instead was measured
+    and does not help (the numbers: benchmarks/NOTES.md, "Numbers that left the code").
     """
     if device.type != "cpu":
         return

@@ -18,12 +18,11 @@ AGGREGATES = ("mean", "max")
 
 @dataclass(frozen=True)
 class Reading:
-    """How a trained model reads a text at prediction time (see predict.Classifier)."""
+    """How a trained model reads a text at prediction time (see classifier.Classifier)."""
 
     long_texts: str | None = opt(None, "A text longer than the model's max length: read whole as overlapping "
-                                       "windows whose logits are aggregated (chunks, the default: on IMDB's "
-                                       "reviews over 512 tokens, 85.0% accuracy against 81.6% cut head+tail, at "
-                                       "max length 256), or cut as the model was trained (truncate; the default "
+                                       "windows whose logits are aggregated (chunks, the default: what a long review says at its middle "
+                                       "counts too), or cut as the model was trained (truncate; the default "
                                        "when --truncation is given).", choices=LONG_TEXTS)
     stride: int | None = opt(None, "With --long-texts chunks: tokens of overlap between consecutive windows "
                                    "(default: 128, or half the window for a model with a shorter one).", at_least=0)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from finetune_bert.options import opt
-from finetune_bert.inference.config import ScoreConfig
+from finetune_bert.inference.config import ModelReading
 
 
 @dataclass
-class ServeConfig(ScoreConfig):
+class ServeConfig(ModelReading):
     """`serve`: a model behind HTTP, with dynamic batching and a limit on everything a client can send."""
 
     host: str = opt("127.0.0.1", "Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")

@@ -126,7 +126,7 @@ def save(folder: Path, engine, optimizer, state: TrainState, keep: int, rngs: li
     """Write a complete checkpoint atomically, then prune all but the newest `keep` (at least 1).
 
     A disk problem (full, read-only, file-size limit) removes the partial folder and is one line naming the
-    last complete checkpoint, which is left intact. `engine`: an engine.Engine; its full-precision weights
+    last complete checkpoint, which is left intact. `engine`: an torch_engine.Engine; its full-precision weights
     (the fp32 masters when the model runs in bf16) are what is saved. `rngs`: every rank's generator
     states, rank order (default: this process's)."""
     root = folder / "checkpoints"
@@ -219,7 +219,7 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 
 def load(path: Path, engine, optimizer, rank: int = 0) -> TrainState:
-    """Restore weights (into an engine.Engine), optimizer, RNG (rank `rank`'s) and counters. Pickled code is
+    """Restore weights (into an torch_engine.Engine), optimizer, RNG (rank `rank`'s) and counters. Pickled code is
     refused, never run."""
     from safetensors.torch import load_file
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from finetune_bert.data.config import DataConfig, output_in_data
-from finetune_bert.options import MAX_SEED, _finite, opt, range_problems
+from finetune_bert.options import MAX_SEED, debug_option, finite, opt, range_problems
 
 
 METRICS = ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss")
@@ -46,21 +46,19 @@ class TrainConfig(DataConfig):
                                 "to --max-length, as the tutorial recipe does, and never packed; same logits).")
     group_by_length: bool = opt(True, "Batch texts of similar length together, so little padding is computed.")
     cls_fast_path: bool = opt(True, "BERT classifiers: run the last layer for [CLS] only, the one position the "
-                                    "classifier reads; same logits, ~14% fewer FLOPs for MiniLM-L6 (--no-cls-fast-path: stock forward).")
+                                    "classifier reads: the same logits for less work (--no-cls-fast-path: stock forward).")
     lane_dropout: bool = opt(True, "CPU training, BERT classifiers: draw dropout masks from 16-bit lanes of torch's "
-                             "generator (3x cheaper than bernoulli; p rounded to a multiple of 1/65536) with attention "
-                             "in plain ops; 1.1-1.3x per step (--no-lane-dropout: PyTorch's dropout).")
+                             "generator, cheaper than bernoulli (p rounded to a multiple of 1/65536), with attention "
+                             "in plain ops; the same dropout law (--no-lane-dropout: PyTorch's dropout).")
     unpadded: bool = opt(True, "GPU, BERT classifiers: pack each batch's real tokens with no padding and use "
                          "variable-length FlashAttention (dropout inside the kernel).")
     cpu_micro_batches: bool = opt(True, "CPU: split each step (gradients summed, the same step) and each evaluation "
                                   "batch so that no activation outgrows glibc's 32 MiB heap threshold; larger "
-                                  "blocks are page-faulted afresh each time: 1.2x per MiniLM step at 16 x 512 "
-                                  "(--no-cpu-micro-batches: whole batches).")
+                                  "blocks are page-faulted afresh each time (--no-cpu-micro-batches: whole batches).")
     bf16: bool = opt(True, "bf16 autocast on a GPU that supports it (always fp32 on CPU, where bf16 is slower).")
     bf16_weights: bool = opt(True, "GPU with bf16: keep the weights themselves in bf16 and let the optimizer step fp32 "
                              "master copies (saved in checkpoints and the model), instead of autocast casting every "
-                             "weight each step; 1.27-1.37x per bert-base step on an H200, same losses "
-                             "(--no-bf16-weights: autocast).")
+                             "weight each step; the same losses (--no-bf16-weights: autocast).")
     log_every: int = opt(10, "Write a training log record every N optimizer steps.", at_least=1)
     num_threads: int = opt(0, "CPU threads for torch (0: torch's default), at most this machine's CPU count.",
                            at_least=0, at_most=os.cpu_count() or 1)
@@ -76,18 +74,18 @@ class TrainConfig(DataConfig):
                               "machines, run torchrun yourself (README, 'More than one GPU').", at_least=1)
     dist_timeout: float = opt(600.0, "With several processes: seconds a process waits for the others at a collective "
                               "before the job stops with a message (a process that died or hangs).", at_least=1)
-    debug: bool = opt(False, "Show full tracebacks instead of one-line errors.")
+    debug: bool = debug_option()
 
     def problems(self) -> list[str]:
         """Every conflicting or impossible option, so the user fixes them in one go."""
         found = DataConfig.problems(self) + range_problems(self, skip=DataConfig)
-        if _finite(self.epochs) and self.epochs <= 0:
+        if finite(self.epochs) and self.epochs <= 0:
             found.append(f"--epochs must be positive, got {self.epochs}")
-        if _finite(self.lr) and self.lr <= 0:
+        if finite(self.lr) and self.lr <= 0:
             found.append(f"--lr must be positive, got {self.lr}")
-        if _finite(self.warmup_ratio) and not 0 <= self.warmup_ratio < 1:
+        if finite(self.warmup_ratio) and not 0 <= self.warmup_ratio < 1:
             found.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if _finite(self.save_minutes) and self.save_minutes <= 0:
+        if finite(self.save_minutes) and self.save_minutes <= 0:
             found.append(f"--save-minutes must be positive, got {self.save_minutes}")
         if not str(self.model).strip():
             found.append("--model must not be empty: a hub id, a model folder, or minilm")

@@ -1,7 +1,7 @@
 """The end of a training run: the best model back, calibrated, scored on test; its metrics and model card.
 
-Under several processes every rank computes the same numbers (shared inference, see engine.infer); rank 0
-alone writes them (the others hold a no-op output.Follower)."""
+Under several processes every rank computes the same numbers (shared inference, see torch_engine.Engine.infer); rank 0
+alone writes them (the others hold a no-op run_folder.Follower)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from finetune_bert.engine import distributed
 from finetune_bert.evaluation.calibration import calibrate, score_calibrated, summary_line
 from finetune_bert.evaluation.metrics import ConfidentMistakes, format_metrics, snippet
-from finetune_bert.console import say
+from finetune_bert.console import console
+from finetune_bert.training.job import Job
 from finetune_bert.training.model_card import model_card
 
 
@@ -24,7 +25,7 @@ class TrainResult:
     best_step: int
 
 
-def finish(job) -> TrainResult:
+def finish(job: Job, train_seconds: float) -> TrainResult:
     """Calibrate the best model, score it on test; write metrics, the model card and the report."""
     cfg, run, state, engine = job.cfg, job.run, job.state, job.engine
     if state.best_step != state.step:  # read by rank 0, which wrote it, and sent to the others
@@ -33,14 +34,13 @@ def finish(job) -> TrainResult:
         engine.load_weights(distributed.weights_from_main(best, job.world))
     metrics: dict[str, Any] = {"validation": state.best_metrics, "best_step": state.best_step,
                                "history": state.history,
-                               "train": {"steps": state.step, "seconds": round(job.train_seconds, 1),
+                               "train": {"steps": state.step, "seconds": round(train_seconds, 1),
                                          "skipped_steps": state.skipped_steps, "examples": len(job.enc["train"]),
                                          "micro_splits": state.micro_splits}}
     names, batch_size = job.ds.label_names, state.eval_batch_size
     t, measures, logits = calibrate(engine, job.enc["validation"], names, batch_size, cfg.calibrate)
     if t.kept:  # the folded weights replace the saved model, T recorded beside them
-        job.temperature = t.value
-        run.save_model(engine.model, job.tokenizer, job.run_info, engine.weights())
+        run.save_model(engine.model, job.tokenizer, job.run_info(t.value), engine.weights())
     run.log("calibration", temperature=t.value, fitted=t.fitted, note=t.note)
     metrics["calibration"] = {**t.to_json(), "validation": measures}
     split = "validation"
@@ -49,8 +49,8 @@ def finish(job) -> TrainResult:
         metrics["test"], metrics["calibration"]["test"], logits = score_calibrated(engine, job.enc["test"], names,
                                                                                    batch_size, t)
         metrics["test"]["seconds"] = round(time.time() - scoring, 2)
-        say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
-    say(summary_line(t, {s: metrics["calibration"][s] for s in ("validation", "test") if s in metrics["calibration"]}))
+        console.say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
+    console.say(summary_line(t, {s: metrics["calibration"][s] for s in ("validation", "test") if s in metrics["calibration"]}))
     metrics["mistakes"] = _mistakes(job, split, logits)
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -61,12 +61,12 @@ def finish(job) -> TrainResult:
     run.log("end", step=state.step, best_step=state.best_step, seconds=metrics["seconds_total"])
     if cfg.keep_checkpoints == 0:  # they were only kept for a crash; the run is done
         run.remove_checkpoints()
-    say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
-        f"training took {job.train_seconds:.0f}s" + (f"; report: {run.path / 'report.html'}" if cfg.report else ""))
+    console.say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
+        f"training took {train_seconds:.0f}s" + (f"; report: {run.path / 'report.html'}" if cfg.report else ""))
     return TrainResult(str(run.path), metrics, state.best_step)
 
 
-def _mistakes(job, split: str, logits: torch.Tensor, k: int = 20) -> list[dict[str, Any]]:
+def _mistakes(job: Job, split: str, logits: torch.Tensor, k: int = 20) -> list[dict[str, Any]]:
     """The k most confident mistakes among `split`'s logits (input order), texts shortened, for the report."""
     data = job.ds.test if split == "test" else job.ds.val
     tracker = ConfidentMistakes(k, job.ds.label_names)

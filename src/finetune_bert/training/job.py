@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -17,62 +18,54 @@ from finetune_bert.data.dataset import Dataset, load_dataset
 from finetune_bert.engine.distributed import ALONE, World
 from finetune_bert.engine.torch_engine import Engine, EngineOptions
 from finetune_bert.errors import UserError
-from finetune_bert.engine.model_folder import load_classifier, load_tokenizer
+from finetune_bert.engine.model_folder import ModelFolder, load_classifier
 from finetune_bert.training.run_folder import RunFolder
-from finetune_bert.console import say
-from finetune_bert.data.report import build_report, format_report, report_files
+from finetune_bert.console import console
+from finetune_bert.data.report import report_files
+from finetune_bert.data.prepared import Prepared
+from finetune_bert.data.prepared import prepare as prepare_tokens
+from finetune_bert.data.config import DataConfig
+from finetune_bert.engine.run_info import RunInfo
 from finetune_bert.data.skipped import skipped_csv
 from finetune_bert.training.steps import StepOptions
-from finetune_bert.data.tokens import Encoded, TokenizedSplits, encode_splits
+from finetune_bert.data.tokens import Encoded, pad_id
 
 
-def _setup_data(cfg: TrainConfig, prepared: Prepared, model_config, run: RunFolder) -> tuple[dict[str, Encoded], dict]:
-    """Tokenize (the tokens stage, once for prepared data), report on the data, and stage the report beside
-    the model to come."""
-    ds, tokenizer = prepared.ds, prepared.tokenizer
-    if prepared.tokens is None:
-        prepared.tokens = encode_splits(ds, tokenizer, model_config, max_length=cfg.max_length,
-                                        truncation=cfg.truncation, head_tokens=cfg.head_tokens)
-    tokens = prepared.tokens
-    if tokens.warning:
-        say(f"warning: {tokens.warning}")
-    encoded = tokens.splits
-    report = build_report(ds, encoded, tokens.max_length, cfg.truncation, cfg.clean)
-    say(format_report(report))
+def _setup_data(prepared: Prepared, run: RunFolder) -> None:
+    """Say the data report, and stage it beside the model to come."""
+    ds, tokenizer, encoded = prepared.ds, prepared.tokenizer, prepared.tokens.splits
+    console.say(prepared.report_text)
     # Staged, not written: they appear with the first model saved, so that a run failing before it never
     # leaves a report of its own beside an earlier run's model.
-    for name, text in report_files(report).items():
+    for name, text in report_files(prepared.report).items():
         run.stage(name, text)
     if ds.skipped:
         run.stage("skipped_rows.csv", skipped_csv(ds.skipped))
-        say(f"warning: {len(ds.skipped)} bad rows skipped; each is listed with its reason in "
-            f"{run.path / 'skipped_rows.csv'} (written with the model)")
+        console.warn(f"{len(ds.skipped)} bad rows skipped; each is listed with its reason in "
+                     f"{run.path / 'skipped_rows.csv'} (written with the model)")
     for i in range(min(2, len(ds.train))):
         ids = encoded["train"].ids[i]
-        say(f"sample {i}: label {ds.label_names[encoded['train'].labels[i]]!r}, {len(ids)} tokens: "
-            f"{tokenizer.decode(ids[:24])} ... {tokenizer.decode(ids[-8:])}")
-    return encoded, report
+        console.say(f"sample {i}: label {ds.label_names[encoded['train'].labels[i]]!r}, {len(ids)} tokens: "
+                    f"{tokenizer.decode(ids[:24])} ... {tokenizer.decode(ids[-8:])}")
 
 
-def _setup_model(cfg: TrainConfig, label_names: list[str], device: torch.device, world: World = ALONE):
+def _setup_model(cfg: TrainConfig, prepared: Prepared, device: torch.device, world: World = ALONE):
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation: the same on every rank
     notes: list[str] = []
-    model = load_classifier(cfg.model, label_names, cfg.trust_remote_code, notes=notes)
+    model = load_classifier(prepared.model or cfg.model, prepared.ds.label_names, cfg.trust_remote_code, notes=notes)
     for note in notes:
-        say(note)
+        console.say(f"note: {note}")
     if world.rank:  # dropout: each rank draws its own masks (rank 0 keeps the single process's generator)
         torch.manual_seed((cfg.seed + 1_000_003 * world.rank) % (2**63))
     return model.to(device).train()
 
 
 def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int, world: World) -> Engine:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     options = EngineOptions(bf16=cfg.bf16, bf16_weights=cfg.bf16_weights, fast=cfg.cls_fast_path,
                             unpadded=cfg.unpadded, lane_dropout=cfg.lane_dropout,
                             cpu_micro_batches=cfg.cpu_micro_batches, pad_to=0 if cfg.dynamic_padding else max_length)
-    engine = Engine(model, next(model.parameters()).device, pad_id, options=options, training=True)
-    engine.world = world
-    return engine
+    return Engine(model, next(model.parameters()).device, pad_id(tokenizer), options=options, training=True,
+                  world=world)
 
 
 def _setup_trainer(engine: Engine, world: World):
@@ -122,53 +115,62 @@ def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, f
     found = checkpoint.complete_checkpoints(run.path) if cfg.resume else []
     found = [Path(p) for p in distributed.from_main([str(p) for p in found], engine.world)]
     if cfg.resume and not found:
-        say(f"--resume: no complete checkpoint in {run.path / 'checkpoints'}; starting fresh")
+        console.say(f"--resume: no complete checkpoint in {run.path / 'checkpoints'}; starting fresh")
     if not found:
         return fresh
     state = checkpoint.load(found[-1], engine, optimizer, engine.world.rank)
     if diff := checkpoint.differences(state.fingerprint, fresh.fingerprint):
         raise UserError(f"--resume: {found[-1]} was made with other arguments or data; differences: "
                         + "; ".join(diff) + ". Use the original arguments, or a new --output")
-    say(f"resumed from {found[-1]} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    console.say(f"resumed from {found[-1]} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     run.log("resume", step=state.step, checkpoint=str(found[-1]))
     return state
 
 
-@dataclass
-class Prepared:
-    """The data read and checked, and its tokenizer: what runs on the same data share (tune's trials read,
-    validate and tokenize once). `tokens` is filled by the first run's tokens stage and reused after it."""
-
-    ds: Dataset
-    tokenizer: Any
-    tokens: TokenizedSplits | None = None
-
-
-def prepare(cfg: TrainConfig) -> Prepared:
-    return Prepared(load_dataset(cfg), load_tokenizer(cfg.model, cfg.trust_remote_code))
+def prepare(cfg: DataConfig) -> Prepared:
+    """The data read and checked (before any model file is touched), then the model's tokenizer and config
+    from its folder, opened once, and the tokens stage (data.prepared): what train, tune and inspect share.
+    `cfg`: the data options with `model` and `trust_remote_code`."""
+    ds = load_dataset(cfg)
+    folder = ModelFolder.open(cfg.model)
+    tokenizer = folder.tokenizer(cfg.trust_remote_code)
+    return dataclasses.replace(prepare_tokens(cfg, ds, tokenizer, folder.config(cfg.trust_remote_code)),
+                               model=folder)
 
 
-@dataclass
-class _Job:
-    """One training run's parts: what the loop reads, and the state it advances."""
+@dataclass(frozen=True)
+class Job:
+    """One training run's parts, built whole before its first step: what the loop reads, and the state it
+    advances (`state`, the one part that changes). `on_eval(state, metrics)` after each validation."""
 
     cfg: TrainConfig
     run: RunFolder
-    ds: Dataset
-    tokenizer: Any
+    prepared: Prepared
     engine: Engine
     trainer: Any  # what a step runs: the engine, or it in DistributedDataParallel
     optimizer: torch.optim.Optimizer
-    enc: dict[str, Encoded]
-    report: dict[str, Any]
     state: TrainState
     step_options: StepOptions
     warmup: int
     total: int  # planned steps; state.total_steps is lowered by early stopping
-    started: float = 0.0
-    train_seconds: float = 0.0
+    started: float
     on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None
-    temperature: float = 1.0  # folded into the saved model by _calibrate
+
+    @property
+    def ds(self) -> Dataset:
+        return self.prepared.ds
+
+    @property
+    def tokenizer(self):
+        return self.prepared.tokenizer
+
+    @property
+    def enc(self) -> dict[str, Encoded]:
+        return self.prepared.tokens.splits
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return self.prepared.report
 
     @property
     def world(self) -> World:
@@ -178,27 +180,29 @@ class _Job:
     def step_size(self) -> int:
         return self.cfg.batch_size * self.cfg.grad_accum
 
-    @property
-    def run_info(self) -> dict[str, Any]:
-        """finetune_bert.json: how the saved model reads texts, for predict and evaluate."""
+    def run_info(self, temperature: float = 1.0) -> RunInfo:
+        """finetune_bert.json: how the saved model reads texts, for predict and evaluate; `temperature`: the
+        one folded into the weights saved with it."""
         cfg, ds = self.cfg, self.ds
-        return {"max_length": self.report["max_length"], "truncation": cfg.truncation, "head_tokens": cfg.head_tokens,
-                "clean": cfg.clean, "raw_labels": ds.raw_labels, "label_names": ds.label_names, "base_model": cfg.model,
-                "temperature": self.temperature}
+        return RunInfo(max_length=self.prepared.tokens.max_length, truncation=cfg.truncation,
+                       head_tokens=cfg.head_tokens, clean=cfg.clean, raw_labels=tuple(ds.raw_labels),
+                       label_names=tuple(ds.label_names), base_model=cfg.model, temperature=temperature)
 
 
-def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world: World) -> _Job:
-    """Tokenize, build the engine and the optimizer, and restore a checkpoint: everything before step one."""
-    ds, tokenizer = prepared.ds, prepared.tokenizer
+def build_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world: World, *, started: float,
+              on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None) -> Job:
+    """Build the engine and the optimizer, and restore a checkpoint: everything before step one."""
+    ds, enc = prepared.ds, prepared.tokens.splits
     run.own("checkpoints")
     run.stage("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
-    enc, report = _setup_data(cfg, prepared, model.config, run)
-    engine = _setup_engine(cfg, model, tokenizer, report["max_length"], world)
+    _setup_data(prepared, run)
+    engine = _setup_engine(cfg, model, prepared.tokenizer, prepared.tokens.max_length, world)
     optimizer = _setup_optimizer(cfg, engine)
     weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), engine.device)
     step_size = cfg.batch_size * cfg.grad_accum
     if len(enc["train"]) < step_size:
-        say(f"note: {len(enc['train'])} training rows are fewer than one batch of {step_size}: every step uses all of them")
+        console.say(f"note: {len(enc['train'])} training rows are fewer than one batch of {step_size}: every step "
+                    "uses all of them")
     steps_per_epoch = math.ceil(len(enc["train"]) / step_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     fingerprint = checkpoint.fingerprint(cfg, ds.train.texts, ds.train.labels, ds.val.texts)
@@ -206,17 +210,17 @@ def _setup_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, worl
     fresh = TrainState(total_steps=total, micro_splits=cfg.grad_accum, eval_batch_size=cfg.eval_batch_size,
                        fingerprint=fingerprint)
     state = _setup_resume(cfg, run, engine, optimizer, fresh)
-    job = _Job(cfg, run, ds, tokenizer, engine, _setup_trainer(engine, world), optimizer, enc, report, state,
-               StepOptions(weights, cfg.max_grad_norm), math.ceil(cfg.warmup_ratio * total), total)
+    job = Job(cfg, run, prepared, engine, _setup_trainer(engine, world), optimizer, state,
+              StepOptions(weights, cfg.max_grad_norm), math.ceil(cfg.warmup_ratio * total), total, started, on_eval)
     _announce(job, steps_per_epoch)
     return job
 
 
-def _announce(job: _Job, steps_per_epoch: int) -> None:
+def _announce(job: Job, steps_per_epoch: int) -> None:
     engine, layout, state = job.engine, job.engine.layout, job.state
     precision = ", fp32" if engine.dtype is None else (" with bf16 weights (fp32 masters)" if engine.bf16_weights
                                                        else " with bf16 autocast")
-    say(f"training {job.cfg.model} on {engine.device.type}{precision}"
+    console.say(f"training {job.cfg.model} on {engine.device.type}{precision}"
         f"{', packed batches (no padding)' if layout.packed else ''}"
         f"{f', every batch padded to {layout.pad_to}' if layout.pad_to else ''}"
         f"{', lane dropout' if layout.lane_dropout else ''}: {len(job.enc['train'])} texts, "

@@ -22,7 +22,7 @@ from typing import Any
 from finetune_bert.engine import distributed
 from finetune_bert.training.config import TrainConfig
 from finetune_bert.errors import Reported, TrainingInterrupted, UserError
-from finetune_bert.console import quietly
+from finetune_bert.console import console
 from finetune_bert.training.finish import TrainResult
 from finetune_bert.training.train import checked, preflight
 from finetune_bert.training.train import train as train_here
@@ -35,12 +35,12 @@ class TrainingFailed(UserError):
 
 
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
-    """Fine-tune (see train.train); with `nproc_per_node` > 1 outside torchrun, in that many processes."""
+    """Fine-tune (see training.train.train); with `nproc_per_node` > 1 outside torchrun, in that many processes."""
     cfg = cfg if cfg is not None else TrainConfig()
     wanted = overrides.get("nproc_per_node", cfg.nproc_per_node)
     if wanted <= 1 or distributed.launched():
         return train_here(cfg, **overrides)
-    with quietly():  # rank 0 says the config again; warnings are said here too, before anything starts
+    with console.quiet():  # rank 0 says the config again; warnings are said here too, before anything starts
         cfg = checked(cfg, **overrides)
     return launch(cfg)
 
@@ -48,7 +48,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
 def launch(cfg: TrainConfig) -> TrainResult:
     """Check everything, then run `cfg` under torchrun with `cfg.nproc_per_node` processes on this machine."""
     distributed.check_gpus(cfg.nproc_per_node)
-    with quietly():
+    with console.quiet():
         preflight(cfg)
     with tempfile.TemporaryDirectory(prefix="finetune-bert-launch-") as tmp:
         options = Path(tmp) / "train_config.json"

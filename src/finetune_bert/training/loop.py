@@ -9,13 +9,13 @@ from finetune_bert import faults
 from finetune_bert.engine.batches import train_batches
 from finetune_bert.training.checkpoint import TrainState
 from finetune_bert.training.config import TrainConfig
-from finetune_bert.evaluation.metrics import greater_is_better
+from finetune_bert.evaluation.metrics import is_better
 from finetune_bert.errors import TrainingInterrupted
 from finetune_bert.training.run_folder import RunFolder
-from finetune_bert.console import say
+from finetune_bert.console import console
 from finetune_bert.training.progress import Meter
 from finetune_bert.training.steps import defers_checks, evaluate_step, stop_on_signal, train_step
-from finetune_bert.training.job import _Job
+from finetune_bert.training.job import Job
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -25,14 +25,9 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _is_better(value: float, best: float | None, metric: str) -> bool:
-    if best is None:
-        return True
-    return value > best if greater_is_better(metric) else value < best
-
-
-def _loop(job: _Job) -> None:
-    """The training loop: batches a pure function of (seed, epoch), the learning rate one of the step."""
+def _loop(job: Job) -> float:
+    """The training loop: batches a pure function of (seed, epoch), the learning rate one of the step.
+    Returns the seconds it trained."""
     cfg, state, optimizer = job.cfg, job.state, job.optimizer
     meter = Meter(job, deferred=defers_checks(optimizer))
     stop, restore_signals = stop_on_signal()
@@ -66,18 +61,18 @@ def _loop(job: _Job) -> None:
     finally:
         restore_signals()
         meter.close()
-    job.train_seconds = time.time() - meter.started
+    return time.time() - meter.started
 
 
-def _validate(job: _Job) -> None:
+def _validate(job: Job) -> None:
     """Score validation, keep the model if it is the best so far, and decide on early stopping."""
     cfg, state = job.cfg, job.state
     m = evaluate_step(job.engine, job.enc["validation"], job.ds.label_names, state)
     _record_eval(cfg, state, m, job.run)
     if state.best_step == state.step:
-        job.run.save_model(job.engine.model, job.tokenizer, job.run_info, job.engine.weights())
+        job.run.save_model(job.engine.model, job.tokenizer, job.run_info(), job.engine.weights())
     if cfg.patience and state.stale_evals >= cfg.patience:
-        say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
+        console.say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
         state.total_steps = state.step
     if job.on_eval is not None:
         job.on_eval(state, m)
@@ -86,11 +81,11 @@ def _validate(job: _Job) -> None:
 def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: RunFolder) -> None:
     epoch = state.epoch + (state.batch_in_epoch > 0)
     run.log("eval", step=state.step, **{k: m[k] for k in ("accuracy", "f1_macro", "loss")})
-    say(f"step {state.step} (epoch {epoch}): validation accuracy {m['accuracy']:.4f}, "
+    console.say(f"step {state.step} (epoch {epoch}): validation accuracy {m['accuracy']:.4f}, "
         f"macro F1 {m['f1_macro']:.4f}, loss {m['loss']:.4f}")
     state.history.append({"step": state.step, **{k: m[k] for k in ("accuracy", "f1_macro", "loss", "roc_auc")}})
     value = m[cfg.metric]
-    if value is not None and _is_better(value, state.best, cfg.metric):
+    if value is not None and is_better(cfg.metric, value, state.best):
         state.best, state.best_step, state.best_metrics, state.stale_evals = value, state.step, m, 0
     else:
         state.stale_evals += 1

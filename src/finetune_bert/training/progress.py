@@ -11,7 +11,8 @@ import torch
 
 from finetune_bert.training import checkpoint
 from finetune_bert.engine import distributed
-from finetune_bert.console import is_quiet, say
+from finetune_bert.console import console
+from finetune_bert.training.job import Job
 from finetune_bert.training.steps import settle
 
 
@@ -19,14 +20,14 @@ class Meter:
     """The loop's bookkeeping: losses still on the device (read at `settle`, see steps.settle), the log
     records and the progress bar, and checkpoints (which need the counters settled first)."""
 
-    def __init__(self, job, *, deferred: bool):
+    def __init__(self, job: Job, *, deferred: bool):
         from tqdm.auto import tqdm
 
         self.job, self.deferred = job, deferred
         state = job.state
         # A live bar on a terminal; in a log file or CI, plain lines at each log record instead.
         self.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
-                        dynamic_ncols=True, disable=not sys.stderr.isatty() or is_quiet())
+                        dynamic_ncols=True, disable=not sys.stderr.isatty() or console.is_quiet)
         self.pending: list = []  # (step, loss, finite) still on the device
         self.losses: list[float] = []
         self.started = self.last_save = time.time()
@@ -50,7 +51,7 @@ class Meter:
                          skipped_steps=state.skipped_steps)
         self.bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
         if self.bar.disable:
-            say(f"step {state.step}/{state.total_steps}: loss {mean:.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
+            console.say(f"step {state.step}/{state.total_steps}: loss {mean:.4f}, lr {lr:.2e}, {rate:.0f} tokens/s")
         self.losses = []
 
     def save_checkpoint(self) -> None:

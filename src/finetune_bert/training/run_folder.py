@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 import torch
 from finetune_bert.training.checkpoint import CHECKPOINT_FILES, complete_checkpoints
+from finetune_bert.engine.run_info import RUN_FILE, RunInfo
 from finetune_bert.errors import UserError
 from finetune_bert.lock import LOCK_NAME, OutputLock
 from finetune_bert.engine.model_folder import EVALUATE_FILES
@@ -123,7 +124,8 @@ class RunFolder:
         leaves, say, a new run_config.json beside the old model."""
         self._staged[name] = text
 
-    def save_model(self, model, tokenizer, run_info: dict[str, Any], weights: dict[str, Any] | None = None) -> None:
+    def save_model(self, model, tokenizer, run_info: RunInfo | dict[str, Any],
+                   weights: dict[str, Any] | None = None) -> None:
         """Write to a temporary folder, fsync, then rename file by file: a crash leaves the old model whole.
         `weights`: the state dict to save in place of the model's own (its fp32 masters, engine.weights())."""
         staging = self.path / ".saving"
@@ -161,7 +163,7 @@ class RunFolder:
                 self.files.discard(name)
         self._write_marker()
 
-    def _write_staging(self, staging: Path, model, tokenizer, run_info: dict[str, Any],
+    def _write_staging(self, staging: Path, model, tokenizer, run_info: RunInfo | dict[str, Any],
                        weights: dict[str, Any] | None) -> list[str]:
         from finetune_bert.engine.model_folder import quiet_transformers
 
@@ -174,8 +176,8 @@ class RunFolder:
                 model.config.dtype = "float32"
                 model.config.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-        (staging / "finetune_bert.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n",
-                                                    encoding="utf-8")
+        info = run_info if isinstance(run_info, RunInfo) else RunInfo.of(run_info)
+        (staging / RUN_FILE).write_text(info.text(), encoding="utf-8")
         for name, text in self._staged.items():
             (staging / name).write_text(text, encoding="utf-8")
         names = sorted(p.name for p in staging.iterdir())

@@ -27,7 +27,7 @@ from finetune_bert.engine.distributed import World, step_share, vote
 from finetune_bert.errors import UserError, is_oom
 from finetune_bert.evaluation.metrics import score
 from finetune_bert.data.tokens import Encoded
-from finetune_bert.console import say
+from finetune_bert.console import console
 
 
 def _free(device: torch.device) -> None:
@@ -50,7 +50,7 @@ def _forward_backward(engine, enc: Encoded, share: Share, splits: int, weights: 
     lengths = np.fromiter((len(enc.ids[i]) for i in share.index), dtype=np.int64, count=len(share.index))
     micros = micro_batches(share.index, lengths, splits, layout.capped_fit)
     try:
-        core.step = step
+        faults.at_step(step)
         for i, micro in enumerate(micros):
             host = layout.batch(enc, micro)
             out.tokens += real_tokens(host) if share.weight else 0  # on the host: no device sync per micro-batch
@@ -114,7 +114,7 @@ def train_step(engine, optimizer, enc: Encoded, batch_index: np.ndarray, state: 
                options: StepOptions = StepOptions()) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and update for one step's batch. Returns (loss, finite) as 0-d tensors, still on
     the device: `settle` reads them later. A step whose loss or gradient norm is not finite is not applied.
-    `engine`: an engine.Engine, or one wrapped in DistributedDataParallel (its `world` says which)."""
+    `engine`: an torch_engine.Engine, or one wrapped in DistributedDataParallel (its `world` says which)."""
     core = getattr(engine, "module", engine)
     step, world = state.step + 1, core.world
     share = Share.of(batch_index, world)
@@ -154,7 +154,7 @@ def _abandon(engine, enc: Encoded, share: Share, done: _Pass) -> None:
     last = done.last
     if last is None:
         core = engine.module
-        core.step = 0  # no injected fault in this pass
+        faults.at_step(0)  # no injected fault in this pass
         last = engine(to_device(core.layout.batch(enc, share.index[:1]), core.device)).sum()
     (last * 0).backward()
 
@@ -181,7 +181,7 @@ def _back_off(state: TrainState, step: int, texts: int, several: bool) -> None:
                         "or use a smaller model") from None
     state.micro_splits = min(state.micro_splits * 2, texts)
     micro = math.ceil(texts / state.micro_splits)
-    say(f"warning: out of memory at step {step}: micro-batch now {micro}{' in each process' if several else ''} "
+    console.warn(f"out of memory at step {step}: micro-batch now {micro}{' in each process' if several else ''} "
         f"with {state.micro_splits} accumulation steps (effective batch unchanged); retrying the step")
 
 
@@ -202,7 +202,7 @@ def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainSt
             continue
         state.bad_steps += 1
         state.skipped_steps += 1
-        say(f"warning: step {step} skipped: its loss ({loss}) or gradient norm is not finite "
+        console.warn(f"step {step} skipped: its loss ({loss}) or gradient norm is not finite "
             f"({state.bad_steps} in a row)")
         if state.bad_steps >= max_bad_steps:
             raise UserError(f"{state.bad_steps} steps in a row had a NaN or inf loss or gradient (last at step {step}); "
@@ -211,7 +211,7 @@ def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainSt
 
 
 def evaluate_step(engine, enc: Encoded, label_names: list[str], state: TrainState) -> dict[str, Any]:
-    """Validation metrics of `engine` (an engine.Engine); on out-of-memory the evaluation batch is halved and
+    """Validation metrics of `engine` (an torch_engine.Engine); on out-of-memory the evaluation batch is halved and
     the evaluation redone."""
     step = state.step
 
@@ -229,7 +229,7 @@ def evaluate_step(engine, enc: Encoded, label_names: list[str], state: TrainStat
             if state.eval_batch_size == 1:
                 raise UserError("out of memory in evaluation even with batch 1; lower --max-length") from None
             state.eval_batch_size //= 2
-            say(f"warning: out of memory in evaluation: evaluation batch now {state.eval_batch_size}")
+            console.warn(f"out of memory in evaluation: evaluation batch now {state.eval_batch_size}")
 
 
 def stop_on_signal() -> tuple[dict[str, int], Callable[[], None]]:
@@ -250,7 +250,7 @@ def stop_on_signal() -> tuple[dict[str, int], Callable[[], None]]:
                 raise KeyboardInterrupt
             return
         flag["signal"] = signum
-        say("\nstopping: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+        console.say("\nstopping: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 
     for s in previous:
         signal.signal(s, handler)

@@ -20,22 +20,28 @@ from finetune_bert.errors import Reported, UserError
 from finetune_bert.training.finish import TrainResult, finish
 from finetune_bert.engine.model_folder import pick_device
 from finetune_bert.training.run_folder import Follower, RunFolder
-from finetune_bert.console import say, silence
-from finetune_bert.training.job import Prepared, _setup_job, _setup_model, _setup_output, prepare
+from finetune_bert.console import console
+from finetune_bert.data.prepared import Prepared
+from finetune_bert.training.job import _setup_model, _setup_output, build_job, prepare
 from finetune_bert.training.loop import _loop
+
+
+def process_settings(cfg: TrainConfig) -> None:
+    """What a training command sets for its whole process, in one place: torch's CPU threads."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
 
 
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data`; the best model by `cfg.metric` ends up in `cfg.output`. Under
     torchrun, this process's share of it (rank 0 alone writes and prints)."""
-    if distributed.follower():
-        silence()
     try:
         cfg = checked(cfg, **overrides)
     except UserError as exc:  # the same options on every rank: rank 0 says it
         if distributed.follower():
             raise Reported(exc.exit_code) from None
         raise
+    process_settings(cfg)
     started = time.time()
     world = distributed.start(pick_device(), cfg.dist_timeout)
     try:
@@ -72,15 +78,13 @@ def _together(world: World, setup: Callable[[], Any]) -> Any:
 
 
 def checked(cfg: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
-    """The config with `overrides`, every problem refused at once; warnings printed, threads set."""
+    """The config with `overrides`, every problem refused at once; its warnings and itself said."""
     cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
     for warning in cfg.warnings():
-        say(f"warning: {warning}")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    say("config: " + json.dumps({k: v for k, v in cfg.to_json().items() if v not in (None, False)}))
+        console.warn(warning)
+    console.say("config: " + json.dumps({k: v for k, v in cfg.to_json().items() if v not in (None, False)}))
     return cfg
 
 
@@ -90,13 +94,11 @@ def run_training(cfg: TrainConfig, prepared: Prepared, *, started: float | None 
     """Train on prepared data into `cfg.output` (checked by the caller). `on_eval(state, metrics)` after each
     validation: whatever it raises (a pruned trial) ends the run there, its checkpoints kept. `world`: this
     process's place under torchrun; rank 0 alone holds the output folder."""
-    model = _setup_model(cfg, prepared.ds.label_names, torch.device(world.device) if world.several else pick_device(),
-                         world)
+    model = _setup_model(cfg, prepared, torch.device(world.device) if world.several else pick_device(), world)
     folder = RunFolder(cfg.output, cfg.overwrite, cfg.resume) if world.main else Follower(cfg.output)
     with folder as run, distributed.talking(world):
-        job = _setup_job(cfg, run, prepared, model, world)
-        job.started, job.on_eval = started or time.time(), on_eval
-        _loop(job)
-        result = finish(job)
+        job = build_job(cfg, run, prepared, model, world, started=started or time.time(), on_eval=on_eval)
+        seconds = _loop(job)
+        result = finish(job, seconds)
         distributed.barrier(world)  # rank 0 has written everything before any process leaves
         return result

@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from finetune_bert.console import quietly, say
-from finetune_bert.training.job import Prepared
+from finetune_bert.console import console
+from finetune_bert.data.prepared import Prepared
 from finetune_bert.training.train import run_training
 
 
@@ -37,7 +37,7 @@ def confirm_seeds(cfg, study, space, base, prepared: Prepared, folder: Path) -> 
             if key not in done:
                 done[key] = _one_run(cfg, base, prepared, folder / "confirm" / f"{label}-seed{seed}", seed, params)
                 study.set_user_attr("confirm", done)
-                say(f"confirm {label} configuration, seed {seed}: validation {cfg.metric} {done[key]['validation']:.4f}"
+                console.say(f"confirm {label} configuration, seed {seed}: validation {cfg.metric} {done[key]['validation']:.4f}"
                     + (f", test {done[key]['test']:.4f}" if done[key]["test"] is not None else ""))
     out = {"seeds": seeds, "metric": cfg.metric, "params": configs}
     for label in configs:
@@ -50,7 +50,7 @@ def confirm_seeds(cfg, study, space, base, prepared: Prepared, folder: Path) -> 
 def _one_run(cfg, base, prepared: Prepared, out: Path, seed: int, params: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)  # a confirm run cut short starts again: it is one run, not a study
     run = dataclasses.replace(base, output=str(out), seed=seed, resume=False, overwrite=False, **params)
-    with quietly():
+    with console.quiet():
         result = run_training(run, prepared)
     shutil.rmtree(out, ignore_errors=True)  # only its numbers are kept
     test = result.metrics.get("test")

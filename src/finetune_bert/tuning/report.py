@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_bert.evaluation.metrics import greater_is_better
-from finetune_bert.console import say
+from finetune_bert.console import console
 from finetune_bert.safefiles import atomic_output, write_text_atomic
 
 PLOTS = {"history.png": "plot_optimization_history", "intermediate.png": "plot_intermediate_values",
@@ -63,7 +63,7 @@ def write_outputs(cfg, study, space, folder: Path, confirm: dict[str, Any] | Non
     _write_csv(folder / "trials.csv", rows)
     complete = [r for r in rows if r["state"] == "complete"]
     if not complete:
-        say(f"no trial has completed yet; run the same command again to continue (trials in {folder / 'trials.csv'})")
+        console.say(f"no trial has completed yet; run the same command again to continue (trials in {folder / 'trials.csv'})")
         return TuneResult(str(folder), float("nan"), {}, 0, sum(r["state"] == "pruned" for r in rows), confirm)
     best = study.best_trial
     rerun = cfg.train_config(**best.params, output=str(folder / "rerun"), resume=False, overwrite=False)
@@ -72,7 +72,7 @@ def write_outputs(cfg, study, space, folder: Path, confirm: dict[str, Any] | Non
     savings = pruning_savings(rows, cfg, space)
     write_text_atomic(folder / "tune_report.md", _report(cfg, best, rows, savings=savings, confirm=confirm,
                                                              plots=plots, seconds=seconds))
-    say(f"best trial {best.number}: validation {cfg.metric} {best.value:.4f} with "
+    console.say(f"best trial {best.number}: validation {cfg.metric} {best.value:.4f} with "
         + ", ".join(f"{k} {short(v)}" for k, v in best.params.items())
         + f"; model in {folder / 'best'}, report in {folder / 'tune_report.md'}")
     return TuneResult(str(folder), best.value, dict(best.params), len(complete), savings["pruned"], confirm)
@@ -112,7 +112,7 @@ def _plots(study, folder: Path) -> list[str]:
             plt.close(figure)
             made.append(name)
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
-            say(f"note: {name} not drawn ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})")
+            console.say(f"note: {name} not drawn ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})")
     return made
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import gc
 import shutil
 import sys
@@ -23,18 +24,16 @@ from typing import Any
 from finetune_bert.training import checkpoint
 from finetune_bert.training.checkpoint import TrainState
 from finetune_bert.tuning.config import TuneConfig
-from finetune_bert.evaluation.metrics import greater_is_better
+from finetune_bert.evaluation.metrics import greater_is_better, is_better
 from finetune_bert.ranks import launched
 from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.lock import process_gone, this_process
-from finetune_bert.engine.model_folder import load_model_config
-from finetune_bert.console import quietly, say
-from finetune_bert.data.report import build_report, format_report
-from finetune_bert.safefiles import check_output_folder, claim, read_marker
+from finetune_bert.console import console
+from finetune_bert.safefiles import check_output_folder, claim, read_marker, write_text_atomic
 from finetune_bert.tuning.space import Dimension, read_space, space_json
-from finetune_bert.data.tokens import TokenizedSplits, encode_splits
-from finetune_bert.training.job import Prepared, prepare
-from finetune_bert.training.train import checked, run_training
+from finetune_bert.data.prepared import Prepared
+from finetune_bert.training.job import prepare
+from finetune_bert.training.train import process_settings, checked, run_training
 from finetune_bert.tuning.report import TuneResult, short, write_outputs
 
 STUDY_NAME = "finetune-bert"
@@ -61,6 +60,7 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
         raise UserError("tune runs each trial in one process: start it without torchrun (several tune commands "
                         "on one --storage share a study, one per GPU or machine)")
     cfg = checked(cfg or TuneConfig(), **overrides)
+    process_settings(cfg)
     space = read_space(cfg.space)
     folder = _check_folder(cfg)
     started = time.time()
@@ -70,18 +70,14 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
                             report=False)
     prepared = prepare(base)  # bad data stops here, before the study's folder is made
     _make_folder(folder)
-    tokens = encode_splits(prepared.ds, prepared.tokenizer, load_model_config(cfg.model, cfg.trust_remote_code),
-                           max_length=cfg.max_length, truncation=cfg.truncation, head_tokens=cfg.head_tokens)
-    say(format_report(build_report(prepared.ds, tokens.splits, tokens.max_length, cfg.truncation, cfg.clean)))
+    console.say(prepared.report_text)
     study = _setup_study(cfg, folder, _fingerprint(cfg, space, prepared))
     # Trials never see the test split: their objective is validation alone (the confirm runs score test).
-    searching = Prepared(prepared.ds, prepared.tokenizer,
-                         TokenizedSplits({k: v for k, v in tokens.splits.items() if k != "test"}, tokens.max_length))
-    _Search(cfg, study, space, base, searching, folder).run(started)
+    _Search(cfg, study, space, base, prepared.without("test"), folder).run(started)
     confirm = None
     if cfg.confirm_seeds:
         from finetune_bert.tuning.confirm import confirm_seeds
-        confirm = confirm_seeds(cfg, study, space, base, Prepared(prepared.ds, prepared.tokenizer, tokens), folder)
+        confirm = confirm_seeds(cfg, study, space, base, prepared, folder)
     return write_outputs(cfg, study, space, folder, confirm, time.time() - started)
 
 
@@ -224,12 +220,12 @@ class _Search:
 
         while True:
             if retry_dead_trials(self.study):
-                say("found a trial whose process is gone: it is retried from its own last checkpoint")
+                console.say("found a trial whose process is gone: it is retried from its own last checkpoint")
             done, running = self.counts()
             if done >= self.cfg.trials:
                 return
             if self.cfg.timeout is not None and time.time() - started > self.cfg.timeout:
-                say(f"--timeout {self.cfg.timeout:g} s reached: {done} of {self.cfg.trials} trials completed; "
+                console.say(f"--timeout {self.cfg.timeout:g} s reached: {done} of {self.cfg.trials} trials completed; "
                     "run the same command again to continue")
                 return
             if done + running >= self.cfg.trials:  # other processes run the last trials: wait for them
@@ -268,7 +264,7 @@ class _Search:
         left = max(0, self.cfg.trials - done)
         eta = sum(self.seconds) / len(self.seconds) * left
         if self.bar.disable:  # the bar shows the same on a terminal
-            say(f"[{done}/{self.cfg.trials} trials completed]" + (f" about {eta / 60:.1f} min to go" if left else ""))
+            console.say(f"[{done}/{self.cfg.trials} trials completed]" + (f" about {eta / 60:.1f} min to go" if left else ""))
 
     def objective(self, trial) -> float:
         import optuna
@@ -283,7 +279,7 @@ class _Search:
         out = self.folder / "trials" / name
         cfg = dataclasses.replace(self.base, output=str(out), resume=out.exists(), **params)
         resumed = bool(checkpoint.complete_checkpoints(out))
-        say(f"trial {trial.number}{' (resumed from its checkpoint)' if resumed else ''}: "
+        console.say(f"trial {trial.number}{' (resumed from its checkpoint)' if resumed else ''}: "
             + ", ".join(f"{k} {short(v)}" for k, v in params.items()))
         return self._train(trial, cfg, out)
 
@@ -306,17 +302,17 @@ class _Search:
             if self.cfg.prune and trial.should_prune():
                 raise _Pruned(f"at evaluation {len(state.history)} (step {state.step} of {state.total_steps})")
         try:
-            with quietly():
+            with console.quiet():
                 result = run_training(cfg, self.prepared, on_eval=on_eval)
         except _Pruned as stop:
             self._drop(out)
             trial.set_user_attr("seconds", round(time.time() - started, 1))
-            say(f"trial {trial.number}: pruned {stop}")
+            console.say(f"trial {trial.number}: pruned {stop}")
             raise optuna.TrialPruned(str(stop)) from None
         except UserError as exc:  # out of memory even at micro-batch 1, NaN steps in a row, ...
             self._drop(out)
             trial.set_user_attr("failure", str(exc))
-            say(f"trial {trial.number}: failed: {exc}")
+            console.say(f"trial {trial.number}: failed: {exc}")
             raise _TrialFailed(str(exc)) from None
         finally:
             gc.collect()
@@ -324,21 +320,18 @@ class _Search:
         value = result.metrics["validation"][metric]
         trial.set_user_attr("seconds", round(time.time() - started, 1))
         kept = self._keep_if_best(out, trial.number, value)
-        say(f"trial {trial.number}: validation {metric} {value:.4f} in {time.time() - started:.0f}s"
+        console.say(f"trial {trial.number}: validation {metric} {value:.4f} in {time.time() - started:.0f}s"
             + (" (best so far: kept in best/)" if kept else ""))
         return value
 
     def _keep_if_best(self, out: Path, number: int, value: float) -> bool:
         """OUTPUT/best becomes this trial's model folder if it beats the one there; otherwise the trial's folder
         goes. Under a lock file, since several processes may finish trials at once."""
-        import json
-
-        better = greater_is_better(self.cfg.metric)
         with open(self.folder / ".best.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             record = self.folder / "best.json"
             held = json.loads(record.read_text()) if record.is_file() else None
-            if held is not None and not (value > held["value"] if better else value < held["value"]):
+            if held is not None and not is_better(self.cfg.metric, value, held["value"]):
                 self._drop(out)
                 return False
             best, old = self.folder / "best", self.folder / ".best-old"
@@ -346,7 +339,7 @@ class _Search:
             if best.exists():
                 best.rename(old)
             out.rename(best)
-            record.write_text(json.dumps({"trial": number, "value": value}) + "\n")
+            write_text_atomic(record, json.dumps({"trial": number, "value": value}) + "\n")
             if self.cfg.report:
                 from finetune_bert.evaluation.report_page import rebuild
                 rebuild(str(best))
