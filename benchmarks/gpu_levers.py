@@ -130,7 +130,7 @@ def run_steps(engine: Engine, optimizer, enc, batches, host_sync: bool) -> tuple
 
 def train_variant(name: str, enc, state: dict, v: Variant, *, steps_n: int, warm: int) -> dict:
     torch.manual_seed(0)
-    options = EngineOptions(bf16=v.bf16, bf16_weights=v.master, fast=v.fast, unpadded=v.packed)
+    options = EngineOptions(bf16=v.bf16, bf16_weights=v.master, cls_fast_path=v.fast, unpadded=v.packed)
     engine = make_engine(state, attn=v.attn, options=options, training=True, bf16=v.bf16)
     layout = set_layout(engine, packed=v.packed, multiple=v.multiple, pin=v.pin)
     if v.compile_mode:  # Module.compile: the engine's own __call__ (its forward) compiled in place

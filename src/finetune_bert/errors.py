@@ -1,10 +1,16 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""What a command can end with, each turned by the CLI into one line and an exit code."""
 
 
 class UserError(Exception):
     """Something the user can fix: bad input, a bad option, a missing model. Never a bug of ours."""
 
     exit_code = 2
+
+
+class TrainingFailed(Exception):
+    """A training process died or lost the others: exit 1, as a crash, not 2 (the input was fine)."""
+
+    exit_code = 1
 
 
 class TrainingInterrupted(Exception):

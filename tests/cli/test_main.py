@@ -285,3 +285,25 @@ def test_inspect_without_output_says_how_to_get_the_skipped_rows(tiny_model, tmp
     assert main(["inspect", "--data", str(write_csv(tmp_path / "d.csv", rows)), "--model", str(tiny_model),
                  "--on-bad-rows", "skip"]) == 0
     assert "skipped rows: 1 (pass --output DIR to get their list)" in capsys.readouterr().out
+
+
+def test_every_command_is_one_config_and_the_function_that_takes_it(capsys):
+    """The registry: each command's --help comes from its config, and its function is the Python API's own,
+    taking that config whole."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from finetune_bert.cli.main import COMMANDS, main
+
+    for name, command in COMMANDS.items():
+        assert dataclasses.is_dataclass(command.config) and hasattr(command.config, "problems"), name
+        module, function = command.function.split(":")
+        first = next(iter(inspect.signature(getattr(importlib.import_module(module), function)).parameters))
+        assert first == "cfg", name
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        for f in dataclasses.fields(command.config):
+            assert f.name in out or "--" + f.name.replace("_", "-") in out, (name, f.name)

@@ -95,7 +95,7 @@ def test_packed_layout_only_where_flash_attention_runs(tiny_model):
     assert fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0).packed
     assert not fastpath.layout(model, torch.device("cuda"), None, 0).packed  # fp32: no flash kernel
     assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, unpadded=False).packed
-    assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, fast=False).packed
+    assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, cls_fast_path=False).packed
     fixed = fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0, pad_to=512)  # --no-dynamic-padding
     assert not fixed.packed and fixed.pad_to == 512
 
@@ -187,5 +187,5 @@ def test_lane_dropout_only_for_cpu_training_on_the_fast_path(tiny_model):
     model = load_classifier(str(tiny_model), ["a", "b"])
     assert fastpath.layout(model, torch.device("cpu"), None, 0).lane_dropout
     assert not fastpath.layout(model, torch.device("cpu"), None, 0, lane_dropout=False).lane_dropout
-    assert not fastpath.layout(model, torch.device("cpu"), None, 0, fast=False).lane_dropout
+    assert not fastpath.layout(model, torch.device("cpu"), None, 0, cls_fast_path=False).lane_dropout
     assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0).lane_dropout

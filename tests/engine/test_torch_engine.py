@@ -98,7 +98,7 @@ def _stock_eval_logits(engine, enc) -> torch.Tensor:
 
 
 def test_stock_forward_inference_is_in_eval_mode_and_restores_training(tiny_model):
-    engine, enc = _setup(tiny_model, options=EngineOptions(fast=False), dropout=0.5)
+    engine, enc = _setup(tiny_model, options=EngineOptions(cls_fast_path=False), dropout=0.5)
     assert not engine.fast_path
     logits = engine.logits(enc, 4)
     assert engine.training and all(m.training for m in engine.modules())
@@ -183,7 +183,7 @@ def test_a_saved_bf16_weights_model_loads_in_fp32_with_the_masters(tiny_model, t
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_engine_forward_equals_stock_logits_in_eval(tiny_model, fast):
-    engine, enc = _setup(tiny_model, training=False, options=EngineOptions(fast=fast))
+    engine, enc = _setup(tiny_model, training=False, options=EngineOptions(cls_fast_path=fast))
     batch = engine.layout.batch(enc, np.arange(len(enc)))
     with torch.no_grad():
         assert torch.allclose(engine(batch), _stock_eval_logits(engine, enc), atol=1e-5)

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from finetune_bert.errors import UserError
 from finetune_bert.evaluation.evaluate import evaluate
 
 
@@ -246,3 +247,36 @@ def test_evaluate_with_and_without_overlap_gives_the_same_metrics(trained, toy_d
     both = [evaluate(trained.output, str(toy_data["test"]), str(tmp_path / f"{o}.json"), quiet=True, rows_per_chunk=7,
                      overlap=o) for o in (True, False)]
     assert both[0] == both[1] and both[0]["n"] == 40
+
+
+def test_evaluate_resolves_the_model_once(trained, toy_data, tmp_path, monkeypatch):
+    """The model argument is opened once where it enters (ModelFolder) and handed down; no stage resolves
+    the name again (a folder, its run info and its config were read 3-5 times each before)."""
+    from finetune_bert.engine import model_folder
+    from finetune_bert.engine.run_info import RunInfo
+
+    calls = {"resolve": 0, "read": 0, "config": 0}
+    resolve, read, config = model_folder.resolve, RunInfo.read, model_folder.load_model_config
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+    monkeypatch.setattr(model_folder, "resolve", counted("resolve", resolve))
+    monkeypatch.setattr(RunInfo, "read", classmethod(lambda cls, folder: counted("read", read)(folder)))
+    monkeypatch.setattr(model_folder, "load_model_config", counted("config", config))
+    evaluate(model=trained.output, data=str(toy_data["test"]), output=str(tmp_path / "m.json"), quiet=True)
+    assert calls == {"resolve": 1, "read": 1, "config": 1}
+
+
+def test_evaluate_takes_its_config_as_train_does(trained, toy_data, tmp_path):
+    from finetune_bert import EvaluateConfig
+
+    cfg = EvaluateConfig(model=trained.output, data=str(toy_data["test"]), output=str(tmp_path / "a.json"))
+    by_config = evaluate(cfg, quiet=True)
+    by_keywords = evaluate(model=trained.output, data=str(toy_data["test"]), output=str(tmp_path / "b.json"),
+                           quiet=True)
+    assert by_config["accuracy"] == by_keywords["accuracy"] and by_config["n"] == by_keywords["n"] == 40
+    with pytest.raises(UserError, match="--batch-size must be at least 1"):
+        evaluate(cfg, batch_size=0)

@@ -252,3 +252,18 @@ def test_a_damaged_standalone_part_falls_back_to_the_folders_own_files(exported,
     assert type(clf.tokenizer).__name__ != "TokenizerFile"
     reference = load(str(exported[0]), backend="onnx")
     assert np.abs(clf.predict_proba(TEXTS) - reference.predict_proba(TEXTS)).max() <= 1e-6
+
+
+def test_export_resolves_the_model_once_even_checking_on_data(trained, toy_data, tmp_path, monkeypatch):
+    """export loads the model three times over (torch for the graph, then each backend on --data), from the
+    one ModelFolder opened where the argument entered."""
+    from finetune_bert.engine import model_folder
+    from finetune_bert.export.config import ExportConfig
+    from finetune_bert.export.onnx import export
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained.output, folder)
+    calls, resolve = [], model_folder.resolve
+    monkeypatch.setattr(model_folder, "resolve", lambda name: calls.append(name) or resolve(name))
+    export(ExportConfig(model=str(folder), data=str(toy_data["test"]), rows=10))
+    assert calls == [str(folder)]

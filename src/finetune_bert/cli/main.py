@@ -20,7 +20,7 @@ from finetune_bert import __version__
 from finetune_bert.cli.config import DemoConfig, InspectConfig
 from finetune_bert.cli.options import Parser, add_config_options, config_from_file, repeated
 from finetune_bert.console import console
-from finetune_bert.errors import RankLost, Reported, TrainingInterrupted, UserError
+from finetune_bert.errors import RankLost, Reported, TrainingFailed, TrainingInterrupted, UserError
 from finetune_bert.evaluation.config import EvaluateConfig, ReportConfig
 from finetune_bert.export.config import ExportConfig
 from finetune_bert.inference.config import PredictConfig
@@ -130,7 +130,7 @@ def _run_reporting(args: argparse.Namespace) -> int:
         return run(args)
     except Reported as exc:  # said already, by the process that met it
         return exc.exit_code
-    except RankLost as exc:
+    except (RankLost, TrainingFailed) as exc:  # about the job as a whole, said by the process that saw it
         console.error(str(exc), name_rank=False)
         return exc.exit_code
     except UserError as exc:

@@ -7,10 +7,10 @@ import dataclasses
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from finetune_bert.console import console
 from finetune_bert.errors import UserError
 from finetune_bert.options import NotANumber
 
@@ -25,7 +25,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("finetune-bert").strip()
-        print(f"error: {message} (see finetune-bert {command + ' ' if command else ''}--help)", file=sys.stderr)
+        console.error(f"{message} (see finetune-bert {command + ' ' if command else ''}--help)", name_rank=False)
         raise SystemExit(2)
 
 

@@ -78,12 +78,13 @@ def _cut(order: np.ndarray, widths: np.ndarray, batch_size: int, fit: Callable[[
 @dataclass(frozen=True)
 class Layout:
     """How a batch is laid out for the model: padded to its longest text (rounded up to `multiple`), or
-    packed with no padding (`packed`, GPU). `fast`: the [CLS]-only last layer; `lane_dropout`: CPU training
+    packed with no padding (`packed`, GPU: what --unpadded gives where it can). `cls_fast_path`: the [CLS]-only
+    last layer; `lane_dropout`: CPU training
     draws dropout as dropout.py does (both in fastpath.py)."""
     pad_id: int
     multiple: int = 1
     packed: bool = False
-    fast: bool = True
+    cls_fast_path: bool = True
     lane_dropout: bool = False
     cpu_cap: tuple[int, int] | None = None  # CPU: (attention heads, feed-forward width); see `fit`
     pad_to: int = 0  # pad every batch to this many tokens (--no-dynamic-padding); 0: to its longest text

@@ -29,20 +29,20 @@ from finetune_bert.engine.dropout import dropout, padding_bias
 from finetune_bert.engine.batches import Layout
 
 
-def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, *, fast: bool = True,
+def layout(model, device: torch.device, dtype: torch.dtype | None, pad_id: int, *, cls_fast_path: bool = True,
            unpadded: bool = True, lane_dropout: bool = True, cpu_micro_batches: bool = True,
            pad_to: int = 0) -> Layout:
     """Packed batches where variable-length FlashAttention runs (CUDA, bf16/fp16, a supported BERT);
     otherwise padded batches, to a multiple of 8 on GPU (tensor-core shapes). On CPU, lane dropout and
     batches cut so that no activation outgrows the allocator's heap (Layout.fit). `pad_to` > 0: every
     batch padded to that many tokens, never packed (--no-dynamic-padding)."""
-    packed = fast and unpadded and not pad_to and device.type == "cuda" and dtype is not None and supported(model)
-    lanes = fast and lane_dropout and device.type == "cpu" and supported(model)
+    packed = cls_fast_path and unpadded and not pad_to and device.type == "cuda" and dtype is not None and supported(model)
+    lanes = cls_fast_path and lane_dropout and device.type == "cpu" and supported(model)
     cap = _activation_shape(model.config) if cpu_micro_batches and device.type == "cpu" else None
     # bf16 on a CPU (AMX): oneDNN builds a kernel per shape, so widths are rounded to 32 tokens; one process
     # scoring 1,000 IMDB reviews spent ~1.9 s building kernels for exact widths, ~0.1 s for multiples of 32
     multiple = 8 if device.type == "cuda" else 32 if dtype is not None else 1
-    return Layout(pad_id, multiple, packed, fast, lanes, cap, pad_to)
+    return Layout(pad_id, multiple, packed, cls_fast_path, lanes, cap, pad_to)
 
 
 def _activation_shape(config) -> tuple[int, int]:

@@ -47,7 +47,7 @@ class EngineOptions:
 
     bf16: bool = True               # bf16 compute where the GPU does it natively; fp32 on CPU
     bf16_weights: bool = True       # with bf16: the weights themselves in bf16 (fp32 masters when training)
-    fast: bool = True               # the [CLS]-only last layer (fastpath.py)
+    cls_fast_path: bool = True      # the [CLS]-only last layer (fastpath.py)
     unpadded: bool = True           # packed batches with varlen FlashAttention (CUDA)
     lane_dropout: bool = True       # CPU training: dropout masks from 16-bit lanes (dropout.py)
     cpu_micro_batches: bool = True  # CPU: batches cut so no activation outgrows the allocator's heap
@@ -83,7 +83,7 @@ class Engine(torch.nn.Module):
         # `dtype`: the compute dtype; "auto" picks it for the device (tests force bf16 on CPU)
         self.dtype = autocast_dtype(device, options.bf16) if dtype == "auto" else dtype
         self.bf16_weights = self.dtype is not None and options.bf16_weights
-        self.layout: Layout = fastpath.layout(model, device, self.dtype, pad_id, fast=options.fast,
+        self.layout: Layout = fastpath.layout(model, device, self.dtype, pad_id, cls_fast_path=options.cls_fast_path,
                                               unpadded=options.unpadded, lane_dropout=options.lane_dropout,
                                               cpu_micro_batches=options.cpu_micro_batches, pad_to=options.pad_to)
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -104,7 +104,7 @@ class Engine(torch.nn.Module):
 
     @property
     def fast_path(self) -> bool:
-        return self.layout.fast and fastpath.supported(self.model)
+        return self.layout.cls_fast_path and fastpath.supported(self.model)
 
     def _params(self) -> list[torch.nn.Parameter]:
         named = dict(self.model.named_parameters())
@@ -119,7 +119,7 @@ class Engine(torch.nn.Module):
 
     def _logits(self, batch: dict, train: bool) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None and not self.bf16_weights):
-            out = fastpath.logits(self.model, batch, self.layout.fast, self.layout.lane_dropout, train=train)
+            out = fastpath.logits(self.model, batch, self.layout.cls_fast_path, self.layout.lane_dropout, train=train)
         return out.float()
 
     # ---- inference ------------------------------------------------------------------------------------

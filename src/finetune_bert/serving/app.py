@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from finetune_bert.console import console
 from finetune_bert.serving.batcher import Batcher, Closed, QueueFull
 from finetune_bert.inference.reading import Reading
 from finetune_bert.serving.config import ServeConfig
@@ -316,17 +317,17 @@ def serve(cfg: ServeConfig) -> int:
     # these no-op handlers that second delivery is ignored, so a drained server exits 0, as supervisors expect
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: None)
-    print(f"serving {cfg.model} on http://{cfg.host}:{cfg.port} (labels: {', '.join(service.classifier.label_names)}; "
-          f"{'API key required' if service.api_key else 'no API key'})", flush=True)
+    console.say(f"serving {cfg.model} on http://{cfg.host}:{cfg.port} (labels: {', '.join(service.classifier.label_names)}; "
+          f"{'API key required' if service.api_key else 'no API key'})")
     server.run()
     return 0
 
 
 def _reload_logged(service: Service) -> None:
     try:
-        print(f"reloaded: {service.reload()}", flush=True)
+        console.say(f"reloaded: {service.reload()}")
     except Exception as exc:
-        print(f"reload refused, the old model keeps serving: {exc}", flush=True)
+        console.warn(f"reload refused, the old model keeps serving: {exc}")
 
 
 __all__ = ["create_app", "serve", "Service", "Reading"]

@@ -61,7 +61,7 @@ def _setup_model(cfg: TrainConfig, prepared: Prepared, device: torch.device, wor
 
 
 def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int, world: World) -> Engine:
-    options = EngineOptions(bf16=cfg.bf16, bf16_weights=cfg.bf16_weights, fast=cfg.cls_fast_path,
+    options = EngineOptions(bf16=cfg.bf16, bf16_weights=cfg.bf16_weights, cls_fast_path=cfg.cls_fast_path,
                             unpadded=cfg.unpadded, lane_dropout=cfg.lane_dropout,
                             cpu_micro_batches=cfg.cpu_micro_batches, pad_to=0 if cfg.dynamic_padding else max_length)
     return Engine(model, next(model.parameters()).device, pad_id(tokenizer), options=options, training=True,

@@ -21,17 +21,11 @@ from typing import Any
 
 from finetune_bert.engine import distributed
 from finetune_bert.training.config import TrainConfig
-from finetune_bert.errors import Reported, TrainingInterrupted, UserError
+from finetune_bert.errors import Reported, TrainingFailed, TrainingInterrupted
 from finetune_bert.console import console
 from finetune_bert.training.finish import TrainResult
 from finetune_bert.training.train import checked, preflight
 from finetune_bert.training.train import train as train_here
-
-
-class TrainingFailed(UserError):
-    """A training process died or lost the others: exit 1, as a crash, not 2 (the input was fine)."""
-
-    exit_code = 1
 
 
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
