@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -141,3 +142,21 @@ def _browser():
         return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options), None
     except Exception as exc:  # a browser that will not start here is a skip with its reason, not a failure
         return None, f"Chromium did not start: {str(exc).splitlines()[0]}"
+
+
+# train's command line for the toy task, shared by the tests that start real training processes
+PYTHON = sys.executable
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FINETUNE_BERT_FAULTS", "RANK", "WORLD_SIZE")}
+    return {**env, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def _args(model: Path, data: dict[str, Path], out: Path, **changes: str) -> list[str]:
+    """train's arguments for the toy task; `changes`: options replaced or added (epochs="1")."""
+    options = {"data": str(data["train"]), "test-data": str(data["test"]), "model": str(model), "output": str(out),
+               "epochs": "5", "batch-size": "16", "lr": "1e-2", "warmup-ratio": "0.05", "max-length": "32",
+               "seed": "0", "save-every": "4", "dist-timeout": "60",
+               **{k.replace("_", "-"): v for k, v in changes.items()}}
+    return ["train", "--no-report", *[a for k, v in options.items() for a in (f"--{k}", v)]]

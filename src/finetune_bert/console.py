@@ -11,8 +11,10 @@ with `main_process_only=False` and names the rank.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
+import time
 from typing import Iterator, TextIO
 
 from finetune_bert.ranks import follower, launched, rank
@@ -76,3 +78,43 @@ class Console:
 
 
 console = Console()
+
+
+class Progress:
+    """Rows done of a known total, for a long pass (evaluate, predict --input): on a terminal a live bar with
+    rows/s and the time left; elsewhere (a log, CI) a line every `every` seconds and one at the end. Said by rank
+    0, on stderr, so results on stdout stay clean; nothing when quiet."""
+
+    def __init__(self, total: int, what: str, *, every: float | None = None):
+        self.total, self.what, self.done = total, what, 0.0
+        self.started = self.last = time.monotonic()
+        self.every = every if every is not None else float(os.environ.get("FINETUNE_BERT_PROGRESS_SECONDS", 10))
+        self.silent = console.is_quiet or follower()
+        self.bar = None
+        if not self.silent and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=what, unit="rows", dynamic_ncols=True, mininterval=0.5,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} rows "
+                                       "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    def update(self, rows: float) -> None:
+        self.done = min(self.total, self.done + rows)
+        if self.bar is not None:
+            self.bar.update(rows)
+        elif not self.silent and time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self._line()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif not self.silent:
+            self._line()
+
+    def _line(self) -> None:
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / seconds
+        left = f", about {(self.total - self.done) / rate:.0f} s left" if 0 < self.done < self.total else ""
+        console._write(f"{self.what}: {self.done:.0f}/{self.total} rows ({self.done / max(self.total, 1):.0%}), "
+                       f"{rate:.1f} rows/s, {seconds:.0f} s{left}", sys.stderr, True)

@@ -381,3 +381,26 @@ def test_a_json_column_that_is_a_single_value_is_named(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"text": ["a", "b"], "label": "positive"}))
     with pytest.raises(UserError, match=r"column 'label' is a single value, not a list like column 'text'"):
         read_records(tmp_path / "d.json")
+
+
+def test_a_lone_surrogate_in_jsonl_becomes_the_replacement_character_with_a_note(tmp_path):
+    """JSON may escape half of an emoji; no tokenizer or file takes it. It is replaced, and the user told where."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "great \\ud83d film", "label": "pos"}\n{"text": "awful", "label": "neg"}\n')
+    records = next(iter_record_chunks(path, 10))
+    assert records.rows[0]["text"] == "great \ufffd film"
+    assert records.notes == [f"{path}: line 1, column 'text': a lone surrogate escape (half of an emoji) was "
+                             "replaced by U+FFFD"]
+
+
+def test_inspect_reads_a_lone_surrogate_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "d.jsonl"
+    rows = [f'{{"text": "film {i} \\udc00 was {"good" if i % 2 else "bad"}", "label": {i % 2}}}' for i in range(40)]
+    path.write_text("\n".join(rows) + "\n")
+    done = subprocess.run([sys.executable, "-m", "finetune_bert.cli", "inspect", "--data", str(path)],
+                          capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "replaced by U+FFFD" in done.stdout + done.stderr

@@ -9,14 +9,14 @@ are made once.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import PYTHON, _args, _env
 import torch
 
 from conftest import make_tiny_bert
@@ -27,23 +27,6 @@ from finetune_bert.engine.distributed import World
 # AdamW's normalised step turns the rounding of a near-zero gradient into a step of up to lr (1e-2 here):
 # measured 1.9e-5 after 36 steps, 2.1e-4 after 45 (while the toy task is being learnt). A tenth of lr.
 TOLERANCE = 1e-3
-PYTHON = sys.executable
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FINETUNE_BERT_FAULTS", "RANK", "WORLD_SIZE")}
-    return {**env, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
-
-
-def _args(model: Path, data: dict[str, Path], out: Path, **changes: str) -> list[str]:
-    """train's arguments for the toy task; `changes`: options replaced or added (epochs="1")."""
-    options = {"data": str(data["train"]), "test-data": str(data["test"]), "model": str(model), "output": str(out),
-               "epochs": "5", "batch-size": "16", "lr": "1e-2", "warmup-ratio": "0.05", "max-length": "32",
-               "seed": "0", "save-every": "4", "dist-timeout": "60",
-               **{k.replace("_", "-"): v for k, v in changes.items()}}
-    return ["train", "--no-report", *[a for k, v in options.items() for a in (f"--{k}", v)]]
-
-
 def _launch(args: list[str], nproc: int = 2, faults: str = "", timeout: float = 240) -> subprocess.CompletedProcess:
     """`finetune-bert train --nproc-per-node N` (our launcher, which runs torchrun in-process)."""
     return subprocess.run([PYTHON, "-m", "finetune_bert", *args, "--nproc-per-node", str(nproc)], text=True,

@@ -144,3 +144,26 @@ def test_a_small_validation_split_is_not_calibrated_with_a_note(trained):
     """The shared run has 16 validation rows."""
     c = trained.metrics["calibration"]
     assert c["value"] == 1.0 and "fewer than the 50" in c["note"]
+
+
+def test_a_validation_set_of_one_class_is_not_calibrated_and_says_why():
+    """One class in validation drives T to the sharp end: every answer would say 0.99. Refused, with a note."""
+    logits = torch.randn(200, 2, generator=torch.Generator().manual_seed(0)) * 0.3
+    fitted = fit_temperature(logits + torch.tensor([1.0, 0.0]), torch.zeros(200, dtype=torch.long))
+    assert fitted.value == 1.0 and "validation holds one class only" in fitted.note
+
+
+def test_a_class_with_too_few_validation_rows_is_not_calibrated():
+    logits, labels = _overconfident(3.0, n=400)
+    labels = torch.zeros_like(labels)
+    labels[:4] = 1
+    fitted = fit_temperature(logits, labels)
+    assert fitted.value == 1.0 and "class 1 has 4 validation rows" in fitted.note
+
+
+def test_a_fit_that_runs_to_the_sharp_end_of_its_range_is_not_kept():
+    """Both classes present, every one right with a small margin: the NLL keeps falling as T shrinks."""
+    labels = torch.arange(200) % 2
+    logits = torch.nn.functional.one_hot(labels, 2).double() * 0.2
+    fitted = fit_temperature(logits, labels)
+    assert fitted.value == 1.0 and fitted.fitted is not None and "sharp end of its range" in fitted.note

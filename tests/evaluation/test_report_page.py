@@ -92,3 +92,28 @@ def test_the_report_renders_in_headless_chromium(trained, tmp_path):
         Image.fromarray(shot.astype("uint8")).save(tmp_path / "report.png")
     finally:
         driver.quit()
+
+
+def test_report_of_a_json_that_is_not_evaluate_metrics_is_one_line(trained, toy_data, tmp_path, capsys):
+    """A predictions .json (an array), valid JSON of another shape, or a damaged metrics.json: one line, exit 2."""
+    import shutil
+
+    from finetune_bert.cli.main import main
+
+    predictions = tmp_path / "p.json"
+    assert main(["predict", "--model", trained.output, "--input", str(toy_data["test"]), "--output",
+                 str(predictions)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(predictions)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the metrics of `finetune-bert evaluate`" in err
+    shaped = tmp_path / "m.json"
+    shaped.write_text(json.dumps({"n": 3, "accuracy": "high", "confusion_matrix": 7, "confidence_histogram": []}))
+    assert main(["report", str(shaped)]) == 2
+    assert "its metrics do not have the shape finetune-bert writes" in capsys.readouterr().err
+    run = shutil.copytree(trained.output, tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"]["confusion_matrix"] = "lost"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(run)]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -400,3 +400,45 @@ def test_predict_file_with_and_without_overlap_writes_the_same_file(trained, toy
     for overlap in (True, False):
         predict_file(clf, str(toy_data["test"]), str(tmp_path / f"{overlap}.csv"), rows_per_chunk=3, overlap=overlap)
     assert (tmp_path / "True.csv").read_text() == (tmp_path / "False.csv").read_text()
+
+
+def test_text_arguments_that_are_not_utf8_are_read_with_a_note_not_a_traceback(trained):
+    """Latin-1 bytes from a shell reach Python as lone surrogates: each becomes U+FFFD, said on stderr."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable.encode(), b"-m", b"finetune_bert.cli", b"predict", b"--model",
+                           trained.output.encode(), b"caf\xe9 was great"], capture_output=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert "text 1: bytes that are not UTF-8 were replaced by U+FFFD" in err
+    assert "caf\ufffd was great" in done.stdout.decode("utf-8")
+
+
+def test_stride_with_truncate_is_refused(trained, capsys):
+    from finetune_bert.cli.main import main
+
+    assert main(["predict", "--model", trained.output, "--long-texts", "truncate", "--stride", "16", "good"]) == 2
+    assert "--stride is for --long-texts chunks" in capsys.readouterr().err
+    assert main(["predict", "--model", trained.output, "--truncation", "tail", "--stride", "16", "good"]) == 2
+
+
+@pytest.mark.parametrize("where", ["onnx/export.json", "onnx/model.onnx", "checkpoints/p.csv"])
+def test_outputs_never_go_inside_a_folder_the_model_run_or_export_manages(trained, toy_data, tmp_path, where,
+                                                                            capsys):
+    import shutil
+
+    from finetune_bert.cli.main import main
+
+    model = shutil.copytree(trained.output, tmp_path / "m")
+    (model / where).parent.mkdir(exist_ok=True)
+    out = str(model / where).replace(".json", ".csv") if where.endswith(".json") else str(model / where)
+    code = main(["predict", "--model", str(model), "--input", str(toy_data["test"]), "--output",
+                 out if out.endswith(".csv") else out + ".csv"])
+    assert code == 2 and "folder, which its training run or export" in capsys.readouterr().err
+    other = shutil.copytree(trained.output, tmp_path / "other")  # any model folder, not only --model's
+    (other / "onnx").mkdir()
+    code = main(["evaluate", "--model", str(model), "--data", str(toy_data["test"]), "--output",
+                 str(other / "onnx" / "export.json")])
+    assert code == 2 and "is inside the model's onnx/ folder" in capsys.readouterr().err

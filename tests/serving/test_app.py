@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,8 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from finetune_bert.serving.app import create_app
+from finetune_bert.serving.app import create_app  # noqa: E402
+from processes import Served, free_port, live  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ class _Blocked:
 
     def __init__(self, service):
         self.release, self.entered = threading.Event(), threading.Event()
-        self.score = service.classifier.score_prepared
+        self.score = service.classifier.logits_of
 
     def __call__(self, prepared, *args):
         self.entered.set()
@@ -111,7 +111,7 @@ def test_a_full_queue_is_429_with_retry_after_and_a_late_answer_is_503(trained):
     app = create_app(trained.output, device="cpu", max_queue=1, timeout=0.5)
     service = app.state.service
     blocked = _Blocked(service)
-    service.classifier.score_prepared = blocked
+    service.classifier.logits_of = blocked
     with TestClient(app) as c:
         pool, first = _requests_in_threads(c, 1)
         assert blocked.entered.wait(5)  # the worker holds request 1
@@ -159,29 +159,6 @@ def test_health_ready_info_metrics_and_the_openapi_page(client):
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
-@contextlib.contextmanager
-def _live(app):
-    """The app on 127.0.0.1 at a free port, in a thread: real sockets, real concurrency."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_64_concurrent_requests_each_get_their_own_answer(trained):
     import httpx
 
@@ -193,7 +170,7 @@ def test_64_concurrent_requests_each_get_their_own_answer(trained):
     # shares, and which requests share a batch here depends on timing; this test is about routing
     expected = load(trained.output, device="cpu", backend="torch-fp32").predict_proba(texts)
     app = create_app(trained.output, device="cpu", max_wait_ms=20, backend="torch-fp32")
-    with _live(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+    with live(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         with concurrent.futures.ThreadPoolExecutor(64) as pool:
             answers = list(pool.map(lambda t: http.post("/predict", json={"inputs": t}).json(), texts))
         batches = http.get("/metrics").text
@@ -220,7 +197,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(trained):
     while three requests are in flight: all three are answered, then the process exits with 0."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FINETUNE_BERT_FAULTS": "slow!@batch:0"}
     proc = subprocess.Popen([sys.executable, "-m", "finetune_bert.cli", "serve", "--model", trained.output,
                              "--port", str(port), "--drain-seconds", "20", "--max-wait-ms", "0"],
@@ -269,7 +246,7 @@ def test_the_page_classifies_a_review_in_headless_chromium(trained):
         pytest.skip(reason)
     app = create_app(trained.output, device="cpu")
     try:
-        with _live(app) as url:
+        with live(app) as url:
             from selenium.webdriver.common.by import By
             from selenium.webdriver.support.ui import WebDriverWait
 
@@ -288,3 +265,52 @@ def test_the_page_classifies_a_review_in_headless_chromium(trained):
             assert errors == []
     finally:
         driver.quit()
+
+
+def test_sigterm_while_a_long_text_is_scored_past_the_drain_time_exits_1_in_one_line(trained):
+    """A real `serve` process scoring a text of ten slices, a second each (fault injection), gets SIGTERM with
+    --drain-seconds 1: the request is answered 503 naming the flag, and the process exits with 1 and one line,
+    no traceback, no SIGABRT, within the drain time and the slice it was in."""
+    import httpx
+
+    server = Served(trained.output, "--drain-seconds", "1", "--max-batch-tokens", "64", "--max-wait-ms", "0",
+                    env={"FINETUNE_BERT_FAULTS": "slow!@batch:0"})
+    long = " ".join(["the plot was long and the music superb"] * 40)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, f"{server.url}/predict", json={"inputs": long}, timeout=60)
+            deadline = time.time() + 20
+            while httpx.get(f"{server.url}/ready").json().get("busy") != 1 and time.time() < deadline:
+                time.sleep(0.1)
+            signalled = time.time()
+            server.signal(signal.SIGTERM)
+            r = answer.result(30)
+        assert r.status_code == 503 and "--drain-seconds" in r.json()["error"]
+        assert server.wait(30) == 1 and time.time() - signalled < 8
+    finally:
+        server.stop()
+    errors = [line for line in server.lines if line.startswith("error:")]
+    assert len(errors) == 1 and "--drain-seconds 1" in errors[0], server.output
+    assert "Traceback" not in server.output, server.output
+
+
+def test_the_page_info_ready_docs_and_errors_never_show_a_path_on_the_servers_disk(trained, tmp_path):
+    folder = tmp_path / "reviews-model"
+    shutil.copytree(trained.output, folder)
+    with TestClient(create_app(str(folder), device="cpu")) as c:
+        info = c.get("/info").json()
+        assert info["model"] == "reviews-model" and info["base_model"] == os.path.basename(_base(folder))
+        (folder / "model.safetensors").write_bytes(b"not weights")
+        seen = {route: c.get(route).text for route in ("/", "/info", "/ready", "/openapi.json", "/docs")}
+        seen["reload"] = c.post("/admin/reload").text
+    assert "the old model keeps serving" in seen["reload"]
+    for route, text in seen.items():
+        for path in (str(tmp_path), os.path.dirname(_base(folder)), "/tmp/"):
+            assert path not in text, (route, text)
+    assert "base_model" in seen["/"]  # the page names the base model /info gives
+
+
+def _base(folder) -> str:
+    import json
+
+    return json.loads((folder / "finetune_bert.json").read_text())["base_model"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 from finetune_bert.training import launch
 from finetune_bert.errors import Reported, UserError
-from test_distributed import PYTHON, _args, _env
+from conftest import PYTHON, _args, _env
 
 
 def test_bad_input_is_one_line_and_exit_2_before_any_process_starts(tiny_model, toy_data, tmp_path):
@@ -98,3 +97,22 @@ def test_more_processes_than_gpus_is_refused_before_anything_starts(monkeypatch,
     with pytest.raises(UserError, match="2 processes on this machine, but it has 1 GPU"):
         launch.launch(cfg)
     assert not (tmp_path / "o").exists()
+
+
+def test_more_processes_than_cpu_cores_without_a_gpu_is_refused_unless_forced(tiny_model, toy_data, tmp_path,
+                                                                               monkeypatch):
+    import os
+
+    from finetune_bert.engine import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cores = os.cpu_count() or 1
+    with pytest.raises(UserError, match=f"--nproc-per-node {cores + 1}: more processes than this machine's {cores} "
+                                        "CPU cores.*--force"):
+        distributed.check_gpus(cores + 1)
+    distributed.check_gpus(cores + 1, force=True)
+    distributed.check_gpus(cores)
+    done = subprocess.run([PYTHON, "-m", "finetune_bert", *_args(tiny_model, toy_data, tmp_path / "o"),
+                           "--nproc-per-node", str(cores * 32)], capture_output=True, text=True, env=_env())
+    assert done.returncode == 2 and "more processes than this machine's" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()

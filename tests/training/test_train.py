@@ -384,3 +384,28 @@ def test_overwrite_never_removes_a_step_folder_holding_a_users_file(tiny_model, 
 
 def test_an_output_of_only_spaces_is_refused():
     assert "--output is required" in TrainConfig(data="d.csv", output="  ").problems()
+
+
+def test_train_says_which_reading_gave_its_test_score_and_gives_evaluates_too(tiny_model, tmp_path, capsys):
+    """A test text longer than the model reads is cut in training but read whole by evaluate: train prints and
+    records both, each with its reading, and the read-whole number is evaluate's own."""
+    from conftest import toy_rows, write_csv
+    from finetune_bert import evaluate, train
+
+    test = toy_rows(40, seed=2)
+    for row in test[:10]:
+        row["text"] = (row["text"] + " ") * 12
+    data = write_csv(tmp_path / "train.csv", toy_rows(160, seed=1))
+    result = train(data=str(data), test_data=str(write_csv(tmp_path / "test.csv", test)), model=str(tiny_model),
+                   output=str(tmp_path / "m"), epochs=2, batch_size=16, lr=1e-2, max_length=32, bf16=False,
+                   report=False)
+    out = capsys.readouterr().out
+    assert result.metrics["test"]["reading"] == {"long_texts": "truncate", "truncation": "head+tail",
+                                                 "max_length": 32, "longer_texts": 10}
+    assert "10 longer than 32 tokens, cut head+tail as in training" in out
+    whole = result.metrics["test_read_whole"]
+    assert whole["reading"]["long_texts"] == "chunks" and "as evaluate and predict read them by default" in out
+    m = evaluate(model=str(tmp_path / "m"), data=str(tmp_path / "test.csv"), output=str(tmp_path / "e.json"),
+                 quiet=True)
+    # evaluate may run in bf16 (a CPU with AMX), training scores fp32: a text near 0.5 may flip
+    assert m["accuracy"] == pytest.approx(whole["accuracy"], abs=0.051) and m["reading_used"] == whole["reading"]

@@ -5,6 +5,7 @@ import csv
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,16 @@ def _cli(tiny_model, data, out, *extra, faults_spec="", **kw):
     return subprocess.Popen([*args, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_search_keeps_the_best_model_and_writes_its_report(tiny_model, data, tmp_path):
+def test_search_keeps_the_best_model_and_writes_its_report(tiny_model, data, tmp_path, capsys):
     from transformers import pipeline
     result = _tune(tiny_model, data, tmp_path / "study", trials=3, test_data=str(data["test"]), confirm_seeds=2)
+    said = capsys.readouterr().out
+    # the confirm phase is announced with its count and an estimate, and ends with its verdict on the terminal
+    assert re.search(r"confirm phase: 4 trainings, the best and the default configuration with 2 fresh seeds each, "
+                     r"about \d+ s by the trials' times", said), said[-2000:]
+    assert re.search(r"gain of the best over the default configuration, validation accuracy: [-+]\d\.\d{4} ± "
+                     r"\d\.\d{4}, (within|beyond) the seed spread", said), said[-2000:]
+    assert "[4/4]" in said and "test accuracy: " in said
     out = tmp_path / "study"
     assert result.completed == 3 and _states(out) == {"COMPLETE": 3}
     rows = list(csv.DictReader((out / "trials.csv").open()))
@@ -144,14 +152,21 @@ def test_two_processes_on_one_study_finish_n_trials_between_them(tiny_model, dat
     assert all(f"trial {t.number}:" in "".join(logs) for t in complete)
 
 
-def test_best_config_json_trains_the_best_trial_again_exactly(tiny_model, data, tmp_path):
+def test_best_config_json_trains_the_best_trial_again_exactly(tiny_model, data, tmp_path, capsys):
     from finetune_bert.cli.main import main
     result = _tune(tiny_model, data, tmp_path / "study", trials=2)
     config = tmp_path / "study" / "best_config.json"
+    assert "output" not in json.loads(config.read_text())  # a rerun must not train into the study
+    capsys.readouterr()
+    assert main(["train", "--config", str(config)]) == 2  # no --output: refused, nothing written anywhere
+    err = capsys.readouterr().err
+    assert "--config" in err and "give --output DIR on the command line" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "study" / "rerun").exists()
     assert main(["train", "--config", str(config), "--output", str(tmp_path / "again")]) == 0
     metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert metrics["validation"]["accuracy"] == result.best_value
     assert json.loads((tmp_path / "again" / "run_config.json").read_text())["lr"] == result.best_params["lr"]
+    assert _tune(tiny_model, data, tmp_path / "study", trials=2).completed == 2  # the study is still its own
 
 
 def test_memory_is_flat_across_trials(tiny_model, data, tmp_path, monkeypatch):
@@ -187,15 +202,116 @@ def test_a_trial_that_cannot_run_is_failed_with_its_reason_and_the_study_goes_on
     assert len(failed) == 1 and "out of memory" in failed[0].user_attrs["failure"]
 
 
+@pytest.mark.parametrize("space, words", [
+    ({"epochs": {"low": 0, "high": 2}}, "entry 'epochs': low 0: --epochs must be positive, got 0"),
+    ({"warmup_ratio": {"choices": [0.1, 1.5]}}, "entry 'warmup_ratio': choice 1.5: --warmup-ratio must be in [0, 1)"),
+    ({"lr": {"choices": [0, 0.01]}}, "entry 'lr': choice 0.0: --lr must be positive"),
+])
+def test_a_space_train_would_refuse_stops_tune_in_one_line_before_any_folder(tiny_model, data, tmp_path, capsys,
+                                                                              space, words):
+    from finetune_bert.cli.main import main
+    path = _space(tmp_path / "bad.json", space)
+    args = ["tune"] + [a for k, v in _options(tiny_model, data, tmp_path / "study", space=str(path)).items()
+                       for a in (f"--{k.replace('_', '-')}", str(v))]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --space {path}: {words}") and err.count("\n") == 1
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_study_stopped_and_continued_tries_new_configurations(tiny_model, data, tmp_path):
+    out = tmp_path / "study"
+    _tune(tiny_model, data, out, trials=2)  # this module's space holds 4 configurations: 4 trials, each new
+    _tune(tiny_model, data, out, trials=4)
+    tried = [tuple(sorted(t.params.items())) for t in _study(out).get_trials()]
+    assert len(tried) == 4 and len(set(tried)) == 4, tried
+
+
 def test_trials_0_is_refused(tiny_model, data, tmp_path):
     with pytest.raises(UserError, match="--trials must be at least 1"):
         _tune(tiny_model, data, tmp_path / "study", trials=0)
 
 
-def test_an_unreachable_storage_is_one_line(tiny_model, data, tmp_path):
-    with pytest.raises(UserError, match="--storage .*cannot open the study there") as caught:
-        _tune(tiny_model, data, tmp_path / "study", storage=f"sqlite:///{tmp_path}/no/such/folder/x.db")
-    assert "\n" not in str(caught.value)
+@pytest.mark.parametrize("storage, words", [
+    ("sqlite:///{tmp}/no/such/folder/x.db", "cannot open the study there (the folder"),
+    ("not a database url", "not a database URL"),
+    ("nosuchdialect://user@localhost/db", "cannot open the study there"),
+    ("postgresql://user@localhost:notaport/db", "--storage"),
+    ("sqlite:///{tmp}", "is a folder, not a database file"),
+])
+def test_an_unusable_storage_is_one_line_and_leaves_no_folder(tiny_model, data, tmp_path, storage, words):
+    with pytest.raises(UserError) as caught:
+        _tune(tiny_model, data, tmp_path / "study", storage=storage.format(tmp=tmp_path))
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_study_refused_by_a_shared_storage_leaves_no_folder(tiny_model, data, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    _tune(tiny_model, data, tmp_path / "first", trials=1, storage=storage)
+    with pytest.raises(UserError, match="made to maximize its metric"):
+        _tune(tiny_model, data, tmp_path / "second", trials=1, storage=storage, metric="loss")
+    with pytest.raises(UserError, match="other arguments, data or search space"):
+        _tune(tiny_model, data, tmp_path / "third", trials=1, storage=storage, max_length=24)
+    assert not (tmp_path / "second").exists() and not (tmp_path / "third").exists()
+
+
+@pytest.fixture
+def read_only_file():
+    """`with read_only_file(path):` the file cannot be written, even by root (chattr +i; 0444 for others)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def make(path: Path):
+        root = os.geteuid() == 0
+        os.chmod(path, 0o444)
+        if root and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            os.chmod(path, 0o644)
+            pytest.skip("cannot make a file read-only for root here (chattr +i failed)")
+        try:
+            yield path
+        finally:
+            if root:
+                subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+            os.chmod(path, 0o644)
+    return make
+
+
+def _study_folder(out: Path) -> Path:
+    """A study folder as tune leaves it, without a trial: its marker and an Optuna study.db."""
+    import optuna
+    from finetune_bert.safefiles import claim
+    from finetune_bert.tuning.search import STUDY_NAME, TUNE_FILES
+    out.mkdir()
+    claim(out, TUNE_FILES)
+    optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
+    return out / "study.db"
+
+
+def test_a_read_only_study_db_is_said_to_be_not_writable(tiny_model, data, tmp_path, read_only_file):
+    db = _study_folder(tmp_path / "study")
+    with read_only_file(db):
+        with pytest.raises(UserError) as caught:
+            _tune(tiny_model, data, tmp_path / "study")
+        shared = tmp_path / "shared.db"
+        shared.write_bytes(db.read_bytes())
+        with read_only_file(shared), pytest.raises(UserError) as explicit:
+            _tune(tiny_model, data, tmp_path / "other", storage=f"sqlite:///{shared}")
+    assert f"{db.resolve()}: the study's database is not writable" in str(caught.value)
+    assert f"{shared.resolve()}: the study's database is not writable" in str(explicit.value)
+    assert "invalid data" not in str(caught.value) and not (tmp_path / "other").exists()
+
+
+def test_a_database_that_turns_read_only_after_the_checks_is_said_to_be_not_writable(
+        tiny_model, data, tmp_path, read_only_file, monkeypatch):
+    tune_module = importlib.import_module("finetune_bert.tuning.search")
+    monkeypatch.setattr(tune_module, "check_storage", lambda url, folder: True)  # as if it changed since
+    db = _study_folder(tmp_path / "study")
+    with read_only_file(db), pytest.raises(UserError) as caught:
+        _tune(tiny_model, data, tmp_path / "study")
+    assert "study.db: the study's database is not writable" in str(caught.value)
+    assert "invalid data in the commit" not in str(caught.value)
 
 
 def test_a_study_made_for_another_metric_direction_is_refused(tiny_model, data, tmp_path):
@@ -252,14 +368,32 @@ def test_command_line_options_override_the_config_file(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(importlib.import_module("finetune_bert.training.launch"), "train_here", lambda cfg: seen.append(cfg))
     (tmp_path / "c.json").write_text(json.dumps({"data": "d.csv", "output": "o", "lr": 0.01, "epochs": 5, "clean": False}))
-    assert cli.main(["train", "--config", str(tmp_path / "c.json"), "--epochs", "2", "--clean"]) == 0
+    assert cli.main(["train", "--config", str(tmp_path / "c.json"), "--epochs", "2", "--clean", "--output", "o2"]) == 0
     assert seen[0].lr == 0.01 and seen[0].epochs == 2 and seen[0].clean is True and seen[0].data == "d.csv"
+    assert seen[0].output == "o2"
 
 
 def test_timeout_stops_starting_trials_and_a_rerun_continues(tiny_model, data, tmp_path, capsys):
     result = _tune(tiny_model, data, tmp_path / "study", trials=2, timeout=0)
     assert result.completed == 0 and "--timeout 0 s reached: 0 of 2 trials completed" in capsys.readouterr().out
     assert _tune(tiny_model, data, tmp_path / "study", trials=2).completed == 2
+
+
+def test_timeout_bounds_the_confirm_phase_and_says_what_it_skipped(tiny_model, data, tmp_path, capsys):
+    out = tmp_path / "study"
+    _tune(tiny_model, data, out, trials=1)
+    capsys.readouterr()
+    cut = _tune(tiny_model, data, out, trials=1, confirm_seeds=2, timeout=0)  # the search is done: confirm only
+    said = capsys.readouterr().out
+    assert "confirm phase: 4 trainings" in said and "confirm best configuration" not in said
+    assert ("--timeout 0 s reached: 4 of 4 confirm trainings skipped (best seed 4, best seed 5, default seed 4, "
+            "default seed 5)") in said and "run the same command again to finish them" in said
+    assert cut.confirm["skipped"] and cut.confirm["gain"] is None and not (out / "confirm").exists()
+    assert "Not measured yet: --timeout stopped the confirmation" in (out / "tune_report.md").read_text()
+    done = _tune(tiny_model, data, out, trials=1, confirm_seeds=2)
+    said = capsys.readouterr().out
+    assert "confirm phase: 4 trainings" in said and "[4/4]" in said and "gain of the best over the default" in said
+    assert "skipped" not in done.confirm and len(done.confirm["best"]["validation"]["values"]) == 2
 
 
 def test_confirm_runs_done_before_are_not_run_again(tiny_model, data, tmp_path, capsys):

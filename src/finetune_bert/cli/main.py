@@ -49,7 +49,7 @@ COMMANDS = {
                         "score a fine-tuned model on labelled data",
                         "Score a fine-tuned model on labelled data: a table, the metrics as JSON, and a report "
                         "(NAME.html) beside them."),
-    "predict": Command(PredictConfig, "finetune_bert.inference.files:predict", "label texts with a confidence",
+    "predict": Command(PredictConfig, "finetune_bert.inference.predict:predict", "label texts with a confidence",
                        "Label texts given as arguments, or every row of --input into --output."),
     "serve": Command(ServeConfig, "finetune_bert.serving.app:serve", "serve a model over HTTP, with a web page",
                      "Serve a fine-tuned model over HTTP: POST /predict (Hugging Face task schema), /health, /ready, "
@@ -57,8 +57,9 @@ COMMANDS = {
                      "dynamically; SIGTERM drains, SIGHUP reloads the model."),
     "export": Command(ExportConfig, "finetune_bert.export.onnx:export",
                       "export a fine-tuned model to ONNX (fp32, and int8 on request)",
-                      "Export a fine-tuned model folder to ONNX, written into it (MODEL/onnx/) and checked against "
-                      "torch; predict, evaluate and serve then take --backend onnx (or onnx-int8)."),
+                      "Export a fine-tuned model folder to ONNX, written into it (MODEL/onnx/), or with the model's "
+                      "files into --output DIR, and checked against torch; predict, evaluate and serve then take "
+                      "--backend onnx (or onnx-int8)."),
     "report": Command(ReportConfig, "finetune_bert.evaluation.report_page:report",
                       "rebuild report.html of a training run, or of an evaluation",
                       "Rebuild DIR/report.html from a finished training run's files, or NAME.html from the NAME.json "
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_options(p, command.config)
         if command.config_file:
             p.add_argument("--config", help="Options from a JSON file, as run_config.json or tune's "
-                           "best_config.json hold them; options given on the command line override the file's.")
+                           "best_config.json hold them; options given on the command line override the file's, "
+                           "and --output must be given there.")
     return parser
 
 

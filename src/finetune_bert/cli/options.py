@@ -6,7 +6,10 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -90,13 +93,70 @@ def repeated(argv: list[str]) -> list[str]:
 
 def config_from_file(cls, path: str, given: dict[str, Any]):
     """`--config FILE`: the options a JSON file holds (as run_config.json or tune's best_config.json hold them),
-    then `given`, the options named on the command line, over them."""
+    then `given`, the options named on the command line, over them. Each value must have its option's own JSON
+    type (no `"lr": true` read as 1.0, no `"clean": "no"` read as on), and a problem in a value from the file
+    names the file. A command with an output folder takes it from the command line only: a config file written
+    by a run names that run's folder, and training into it again would replace that run."""
     try:
-        payload = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+        payload = json.loads(Path(path).expanduser().read_text(encoding="utf-8"), object_pairs_hook=_no_repeats)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"--config {path}: cannot be read as JSON ({exc})") from None
     if not isinstance(payload, dict):
         raise UserError(f"--config {path}: expected a JSON object of {cls.__name__} options")
-    if unknown := sorted(set(payload) - {f.name for f in dataclasses.fields(cls)}):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(payload) - set(fields)):
         raise UserError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
-    return cls(**{**payload, **given})
+    if "output" in fields and "output" not in given:
+        raise UserError(f"--config {path}: give --output DIR on the command line; with --config, the folder to "
+                        "write into is never taken from the file")
+    hints = typing.get_type_hints(cls)
+    if wrong := [problem for key, value in payload.items() if (problem := type_problem(key, value, hints[key]))]:
+        raise UserError(f"--config {path}: " + "; ".join(wrong))
+    payload = {k: tuple(v) if isinstance(v, list) else v for k, v in payload.items()}
+    cfg = cls(**{**payload, **given})
+    from_file = {"--" + k.replace("_", "-") for k in set(payload) - set(given)}
+    problems = cfg.problems() if hasattr(cfg, "problems") else []
+    if any(p.split(" ", 1)[0] in from_file for p in problems):
+        raise UserError("; ".join(f"--config {path}: {p}" if p.split(" ", 1)[0] in from_file else p for p in problems))
+    return cfg
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once: json keeps the last of a repeated key silently."""
+    keys = [k for k, _ in pairs]
+    if twice := sorted({k for k in keys if keys.count(k) > 1}):
+        raise ValueError(f"{', '.join(map(repr, twice))} given more than once")
+    return dict(pairs)
+
+
+JSON_TYPES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def type_problem(key: str, value: Any, hint: Any) -> str | None:
+    """What is wrong with a JSON `value` for a field typed `hint` (bool, int, float, str, tuple, each maybe
+    `| None`), or None. Strict: a bool is not a number, 1.0 is not a whole number, "3" is not a number."""
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    nullable = type(None) in kinds
+    kinds = tuple(k for k in kinds if k is not type(None))
+    if value is None:
+        return None if nullable else f"{key!r} must be {_wanted(kinds)}, got null"
+    for kind in kinds:
+        if kind is bool and isinstance(value, bool):
+            return None
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return None
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None if math.isfinite(value) else f"{key!r} must be a finite number, got {json.dumps(value)}"
+        if kind is str and isinstance(value, str):
+            return None
+        if typing.get_origin(kind) in (tuple, list) and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return None
+        if kind not in JSON_TYPES and typing.get_origin(kind) not in (tuple, list):
+            return None  # a type no JSON value maps to plainly: the config's own checks judge it
+    got = json.dumps(value)
+    return f"{key!r} must be {_wanted(kinds)}{' or null' if nullable else ''}, got {got if len(got) <= 40 else got[:37] + '...'}"
+
+
+def _wanted(kinds: tuple) -> str:
+    return " or ".join(JSON_TYPES.get(k, "a list of strings") for k in kinds)

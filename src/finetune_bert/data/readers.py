@@ -12,6 +12,7 @@ import gzip
 import io
 import itertools
 import json
+import re
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -248,7 +249,25 @@ def _from_dicts(path: Path, payload: list, where: list[str]) -> Records:
             raise UserError(f"{path}: {loc}: key {item.twice!r} appears twice in one record, and only one of its "
                             "values would be read; rename or remove one")
         columns.update(dict.fromkeys(item))
-    return Records(str(path), list(columns), payload, where)
+    return Records(str(path), list(columns), payload, where, _repair_surrogates(path, payload, where))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _repair_surrogates(path: Path, payload: list[dict], where: list[str]) -> list[str]:
+    """JSON may escape half of an emoji ("\\ud83d" alone): a lone surrogate, which no tokenizer or file
+    can take. Each becomes U+FFFD, the replacement character, and the user is told where."""
+    repaired = []
+    for item, loc in zip(payload, where):
+        for key, value in item.items():
+            if isinstance(value, str) and _SURROGATE.search(value):
+                item[key] = _SURROGATE.sub("\ufffd", value)
+                repaired.append(f"{loc}, column {key!r}")
+    if not repaired:
+        return []
+    shown = ", ".join(repaired[:3]) + (f" and {len(repaired) - 3} more" if len(repaired) > 3 else "")
+    return [f"{path}: {shown}: a lone surrogate escape (half of an emoji) was replaced by U+FFFD"]
 
 
 def _line_chunks(path: Path, lines: Iterable[str], ext: str, size: int) -> Iterator[Records]:

@@ -79,11 +79,20 @@ def start(device: torch.device, timeout_s: float) -> World:
     return World(rank, size, local, str(device))  # cuda:LOCAL_RANK, or cpu
 
 
-def check_gpus(processes: int) -> None:
-    """One GPU per process: refuse more processes on this machine than it has GPUs (none needed on CPU)."""
-    if torch.cuda.is_available() and processes > torch.cuda.device_count():
-        raise UserError(f"{processes} processes on this machine, but it has {torch.cuda.device_count()} GPU(s): "
-                        "one per process; start at most that many per machine (--nproc-per-node)")
+def check_gpus(processes: int, force: bool = False) -> None:
+    """One GPU per process: refuse more processes on this machine than it has GPUs. On CPU, more processes than
+    cores only share the cores, each with its own copy of the model in memory: refused unless `force`."""
+    if torch.cuda.is_available():
+        if processes > torch.cuda.device_count():
+            raise UserError(f"{processes} processes on this machine, but it has {torch.cuda.device_count()} GPU(s): "
+                            "one per process; start at most that many per machine (--nproc-per-node)")
+        return
+    cores = os.cpu_count() or 1
+    if processes > cores and not force:
+        raise UserError(f"--nproc-per-node {processes}: more processes than this machine's {cores} CPU cores, and "
+                        "no GPU; each process loads its own copy of the model (about 1 GB for bert-base) and they "
+                        f"only share the cores, so it would be slower than {cores}: use at most {cores}, or pass "
+                        "--force to start them anyway")
 
 
 def stop(world: World) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from contextlib import contextmanager
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,15 +57,17 @@ class ModelFolder:
     """A model as the user named it, resolved once where it enters: the alias, local folder or hub id, the run
     info saved beside the weights, and loaders for what the folder holds. Messages name it as the user did."""
 
-    def __init__(self, name: str, source: str):
+    def __init__(self, name: str, source: str, info: RunInfo | None = None):
         self.name, self.source = name, source
         self.path = Path(source) if Path(source).is_dir() else None  # None: a hub id
-        self._config = None
+        self._config, self._info = None, info  # info given: a model still in memory (training's own)
 
-    @cached_property
+    @property
     def info(self) -> RunInfo:
         """finetune_bert.json, read at first use: a base model to train from never needs it."""
-        return RunInfo.read(self.path)
+        if self._info is None:
+            self._info = RunInfo.read(self.path)
+        return self._info
 
     @classmethod
     def open(cls, model: str | ModelFolder) -> ModelFolder:
@@ -285,30 +286,43 @@ _MODEL_FILE = re.compile(r"(config|generation_config|tokenizer|tokenizer_config|
 
 
 def refuse_model_file(target: Path, model: ModelFolder | str, option: str, allow: frozenset[str] = frozenset()) -> None:
-    """An output must never replace a file of the model being used (its config, weights, tokenizer, metrics),
-    take a name a later run of it writes (`allow`: those the caller itself owns, as evaluate its
-    evaluation.json), or go inside the folders the run manages (checkpoints/, tensorboard/)."""
+    """An output must never replace a file of a model folder (config, weights, tokenizer, metrics), take a name
+    a later run of it writes (`allow`: those the caller itself owns, as evaluate its evaluation.json), or go
+    inside a folder that its run or export manages (checkpoints/, tensorboard/, onnx/): for the
+    model being used, and for any other model folder the output would land in."""
     try:
-        opened = ModelFolder.open(model)
+        opened: ModelFolder | None = ModelFolder.open(model)
     except UserError:
-        return  # the model's own problem is reported when it is loaded
-    if opened.path is None:
-        return
-    folder = opened.path
-    inside = target.expanduser().resolve().relative_to(folder.resolve()).parts \
-        if folder.resolve() in target.expanduser().resolve().parents else ()
-    if not inside:
-        return
-    if len(inside) > 1 and inside[0] in ("checkpoints", "tensorboard"):
-        raise UserError(f"{option} {target}: is inside the model's {inside[0]}/ folder, which its training run "
-                        "manages and prunes. Choose another place")
+        opened = None  # the model's own problem is reported when it is loaded
+    resolved = target.expanduser().resolve()
+    folder = opened.path if opened is not None and opened.path is not None else None
+    if folder is None or folder.resolve() not in resolved.parents:
+        folder, allow = _model_folder_above(resolved), frozenset()
+        if folder is None:
+            return
+        opened = ModelFolder(str(folder), str(folder))
+    inside = resolved.relative_to(folder.resolve()).parts
+    if len(inside) > 1 and inside[0] in _MANAGED:
+        manages = "manages and prunes" if inside[0] in ("checkpoints", "tensorboard") else "writes and replaces"
+        raise UserError(f"{option} {target}: is inside the model's {inside[0]}/ folder, which its training run or "
+                        f"export {manages}. Choose another place")
     name = inside[0] if len(inside) == 1 else None
-    reserved = name in RUN_NAMES and name not in allow
-    existing = name is not None and target.exists() and (name in opened.marker_files()
-                                                         or _MODEL_FILE.fullmatch(name))
-    if existing:
-        raise UserError(f"{option} {target}: is a file of the model {model}; writing it would damage the model. "
+    if name is not None and target.exists() and (name in opened.marker_files() or _MODEL_FILE.fullmatch(name)):
+        raise UserError(f"{option} {target}: is a file of the model {opened.name}; writing it would damage the model. "
                         "Choose another file name")
-    if reserved:
-        raise UserError(f"{option} {target}: is a name the training run of {model} writes there, and would replace "
-                        "or remove. Choose another file name")
+    if name in RUN_NAMES and name not in allow:
+        raise UserError(f"{option} {target}: is a name the training run of {opened.name} writes there, and would "
+                        "replace or remove. Choose another file name")
+
+
+def _model_folder_above(path: Path) -> Path | None:
+    """The nearest folder above `path` that holds a model (config.json beside weights or an export)."""
+    for parent in path.parents:
+        if (parent / "config.json").is_file() and any((parent / name).exists() for name in _WEIGHT_NAMES):
+            return parent
+    return None
+
+
+# Folders of a model that its training run or export writes whole: a user's own subfolder is left alone.
+_MANAGED = ("checkpoints", "tensorboard", "onnx")
+_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "onnx")

@@ -9,7 +9,8 @@ checked tokenizer (onnx_tokenizer.py), a prediction starts without paying their 
 
 An export records the weights it was made from (size, mtime, sha256, in onnx/export.json). A model
 folder retrained or replaced since is refused, never scored with the old graph: that would be a silent
-wrong result.
+wrong result. So is a graph whose bytes are not the ones written (its sha256 is in the manifest too: damage
+that keeps a file's size still moves every probability), and a manifest that is not what export writes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from finetune_bert.data.tokens import Encoded
 
 EXPORT_DIR = "onnx"
 MANIFEST = "export.json"
+TOOL = "finetune-bert"  # the manifest's "tool": onnx/ is ours, and "owned" lists every file we wrote there
 FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 WEIGHTS = "model.safetensors"
 # Tokens in one ONNX batch (padded), so tweets and long reviews both run at their best batch: small batches
@@ -78,7 +80,7 @@ def standalone(folder: Path) -> tuple[ExportedConfig, onnx_tokenizer.TokenizerFi
     manifest = read_manifest(folder) or {}
     config, tokenizer = manifest.get("config"), manifest.get("tokenizer")
     path = folder / EXPORT_DIR / onnx_tokenizer.FILE
-    if not (isinstance(config, dict) and isinstance(tokenizer, dict) and path.is_file()):
+    if not (_parts_as_written(config, tokenizer) and path.is_file()):
         return None
     try:
         if onnx_tokenizer.stamps(folder, SOURCES) != manifest.get("sources") or \
@@ -91,25 +93,136 @@ def standalone(folder: Path) -> tuple[ExportedConfig, onnx_tokenizer.TokenizerFi
         return None  # (the fallback reads the folder's own files, and reports what is wrong with them)
 
 
+def _parts_as_written(config: Any, tokenizer: Any) -> bool:
+    """The manifest's config and tokenizer of the types export writes; else the folder's own files are read."""
+    labels = config.get("id2label") if _has(config, num_labels=_count) else None
+    return isinstance(labels, dict) and set(labels) == {str(i) for i in range(config["num_labels"])} and \
+        all(isinstance(v, str) for v in labels.values()) and \
+        _has(config, model_type=lambda v: isinstance(v, str), max_position_embeddings=_none_or_count,
+             vocab_size=_none_or_count) and \
+        _has(tokenizer, pad_token_id=_none_or_count, model_max_length=_none_or_count, sha256=_digest)
+
+
 def weights_stamp(folder: Path, with_hash: bool = True) -> dict[str, Any]:
     """What identifies the weights an export was made from: size and mtime (cheap), and their sha256."""
     path = folder / WEIGHTS
     st = path.stat()
     stamp: dict[str, Any] = {"file": WEIGHTS, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if with_hash:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        stamp["sha256"] = digest.hexdigest()
+        stamp["sha256"] = sha256_of(path)
     return stamp
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def graph_stamp(path: Path) -> dict[str, Any]:
+    """What a graph is checked against at load: its size (a cheap first test) and its sha256."""
+    return {"size": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def manifest_json(folder: Path) -> Any:
+    """export.json as parsed, whatever its shape (JSON null too); absent, unreadable or not JSON: ValueError."""
     try:
-        return json.loads((folder / EXPORT_DIR / MANIFEST).read_text())
-    except (OSError, ValueError):
+        return json.loads((folder / EXPORT_DIR / MANIFEST).read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # missing, a folder, bad UTF-8, not JSON, too deep
+        raise ValueError(f"cannot be read as JSON ({type(exc).__name__})") from None
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest as export wrote it, or None: absent, unreadable, or of another shape."""
+    try:
+        payload = manifest_json(folder)
+    except ValueError:
         return None
+    return payload if manifest_problem(payload) is None else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _none_or_count(value: Any) -> bool:
+    return value is None or _count(value)
+
+
+def _digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and not value.strip("0123456789abcdef")
+
+
+def _has(value: Any, **fields) -> bool:
+    """`value` is an object whose `fields` pass their tests."""
+    return isinstance(value, dict) and all(key in value and ok(value[key]) for key, ok in fields.items())
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v.strip(".") and "/" not in v for v in value)
+
+
+def manifest_problem(payload: Any) -> str | None:
+    """What makes `payload` other than the manifest export writes, or None. Parts predict can do without (the
+    config and tokenizer for a start without transformers) are checked where they are read (standalone)."""
+    if not isinstance(payload, dict):
+        return f"a JSON {_JSON_TYPES.get(type(payload), type(payload).__name__)}, not the object export writes"
+    files = payload.get("files")
+    if payload.get("complete") is False:
+        return "an export that did not finish"
+    if "tool" not in payload and payload.get("format") == "onnx":
+        return "written by an earlier finetune-bert, without its graphs' checksums"
+    checks = {"tool": lambda v: v == TOOL, "format": lambda v: v == "onnx", "opset": _count, "probes": _count,
+              "weights": lambda v: _has(v, size=_count, mtime_ns=_count, sha256=_digest),
+              "files": lambda v: _names(v) and FILES["onnx"] in v and set(v) <= set(FILES.values())
+              and len(set(v)) == len(v),
+              "graphs": lambda v: isinstance(v, dict) and set(v) == set(files)
+              and all(_has(g, size=_count, sha256=_digest) for g in v.values()),
+              "owned": lambda v: _names(v) and set(files) | {MANIFEST} <= set(v),
+              "head": lambda v: _has(v, trained=lambda t: isinstance(t, bool), note=lambda n: n is None or
+                                     isinstance(n, str)),
+              "onnx": lambda v: _has(v, max_abs_logit_diff=_number)}
+    if isinstance(files, list) and FILES["onnx-int8"] in files:
+        checks["onnx-int8"] = lambda v: _has(v, label_agreement=_number, max_abs_prob_diff=_number,
+                                             max_abs_logit_diff=_number)
+    for key, ok in checks.items():
+        if key not in payload:
+            return f"no {key!r}"
+        if not ok(payload[key]):
+            return f"its {key!r} is not what export writes"
+    return None
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def owned_files(folder: Path) -> set[str] | None:
+    """The files in onnx/ that a manifest of ours says we wrote (the manifest among them); None when onnx/
+    holds no manifest of ours. A manifest written before its graphs (export owns a file before writing it)
+    or by an export before "tool" was recorded counts: its files are ours to replace all the same."""
+    try:
+        payload = manifest_json(folder)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    if payload.get("tool") == TOOL and _names(payload.get("owned")):
+        return set(payload["owned"]) | {MANIFEST}
+    legacy = payload.get("format") == "onnx" and _has(payload, weights=lambda v: isinstance(v, dict),
+                                                      onnx=lambda v: isinstance(v, dict)) \
+        and _names(payload.get("files")) and set(payload["files"]) <= set(FILES.values())
+    if not legacy:
+        return None
+    tokenizer = payload.get("tokenizer")
+    saved = {onnx_tokenizer.FILE} if isinstance(tokenizer, dict) and tokenizer.get("file") == onnx_tokenizer.FILE \
+        else set()
+    return set(payload["files"]) | saved | {MANIFEST}
 
 
 def export_command(model: str, backend: str = "onnx") -> str:
@@ -117,20 +230,64 @@ def export_command(model: str, backend: str = "onnx") -> str:
 
 
 def find_export(folder: Path, backend: str, model: str) -> Path | None:
-    """The ONNX file of `backend` (onnx, onnx-int8) in a model folder, checked current; None if there is no
-    export. An export older than the weights is an error naming the command that renews it."""
-    manifest = read_manifest(folder)
-    path = folder / EXPORT_DIR / FILES[backend]
-    if manifest is None or FILES[backend] not in manifest.get("files", []) or not path.is_file():
+    """The ONNX file of `backend` (onnx, onnx-int8) in a model folder, checked current and whole; None if there
+    is no export. A manifest that is not export's, a graph whose bytes are not the ones written, or an export
+    older than the weights is an error naming the file and the command that renews it."""
+    where = folder / EXPORT_DIR
+    if not (where / MANIFEST).exists() and not (where / MANIFEST).is_symlink():
         return None
-    made = manifest.get("weights", {})
+    try:
+        manifest = manifest_json(folder)
+        problem = manifest_problem(manifest)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem is not None:  # without a manifest of ours, export cannot tell onnx/ holds only its own files
+        hint = "" if owned_files(folder) is not None else " --overwrite, if onnx/ holds only finetune-bert's files"
+        raise UserError(f"--model {model}: {where / MANIFEST} is not an export manifest as finetune-bert writes it "
+                        f"({problem}); run the export again: {export_command(model, backend)}{hint}")
+    if FILES[backend] not in manifest["files"]:
+        return None
+    path = where / FILES[backend]
+    _check_graph(path, manifest["graphs"][FILES[backend]], export_command(model, backend))
+    made = manifest["weights"]
     now = weights_stamp(folder, with_hash=False) if (folder / WEIGHTS).is_file() else {}
-    same = now and now["size"] == made.get("size") and now["mtime_ns"] == made.get("mtime_ns")
+    same = now and now["size"] == made["size"] and now["mtime_ns"] == made["mtime_ns"]
     # a copied folder keeps the bytes but not the mtime: the hash decides (slower, once per load)
-    if not same and not (now and now["size"] == made.get("size") and weights_stamp(folder)["sha256"] == made.get("sha256")):
+    if not same and not (now and now["size"] == made["size"] and weights_stamp(folder)["sha256"] == made["sha256"]):
         raise UserError(f"--model {model}: its ONNX export ({EXPORT_DIR}/{FILES[backend]}) was made from other weights "
                         f"than its {WEIGHTS} (retrained or replaced since); renew it: {export_command(model, backend)}")
     return path
+
+
+def _check_graph(path: Path, made: dict[str, Any], command: str) -> None:
+    """The graph's bytes are the ones export wrote: one read and hash per load (about 0.1 s for MiniLM's 90 MB;
+    the load that follows finds the file in the page cache)."""
+    try:
+        whole = path.stat().st_size == made["size"] and sha256_of(path) == made["sha256"]
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__}); the export is incomplete: "
+                        f"run the export again: {command}") from None
+    if not whole:
+        raise UserError(f"{path}: is not the graph export wrote (its size or sha256 differs from {MANIFEST}'s); the "
+                        f"export is damaged: run the export again: {command}")
+
+
+def head_record(notes: list[str], name: str) -> dict[str, Any]:
+    """The manifest's "head": whether it was trained, as load_classifier's notes say (loaded to predict, a model
+    gets a note only for an untrained head), the note kept with the model's name open for the folder a load names."""
+    note = notes[0] if notes else None
+    if note is not None and note.startswith(f"{name} "):
+        note = "{model}" + note[len(name):]
+    return {"trained": not notes, "note": note}
+
+
+def head_warning(folder: Path, model: str) -> str | None:
+    """The warning torch gives for this model's head, recorded at export: an untrained head scores at random."""
+    head = (read_manifest(folder) or {}).get("head") or {}
+    if head.get("trained") is not False:
+        return None
+    return (head.get("note") or "{model} has no trained classification head: its predictions are random. "
+            "Fine-tune it first with `finetune-bert train`").replace("{model}", model)
 
 
 class OnnxEngine:
@@ -152,6 +309,10 @@ class OnnxEngine:
             raise UserError(f"{path}: cannot be loaded by onnxruntime ({type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); the export may "
                             "be damaged: run the export again") from None
+        classes = self.session.get_outputs()[0].shape[-1]
+        if config is not None and isinstance(classes, int) and classes != config.num_labels:
+            raise UserError(f"{path}: gives {classes} logits where the model's config has {config.num_labels} labels "
+                            "(its config.json changed since the export?); run the export again")
         self.path, self.config, self.pad_id = path, config, pad_id
         self.device = Device()
 

@@ -6,8 +6,9 @@ which its users report diverging (T of 1e6-1e7, gpleiss/temperature_scaling#20, 
 NLL of logits/T is convex in 1/T, so a bounded 1-D search cannot go wrong: a grid over log T in
 [0.05, 20] finds the bracket of the minimum, and a golden-section search inside it refines T to ~1e-6.
 
-T is kept only if it lowers the validation NLL, and only with enough validation rows to fit one number
-honestly (MIN_ROWS). Kept, it is folded into the saved model: the weights and bias of the layer that
+T is kept only if it lowers the validation NLL, only with enough validation rows of every class to fit one
+number honestly (MIN_ROWS, MIN_PER_CLASS), and never when the fit runs to the sharp end of the search range (a
+validation set the model gets all right drives T to 0.05: every answer would then say 0.99). Kept, it is folded into the saved model: the weights and bias of the layer that
 produces the logits are divided by T, so `predict`, the Python API, a server and plain
 `transformers.pipeline` all give the calibrated probabilities with no code of ours. T is recorded in
 finetune_bert.json ("temperature"), so the uncalibrated logits stay recoverable (logits * T).
@@ -26,6 +27,7 @@ from finetune_bert.data.tokens import Encoded
 
 
 MIN_ROWS = 50
+MIN_PER_CLASS = 10  # rows of each class in validation, so that no class's few rows decide T
 T_RANGE = (0.05, 20.0)
 GRID = 161           # points on log T: neighbours ~4% apart
 GOLDEN_STEPS = 40    # shrinks the bracket by 0.618^40 ~ 4e-9
@@ -92,15 +94,37 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> Temperature:
     if n < MIN_ROWS:
         return Temperature(1.0, None, None, None, n, f"not calibrated: {n} validation rows, fewer than the "
                                                      f"{MIN_ROWS} needed to fit a temperature")
+    if (few := _too_few_per_class(labels, logits.shape[1])) is not None:
+        return Temperature(1.0, None, None, None, n, f"not calibrated: {few}; one temperature fitted on such a "
+                                                     "validation set would fit that, not the model")
     logits, labels = logits.double().cpu(), labels.cpu()
     t = _search(logits, labels)
     before, after = float(nll(logits, labels, 1.0)), float(nll(logits, labels, t))
     if not after < before - 1e-9:
         return Temperature(1.0, t, before, before, n, f"not calibrated: the fitted temperature {t:.3f} did not "
                                                       f"lower the validation NLL ({before:.4f}); kept T = 1")
-    edge = " (at the edge of the search range)" if min(abs(t - T_RANGE[0]), abs(t - T_RANGE[1])) < 1e-3 else ""
+    if abs(math.log(t / T_RANGE[0])) < 0.05:
+        # the NLL still falls at the sharp end: no minimum inside the range, so some quirk of validation (one
+        # class, or a few rows all right) would make every answer near-certain
+        return Temperature(1.0, t, before, before, n, f"not calibrated: the fit ran to the sharp end of its range "
+                                                      f"({t:.3f}, range {T_RANGE[0]}-{T_RANGE[1]}); kept T = 1")
+    # at the flat end the model's confidence says nothing on validation: flattening it is the honest answer
+    edge = " (the flat end of its range: on validation the model's confidence carries no information)" \
+        if abs(math.log(t / T_RANGE[1])) < 0.05 else ""
     return Temperature(t, t, before, after, n, f"temperature {t:.3f}{edge} fitted on {n} validation rows "
                                                f"(NLL {before:.4f} -> {after:.4f})")
+
+
+def _too_few_per_class(labels: torch.Tensor, classes: int) -> str | None:
+    """Why validation cannot calibrate `classes` classes (only one class in it, or a class with fewer than
+    MIN_PER_CLASS rows), or None."""
+    counts = torch.bincount(labels.long().cpu(), minlength=classes)
+    if int((counts > 0).sum()) < 2:
+        return f"validation holds one class only ({int(counts.argmax())})"
+    if int(counts.min()) < MIN_PER_CLASS:
+        rare = int(counts.argmin())
+        return f"class {rare} has {int(counts[rare])} validation rows, fewer than the {MIN_PER_CLASS} needed"
+    return None
 
 
 def head_layer(model: torch.nn.Module) -> str | None:

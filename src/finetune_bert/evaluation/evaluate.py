@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune_bert.console import console
+from finetune_bert.console import Progress, console
 from finetune_bert.data.chunks import ahead, chunk_rows
 from finetune_bert.data.skipped import refuse_foreign_skipped_list, write_skipped
 from finetune_bert.data.splits import sample_mask
@@ -71,13 +71,15 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     steady_heap(clf.device)
     mistakes = ConfidentMistakes(max(cfg.errors, REPORT_MISTAKES), clf.label_names)
     # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
-    metrics = _score(clf, rows, sample_mask(total, cfg.max_samples, cfg.seed), (cfg.batch_size, cfg.overlap),
-                     mistakes)
+    sample = sample_mask(total, cfg.max_samples, cfg.seed)
+    progress = Progress(int(sample.sum()) if sample is not None else total, "evaluate")
+    metrics = _score(clf, rows, sample, (cfg.batch_size, cfg.overlap), mistakes, progress=progress)
+    progress.close()
     worst = mistakes.rows()
     metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, skipped_rows=len(rows.skipped),
-                   reading=dataclasses.asdict(cfg.reading()),
+                   reading=dataclasses.asdict(cfg.reading()), reading_used=clf.reading_json(),
                    mistakes=[{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]])
-    console.say(format_metrics(metrics, f"{cfg.data} ({metrics['n']} texts)"))
+    console.say(format_metrics(metrics, f"{cfg.data} ({metrics['n']} texts; {clf.reading_text()})"))
     if "uncalibrated" in metrics:
         u = metrics["uncalibrated"]
         console.say(f"calibrated (temperature {metrics['temperature']:.3f} folded in by train); before calibration: "
@@ -102,7 +104,8 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
 REPORT_MISTAKES = 20
 
 
-def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mistakes: ConfidentMistakes) -> dict[str, Any]:
+def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mistakes: ConfidentMistakes, *,
+           progress: Progress | None = None) -> dict[str, Any]:
     """Read, tokenize and score a chunk at a time: memory stays flat however many texts there are; the next
     chunk is read and tokenized while this one is scored. A model with a folded temperature T is also scored
     on logits * T: what it gave before calibration. `batching`: (batch size, overlap)."""
@@ -111,7 +114,8 @@ def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mis
     raw = StreamingMetrics(clf.label_names) if clf.temperature != 1.0 else None
     for chunk, (prepared, _) in ahead(_sampled(rows, sample), lambda c: clf.prepare(c.texts, cleaned=True),
                                       overlap=overlap):
-        logits, lengths = torch.from_numpy(clf.logits_of([prepared], batch_size)), prepared.full_lengths
+        logits = torch.from_numpy(clf.logits_of([prepared], batch_size, progress=progress and progress.update))
+        lengths = prepared.full_lengths
         labels = torch.as_tensor(chunk.labels, dtype=torch.long)
         stream.update(logits, labels, lengths)
         if raw is not None:

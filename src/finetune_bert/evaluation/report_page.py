@@ -157,10 +157,12 @@ def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object, or {} for a file that is missing, unreadable or not an object (a list of predictions)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def run_report(folder: Path) -> str:
@@ -203,9 +205,9 @@ def rebuild(target: str) -> Path:
     if path.is_file() and path.suffix == ".json":
         m = _read_json(path)
         if not {"n", "accuracy", "confusion_matrix", "confidence_histogram"} <= set(m):
-            raise UserError(f"{target}: not the metrics of `finetune-bert evaluate` (or written by an older version:"
-                            " evaluate again to get a report)")
-        return write_text_atomic(path.with_suffix(".html"), evaluation_report(m, path.name))
+            raise UserError(f"{target}: not the metrics of `finetune-bert evaluate` (predictions written by `predict`, "
+                            "or metrics of an older version: evaluate again to get a report)")
+        return write_text_atomic(path.with_suffix(".html"), _drawn(target, lambda: evaluation_report(m, path.name)))
     if not path.is_dir():
         raise UserError(f"{target}: no such folder; give a training run's output folder or an evaluation's .json")
     metrics = _read_json(path / "metrics.json")
@@ -215,9 +217,19 @@ def rebuild(target: str) -> Path:
     if "confidence_histogram" not in metrics.get("test", metrics["validation"]):
         raise UserError(f"{target}: its metrics.json was written by an older finetune-bert, without what the report "
                         "draws; run `finetune-bert evaluate --model DIR --data FILE` to get a report of this model")
-    out = write_text_atomic(path / "report.html", run_report(path))
+    out = write_text_atomic(path / "report.html", _drawn(target, lambda: run_report(path)))
     claim(path, ["report.html"])
     return out
+
+
+def _drawn(target: str, draw) -> str:
+    """The page, or one line when the metrics are valid JSON of another shape than finetune-bert writes (edited
+    by hand, or damaged)."""
+    try:
+        return draw()
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise UserError(f"{target}: its metrics do not have the shape finetune-bert writes ({type(exc).__name__}: "
+                        f"{str(exc)[:120]}); evaluate or train again to get them") from None
 
 
 def report(cfg: ReportConfig | None = None, **overrides: Any) -> Path:

@@ -5,6 +5,12 @@ records the weights it came from and what was measured: fp32 parity with the tor
 1e-4 in any logit) and, for int8, how often its label agrees with fp32's and how far its probabilities
 move. `predict`, `evaluate` and `serve` then take `--backend onnx` (or `onnx-int8`).
 
+onnx/ is owned as `train` owns its output folder: the manifest lists every file export wrote there (before
+writing it), and a folder holding anything else (another tool's export: Optimum and transformers.js use
+onnx/model.onnx and onnx/tokenizer.json) is refused unless --overwrite. Export never writes into an
+installed package or the Hugging Face cache: such a model (--model minilm) is exported with --output DIR,
+into a copy. Every input is checked before the first graph is written.
+
 The TorchScript exporter (dynamo=False) is used: it handles dynamic batch and sequence axes for BERT,
 where the dynamo path still fails on dimensions of size 0 or 1 (huggingface/optimum#2219).
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -26,13 +33,20 @@ from finetune_bert.errors import UserError
 from finetune_bert.console import console
 from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.export.config import ExportConfig
+from finetune_bert.export.target import copy_model, export_folder, installed_or_cache, model_folder, output_folder, own
 from finetune_bert.engine import fastpath, onnx_tokenizer
-from finetune_bert.engine.onnx_engine import EXPORT_DIR, FILES, MANIFEST, SOURCES, WEIGHTS, ExportedConfig, OnnxEngine, weights_stamp
-from finetune_bert.safefiles import MARKER, claim, disk_error, write_text_atomic
+from finetune_bert.engine.onnx_engine import (EXPORT_DIR, FILES, MANIFEST, SOURCES, TOOL, ExportedConfig,
+                                              OnnxEngine, graph_stamp, head_record, owned_files, weights_stamp)
+from finetune_bert.safefiles import disk_error, write_text_atomic
 from finetune_bert.data.tokens import Encoded, pad_id, special_tokens
 
+
 PARITY_TOLERANCE = 1e-4  # the largest |logit difference| an fp32 export may have from the torch path
+
+
 PROBES = 64              # random token sequences the export is checked on (lengths 1 to the max length)
+
+
 OPSET = 17               # LayerNormalization is a single op from 17 on
 
 
@@ -51,28 +65,74 @@ class _Logits(torch.nn.Module):
 def export(cfg: ExportConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
     """Export a local model folder to DIR/onnx/ and say what was written and measured; `quantize="int8"` adds
     dynamic int8 with per-channel weights, `data` texts (labelled or not) to measure the export on as well,
-    its first `rows` rows. Takes an ExportConfig or its options as keywords (`export(model, quantize="int8")`
-    is the same). Returns the manifest written to DIR/onnx/export.json."""
+    its first `rows` rows; `output` a new folder to export a copy of the model into. Takes an ExportConfig or
+    its options as keywords (`export(model, quantize="int8")` is the same). Returns the manifest written to
+    onnx/export.json."""
     if isinstance(cfg, str):  # the model, given first as it always could be
         cfg, overrides = None, {"model": cfg, **overrides}
     cfg = dataclasses.replace(cfg or ExportConfig(), **overrides)
     if problems := cfg.problems():
         raise UserError("; ".join(problems))
     model = ModelFolder.open(cfg.model)
-    folder = _model_folder(model, cfg.format, cfg.quantize)
-    manifest = _export(model, folder, cfg)
-    console.say(describe(manifest, cfg.model))
+    folder = model_folder(model)
+    destination, rows = _checked(model, folder, cfg)
+    manifest = _export(model, destination, cfg, rows)
+    console.say(describe(manifest, cfg.output or cfg.model))
     return manifest
 
 
-def _export(model: ModelFolder, folder: Path, cfg: ExportConfig) -> dict[str, Any]:
+def _checked(model: ModelFolder, folder: Path, cfg: ExportConfig) -> tuple[Path, Any]:
+    """Where the export goes, and the --data rows: every check before anything is loaded or written (a folder
+    export must not write in, files it would replace, the data), all said at once."""
+    destination = Path(cfg.output).expanduser() if cfg.output is not None else folder
+    found = []
+    where = installed_or_cache(destination)
+    if where is not None and cfg.output is None:
+        found.append(f"--model {model}: is inside {where}, which export never writes into; pass --output DIR to "
+                     "export a copy of the model into a new folder")
+    elif where is not None:
+        found.append(f"--output {cfg.output}: is inside {where}, which export never writes into; choose another folder")
+    else:
+        checks = [lambda: export_folder(destination, "--output" if cfg.output else "--model", cfg.overwrite)]
+        if cfg.output is not None:
+            checks.insert(0, lambda: output_folder(folder, destination, cfg.overwrite))
+        for check in checks:
+            try:
+                check()
+            except UserError as exc:
+                found.append(str(exc))
+    rows = None
+    if cfg.data is not None:
+        from finetune_bert.inference.files import input_rows
+
+        try:
+            rows = input_rows(cfg.data, rows_per_chunk=cfg.rows, on_bad_rows="skip")
+            rows.check()
+        except UserError as exc:
+            found.append(f"--data {exc}" if not str(exc).startswith("--") else str(exc))
+    if found:
+        raise UserError("; ".join(found))
+    return destination, rows
+
+
+def _export(model: ModelFolder, folder: Path, cfg: ExportConfig, rows) -> dict[str, Any]:
+    """The export into `folder`: the model's own, or --output's, which gets a copy of the model once it has
+    loaded (a damaged model copies nothing)."""
     tokenizer = model.tokenizer()
-    classifier = model.classifier(notes=[], attn_implementation="eager").eval()
+    notes: list[str] = []
+    classifier = model.classifier(notes=notes, attn_implementation="eager").eval()
+    for note in notes:  # an untrained head: said now, recorded, and said again by every ONNX load
+        console.warn(note)
+    head = head_record(notes, model.name)
+    if folder != model.path:
+        model = copy_model(model.path, folder, cfg.output)
     pad = pad_id(tokenizer)
     max_length = model.max_length(tokenizer, classifier.config)
     target = folder / EXPORT_DIR
+    earlier = owned_files(folder) or set()
+    graphs = [FILES["onnx"], *([FILES["onnx-int8"]] if cfg.quantize else [])]
+    own(folder, earlier | {*graphs, onnx_tokenizer.FILE, MANIFEST})
     try:
-        target.mkdir(exist_ok=True)
         fp32 = _write_graph(classifier, target / FILES["onnx"], pad)
     except OSError as exc:
         raise disk_error(exc, target, "write the export") from None
@@ -83,20 +143,23 @@ def _export(model: ModelFolder, folder: Path, cfg: ExportConfig) -> dict[str, An
         fp32.unlink()
         raise UserError(f"--model {model}: the ONNX graph's logits differ from torch's by {gap:.2e} (over "
                         f"{PARITY_TOLERANCE:g}); not exported. Rerun with --debug and report it")
-    manifest: dict[str, Any] = {"format": cfg.format, "opset": OPSET, "weights": weights_stamp(folder),
-                                "files": [FILES["onnx"]], "probes": PROBES,
+    manifest: dict[str, Any] = {"tool": TOOL, "format": cfg.format, "opset": OPSET, "weights": weights_stamp(folder),
+                                "files": [FILES["onnx"]], "graphs": {FILES["onnx"]: graph_stamp(fp32)},
+                                "head": head, "probes": PROBES,
                                 "onnx": {"max_abs_logit_diff": gap}, **_standalone(tokenizer, classifier, folder)}
     if cfg.quantize == "int8":
         int8 = _quantize(fp32, target / FILES["onnx-int8"])
         manifest["files"].append(FILES["onnx-int8"])
+        manifest["graphs"][FILES["onnx-int8"]] = graph_stamp(int8)
         manifest["onnx-int8"] = _agreement(OnnxEngine(int8, classifier.config, pad).logits(probes, 16),
                                            reference)
+    manifest["owned"] = sorted({*graphs, MANIFEST, *([onnx_tokenizer.FILE] if "tokenizer" in manifest else [])})
     write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    if cfg.data is not None:  # scored through the export just recorded, as predict will score
-        manifest["on_data"] = _on_data(model, cfg.data, cfg.rows, ["onnx", *(["onnx-int8"] if cfg.quantize else [])])
+    for stale in earlier & {*FILES.values(), onnx_tokenizer.FILE} - set(manifest["owned"]):
+        (target / stale).unlink(missing_ok=True)  # an earlier export's, not written again: never left unowned
+    if rows is not None:  # scored through the export just recorded, as predict will score
+        manifest["on_data"] = _on_data(model, cfg.data, rows, ["onnx", *(["onnx-int8"] if cfg.quantize else [])])
         write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    if (folder / MARKER).is_file():  # a later run in this folder replaces the export with the rest of its files
-        claim(folder, [EXPORT_DIR])
     return manifest
 
 
@@ -109,30 +172,6 @@ def _standalone(tokenizer, classifier, folder: Path) -> dict[str, Any]:
     if saved is not None:
         found["tokenizer"] = saved
     return found
-
-
-def _model_folder(model: ModelFolder, fmt: str, quantize: str | None) -> Path:
-    """The local model folder to write into; everything wrong with the request, before any work."""
-    problems = []
-    if fmt != "onnx":
-        problems.append(f"--format {fmt}: the one export format is onnx")
-    if quantize not in (None, "int8"):
-        problems.append(f"--quantize {quantize}: the one quantization is int8")
-    if problems:
-        raise UserError("; ".join(problems))
-    source = model.path
-    if source is None:
-        raise UserError(f"--model {model}: export writes beside the model's files, so it needs a local model folder "
-                        "(download a hub model first, or fine-tune one with finetune-bert train)")
-    if not (source / WEIGHTS).is_file():
-        raise UserError(f"--model {model}: has no {WEIGHTS}; export reads weights only from safetensors")
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise UserError(f"export needs onnx and onnxruntime ({exc.name} is missing): "
-                        "pip install 'finetune-bert[onnx]'") from None
-    return source
 
 
 def _write_graph(classifier, path: Path, pad_id: int) -> Path:
@@ -157,9 +196,13 @@ def _quantize(fp32: Path, path: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     partial = path.with_name(path.name + ".partial")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(fp32), str(partial), per_channel=True, weight_type=QuantType.QInt8)
+    logging.disable(logging.WARNING)  # onnxruntime advises pre-processing the graph: not the user's to act on
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(fp32), str(partial), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
     os.replace(partial, path)
     return path
 
@@ -176,14 +219,11 @@ def _probes(tokenizer, config, max_length: int) -> Encoded:
     return Encoded(ids, np.array([len(x) for x in ids]), None)
 
 
-def _on_data(model: ModelFolder, data: str, rows: int, backends: list[str]) -> dict[str, Any]:
-    """Each backend's labels against torch's on the first `rows` rows of `data`, read as predict reads
-    them; accuracy too where the rows have labels the model knows."""
-    from finetune_bert.inference.files import input_rows
+def _on_data(model: ModelFolder, data: str, chunks, backends: list[str]) -> dict[str, Any]:
+    """Each backend's labels against torch's on the first chunk of `data` (checked: --rows rows), read as
+    predict reads them; accuracy too where the rows have labels the model knows."""
     from finetune_bert.inference.classifier import load
 
-    chunks = input_rows(data, rows_per_chunk=rows, on_bad_rows="skip")
-    chunks.check()
     split = next(iter(chunks))
     reference = load(model, device="cpu", backend="torch-fp32")
     torch_probs = reference.predict_proba(split.texts)
@@ -234,5 +274,3 @@ def describe(manifest: dict[str, Any], folder: str) -> str:
     lines.append(f"use it: finetune-bert predict --model {folder} --backend "
                  f"{'onnx-int8' if 'onnx-int8' in manifest else 'onnx'} ...")
     return "\n".join(lines)
-
-

@@ -17,7 +17,7 @@ import numpy as np
 from finetune_bert.console import console
 from finetune_bert.data.tokens import Encoded, pad_id
 from finetune_bert.engine.model_folder import ModelFolder, pick_device
-from finetune_bert.engine.onnx_engine import OnnxEngine, export_command, find_export, standalone
+from finetune_bert.engine.onnx_engine import OnnxEngine, export_command, find_export, head_warning, standalone
 from finetune_bert.errors import UserError
 
 # Called with (tokenizer, config) once both are read and before any weights are loaded: a reading the model's
@@ -51,8 +51,8 @@ def _torch(folder: ModelFolder, device: str | None, check: Check, *, fp32: bool)
 
 def _onnx(folder: ModelFolder, device: str | None, check: Check, *, name: str) -> tuple[InferenceEngine, Any]:
     """The folder's export in onnxruntime on the CPU; its config and tokenizer from the export itself where it
-    holds them, else through transformers. No export, or one older than the weights, is an error naming the
-    command that makes it."""
+    holds them, else through transformers. No export, or one older than the weights or damaged, is an error
+    naming the command that makes it; an export of an untrained head warns as the torch backend does."""
     if device is not None and device.split(":")[0] != "cpu":
         raise UserError(f"--backend {name} runs on the CPU (onnxruntime's CPU provider); on {device} use "
                         "--backend torch")
@@ -62,6 +62,8 @@ def _onnx(folder: ModelFolder, device: str | None, check: Check, *, name: str) -
                         f"export; make it with: {export_command(folder.name, name)}")
     config, tokenizer = standalone(folder.path) or (folder.config(), folder.tokenizer())
     check(tokenizer, config)
+    if (warning := head_warning(folder.path, folder.name)) is not None:
+        console.warn(warning)
     return OnnxEngine(found, config, pad_id(tokenizer)), tokenizer
 
 

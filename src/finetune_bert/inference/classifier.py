@@ -8,8 +8,9 @@ export, predicting one text starts and answers without paying their import."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator
 import numpy as np
 from finetune_bert.inference.reading import Reading
 from finetune_bert.console import console
@@ -50,6 +51,32 @@ class Classifier:
         self.head_tokens = folder.info.head_tokens
         self.clean = folder.info.clean
         self.temperature = folder.info.temperature  # already folded into the weights
+        self._progress: Callable[[float], None] | None = None
+
+    @contextlib.contextmanager
+    def reporting(self, progress: Callable[[float], None] | None) -> Iterator[None]:
+        """Scoring inside reports the texts done to `progress` as batches finish (a file's pass; the server
+        never sets it)."""
+        self._progress = progress
+        try:
+            yield
+        finally:
+            self._progress = None
+
+    def reading_json(self) -> dict[str, Any]:
+        """How this classifier reads a long text, every default filled in: recorded beside each number."""
+        if self.reading.mode != "chunks":
+            return {"long_texts": "truncate", "truncation": self.truncation, "max_length": self.max_length}
+        window = window_size(self.tokenizer, self.max_length)
+        return {"long_texts": "chunks", "max_length": self.max_length, "stride": self.reading.overlap(window),
+                "aggregate": self.reading.how}
+
+    def reading_text(self) -> str:
+        """The same, for a person: what a printed number was measured with."""
+        r = self.reading_json()
+        if r["long_texts"] == "truncate":
+            return f"texts over {r['max_length']} tokens cut {r['truncation']}"
+        return f"texts over {r['max_length']} tokens read whole in windows ({r['aggregate']} of their logits)"
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
         return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
@@ -65,20 +92,36 @@ class Classifier:
         windows = encode_windows(self.tokenizer, items, self.max_length, stride)
         return windows, int(windows.encoded.lengths.sum())
 
-    def logits_of(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> np.ndarray:
+    def logits_of(self, prepared: list[Encoded | Windows], batch_size: int = 64, *,
+                  progress: Callable[[float], None] | None = None) -> np.ndarray:
         """fp32 logits (n, k) of several prepared units scored together, rows in their order, one after the
-        other: the windows of every text are batched with all the others and aggregated per text after."""
+        other: the windows of every text are batched with all the others and aggregated per text after.
+        `progress(texts)`: called as batches finish, with the share of texts they stand for."""
         if not prepared:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
         if isinstance(prepared[0], Windows):
             offsets = np.cumsum([0] + [len(w.full_lengths) for w in prepared])
             merged = _concat([w.encoded for w in prepared])
             owner = np.concatenate([w.owner + start for w, start in zip(prepared, offsets)])
-            return aggregate(self._logits(merged, batch_size), owner, int(offsets[-1]), self.reading.how)
-        return self._logits(_concat(prepared), batch_size)
+            return aggregate(self._logits(merged, batch_size, progress, int(offsets[-1])), owner, int(offsets[-1]),
+                             self.reading.how)
+        merged = _concat(prepared)
+        return self._logits(merged, batch_size, progress, len(merged))
 
-    def _logits(self, encoded: Encoded, batch_size: int) -> np.ndarray:
-        return as_numpy(self.engine.logits(encoded, batch_size))
+    def _logits(self, encoded: Encoded, batch_size: int, progress: Callable[[float], None] | None = None,
+                texts: int = 0) -> np.ndarray:
+        progress = progress or self._progress
+        infer = getattr(self.engine, "infer", None)  # the torch engine yields batch by batch
+        if progress is None or infer is None:
+            logits = as_numpy(self.engine.logits(encoded, batch_size))
+            if progress is not None:
+                progress(texts)
+            return logits
+        out = np.zeros((len(encoded), len(self.label_names)), dtype=np.float32)
+        for index, logits in infer(encoded, batch_size):
+            out[index] = logits.numpy()
+            progress(len(index) * texts / max(len(encoded), 1))
+        return out
 
     def score_prepared(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> list[np.ndarray]:
         """Probabilities of each prepared unit (one array (n_i, k) each), scored together."""

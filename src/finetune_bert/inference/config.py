@@ -18,6 +18,10 @@ def _like(name: str) -> Any:
     return field(default=source.default, metadata=source.metadata)
 
 
+STREAM = "-"  # --input - / --output -: standard input and output, as Unix tools read and write them
+OUTPUT_FORMATS = ("csv", "tsv", "jsonl", "json")
+
+
 @dataclass
 class ModelReading:
     """A trained model and how it reads texts: what every command that scores with one shares (evaluate,
@@ -56,12 +60,17 @@ class PredictConfig(ScoreConfig):
     """`predict`: texts given as arguments, printed with their label; or every row of --input into --output."""
 
     texts: tuple[str, ...] = opt((), "texts to classify", positional="*")
-    input: str | None = opt(None, "A file of texts (any form `train --data` takes, or .txt with one text per line).")
+    input: str | None = opt(None, "A file of texts (any form `train --data` takes, or .txt with one text per line); "
+                                  "- reads standard input (JSON Lines, CSV/TSV with a text column, or one text a "
+                                  "line).")
     output: str | None = opt(None, "With --input: where to write the predictions; .csv, .tsv, .jsonl, .ndjson or "
-                                   ".json (an array), by its extension.")
+                                   ".json (an array), by its extension; - writes standard output (messages go to "
+                                   "stderr).")
     label_column: str | None = opt(None, "A column copied to the output as true_label (auto-detected: label, "
                                          "sentiment, target, class); empty cells are fine, predict needs no labels.")
     ignore_labels: bool = opt(False, "Do not look for a label column: the output has no true_label.")
+    output_format: str | None = opt(None, "Format of the predictions written to standard output (--output -); a "
+                                          "file's format is its extension (default: csv).", choices=OUTPUT_FORMATS)
 
     def problems(self) -> list[str]:
         """The options and how they combine; the texts and the files are predict()'s to check."""
@@ -78,6 +87,9 @@ class PredictConfig(ScoreConfig):
                              "given as arguments are printed")
         elif self.texts:
             found.append("give texts as arguments or --input FILE, not both")
+        if self.output_format and self.output not in (None, STREAM):
+            found.append(f"--output-format is for --output - (standard output); {self.output} is written as its "
+                         "extension says")
         if self.ignore_labels and self.label_column:
             found.append("--ignore-labels and --label-column contradict each other; give one")
         return found

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import sys
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import numpy as np
 from finetune_bert.inference.heap import steady_heap
 from finetune_bert.data.skipped import refuse_foreign_skipped_list, write_skipped
 from finetune_bert.errors import UserError
@@ -13,11 +17,9 @@ from finetune_bert.engine.model_folder import refuse_model_file
 from finetune_bert.data.sources import source_chunks
 from finetune_bert.safefiles import atomic_output, check_output_file, claim_output
 from finetune_bert.data.chunks import EVAL_CHUNK, ChunkedSplit, ahead, chunk_rows
-from finetune_bert.inference.classifier import Classifier, LabelMap, load
-from finetune_bert.inference.config import PredictConfig
-from finetune_bert.console import console
-from finetune_bert.data.rows import clean_text, visible
-from finetune_bert.data.sources import local_file
+from finetune_bert.inference.classifier import Classifier, LabelMap
+from finetune_bert.console import Progress, console
+from finetune_bert.data.rows import TEXT_COLUMNS
 from finetune_bert.engine.model_folder import ModelFolder
 
 
@@ -73,86 +75,91 @@ def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size:
     number of predictions."""
     out = check_output(output_path, input_path, clf.folder, skipping=read.get("on_bad_rows") == "skip")
     rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean, **read)
-    rows.check()
-    return write_predictions(clf, rows, out, batch_size, overlap=overlap)
+    total = rows.check()
+    return write_predictions(clf, rows, out, batch_size, overlap=overlap, total=total)
 
 
-def predict(cfg: PredictConfig) -> None:
-    """`finetune-bert predict`: the texts given, each printed with its label and confidence; or every row of
-    `cfg.input` into `cfg.output`. Every problem (options, texts, input, output, each row) is found before the
-    model is loaded, and all of them are said at once."""
-    folder, cleans = _opened(cfg.model)
-    found = cfg.problems() + _empty_texts(cfg.texts, cleans)
-    if cfg.input and (file := local_file(cfg.input)) is not None and not file.exists():
-        found.append(f"--input {cfg.input}: file not found")
-    if cfg.input and cfg.output:
-        try:
-            check_output(cfg.output, cfg.input, folder or cfg.model, skipping=cfg.on_bad_rows == "skip")
-        except UserError as exc:
-            found.append(str(exc))
-    if found:
-        raise UserError("; ".join(found))
-    rows = None
-    if cfg.input:
-        rows = input_rows(cfg.input, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
-                          chunk_rows(None, cfg.batch_size), cleaned=cleans)
-        rows.check()
-    clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
-    if rows is not None:
-        out = Path(cfg.output).expanduser()
-        n = write_predictions(clf, rows, out, cfg.batch_size, overlap=cfg.overlap)
-        console.say(f"{n} predictions written to {out}")
-    for text, pred in zip(cfg.texts, clf.predict(list(cfg.texts), cfg.batch_size)):
-        preview = text if len(text) <= 60 else text[:57] + "..."
-        console.say(f"{pred.label}\t{pred.confidence:.2f}\t{preview}")
-
-
-def _opened(model: str) -> tuple[ModelFolder | None, bool]:
-    """The model's folder and whether it cleans texts; (None, True) when the model itself is wrong, which
-    load() then says, after every other problem has been found."""
-    try:
-        folder = ModelFolder.open(model)
-        return folder, folder.info.clean
-    except UserError:
-        return None, True
-
-
-def _empty_texts(texts: tuple[str, ...], cleans: bool) -> list[str]:
-    """Texts given as arguments that leave the model nothing but [CLS] [SEP], as the model cleans them."""
-    return [f"text {i} ({text!r}) has nothing to classify{' once cleaned' if cleans else ''}; give a text with words "
-            "in it" for i, text in enumerate(texts, start=1)
-            if not visible(clean_text(text) if cleans else text)]
-
-
-def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path, batch_size: int = 64, *,
-                      overlap: bool = True) -> int:
+def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, batch_size: int = 64, *,
+                      overlap: bool = True, total: int | None = None, fmt: str | None = None) -> int:
     """Read, predict and write a chunk of rows at a time, in the file's order, so memory does not grow with
     its size; the output appears whole, by rename, only when every row is written. `rows.check()` must
     have passed (so bad rows were reported before any prediction). `overlap`: the next chunk read and
-    tokenized while this one is scored (chunks.ahead)."""
+    tokenized while this one is scored (chunks.ahead). `out` None: standard output, in `fmt` (default csv).
+    `total`: the rows to come (rows.check()'s count), for the progress shown on stderr."""
     steady_heap(clf.device)
     labelled = rows.picked is not None and rows.picked[1] is not None
     fields = ["row", "text", "predicted", "confidence", *(["true_label"] if labelled else []),
               *(f"prob_{n}" for n in clf.label_names)]
+    progress = Progress(total, "predict") if total is not None else None
     written = 0
-    with atomic_output(out, newline="") as handle:
-        write = _row_writer(handle, OUTPUT_FORMATS[out.suffix.lower()], fields)
+    with _opened_output(out) as handle, clf.reporting(progress and progress.update):
+        write = _row_writer(handle, fmt or (OUTPUT_FORMATS[out.suffix.lower()] if out is not None else "csv"), fields)
         for split, prepared in ahead(rows, lambda c: clf.prepare(c.texts)[0] if c.texts else None, overlap=overlap):
-            for i, p in enumerate(clf.score_prepared([prepared], batch_size)[0] if prepared is not None else []):
-                row = {"row": split.where[i], "text": split.texts[i],
-                       "predicted": clf.label_names[int(p.argmax())], "confidence": round(float(p.max()), 6)}
-                if labelled:
-                    row["true_label"] = split.labels[i]
-                row.update({f"prob_{n}": round(float(v), 6) for n, v in zip(clf.label_names, p)})
-                write(row)
+            probs = clf.score_prepared([prepared], batch_size)[0] if prepared is not None else []
+            for i, p in enumerate(probs):
+                write(_prediction(clf, split, i, p, labelled))
                 written += 1
         write(None)
-    write_skipped(rows.skipped, skipped_path(out))
-    claim_output(out)
-    if rows.skipped:
-        claim_output(skipped_path(out))
-        console.say(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
+    if progress is not None:
+        progress.close()
+    _report_skipped(rows, out)
     return written
+
+
+def _prediction(clf: Classifier, split, i: int, p: np.ndarray, labelled: bool) -> dict[str, Any]:
+    row = {"row": split.where[i], "text": split.texts[i], "predicted": clf.label_names[int(p.argmax())],
+           "confidence": round(float(p.max()), 6)}
+    if labelled:
+        row["true_label"] = split.labels[i]
+    row.update({f"prob_{n}": round(float(v), 6) for n, v in zip(clf.label_names, p)})
+    return row
+
+
+@contextlib.contextmanager
+def _opened_output(out: Path | None) -> Iterator[Any]:
+    """The output file, written whole or not at all; or standard output, written as rows come."""
+    if out is not None:
+        with atomic_output(out, newline="") as handle:
+            yield handle
+        claim_output(out)
+        return
+    yield sys.stdout
+    sys.stdout.flush()
+
+
+def _report_skipped(rows: ChunkedSplit, out: Path | None) -> None:
+    """Skipped rows beside the output file, or, when the predictions went to standard output, on stderr."""
+    if out is not None:
+        write_skipped(rows.skipped, skipped_path(out))
+        if rows.skipped:
+            claim_output(skipped_path(out))
+            console.say(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
+        return
+    for row in rows.skipped:  # a spooled standard input is named as the user gave it
+        source = "<stdin>" if Path(row.source).parent.name.startswith(STDIN_SPOOL) else row.source
+        console.note(f"skipped: {source}: {row.where}, column {row.column!r}: {row.reason}")
+
+
+STDIN_SPOOL = "finetune-bert-stdin-"  # the prefix of the folder standard input is saved in
+
+
+def stdin_file(folder: Path) -> Path:
+    """Standard input (`--input -`) saved in `folder` under the name its first line suggests: JSON Lines when
+    it opens with an object, CSV/TSV when its first line names a text column, else one text per line."""
+    data = sys.stdin.buffer.read()
+    first = next((line for line in data.splitlines() if line.strip()), b"").decode("utf-8", "replace")
+    name = "stdin.txt"
+    if first.lstrip().startswith("{"):
+        name = "stdin.jsonl"
+    else:
+        for ext, sep in ((".tsv", "\t"), (".csv", ",")):
+            header = {c.strip().strip('"').lower() for c in first.split(sep)}
+            if sep in first and header & set(TEXT_COLUMNS):
+                name = "stdin" + ext
+                break
+    path = folder / name
+    path.write_bytes(data)
+    return path
 
 
 def _row_writer(handle, fmt: str, fields: list[str]) -> Callable[[dict[str, Any] | None], None]:

@@ -50,6 +50,9 @@ class Reading:
         found = range_problems(self)
         if self.mode == "truncate" and self.aggregate is not None:
             found.append("--aggregate is for --long-texts chunks; with truncate each text is read once")
+        if self.mode == "truncate" and self.stride is not None:
+            found.append("--stride is for --long-texts chunks; with truncate each text is read once, cut, with no "
+                         "windows to overlap")
         if self.long_texts == "chunks" and self.truncation is not None:
             found.append("--truncation is for --long-texts truncate; with chunks the whole text is read")
         if window is not None and self.mode == "chunks" and isinstance(self.stride, int) \

@@ -1,14 +1,23 @@
-"""Dynamic batching for the server: concurrent requests grouped into engine batches by a token budget.
+"""Dynamic batching for the server: concurrent requests scored together, in slices of a token budget.
 
 Requests are tokenized in the caller's thread (the server's thread pool), so the queue knows each one's
-tokens. One worker thread owns the model: it takes the oldest request, adds queued ones while the group's
-tokens stay within `max_batch_tokens` and the first has waited less than `max_wait_ms`, and scores the
-group in one `Classifier.score_encoded` call (sorted by length inside, results back in input order). A
-client batch larger than the budget is one group on its own, cut by the engine into several batches: split,
-never refused. The queue is bounded (`max_queue` requests): a full queue raises QueueFull at once, for a
-429, instead of letting latency grow without bound.
+tokens, and a request over `max_request_tokens` is refused there (TooLarge), before it is queued. One worker
+thread owns the model. When idle it takes the oldest request and adds queued ones while the group's tokens
+stay within `max_batch_tokens` and the first has waited less than `max_wait_ms`. It scores rows (a text as
+cut, or one window of a long text; slices.py) in slices of at most `max_batch_tokens` tokens, so a client
+batch or a text larger than the budget is split, never refused. Between two slices it:
 
-`swap(classifier)` replaces the model between two groups: a group in flight finishes on the old one.
+- drops what is left of a request whose caller stopped waiting (its Ticket was cancelled: a timeout, a client
+  that hung up), so that the model does not keep working for a client that is gone;
+- lets requests queued meanwhile in, up to half the budget, ahead of the rest of a long one: a short request
+  waits at most one slice behind a long one, and the long one still gets at least half of every slice.
+
+The queue is bounded (`max_queue` requests): a full queue raises QueueFull at once, for a 429, instead of
+letting latency grow without bound.
+
+`swap(classifier)`: requests already started finish on the model they started with; the next ones get the new
+one. `drain(seconds)` (SIGTERM) keeps scoring what was received until its deadline, then answers the rest
+with Closed; `close()` stops the worker.
 """
 
 from __future__ import annotations
@@ -21,7 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from finetune_bert import faults
+from finetune_bert.serving import slices
 from finetune_bert.serving.priority import lower_this_thread
+from finetune_bert.serving.slices import Work
+
+# How long close() waits for the worker to finish the slice it is in once the drain time is over.
+SLICE_GRACE_SECONDS = 10.0
 
 
 class QueueFull(Exception):
@@ -29,7 +43,26 @@ class QueueFull(Exception):
 
 
 class Closed(Exception):
-    """The batcher is draining or stopped: no new request is taken."""
+    """The batcher is stopped, or its drain time is over: no request is taken or finished."""
+
+
+class TooLarge(Exception):
+    """A request needs more tokens than `max_request_tokens`."""
+
+    def __init__(self, tokens: int, limit: int):
+        super().__init__(f"the request needs {tokens} tokens, over the limit of {limit}")
+        self.tokens, self.limit = tokens, limit
+
+
+class Ticket(Future):
+    """A request's future. cancel() also marks it abandoned: once the worker runs a request its future can no
+    longer be cancelled, and the worker drops the rows left of an abandoned one between two slices."""
+
+    abandoned = False
+
+    def cancel(self) -> bool:
+        self.abandoned = True
+        return super().cancel()
 
 
 @dataclass
@@ -37,13 +70,15 @@ class _Request:
     texts: list[str]
     prepared: Any              # what Classifier.prepare made of the texts (token ids or windows)
     tokens: int
-    future: Future
+    future: Ticket
+    classifier: Any            # the model that prepared them
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(frozen=True)
 class Scored:
-    """A request's answer: probabilities (n, k), the time it waited in the queue and its batch's time."""
+    """A request's answer: probabilities (n, k), the time it waited before its first slice, and the time from
+    its first slice to its last."""
 
     probs: Any
     queue_seconds: float
@@ -52,7 +87,8 @@ class Scored:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """What one engine group was, for the metrics: texts, tokens, its requests' waits, its time."""
+    """What one engine slice was, for the metrics: rows (texts, or windows of long ones), tokens, the waits of
+    the requests it started, its time."""
 
     texts: int
     tokens: int
@@ -62,35 +98,39 @@ class BatchRecord:
 
 class Batcher:
     def __init__(self, classifier, *, max_batch_tokens: int = 16384, max_wait_ms: float = 2.0,
-                 max_queue: int = 256, on_batch: Callable[[BatchRecord], None] | None = None):
+                 max_queue: int = 256, max_request_tokens: int | None = None, batch_size: int = 64,
+                 on_batch: Callable[[BatchRecord], None] | None = None, on_abandon: Callable[[], None] | None = None):
         self.classifier = classifier
         self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
-        self.max_queue, self.on_batch = max_queue, on_batch
+        self.max_queue, self.max_request_tokens, self.batch_size = max_queue, max_request_tokens, batch_size
+        self.on_batch, self.on_abandon = on_batch, on_abandon
         self._queue: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition()
-        self._closed = False
+        self._closed = self._expired = False
+        self._deadline: float | None = None  # of the drain: monotonic time
         self._busy = 0  # requests taken by the worker and not yet answered
+        self.unfinished = 0  # requests answered Closed because the drain time ran out
         self._worker = threading.Thread(target=self._run, name="finetune-bert-batcher", daemon=True)
         self._worker.start()
 
     # ---- the callers' side ------------------------------------------------------------------------------
 
-    def submit(self, texts: list[str]) -> Future:
-        """Queue texts (already checked by the caller); the future's result is a Scored."""
+    def submit(self, texts: list[str]) -> Ticket:
+        """Queue texts (already checked by the caller); the ticket's result is a Scored."""
         self._refuse_if_full()  # before tokenizing: under overload, a refusal must cost nothing
         classifier = self.classifier
         prepared, tokens = classifier.prepare(texts)
-        request = _Request(texts, prepared, tokens, Future())
+        if self.max_request_tokens is not None and tokens > self.max_request_tokens:
+            raise TooLarge(tokens, self.max_request_tokens)
+        request = _Request(texts, prepared, tokens, Ticket(), classifier)
         with self._cond:
             self._refuse_if_full()
-            # texts prepared by a model swapped out meanwhile are prepared again by the worker
-            request.prepared = (classifier, prepared)
             self._queue.append(request)
             self._cond.notify()
         return request.future
 
     def _refuse_if_full(self) -> None:
-        if self._closed:
+        if self._closed or self._expired or self._past_deadline():
             raise Closed("the server is shutting down")
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"{len(self._queue)} requests are queued already (--max-queue {self.max_queue})")
@@ -99,80 +139,164 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def busy(self) -> int:
+        """Requests the worker has started and not yet answered."""
+        return self._busy
+
+    @property
+    def draining(self) -> bool:
+        return self._closed or self._deadline is not None
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.is_alive()
+
     def swap(self, classifier) -> Any:
-        """Use `classifier` from the next group on; returns the old one."""
+        """Use `classifier` for the requests not started yet; returns the old one."""
         with self._cond:
             old, self.classifier = self.classifier, classifier
         return old
 
+    def drain(self, seconds: float) -> None:
+        """Start the drain: what is queued or started is still scored for `seconds`, then answered with Closed.
+        It only sets the deadline (the worker and close() act on it), so a signal handler may call it."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + seconds
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
     def close(self, drain_seconds: float = 30.0) -> bool:
-        """Take no new request; answer the queued and in-flight ones for up to `drain_seconds`. True if all
-        were answered in time (the rest get Closed)."""
-        deadline = time.monotonic() + drain_seconds
+        """Take no new request; answer the queued and started ones until the drain's deadline (set by drain(),
+        or `drain_seconds` from now); the rest get Closed. True if all were answered in time."""
+        self.drain(drain_seconds)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            while (self._queue or self._busy) and time.monotonic() < deadline:
-                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
-            left = list(self._queue)
-            self._queue.clear()
-            drained = not left and not self._busy
-        for request in left:
-            request.future.set_exception(Closed("the server shut down before this request was scored"))
-        self._worker.join(timeout=max(0.0, deadline - time.monotonic()) + 1)
-        return drained
+            while (self._queue or self._busy) and not self._expired and self._worker.is_alive() \
+                    and not self._past_deadline():
+                self._cond.wait(timeout=max(0.01, self._deadline - time.monotonic()))
+            if self._queue or self._busy:
+                self._expire()
+        self._worker.join(timeout=SLICE_GRACE_SECONDS)
+        return self.unfinished == 0
+
+    def _expire(self) -> None:
+        """The drain time is over (the lock held): the queued requests get Closed now, the started ones when the
+        worker ends its slice."""
+        if self._expired:
+            return
+        self._expired = True
+        self.unfinished += len(self._queue) + self._busy
+        for request in self._queue:
+            request.future.set_exception(Closed(_SHUT))
+        self._queue.clear()
+        self._cond.notify_all()
 
     # ---- the worker ---------------------------------------------------------------------------------------
 
-    def _take(self) -> list[_Request] | None:
-        """The next group: the oldest request, then others while the token budget and the wait allow."""
-        with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if not self._queue:
-                return None
-            group = [self._queue.popleft()]
-            tokens = group[0].tokens
-            deadline = group[0].enqueued + self.max_wait
-            while True:
-                while self._queue and tokens + self._queue[0].tokens <= self.max_batch_tokens:
-                    tokens += self._queue[0].tokens
-                    group.append(self._queue.popleft())
-                left = deadline - time.perf_counter()
-                if left <= 0 or self._closed or (self._queue and tokens + self._queue[0].tokens > self.max_batch_tokens):
-                    break
-                self._cond.wait(timeout=left)
-            group = [r for r in group if r.future.set_running_or_notify_cancel()]  # timed-out callers cancelled
-            self._busy = len(group)
-            return group
-
     def _run(self) -> None:
         lower_this_thread()  # (priority.py: the event loop must not wait for the model's cores)
-        while (group := self._take()) is not None:
-            started = time.perf_counter()
-            try:
-                if group:
-                    self._score(group, started)
-            finally:
-                with self._cond:
-                    self._busy = 0
-                    self._cond.notify_all()
+        active: list[Work] = []
+        try:
+            while (new := self._next(active)) is not None:
+                active = self._live(active + [self._bound(r) for r in new])
+                if active:
+                    active = self._slice(active)
+        finally:
+            for work in active:
+                if not work.request.future.done():
+                    work.request.future.set_exception(Closed(_SHUT))
+            with self._cond:
+                self._busy = 0
+                self._cond.notify_all()
 
-    def _score(self, group: list[_Request], started: float) -> None:
+    def _next(self, active: list[Work]) -> list[_Request] | None:
+        """Requests to start now: when idle, the next group (waiting for one); while some are started, those
+        queued that fit in half the budget. None: stop (closed and nothing left, or the drain time is over)."""
+        with self._cond:
+            self._busy = len(active)
+            self._cond.notify_all()
+            if self._past_deadline():
+                self._expire()
+            if self._expired:
+                return None
+            if not active:
+                return self._group()
+            if active[0].classifier is not self.classifier:
+                return []  # the old model's requests finish first
+            return self._take(self.max_batch_tokens // 2, 0)
+
+    def _group(self) -> list[_Request] | None:
+        while not self._queue and not self._closed and not self._past_deadline():
+            self._cond.wait(timeout=None if self._deadline is None else max(0.01, self._deadline - time.monotonic()))
+        if not self._queue:
+            return None if self._closed or self._past_deadline() else []
+        group = self._take(self.max_batch_tokens, 1)
+        deadline = (group[0].enqueued if group else time.perf_counter()) + self.max_wait
+        while (left := deadline - time.perf_counter()) > 0 and not self._closed:
+            tokens = sum(r.tokens for r in group)
+            if self._queue and tokens + self._queue[0].tokens > self.max_batch_tokens:
+                break
+            self._cond.wait(timeout=left)
+            group += self._take(self.max_batch_tokens - sum(r.tokens for r in group), 0)
+        return group
+
+    def _take(self, budget: int, at_least: int) -> list[_Request]:
+        """Queued requests in order while their tokens fit in `budget` (at least `at_least` of them), counted
+        as busy; those whose caller cancelled them while queued are left out."""
+        taken, tokens = [], 0
+        while self._queue and (len(taken) < at_least or tokens + self._queue[0].tokens <= budget):
+            request = self._queue.popleft()
+            if request.future.set_running_or_notify_cancel():
+                taken.append(request)
+                tokens += request.tokens
+        self._busy += len(taken)
+        return taken
+
+    def _bound(self, request: _Request) -> Work:
+        """The request as rows on the current model: prepared again if the model was swapped meanwhile."""
         classifier = self.classifier
+        prepared = request.prepared if request.classifier is classifier else classifier.prepare(request.texts)[0]
+        return Work.of(request, classifier, prepared)
+
+    def _live(self, works: list[Work]) -> list[Work]:
+        """The works whose caller still waits; the others are dropped, with the rows they had left."""
+        live = []
+        for work in works:
+            if work.abandoned:
+                work.request.future.set_exception(Closed("the caller stopped waiting"))
+                if self.on_abandon is not None:
+                    self.on_abandon()
+            else:
+                live.append(work)
+        return live
+
+    def _slice(self, active: list[Work]) -> list[Work]:
+        """Score one slice; returns the works with rows left."""
+        chosen = slices.plan(active, self.max_batch_tokens)
+        started = time.perf_counter()
+        waits = slices.start(chosen, started)
+        rows = slices.rows_of(chosen)
         try:
             faults.hit("batch", 0)
-            prepared = [r.prepared[1] if r.prepared[0] is classifier else classifier.prepare(r.texts)[0]
-                        for r in group]
-            probs = classifier.score_prepared(prepared)
-        except BaseException as exc:  # every caller gets the error; the worker lives on
-            for r in group:
-                r.future.set_exception(exc)
-            return
+            logits = chosen[0][0].classifier.logits_of([rows], self.batch_size)
+        except BaseException as exc:  # its callers get the error; the worker lives on
+            failed = {id(work) for work, _ in chosen}
+            for work, _ in chosen:
+                work.request.future.set_exception(exc)
+            return [w for w in active if id(w) not in failed]
         seconds = time.perf_counter() - started
-        for r, p in zip(group, probs):
-            r.future.set_result(Scored(p, started - r.enqueued, seconds))
+        finished = slices.hand_out(chosen, logits)
+        now = time.perf_counter()
+        for work in finished:
+            work.request.future.set_result(Scored(work.probs(), work.started - work.request.enqueued,
+                                                  now - work.started))
         if self.on_batch is not None:
-            self.on_batch(BatchRecord(sum(len(r.texts) for r in group), sum(r.tokens for r in group),
-                                      tuple(started - r.enqueued for r in group), seconds))
+            self.on_batch(BatchRecord(len(rows), int(rows.lengths.sum()), tuple(waits), seconds))
+        done = {id(w) for w in finished}
+        return [w for w in active if id(w) not in done]
 
+
+_SHUT = "the server shut down before this request was scored (--drain-seconds)"

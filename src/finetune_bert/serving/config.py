@@ -12,16 +12,26 @@ class ServeConfig(ModelReading):
     """`serve`: a model behind HTTP, with dynamic batching and a limit on everything a client can send."""
 
     host: str = opt("127.0.0.1", "Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
-    port: int = opt(8000, "Port to listen on (0: any free port, printed at start).", at_least=0, at_most=65535)
+    port: int = opt(8000, "Port to listen on (0: any free port; the start-up line names the one bound).", at_least=0,
+                    at_most=65535)
     max_batch_tokens: int = opt(16384, "Token budget of one engine batch: concurrent requests are grouped up to it.",
                                 at_least=1)
     max_wait_ms: float = opt(2.0, "How long the first request of a batch waits for others to join it.", at_least=0)
     max_queue: int = opt(256, "Requests waiting at most; beyond it a request gets 429 with Retry-After.", at_least=1)
     max_client_batch: int = opt(256, "Texts in one request at most (413 beyond); larger ones are cut into several "
                                      "engine batches, not refused.", at_least=1)
-    max_payload_bytes: int = opt(2_000_000, "Request body size at most (413 beyond).", at_least=1)
-    timeout: float = opt(30.0, "Seconds a request may wait for its answer (503 beyond).", at_least=0.001)
-    drain_seconds: float = opt(30.0, "On SIGTERM: seconds to finish requests in flight before exiting.", at_least=0)
+    max_payload_bytes: int = opt(2_000_000, "Request body size at most (413 beyond; the rest of a larger body is "
+                                            "read and discarded first, so that every client sees the 413).", at_least=1)
+    max_request_tokens: int = opt(131072, "Tokens the model may read for one request, at most (413 at once beyond): "
+                                          "its texts as cut, or every window of them, overlaps included, when long "
+                                          "texts are read whole. A payload within --max-payload-bytes can still be "
+                                          "minutes of work (2 MB of text is about half a million tokens); 131072 is "
+                                          "a full client batch (--max-client-batch 256) of 512-token texts.",
+                                  at_least=1)
+    timeout: float = opt(30.0, "Seconds a request may wait for its answer (503 beyond; the model stops working on "
+                               "it).", at_least=0.001)
+    drain_seconds: float = opt(30.0, "On SIGTERM: seconds to finish requests in flight; then the rest are answered "
+                                     "503 and the server exits with 1.", at_least=0)
     api_key: str | None = opt(None, "Require `Authorization: Bearer KEY` on /predict and /admin/reload (default: "
                                     "the FINETUNE_BERT_API_KEY environment variable, if set).")
     cors_origins: str | None = opt(None, "Comma-separated origins allowed to call the API from a browser (off by "

@@ -25,12 +25,15 @@ class ServerMetrics:
                                  "(successful /predict requests).", buckets=SECONDS, registry=r)
         self.queue_wait = Histogram("finetune_bert_queue_seconds", "Time a request waited before its batch started.",
                                     buckets=SECONDS, registry=r)
-        self.inference = Histogram("finetune_bert_inference_seconds", "Time to score one batch.", buckets=SECONDS,
-                                   registry=r)
-        self.batch_texts = Histogram("finetune_bert_batch_texts", "Texts per batch.", buckets=SIZES, registry=r)
+        self.inference = Histogram("finetune_bert_inference_seconds", "Time to score one batch (an engine slice).",
+                                   buckets=SECONDS, registry=r)
+        self.batch_texts = Histogram("finetune_bert_batch_texts", "Texts per batch (windows, for texts read whole).",
+                                     buckets=SIZES, registry=r)
         self.batch_tokens = Histogram("finetune_bert_batch_tokens", "Tokens per batch.", buckets=TOKENS, registry=r)
         self.queued = Gauge("finetune_bert_queue_requests", "Requests waiting for a batch.", registry=r)
         self.reloads = Counter("finetune_bert_reloads", "Successful model reloads.", registry=r)
+        self.abandoned = Counter("finetune_bert_abandoned_requests", "Requests dropped before their last batch "
+                                 "because their client stopped waiting (timed out or hung up).", registry=r)
 
     def request(self, route: str, status: int, seconds: float | None) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -38,7 +41,7 @@ class ServerMetrics:
             self.latency.observe(seconds)
 
     def batch(self, record) -> None:
-        """One batcher group (batcher.BatchRecord)."""
+        """One engine slice of the batcher (batcher.BatchRecord)."""
         for wait in record.waits:
             self.queue_wait.observe(wait)
         self.inference.observe(record.seconds)

@@ -1,6 +1,7 @@
 """The server's page at `/`: paste a review, see the label, a confidence bar and every class's probability;
 paste several lines, get a table. One file, no external assets (it must work offline and behind a
-firewall), readable on a phone. It calls the same /predict as any client."""
+firewall), readable on a phone. It calls the same /predict as any client, and names the model as /info does:
+the folder's name and its base model, never a path on the server's disk."""
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -39,7 +40,8 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowra
 const $ = (id) => document.getElementById(id);
 function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; return td; }
 fetch("info").then((r) => r.json()).then((info) => {
-  $("model").textContent = info.model + " \\u2014 labels: " + info.labels.join(", ") +
+  $("model").textContent = info.model + (info.base_model ? " (fine-tuned from " + info.base_model + ")" : "") +
+    " \\u2014 labels: " + info.labels.join(", ") +
     (info.temperature !== 1 ? " (calibrated confidences)" : "");
   $("keybox").hidden = !info.auth;
 }).catch(() => { $("model").textContent = ""; });

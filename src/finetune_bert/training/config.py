@@ -72,6 +72,8 @@ class TrainConfig(DataConfig):
     nproc_per_node: int = opt(1, "Train with this many processes on this machine (one per GPU; DDP under torchrun, "
                               "started for you); --batch-size stays the global batch of a step. For several "
                               "machines, run torchrun yourself (README, 'More than one GPU').", at_least=1)
+    force: bool = opt(False, "With --nproc-per-node on a machine without a GPU: start more processes than it has CPU "
+                             "cores (refused otherwise: they only share the cores, each with its own model).")
     dist_timeout: float = opt(600.0, "With several processes: seconds a process waits for the others at a collective "
                               "before the job stops with a message (a process that died or hangs).", at_least=1)
     debug: bool = debug_option()

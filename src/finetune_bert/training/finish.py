@@ -12,7 +12,10 @@ from typing import Any
 import torch
 from finetune_bert.engine import distributed
 from finetune_bert.evaluation.calibration import calibrate, score_calibrated, summary_line
-from finetune_bert.evaluation.metrics import ConfidentMistakes, format_metrics, snippet
+from finetune_bert.engine.model_folder import ModelFolder
+from finetune_bert.evaluation.metrics import ConfidentMistakes, format_metrics, scores_of, snippet
+from finetune_bert.inference.classifier import Classifier
+from finetune_bert.inference.reading import Reading
 from finetune_bert.console import console
 from finetune_bert.training.job import Job
 from finetune_bert.training.model_card import model_card
@@ -45,11 +48,7 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     metrics["calibration"] = {**t.to_json(), "validation": measures}
     split = "validation"
     if "test" in job.enc:
-        split, scoring = "test", time.time()
-        metrics["test"], metrics["calibration"]["test"], logits = score_calibrated(engine, job.enc["test"], names,
-                                                                                   batch_size, t)
-        metrics["test"]["seconds"] = round(time.time() - scoring, 2)
-        console.say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts), best model from step {state.best_step}"))
+        split, logits = "test", _score_test(job, t, metrics)
     console.say(summary_line(t, {s: metrics["calibration"][s] for s in ("validation", "test") if s in metrics["calibration"]}))
     metrics["mistakes"] = _mistakes(job, split, logits)
     metrics["seconds_total"] = round(time.time() - job.started, 1)
@@ -64,6 +63,37 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     console.say(f"model saved to {run.path} (best {cfg.metric} {state.best:.4f} at step {state.best_step}); "
         f"training took {train_seconds:.0f}s" + (f"; report: {run.path / 'report.html'}" if cfg.report else ""))
     return TrainResult(str(run.path), metrics, state.best_step)
+
+
+def _score_test(job: Job, t, metrics: dict[str, Any]) -> torch.Tensor:
+    """Test as training read it (long texts cut), and, when some test text is longer than the model reads, also
+    read whole as `evaluate` and `predict` read it by default: each number says which reading gave it."""
+    scoring, enc, length = time.time(), job.enc["test"], job.prepared.tokens.max_length
+    names, batch_size = job.ds.label_names, job.state.eval_batch_size
+    metrics["test"], metrics["calibration"]["test"], logits = score_calibrated(job.engine, enc, names, batch_size, t)
+    longer = int((enc.full_lengths > length).sum())
+    metrics["test"]["reading"] = {"long_texts": "truncate", "truncation": job.cfg.truncation, "max_length": length,
+                                  "longer_texts": longer}
+    cut = f"; {longer} longer than {length} tokens, cut {job.cfg.truncation} as in training" if longer else ""
+    console.say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts{cut}), best model from step "
+                                                f"{job.state.best_step}"))
+    if longer:
+        whole, reading = _read_whole(job, t.value)
+        metrics["test_read_whole"] = {**{k: whole[k] for k in ("accuracy", "f1_macro", "log_loss", "n")},
+                                      "reading": reading}
+        console.say(f"test with long texts read whole, as evaluate and predict read them by default: accuracy "
+                    f"{whole['accuracy']:.4f}, macro F1 {whole['f1_macro']:.4f}")
+    metrics["test"]["seconds"] = round(time.time() - scoring, 2)
+    return logits
+
+
+def _read_whole(job: Job, temperature: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The test metrics with every text read whole, as windows whose logits are averaged, and that reading."""
+    folder = ModelFolder(str(job.run.path), str(job.run.path), info=job.run_info(temperature))
+    clf = Classifier(job.engine, job.tokenizer, folder, Reading(long_texts="chunks"))
+    prepared, _ = clf.prepare(job.ds.test.texts, cleaned=True)
+    logits = torch.from_numpy(clf.logits_of([prepared], job.state.eval_batch_size))
+    return scores_of(logits, job.enc["test"], job.ds.label_names), clf.reading_json()
 
 
 def _mistakes(job: Job, split: str, logits: torch.Tensor, k: int = 20) -> list[dict[str, Any]]:

@@ -41,13 +41,13 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
 
 def launch(cfg: TrainConfig) -> TrainResult:
     """Check everything, then run `cfg` under torchrun with `cfg.nproc_per_node` processes on this machine."""
-    distributed.check_gpus(cfg.nproc_per_node)
+    distributed.check_gpus(cfg.nproc_per_node, cfg.force)
     with console.quiet():
         preflight(cfg)
     with tempfile.TemporaryDirectory(prefix="finetune-bert-launch-") as tmp:
         options = Path(tmp) / "train_config.json"
         options.write_text(json.dumps(cfg.to_json()) + "\n", encoding="utf-8")
-        _run_torchrun(cfg.nproc_per_node, ["train", "--config", str(options)])
+        _run_torchrun(cfg.nproc_per_node, ["train", "--config", str(options), "--output", str(cfg.output)])
     metrics = json.loads((Path(cfg.output).expanduser() / "metrics.json").read_text(encoding="utf-8"))
     return TrainResult(str(Path(cfg.output).expanduser()), metrics, metrics["best_step"])
 

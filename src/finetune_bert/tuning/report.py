@@ -66,8 +66,10 @@ def write_outputs(cfg, study, space, folder: Path, confirm: dict[str, Any] | Non
         console.say(f"no trial has completed yet; run the same command again to continue (trials in {folder / 'trials.csv'})")
         return TuneResult(str(folder), float("nan"), {}, 0, sum(r["state"] == "pruned" for r in rows), confirm)
     best = study.best_trial
-    rerun = cfg.train_config(**best.params, output=str(folder / "rerun"), resume=False, overwrite=False)
-    write_text_atomic(folder / "best_config.json", json.dumps(rerun.to_json(), indent=2) + "\n")
+    # No output: `train --config` takes it from the command line, so that a rerun never trains into the study.
+    rerun = {k: v for k, v in cfg.train_config(**best.params, resume=False, overwrite=False).to_json().items()
+             if k != "output"}
+    write_text_atomic(folder / "best_config.json", json.dumps(rerun, indent=2) + "\n")
     plots = _plots(study, folder)
     savings = pruning_savings(rows, cfg, space)
     write_text_atomic(folder / "tune_report.md", _report(cfg, best, rows, savings=savings, confirm=confirm,
@@ -125,7 +127,7 @@ def _report(cfg, best, rows, *, savings, confirm, plots, seconds) -> str:
              + (f", {states['surplus']} surplus" if states["surplus"] else "") + f"; this run took {seconds:.0f} s.", "",
              f"Best: trial {best.number}, validation {cfg.metric} **{best.value:.4f}**, with "
              + ", ".join(f"`{k}` {short(v)}" for k, v in best.params.items()) + ". Its model is `best/`; "
-             "`finetune-bert train --config best_config.json` trains it again (same data, seed and options).", ""]
+             "`finetune-bert train --config best_config.json --output NEW` trains it again (same data, seed and options).", ""]
     if confirm:
         lines += _confirm_table(confirm)
     lines += ["| trial | state | value | " + " | ".join(k for k in best.params) + " | seconds |",
@@ -140,8 +142,11 @@ def _report(cfg, best, rows, *, savings, confirm, plots, seconds) -> str:
 
 def _confirm_table(confirm: dict[str, Any]) -> list[str]:
     metric, seeds = confirm["metric"], confirm["seeds"]
-    lines = [f"## Gain, over {len(seeds)} fresh seeds ({', '.join(map(str, seeds))})", "",
-             f"| configuration | validation {metric} | test {metric} |", "| --- | --- | --- |"]
+    lines = [f"## Gain, over {len(seeds)} fresh seeds ({', '.join(map(str, seeds))})", ""]
+    if confirm.get("skipped"):
+        return lines + [f"Not measured yet: --timeout stopped the confirmation before {len(confirm['skipped'])} of its "
+                        f"trainings ({', '.join(confirm['skipped'])}); run the same command again to finish them.", ""]
+    lines += [f"| configuration | validation {metric} | test {metric} |", "| --- | --- | --- |"]
 
     def cell(s):
         return "n/a" if s is None else f"{s['mean']:.4f} ± {s['std']:.4f}"

@@ -10,6 +10,7 @@ validation metric, never the test set; the data is read, checked and tokenized o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -19,18 +20,18 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from finetune_bert.training import checkpoint
 from finetune_bert.training.checkpoint import TrainState
-from finetune_bert.tuning.config import TuneConfig
+from finetune_bert.tuning.config import TuneConfig, check_storage, first_line
 from finetune_bert.evaluation.metrics import greater_is_better, is_better
 from finetune_bert.ranks import launched
 from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.lock import process_gone, this_process
 from finetune_bert.console import console
 from finetune_bert.safefiles import check_output_folder, claim, read_marker, write_text_atomic
-from finetune_bert.tuning.space import Dimension, read_space, space_json
+from finetune_bert.tuning.space import Dimension, FreshSampler, read_space, space_json, space_size
 from finetune_bert.data.prepared import Prepared
 from finetune_bert.training.job import prepare
 from finetune_bert.training.train import process_settings, checked, run_training
@@ -61,24 +62,34 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
                         "on one --storage share a study, one per GPU or machine)")
     cfg = checked(cfg or TuneConfig(), **overrides)
     process_settings(cfg)
-    space = read_space(cfg.space)
+    space = read_space(cfg.space, cfg.train_config())
     folder = _check_folder(cfg)
+    url = cfg.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    in_folder = check_storage(url, folder)
     started = time.time()
     # keep_checkpoints 0: a trial keeps the one checkpoint its own resume needs, and removes it when it ends
     # trials draw no report (seconds of figures each); the model kept in best/ gets one (_keep_if_best)
     base = cfg.train_config(output=str(folder / "trials"), keep_checkpoints=0, resume=False, overwrite=False,
                             report=False)
     prepared = prepare(base)  # bad data stops here, before the study's folder is made
-    _make_folder(folder)
+    fingerprint = _fingerprint(cfg, space, prepared)
+    if in_folder:  # its database is made inside it
+        _make_folder(folder)
+    study = _setup_study(cfg, url, folder, space, fingerprint)
+    if not in_folder:  # made once a study elsewhere accepted this run: a refused run leaves no folder behind
+        _make_folder(folder)
     console.say(prepared.report_text)
-    study = _setup_study(cfg, folder, _fingerprint(cfg, space, prepared))
-    # Trials never see the test split: their objective is validation alone (the confirm runs score test).
-    _Search(cfg, study, space, base, prepared.without("test"), folder).run(started)
-    confirm = None
-    if cfg.confirm_seeds:
-        from finetune_bert.tuning.confirm import confirm_seeds
-        confirm = confirm_seeds(cfg, study, space, base, prepared, folder)
-    return write_outputs(cfg, study, space, folder, confirm, time.time() - started)
+    if (size := space_size(space)) is not None and size < cfg.trials:
+        console.warn(f"the search space holds {size} distinct configuration{'s' if size != 1 else ''}, fewer than "
+                     f"--trials {cfg.trials}: once each has been tried, trials repeat them")
+    with _storage_errors(url):
+        # Trials never see the test split: their objective is validation alone (the confirm runs score test).
+        _Search(cfg, study, space, base, prepared.without("test"), folder).run(started)
+        confirm = None
+        if cfg.confirm_seeds:
+            from finetune_bert.tuning.confirm import confirm_seeds
+            confirm = confirm_seeds(cfg, study, space, base, prepared, folder, started=started)
+        return write_outputs(cfg, study, space, folder, confirm, time.time() - started)
 
 
 def _check_folder(cfg: TuneConfig) -> Path:
@@ -110,23 +121,44 @@ def _fingerprint(cfg: TuneConfig, space: tuple[Dimension, ...], prepared: Prepar
     return {**{k: v for k, v in fixed.items() if k not in searched}, "space": space_json(space)}
 
 
-def _setup_study(cfg: TuneConfig, folder: Path, fingerprint: dict[str, Any]):
+@contextlib.contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """A database that became read-only after the checks: Optuna reports it as "invalid data in the commit";
+    said as what it is."""
+    try:
+        yield
+    except Exception as exc:
+        chain, seen = [], exc
+        while seen is not None and len(chain) < 10:
+            chain.append(str(seen))
+            seen = seen.__cause__ or seen.__context__
+        if not any("readonly database" in text for text in chain):
+            raise
+        where = url.split("///", 1)[-1] if url.startswith("sqlite") else f"--storage {url}"
+        raise UserError(f"{where}: the study's database is not writable, so the study cannot go on; make it "
+                        "writable, or choose a new --output") from None
+
+
+def _setup_study(cfg: TuneConfig, url: str, folder: Path, space: tuple[Dimension, ...],
+                 fingerprint: dict[str, Any]):
     import optuna
     from optuna.storages import RDBStorage
 
-    url = cfg.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     # SQLite under several processes: wait for the write lock instead of failing with "database is locked"
     # (optuna#4994); every other RDB has row locks of its own.
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     direction = "maximize" if greater_is_better(cfg.metric) else "minimize"
     for attempt in range(5):
         try:
-            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=cfg.heartbeat,
-                                 grace_period=2 * cfg.heartbeat, heartbeat_stale_trial_callback=_retry)
-            study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction,
-                                        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                        pruner=_pruner(cfg))
+            with _storage_errors(url):
+                storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=cfg.heartbeat,
+                                     grace_period=2 * cfg.heartbeat, heartbeat_stale_trial_callback=_retry)
+                study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction,
+                                            load_if_exists=True, sampler=FreshSampler(space, cfg.seed),
+                                            pruner=_pruner(cfg))
             break
+        except UserError:
+            raise
         except Exception as exc:  # sqlalchemy's errors (unreachable server, bad URL, no such driver)
             # Two processes starting one study at once race to create its tables (IntegrityError on
             # alembic_version, or OperationalError "table ... already exists" when both create the schema):
@@ -135,14 +167,14 @@ def _setup_study(cfg: TuneConfig, folder: Path, fingerprint: dict[str, Any]):
             if raced and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UserError(f"--storage {url}: cannot open the study there ({type(exc).__name__}: {first})") from None
+            raise UserError(f"--storage {url}: cannot open the study there ({type(exc).__name__}: {first_line(exc)})") from None
     if study.direction.name.lower() != direction:
         raise UserError(f"--storage {url}: the study there was made to {study.direction.name.lower()} its metric, and "
                         f"--metric {cfg.metric} is to {direction}; use that study's --metric, or a new --output/--storage")
     saved = study.user_attrs.get("fingerprint")
     if saved is None:
-        study.set_user_attr("fingerprint", fingerprint)
+        with _storage_errors(url):
+            study.set_user_attr("fingerprint", fingerprint)
     elif diff := checkpoint.differences(saved, fingerprint):
         raise UserError(f"--output {folder}: its study was made with other arguments, data or search space; "
                         f"differences: {'; '.join(diff)}. Use the original arguments, or a new --output")

@@ -1,0 +1,96 @@
+"""`finetune-bert predict`: texts given as arguments, printed with their label; or every row of a file (or of
+standard input) into a file (or standard output). Every problem is found before the model is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from pathlib import Path
+
+from finetune_bert.console import console
+from finetune_bert.data.chunks import chunk_rows
+from finetune_bert.data.rows import clean_text, visible
+from finetune_bert.data.sources import local_file
+from finetune_bert.engine.model_folder import ModelFolder
+from finetune_bert.errors import UserError
+from finetune_bert.inference.classifier import load
+from finetune_bert.inference.config import STREAM, PredictConfig
+from finetune_bert.inference.files import STDIN_SPOOL, check_output, input_rows, stdin_file, write_predictions
+
+
+def predict(cfg: PredictConfig) -> None:
+    """The texts given, each printed with its label and confidence; or every row of `cfg.input` into
+    `cfg.output`, where "-" is standard input or output (messages then go to stderr alone). Every problem
+    (options, texts, input, output, each row) is found before the model is loaded, and all said at once."""
+    folder, cleans = _opened(cfg.model)
+    cfg = dataclasses.replace(cfg, texts=_as_utf8(cfg.texts))
+    found = cfg.problems() + _empty_texts(cfg.texts, cleans)
+    if cfg.input and cfg.input != STREAM and (file := local_file(cfg.input)) is not None and not file.exists():
+        found.append(f"--input {cfg.input}: file not found")
+    if cfg.input and cfg.output and cfg.output != STREAM:
+        try:
+            check_output(cfg.output, cfg.input, folder or cfg.model, skipping=cfg.on_bad_rows == "skip")
+        except UserError as exc:
+            found.append(str(exc))
+    if found:
+        raise UserError("; ".join(found))
+    if not cfg.input:
+        clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
+        for text, pred in zip(cfg.texts, clf.predict(list(cfg.texts), cfg.batch_size)):
+            preview = text if len(text) <= 60 else text[:57] + "..."
+            console.say(f"{pred.label}\t{pred.confidence:.2f}\t{preview}")
+        return
+    with tempfile.TemporaryDirectory(prefix=STDIN_SPOOL) as spool:
+        source = str(stdin_file(Path(spool))) if cfg.input == STREAM else cfg.input
+        try:
+            _predict_rows(cfg, folder, cleans, source)
+        except UserError as exc:  # errors name standard input as the user gave it, not the spooled copy
+            raise UserError(str(exc).replace(source, "<stdin>") if cfg.input == STREAM else str(exc)) from None
+
+
+def _predict_rows(cfg: PredictConfig, folder: ModelFolder | None, cleans: bool, source: str) -> None:
+    rows = input_rows(source, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
+                      chunk_rows(None, cfg.batch_size), cleaned=cleans)
+    total = rows.check()
+    clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
+    out = None if cfg.output == STREAM else Path(cfg.output).expanduser()
+    n = write_predictions(clf, rows, out, cfg.batch_size, overlap=cfg.overlap, total=total, fmt=cfg.output_format)
+    if out is None:
+        console.note(f"{n} predictions written to standard output")
+    else:
+        console.say(f"{n} predictions written to {out}")
+
+
+def _opened(model: str) -> tuple[ModelFolder | None, bool]:
+    """The model's folder and whether it cleans texts; (None, True) when the model itself is wrong, which
+    load() then says, after every other problem has been found."""
+    try:
+        folder = ModelFolder.open(model)
+        return folder, folder.info.clean
+    except UserError:
+        return None, True
+
+
+def _as_utf8(texts: tuple[str, ...]) -> tuple[str, ...]:
+    """Texts given as arguments in bytes that are not UTF-8 (Latin-1 from a shell) reach Python as lone
+    surrogates, which no tokenizer or file takes: each such byte becomes U+FFFD, and the user is told."""
+    repaired = []
+    for i, text in enumerate(texts, start=1):
+        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if _SURROGATE.search(text) \
+            else text
+        if fixed != text:
+            console.note(f"text {i}: bytes that are not UTF-8 were replaced by U+FFFD ({fixed!r}); give texts in "
+                         "UTF-8 (a terminal set to a UTF-8 locale)")
+        repaired.append(fixed)
+    return tuple(repaired)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _empty_texts(texts: tuple[str, ...], cleans: bool) -> list[str]:
+    """Texts given as arguments that leave the model nothing but [CLS] [SEP], as the model cleans them."""
+    return [f"text {i} ({text!r}) has nothing to classify{' once cleaned' if cleans else ''}; give a text with words "
+            "in it" for i, text in enumerate(texts, start=1)
+            if not visible(clean_text(text) if cleans else text)]
