@@ -12,6 +12,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,6 +208,7 @@ def _check_parent(path: Path, option: str) -> None:
 def check_output_file(path, option: str, inputs: Iterable = ()) -> Path:
     """Refuse, before any work, an output file that cannot or must not be written. Creates nothing."""
     target = Path(path).expanduser()
+    _refuse_installed(target, option)
     try:
         info = os.stat(target)
     except OSError:
@@ -231,6 +233,7 @@ def check_output_file(path, option: str, inputs: Iterable = ()) -> Path:
 def check_output_folder(path, option: str) -> Path:
     """Refuse, before any work, an output folder that is not a folder or cannot be written. Creates nothing."""
     folder = Path(path).expanduser()
+    _refuse_installed(folder, option)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{option} {folder}: is a file, not a folder")
     if folder.is_dir():
@@ -238,3 +241,30 @@ def check_output_folder(path, option: str) -> Path:
     else:
         _check_parent(folder, option)
     return folder
+
+
+def installed_or_cache(path: Path) -> str | None:
+    """What `path` lies inside that finetune-bert must never write into, or None: an installed package (a later
+    install or uninstall replaces it, and every user of the package would get our files) or the Hugging Face
+    cache (hub downloads, shared, replaced by the hub's files)."""
+    seen = {Path(os.path.abspath(path)), path.resolve()}
+    if any({"site-packages", "dist-packages"} & set(p.parts) for p in seen):
+        return "an installed package (site-packages)"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    roots = [(name, "the Hugging Face cache") for name in (os.environ.get("HF_HOME"), os.environ.get("HF_HUB_CACHE"),
+                                                           os.environ.get("HUGGINGFACE_HUB_CACHE"),
+                                                           os.path.join(cache, "huggingface")) if name]
+    roots += [(os.path.join(prefix, lib), "the Python installation") for lib in ("lib", "lib64", "Lib")
+              for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}]
+    for name, what in roots:
+        for root in {Path(os.path.abspath(os.path.expanduser(name))), Path(name).expanduser().resolve()}:
+            if any(p == root or root in p.parents for p in seen):
+                return f"{what} ({root})"
+    return None
+
+
+def _refuse_installed(path: Path, option: str) -> None:
+    if (inside := installed_or_cache(path)) is not None:
+        raise UserError(f"{option} {path}: is inside {inside}, which finetune-bert never writes into (a later install "
+                        "or download replaces it, and everyone using it would get these files); choose a place of "
+                        "your own")

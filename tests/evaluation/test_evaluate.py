@@ -280,3 +280,15 @@ def test_evaluate_takes_its_config_as_train_does(trained, toy_data, tmp_path):
     assert by_config["accuracy"] == by_keywords["accuracy"] and by_config["n"] == by_keywords["n"] == 40
     with pytest.raises(UserError, match="--batch-size must be at least 1"):
         evaluate(cfg, batch_size=0)
+
+
+def test_evaluate_of_an_installed_model_never_writes_into_the_package(toy_data, capsys):
+    """minilm lives in site-packages: its default evaluation.json would land inside the installed package."""
+    from finetune_bert.cli.main import main
+    from finetune_bert.engine.model_folder import bundled_minilm
+
+    before = sorted(p.name for p in bundled_minilm().iterdir())
+    assert main(["evaluate", "--model", "minilm", "--data", str(toy_data["test"])]) == 2
+    err = capsys.readouterr().err
+    assert "is inside an installed package" in err and "pass --output FILE.json" in err
+    assert sorted(p.name for p in bundled_minilm().iterdir()) == before

@@ -33,7 +33,8 @@ from finetune_bert.errors import UserError
 from finetune_bert.console import console
 from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.export.config import ExportConfig
-from finetune_bert.export.target import copy_model, export_folder, installed_or_cache, model_folder, output_folder, own
+from finetune_bert.export.target import copy_model, export_folder, model_folder, output_folder, own
+from finetune_bert.safefiles import installed_or_cache
 from finetune_bert.engine import fastpath, onnx_tokenizer
 from finetune_bert.engine.onnx_engine import (EXPORT_DIR, FILES, MANIFEST, SOURCES, TOOL, ExportedConfig,
                                               OnnxEngine, graph_stamp, head_record, owned_files, weights_stamp)

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 
@@ -27,26 +26,6 @@ _LEFTOVER = re.compile(r"(model|model\.int8)\.onnx\.partial|\..+\.tmp|\.finetune
 # card; not other formats' weights (pickles, TF, another export), which export never reads.
 COPIED = tuple(dict.fromkeys(("config.json", WEIGHTS, RUN_FILE, *SOURCES, "added_tokens.json", "merges.txt",
                               *TOKENIZER_FILES, "README.md")))
-
-
-def installed_or_cache(path: Path) -> str | None:
-    """What `path` lies inside that export must never change, or None: an installed package (a later install or
-    uninstall replaces it, and every user of the package would get our files) or the Hugging Face cache (hub
-    downloads, shared, replaced by the hub's files)."""
-    seen = {Path(os.path.abspath(path)), path.resolve()}
-    if any({"site-packages", "dist-packages"} & set(p.parts) for p in seen):
-        return "an installed package (site-packages)"
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    roots = [(name, "the Hugging Face cache") for name in (os.environ.get("HF_HOME"), os.environ.get("HF_HUB_CACHE"),
-                                                           os.environ.get("HUGGINGFACE_HUB_CACHE"),
-                                                           os.path.join(cache, "huggingface")) if name]
-    roots += [(os.path.join(prefix, lib), "the Python installation") for lib in ("lib", "lib64", "Lib")
-              for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}]
-    for name, what in roots:
-        for root in {Path(os.path.abspath(os.path.expanduser(name))), Path(name).expanduser().resolve()}:
-            if any(p == root or root in p.parents for p in seen):
-                return f"{what} ({root})"
-    return None
 
 
 def _foreign(folder: Path, ours: set[str]) -> list[str]:
