@@ -76,7 +76,8 @@ class Classifier:
         r = self.reading_json()
         if r["long_texts"] == "truncate":
             return f"texts over {r['max_length']} tokens cut {r['truncation']}"
-        return f"texts over {r['max_length']} tokens read whole in windows ({r['aggregate']} of their logits)"
+        how = "averaged" if r["aggregate"] == "mean" else "their maximum taken"
+        return f"long texts read whole: windows of {r['max_length']} tokens, logits {how}"
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
         return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
