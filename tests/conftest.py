@@ -104,23 +104,25 @@ def trained(tiny_model, toy_data, tmp_path_factory):
 
 @pytest.fixture
 def read_only():
-    """`with read_only(folder):` nothing can be created or changed in folder, not even by root.
+    """`with read_only(path):` nothing can be created or changed in a folder, or written to a file, not even by
+    root.
 
-    Root ignores permission bits, so as root the folder is made immutable (chattr +i, which needs a file
-    system that supports it); as another user, mode 0555 does it. Skips where neither is possible."""
+    Root ignores permission bits, so as root the path is made immutable (chattr +i, which needs a file system
+    that supports it); the mode (0555 for a folder, 0444 for a file) does it for others, and tells anyone who
+    asks with access(). Skips where neither is possible."""
     @contextmanager
-    def make(folder: Path):
-        immutable = os.geteuid() == 0
-        if immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-            pytest.skip("cannot make a folder read-only for root here (chattr +i failed)")
-        if not immutable:
-            os.chmod(folder, 0o555)
+    def make(path: Path):
+        immutable, folder = os.geteuid() == 0, path.is_dir()
+        os.chmod(path, 0o555 if folder else 0o444)
+        if immutable and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            os.chmod(path, 0o755 if folder else 0o644)
+            pytest.skip("cannot make a path read-only for root here (chattr +i failed)")
         try:
-            yield folder
+            yield path
         finally:
             if immutable:
-                subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
-            os.chmod(folder, 0o755)
+                subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+            os.chmod(path, 0o755 if folder else 0o644)
     return make
 
 

@@ -257,27 +257,6 @@ def test_a_study_refused_by_a_shared_storage_leaves_no_folder(tiny_model, data, 
     assert not (tmp_path / "second").exists() and not (tmp_path / "third").exists()
 
 
-@pytest.fixture
-def read_only_file():
-    """`with read_only_file(path):` the file cannot be written, even by root (chattr +i; 0444 for others)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def make(path: Path):
-        root = os.geteuid() == 0
-        os.chmod(path, 0o444)
-        if root and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            os.chmod(path, 0o644)
-            pytest.skip("cannot make a file read-only for root here (chattr +i failed)")
-        try:
-            yield path
-        finally:
-            if root:
-                subprocess.run(["chattr", "-i", str(path)], capture_output=True)
-            os.chmod(path, 0o644)
-    return make
-
-
 def _study_folder(out: Path) -> Path:
     """A study folder as tune leaves it, without a trial: its marker and an Optuna study.db."""
     import optuna
@@ -289,14 +268,14 @@ def _study_folder(out: Path) -> Path:
     return out / "study.db"
 
 
-def test_a_read_only_study_db_is_said_to_be_not_writable(tiny_model, data, tmp_path, read_only_file):
+def test_a_read_only_study_db_is_said_to_be_not_writable(tiny_model, data, tmp_path, read_only):
     db = _study_folder(tmp_path / "study")
-    with read_only_file(db):
+    with read_only(db):
         with pytest.raises(UserError) as caught:
             _tune(tiny_model, data, tmp_path / "study")
         shared = tmp_path / "shared.db"
         shared.write_bytes(db.read_bytes())
-        with read_only_file(shared), pytest.raises(UserError) as explicit:
+        with read_only(shared), pytest.raises(UserError) as explicit:
             _tune(tiny_model, data, tmp_path / "other", storage=f"sqlite:///{shared}")
     assert f"{db.resolve()}: the study's database is not writable" in str(caught.value)
     assert f"{shared.resolve()}: the study's database is not writable" in str(explicit.value)
@@ -304,11 +283,11 @@ def test_a_read_only_study_db_is_said_to_be_not_writable(tiny_model, data, tmp_p
 
 
 def test_a_database_that_turns_read_only_after_the_checks_is_said_to_be_not_writable(
-        tiny_model, data, tmp_path, read_only_file, monkeypatch):
+        tiny_model, data, tmp_path, read_only, monkeypatch):
     tune_module = importlib.import_module("finetune_bert.tuning.search")
     monkeypatch.setattr(tune_module, "check_storage", lambda url, folder: True)  # as if it changed since
     db = _study_folder(tmp_path / "study")
-    with read_only_file(db), pytest.raises(UserError) as caught:
+    with read_only(db), pytest.raises(UserError) as caught:
         _tune(tiny_model, data, tmp_path / "study")
     assert "study.db: the study's database is not writable" in str(caught.value)
     assert "invalid data in the commit" not in str(caught.value)
