@@ -60,3 +60,25 @@ def test_report_describes_train_as_given_before_the_validation_split():
     assert report["train_data"]["rows"] == 6 and report["train_data"]["duplicate_rows"] == 1
     assert report["train_data"]["shared_with_test"] == 2  # 'a' and 'e'; 'e' went to validation
     assert "train data as given: 6 rows (neg 3, pos 3); duplicate rows 1" in format_report(report)
+
+
+def test_a_report_of_many_classes_stays_one_screen():
+    """700 classes: the 20 largest are named with a count of the rest; rare classes make one note, not 300."""
+    from finetune_bert.data.report import format_report
+    from finetune_bert.data.splits import Split, stratified_split
+
+    labels = [f"c{i}" for i in range(300)] + ["big"] * 400 + ["mid"] * 100
+    split = Split("train", "t.csv", [f"text {i}" for i in range(len(labels))], labels, [f"line {i}" for i in
+                                                                                        range(len(labels))])
+    notes: list[str] = []
+    stratified_split(split, 0.1, seed=0, notes=notes)
+    assert len(notes) == 1 and notes[0].startswith("300 classes have 1 training example each")
+    classes = {f"c{i}": 1 for i in range(300)} | {"big": 400, "mid": 100}
+    report = {"labels": dict(enumerate(classes)), "cleaning": "on", "max_length": 32, "truncation": "head+tail",
+              "splits": {"train": {"rows": 800, "classes": classes, "source": "t.csv", "duplicate_rows": 0,
+                                   "conflicting_duplicates": 0}},
+              "skipped_rows": 0, "notes": notes, "warnings": []}
+    text = format_report(report)
+    assert len(text.splitlines()) < 10
+    assert "big 400, mid 100, c0 1" in text and "and 282 smaller classes with 282 rows" in text
+    assert "and 282 more (all of them in data_report.json)" in text

@@ -13,6 +13,7 @@ from finetune_bert.data.tokens import Encoded
 
 
 IMBALANCE_WARNING = 3.0  # majority / minority class ratio worth a warning
+SHOWN_CLASSES = 20  # classes named in the printed report; data_report.json holds every one
 
 
 def _split_report(split: Split, encoded: Encoded | None, names: list[str], to_id: dict, max_length: int) -> dict:
@@ -75,17 +76,21 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = ["Data report", "  labels: " + ", ".join(f"{i}={n}" for i, n in report["labels"].items()),
+    labels = list(report["labels"].items())
+    shown = ", ".join(f"{i}={n}" for i, n in labels[:SHOWN_CLASSES])
+    if len(labels) > SHOWN_CLASSES:
+        shown += f", and {len(labels) - SHOWN_CLASSES} more (all of them in data_report.json)"
+    lines = ["Data report", "  labels: " + shown,
              f"  cleaning: {report['cleaning']}",
              f"  max length {report['max_length']} tokens, truncation {report['truncation']}"]
     if "train_data" in report:
         w = report["train_data"]
-        classes = ", ".join(f"{k} {v}" for k, v in w["classes"].items())
+        classes = _classes_text(w["classes"])
         lines.append(f"  train data as given: {w['rows']} rows ({classes}); duplicate rows {w['duplicate_rows']}, "
                      f"conflicting duplicates {w['conflicting_duplicates']}"
                      + (f"; distinct texts shared with test {w['shared_with_test']}" if "shared_with_test" in w else ""))
     for name, s in report["splits"].items():
-        classes = ", ".join(f"{k} {v}" for k, v in s["classes"].items())
+        classes = _classes_text(s["classes"])
         lines.append(f"  {name}: {s['rows']} rows ({classes}) from {s['source']}")
         if "tokens" in s:
             t = s["tokens"]
@@ -100,6 +105,17 @@ def format_report(report: dict[str, Any]) -> str:
     lines.extend(f"  note: {n}" for n in report["notes"])
     lines.extend(f"  WARNING: {w}" for w in report["warnings"])
     return "\n".join(lines)
+
+
+def _classes_text(classes: dict[str, int]) -> str:
+    """Each class with its rows, in id order; with many classes, the largest SHOWN_CLASSES and a count of the
+    rest, so that the report stays one screen (the JSON keeps them all)."""
+    if len(classes) <= SHOWN_CLASSES:
+        return ", ".join(f"{k} {v}" for k, v in classes.items())
+    largest = sorted(classes.items(), key=lambda kv: -kv[1])
+    rest = largest[SHOWN_CLASSES:]
+    return (", ".join(f"{k} {v}" for k, v in largest[:SHOWN_CLASSES])
+            + f", and {len(rest)} smaller classes with {sum(v for _, v in rest)} rows")
 
 
 def report_files(report: dict[str, Any]) -> dict[str, str]:

@@ -48,14 +48,20 @@ def stratified_split(split: Split, fraction: float, seed: int, notes: list[str])
     """Hold out `fraction` of every class (at least one example of each class that has two or more)."""
     rng = np.random.default_rng(seed)
     labels = np.array([str(x) for x in split.labels])
-    val_index = []
+    val_index, alone = [], []
     for value in sorted(set(labels)):
         members = np.flatnonzero(labels == value)
         if len(members) < 2:
-            notes.append(f"class {str(value)!r} has {len(members)} training example(s): none held out for validation")
+            alone.append(str(value))
             continue
         take = min(max(1, round(len(members) * fraction)), len(members) - 1)
         val_index.extend(rng.permutation(members)[:take].tolist())
+    if 0 < len(alone) <= 3:
+        notes.extend(f"class {v!r} has 1 training example(s): none held out for validation" for v in alone)
+    elif alone:  # one note, not a screen of them (a label column of label sets makes hundreds)
+        named = ", ".join(repr(v) for v in alone[:5])
+        notes.append(f"{len(alone)} classes have 1 training example each, so none of them is held out for validation "
+                     f"(e.g. {named}, ...)")
     val_set = set(val_index)
     train_index = [i for i in range(len(split)) if i not in val_set]
     val = split.subset(sorted(val_index))
