@@ -7,6 +7,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+def refuse(problems: list[str]) -> None:
+    """Every problem at once, as one UserError (one line, exit 2), so the user fixes them in one go; none:
+    nothing happens."""
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 class TrainingFailed(Exception):
     """A training process died or lost the others: exit 1, as a crash, not 2 (the input was fine)."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_bert.console import console
-from finetune_bert.errors import UserError
+from finetune_bert.errors import UserError, refuse
 from finetune_bert.inference.classifier import load
 from finetune_bert.cli.config import DemoConfig
 from finetune_bert.training.config import TrainConfig
@@ -40,8 +40,7 @@ def demo(cfg: DemoConfig | None = None, **overrides: Any) -> None:
     """Train the demo into `cfg.output`. A second `make demo` replaces the first demo's model: a folder holding
     only what finetune-bert wrote may be replaced; any other needs `overwrite`."""
     cfg = dataclasses.replace(cfg or DemoConfig(), **overrides)
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     run = demo_config(cfg.output)
     if cfg.epochs is not None:
         run.epochs = cfg.epochs
@@ -54,8 +53,7 @@ def demo(cfg: DemoConfig | None = None, **overrides: Any) -> None:
             raise UserError(f"--output {cfg.output} holds a model that is not an earlier demo's; choose another "
                             "folder for the demo, or pass demo --overwrite to replace that model")
     run.overwrite = True
-    if problems := run.problems():
-        raise UserError("; ".join(problems))
+    refuse(run.problems())
     result = train(run)
     clf = load(result.output)
     console.say("\nPredictions with the fine-tuned model:")

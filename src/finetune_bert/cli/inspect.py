@@ -10,7 +10,7 @@ from finetune_bert.console import console
 from finetune_bert.data.config import output_in_data
 from finetune_bert.data.report import report_files
 from finetune_bert.data.skipped import write_skipped
-from finetune_bert.errors import UserError
+from finetune_bert.errors import refuse
 from finetune_bert.cli.config import InspectConfig
 from finetune_bert.safefiles import check_output_file, check_output_folder, claim, read_marker, write_text_atomic
 from finetune_bert.training.job import prepare
@@ -22,8 +22,7 @@ def inspect(cfg: InspectConfig | None = None, **overrides: Any) -> dict[str, Any
     """The data report, printed, and saved in `cfg.output` if given. The files it writes there are recorded in
     the folder's marker, so a later `train` there may replace them."""
     cfg = dataclasses.replace(cfg or InspectConfig(), **overrides)
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     for warning in cfg.warnings():
         console.warn(warning)
     if cfg.output:
@@ -50,7 +49,6 @@ def _check_report_folder(cfg: InspectConfig, folder: Path) -> None:
     if "train_log.jsonl" in read_marker(folder)["files"]:  # a training run's folder, finished or not
         problems.append(f"--output {folder} holds a training run, and its data report describes that run; "
                         "choose another folder for this report")
-    if problems:
-        raise UserError("; ".join(problems))
+    refuse(problems)
     for name in REPORT_FILES:
         check_output_file(folder / name, "--output", inputs=[cfg.data, cfg.val_data, cfg.test_data])

@@ -252,7 +252,7 @@ def _from_dicts(path: Path, payload: list, where: list[str]) -> Records:
     return Records(str(path), list(columns), payload, where, _repair_surrogates(path, payload, where))
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no tokenizer or file takes one
 
 
 def _repair_surrogates(path: Path, payload: list[dict], where: list[str]) -> list[str]:
@@ -261,8 +261,8 @@ def _repair_surrogates(path: Path, payload: list[dict], where: list[str]) -> lis
     repaired = []
     for item, loc in zip(payload, where):
         for key, value in item.items():
-            if isinstance(value, str) and _SURROGATE.search(value):
-                item[key] = _SURROGATE.sub("\ufffd", value)
+            if isinstance(value, str) and LONE_SURROGATE.search(value):
+                item[key] = LONE_SURROGATE.sub("\ufffd", value)
                 repaired.append(f"{loc}, column {key!r}")
     if not repaired:
         return []

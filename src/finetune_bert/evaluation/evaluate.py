@@ -21,7 +21,7 @@ from finetune_bert.data.chunks import ahead, chunk_rows
 from finetune_bert.data.skipped import refuse_foreign_skipped_list, write_skipped
 from finetune_bert.data.splits import sample_mask
 from finetune_bert.engine.model_folder import EVALUATE_FILES, ModelFolder, refuse_model_file
-from finetune_bert.errors import UserError
+from finetune_bert.errors import UserError, refuse
 from finetune_bert.evaluation.calibration import MEASURES
 from finetune_bert.evaluation.config import EvaluateConfig
 from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, format_metrics, snippet
@@ -54,8 +54,7 @@ def _checked(cfg: EvaluateConfig | str | None, overrides: dict[str, Any]) -> Eva
     if isinstance(cfg, str):  # the model, given first as it always could be
         cfg, overrides = None, {"model": cfg, **overrides}
     cfg = dataclasses.replace(cfg or EvaluateConfig(), **overrides)
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     return cfg
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from finetune_bert.evaluation import figures
 from finetune_bert.console import console
-from finetune_bert.errors import UserError
+from finetune_bert.errors import UserError, refuse
 from finetune_bert.evaluation.config import ReportConfig
 
 STYLE = """
@@ -235,8 +235,7 @@ def _drawn(target: str, draw) -> str:
 def report(cfg: ReportConfig | None = None, **overrides: Any) -> Path:
     """`finetune-bert report`: rebuild the page, and say where it is."""
     cfg = dataclasses.replace(cfg or ReportConfig(), **overrides)
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     written = rebuild(cfg.target)
     console.say(f"report written to {written}")
     return written

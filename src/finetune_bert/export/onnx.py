@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from finetune_bert.engine.torch_engine import Engine
-from finetune_bert.errors import UserError
+from finetune_bert.errors import UserError, refuse
 from finetune_bert.console import console
 from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.export.config import ExportConfig
@@ -72,8 +72,7 @@ def export(cfg: ExportConfig | str | None = None, **overrides: Any) -> dict[str,
     if isinstance(cfg, str):  # the model, given first as it always could be
         cfg, overrides = None, {"model": cfg, **overrides}
     cfg = dataclasses.replace(cfg or ExportConfig(), **overrides)
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     model = ModelFolder.open(cfg.model)
     folder = model_folder(model)
     destination, rows = _checked(model, folder, cfg)
@@ -111,8 +110,7 @@ def _checked(model: ModelFolder, folder: Path, cfg: ExportConfig) -> tuple[Path,
             rows.check()
         except UserError as exc:
             found.append(f"--data {exc}" if not str(exc).startswith("--") else str(exc))
-    if found:
-        raise UserError("; ".join(found))
+    refuse(found)
     return destination, rows
 
 

@@ -19,7 +19,7 @@ from finetune_bert.data.splits import Split
 from finetune_bert.data.rows import clean_text
 from finetune_bert.data.skipped import SkippedRow
 from finetune_bert.data.tokens import Encoded, Windows, encode, encode_windows, window_size
-from finetune_bert.errors import UserError
+from finetune_bert.errors import UserError, refuse
 from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.engine.run_info import RunInfo
 
@@ -220,15 +220,12 @@ def load(model: ModelFolder | str, device: str | None = None, reading: Reading =
     classification head was never trained (its predictions would be random). `reading`: how texts longer
     than the model's max length are read (inference.reading.Reading), checked before the weights are loaded.
     `backend`: one of inference.backends.BACKENDS (torch, torch-fp32, onnx, onnx-int8)."""
-    if problems := reading.problems() + ([] if backend in BACKENDS else
-                                         [f"--backend {backend}: one of {', '.join(BACKENDS)}"]):
-        raise UserError("; ".join(problems))
+    refuse(reading.problems() + ([] if backend in BACKENDS else [f"--backend {backend}: one of {', '.join(BACKENDS)}"]))
     folder = ModelFolder.open(model)
 
     def check(tokenizer, config) -> None:  # before the weights: a stride the model's windows cannot step by
         length = folder.max_length(tokenizer, config)
-        if problems := reading.problems(window_size(tokenizer, length), length):
-            raise UserError("; ".join(problems))
+        refuse(reading.problems(window_size(tokenizer, length), length))
         if folder.unfinished:
             console.warn(f"the training run in {folder} has not finished (no metrics.json): this is its best "
                          "model so far; finish the run with `finetune-bert train ... --resume`")

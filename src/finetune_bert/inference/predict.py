@@ -4,16 +4,16 @@ standard input) into a file (or standard output). Every problem is found before 
 from __future__ import annotations
 
 import dataclasses
-import re
 import tempfile
 from pathlib import Path
 
 from finetune_bert.console import console
 from finetune_bert.data.chunks import chunk_rows
+from finetune_bert.data.readers import LONE_SURROGATE
 from finetune_bert.data.rows import clean_text, visible
 from finetune_bert.data.sources import local_file
 from finetune_bert.engine.model_folder import ModelFolder
-from finetune_bert.errors import UserError
+from finetune_bert.errors import UserError, refuse
 from finetune_bert.inference.classifier import load
 from finetune_bert.inference.config import STREAM, PredictConfig
 from finetune_bert.inference.files import STDIN_SPOOL, check_output, input_rows, stdin_file, write_predictions
@@ -33,8 +33,7 @@ def predict(cfg: PredictConfig) -> None:
             check_output(cfg.output, cfg.input, folder or cfg.model, skipping=cfg.on_bad_rows == "skip")
         except UserError as exc:
             found.append(str(exc))
-    if found:
-        raise UserError("; ".join(found))
+    refuse(found)
     if not cfg.input:
         clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
         for text, pred in zip(cfg.texts, clf.predict(list(cfg.texts), cfg.batch_size)):
@@ -77,7 +76,7 @@ def _as_utf8(texts: tuple[str, ...]) -> tuple[str, ...]:
     surrogates, which no tokenizer or file takes: each such byte becomes U+FFFD, and the user is told."""
     repaired = []
     for i, text in enumerate(texts, start=1):
-        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if _SURROGATE.search(text) \
+        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if LONE_SURROGATE.search(text) \
             else text
         if fixed != text:
             console.note(f"text {i}: bytes that are not UTF-8 were replaced by U+FFFD ({fixed!r}); give texts in "
@@ -85,8 +84,6 @@ def _as_utf8(texts: tuple[str, ...]) -> tuple[str, ...]:
         repaired.append(fixed)
     return tuple(repaired)
 
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _empty_texts(texts: tuple[str, ...], cleans: bool) -> list[str]:

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 
 from finetune_bert.console import console
-from finetune_bert.errors import UserError
+from finetune_bert.errors import refuse
 from finetune_bert.inference.reading import Reading
 from finetune_bert.serving import listen
 from finetune_bert.serving.config import ServeConfig
@@ -54,8 +54,7 @@ class _Error(JSONResponse):
 def create_app(model_dir: str, *, device: str | None = None, **limits: Any):
     """The ASGI app serving `model_dir`; `limits` are ServeConfig's fields (max_queue=..., api_key=...)."""
     cfg = ServeConfig(model=model_dir, **limits)
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     return build_app(Service(cfg, device))
 
 
@@ -176,8 +175,7 @@ def serve(cfg: ServeConfig) -> int:
     reloads the model. The host and the port are checked before the model is loaded."""
     import uvicorn
 
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     sockets = listen.bind(cfg.host, cfg.port)
     try:
         service = Service(cfg)

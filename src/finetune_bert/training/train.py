@@ -16,7 +16,7 @@ from finetune_bert.engine import distributed
 from finetune_bert.training.checkpoint import TrainState
 from finetune_bert.training.config import TrainConfig
 from finetune_bert.engine.distributed import ALONE, World
-from finetune_bert.errors import Reported, UserError
+from finetune_bert.errors import Reported, UserError, refuse
 from finetune_bert.training.finish import TrainResult, finish
 from finetune_bert.engine.model_folder import pick_device
 from finetune_bert.training.run_folder import Follower, RunFolder
@@ -80,8 +80,7 @@ def _together(world: World, setup: Callable[[], Any]) -> Any:
 def checked(cfg: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
     """The config with `overrides`, every problem refused at once; its warnings and itself said."""
     cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
-    if problems := cfg.problems():
-        raise UserError("; ".join(problems))
+    refuse(cfg.problems())
     for warning in cfg.warnings():
         console.warn(warning)
     console.say("config: " + json.dumps({k: v for k, v in cfg.to_json().items() if v not in (None, False)}))

@@ -32,7 +32,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, TPESampler
 
-from finetune_bert.errors import UserError
+from finetune_bert.errors import UserError, refuse
 
 # What may be searched: the options that change training but not the data or its tokens, so a study reads
 # and tokenizes the data once. Each with its type, and the least value the option accepts.
@@ -111,8 +111,7 @@ def read_space(path: str | None, base=None) -> tuple[Dimension, ...]:
             space.append(_dimension(name, entry))
     if base is not None:
         problems += train_problems(tuple(space), base, f"--space {path}")
-    if problems:
-        raise UserError("; ".join(problems))
+    refuse(problems)
     return tuple(space)
 
 
