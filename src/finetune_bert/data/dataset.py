@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
 from finetune_bert.errors import UserError
+from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 from finetune_bert.data.labels import case_variants, label_mapping
 from finetune_bert.data.readers import Records
 from finetune_bert.data.skipped import SkippedRow
@@ -23,10 +27,26 @@ class Dataset:
     skipped: list[SkippedRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     train_all: Split | None = None  # train as given, before the validation split
+    task: str = CLASSIFICATION
+    target_scale: tuple[float, float] = (0.0, 1.0)  # regression: train's (mean, std); the model learns z-scores
 
     @property
     def label_to_id(self) -> dict[Any, int]:
         return {raw: i for i, raw in enumerate(self.raw_labels)}
+
+    def encode_labels(self, split: Split) -> np.ndarray:
+        """A split's labels as the loss takes them: class ids (n,), multi-hot rows (n, labels) in float32, or
+        regression targets standardised with train's mean and deviation (n,) in float32."""
+        if self.task == MULTI_LABEL:
+            to_id, out = self.label_to_id, np.zeros((len(split), len(self.raw_labels)), dtype=np.float32)
+            for row, names in enumerate(split.labels):
+                out[row, [to_id[x] for x in names]] = 1.0
+            return out
+        if self.task == REGRESSION:
+            mean, std = self.target_scale
+            return ((np.asarray(split.labels, dtype=np.float64) - mean) / std).astype(np.float32)
+        to_id = self.label_to_id
+        return np.asarray([to_id[x] for x in split.labels], dtype=np.int64)
 
 
 def _unknown_labels(split: Split, known: set, on_bad_rows: str, skipped: list[SkippedRow]) -> Split:

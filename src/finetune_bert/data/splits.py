@@ -17,14 +17,16 @@ class Split:
     texts: list[str]
     labels: list[Any] | None
     where: list[str]
+    pairs: list[str] | None = None  # the second text of each row (text pairs), or None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, index: list[int] | np.ndarray) -> "Split":
         labels = None if self.labels is None else [self.labels[i] for i in index]
+        pairs = None if self.pairs is None else [self.pairs[i] for i in index]
         return Split(self.name, self.source, [self.texts[i] for i in index], labels,
-                     [self.where[i] for i in index])
+                     [self.where[i] for i in index], pairs)
 
 
 # ---------------------------------------------------------------- splits and labels

@@ -19,7 +19,8 @@ TOKENIZE_CHUNK = 2048
 class Encoded:
     ids: list[np.ndarray]       # one int32 array per text, special tokens included, truncated
     full_lengths: np.ndarray    # tokens each text would need, special tokens included, before truncation
-    labels: np.ndarray | None   # class ids
+    labels: np.ndarray | None   # class ids (n,), multi-hot rows (n, labels) or standardised targets (n,)
+    type_ids: list[np.ndarray] | None = None  # text pairs: each row's token type ids (0: first text, 1: second)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -139,9 +140,11 @@ def encode_splits(ds: Any, tokenizer, model_config, *, max_length: int, truncati
                   head_tokens: int) -> TokenizedSplits:
     """Tokenize train, validation and test (those present) of a data.Dataset, labels as class ids."""
     length, warning = max_length_for(tokenizer, model_config, max_length)
-    to_id = ds.label_to_id
-    splits = {name: encode(tokenizer, split.texts, [to_id[x] for x in split.labels], length, truncation, head_tokens)
-              for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)) if split}
+    splits = {}
+    for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)):
+        if split:
+            splits[name] = encode(tokenizer, split.texts, None, length, truncation, head_tokens)
+            splits[name].labels = ds.encode_labels(split)
     return TokenizedSplits(splits, length, warning)
 
 

@@ -1,0 +1,54 @@
+"""The kinds of task a model is trained for, and what each one means at the model's output.
+
+The kind is one field of the saved run (`RunInfo.task`) and, for every other tool, the Hugging Face
+`problem_type` in config.json: `transformers.pipeline` then applies the same function to the logits as we
+do (softmax, one sigmoid per label, or none), so a folder means the same thing to both. Every stage that
+differs by kind branches once, on this field."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASSIFICATION = "classification"
+MULTI_LABEL = "multi-label"
+REGRESSION = "regression"
+TASKS = (CLASSIFICATION, MULTI_LABEL, REGRESSION)
+
+PROBLEM_TYPES = {CLASSIFICATION: "single_label_classification", MULTI_LABEL: "multi_label_classification",
+                 REGRESSION: "regression"}
+
+# The metric that picks the best model, and that `tune` optimises, when --metric is not given.
+DEFAULT_METRIC = {CLASSIFICATION: "accuracy", MULTI_LABEL: "f1_macro", REGRESSION: "rmse"}
+
+# Which metrics mean something for which kind (--metric is checked against these).
+METRICS = {
+    CLASSIFICATION: ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss"),
+    MULTI_LABEL: ("f1_macro", "f1_micro", "f1_weighted", "subset_accuracy", "hamming_loss", "roc_auc", "map",
+                  "loss"),
+    REGRESSION: ("rmse", "mae", "r2", "pearson", "spearman", "loss"),
+}
+LOWER_IS_BETTER = frozenset({"loss", "log_loss", "rmse", "mae", "hamming_loss"})
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def task_of_config(config) -> str:
+    """The kind a model config says, as transformers reads it: its problem_type, or, with none, a single output
+    for regression (what `pipeline` does) and otherwise one label per text."""
+    problem = getattr(config, "problem_type", None)
+    for task, name in PROBLEM_TYPES.items():
+        if problem == name:
+            return task
+    return REGRESSION if getattr(config, "num_labels", 2) == 1 else CLASSIFICATION
+
+
+def activate(logits: np.ndarray, task: str) -> np.ndarray:
+    """What the model's outputs mean, in float32: class probabilities (softmax over a row), independent label
+    probabilities (a sigmoid each), or the predicted values themselves."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if task == MULTI_LABEL:
+        return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # the sigmoid, without exp's overflow
+    if task == REGRESSION:
+        return logits
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
