@@ -27,13 +27,21 @@ class RunInfo:
     label_names: tuple[str, ...] | None = None
     base_model: str | None = None
     temperature: float = 1.0  # already folded into the classifier's weights
+    task: str = "classification"  # tasks.TASKS; config.json's problem_type says the same to other tools
+    pair_column: str | None = None  # text pairs: the second text's column in training ([SEP] and type ids)
+    text_column: str | None = None  # the first text's column in training, for predict's files
+    # multi-label: each label's decision threshold on its probability (tuned on validation, or --threshold)
+    thresholds: tuple[float, ...] | None = None
+    label_temperatures: tuple[float, ...] | None = None  # multi-label: one per label, folded into the weights
+    target_scale: tuple[float, float] | None = None  # regression: (mean, std) of train, folded into the weights
+    integer_targets: bool = False  # regression: every training target was a whole number
 
     @classmethod
     def of(cls, payload: dict[str, Any]) -> RunInfo:
         """From finetune_bert.json's object; keys it does not know (a newer version's) are left out."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in payload.items() if k in known}
-        for key in ("raw_labels", "label_names"):
+        for key in ("raw_labels", "label_names", "thresholds", "label_temperatures", "target_scale"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         if "temperature" in values:
@@ -61,7 +69,7 @@ class RunInfo:
 
     def to_json(self) -> dict[str, Any]:
         payload = dataclasses.asdict(self)
-        for key in ("raw_labels", "label_names"):
+        for key in ("raw_labels", "label_names", "thresholds", "label_temperatures", "target_scale"):
             if payload[key] is not None:
                 payload[key] = list(payload[key])
         return payload
