@@ -39,3 +39,22 @@ def test_every_figure_draws(metrics):
 
 def test_curves_of_a_run_without_log_records_still_draw_the_axes():
     assert figures.curves([], [], "accuracy").startswith(b"\x89PNG")
+
+
+def test_the_multilabel_and_regression_figures_draw():
+    from finetune_bert.evaluation.task_metrics import MultiLabelMetrics, RegressionMetrics
+
+    rng = np.random.default_rng(0)
+    names = [f"emotion_{i}" for i in range(28)]  # GoEmotions' number of labels
+    labels = (rng.uniform(size=(400, 28)) < 0.1).astype(np.float32)
+    ml = MultiLabelMetrics(names, np.full(28, 0.3))
+    ml.update(torch.tensor(rng.normal(size=(400, 28)) + labels * 2 - 1), torch.tensor(labels))
+    m = ml.compute()
+    tall = _drawn(figures.label_f1(names, [m["per_class"][n]["f1"] for n in names],
+                                   [m["at_0.5"]["f1_per_label"][n] for n in names]))
+    assert tall.shape[0] > tall.shape[1]  # 28 labels: taller than wide, every name on its own line
+    reg = RegressionMetrics(["y"])
+    true = rng.normal(size=500)
+    reg.update(torch.tensor(true + rng.normal(size=500) * 0.3), torch.tensor(true))
+    r = reg.compute()
+    _drawn(figures.regression(r["scatter"], r["residuals"]))

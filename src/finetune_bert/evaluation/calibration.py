@@ -12,17 +12,21 @@ validation set the model gets all right drives T to 0.05: every answer would the
 produces the logits are divided by T, so `predict`, the Python API, a server and plain
 `transformers.pipeline` all give the calibrated probabilities with no code of ours. T is recorded in
 finetune_bert.json ("temperature"), so the uncalibrated logits stay recoverable (logits * T).
+
+A multi-label model has one sigmoid per label, each its own binary model: each label gets its own T, fitted
+on that label's binary NLL with the same search and the same keep rules (positives and negatives as the two
+classes), and folded into its own row of the head (`fold_rows`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from finetune_bert.evaluation.metrics import scores_of
+from finetune_bert.evaluation.metrics import ECE_BINS, scores_of
 from finetune_bert.data.tokens import Encoded
 
 
@@ -63,28 +67,38 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, t: float | torch.Tensor) -> 
     return out if t.ndim else out[0]
 
 
-def _search(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T in T_RANGE minimising the NLL: grid on log T, then golden section in the best point's bracket."""
+def binary_nll(logits: torch.Tensor, labels: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of sigmoid(logits / t) for one label's logits (n,) and 0/1 labels (n,);
+    `t` may be a vector of temperatures (one NLL each). softplus(z) - y z: no log(0) at any z."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    scaled = logits.double()[None] / t.reshape(-1, 1)
+    out = (torch.nn.functional.softplus(scaled) - labels.double()[None] * scaled).mean(dim=1)
+    return out if t.ndim else out[0]
+
+
+def _search(logits: torch.Tensor, labels: torch.Tensor, loss: Callable = nll) -> float:
+    """The T in T_RANGE minimising `loss(logits, labels, t)` (nll, or binary_nll for one sigmoid): grid on
+    log T, then golden section in the best point's bracket."""
     grid = torch.linspace(math.log(T_RANGE[0]), math.log(T_RANGE[1]), GRID, dtype=torch.float64)
     # a few thousand rows at a time, so the (grid, rows, classes) tensor stays small
     values = torch.zeros(GRID, dtype=torch.float64)
     for start in range(0, len(labels), 4096):
         part = slice(start, start + 4096)
-        values += nll(logits[part], labels[part], grid.exp()) * len(labels[part])
+        values += loss(logits[part], labels[part], grid.exp()) * len(labels[part])
     best = int(values.argmin())
     lo, hi = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, GRID - 1)])
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = float(nll(logits, labels, math.exp(a))), float(nll(logits, labels, math.exp(b)))
+    fa, fb = float(loss(logits, labels, math.exp(a))), float(loss(logits, labels, math.exp(b)))
     for _ in range(GOLDEN_STEPS):
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
-            fa = float(nll(logits, labels, math.exp(a)))
+            fa = float(loss(logits, labels, math.exp(a)))
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = float(nll(logits, labels, math.exp(b)))
+            fb = float(loss(logits, labels, math.exp(b)))
     return math.exp((lo + hi) / 2)
 
 
@@ -97,9 +111,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> Temperature:
     if (few := _too_few_per_class(labels, logits.shape[1])) is not None:
         return Temperature(1.0, None, None, None, n, f"not calibrated: {few}; one temperature fitted on such a "
                                                      "validation set would fit that, not the model")
-    logits, labels = logits.double().cpu(), labels.cpu()
-    t = _search(logits, labels)
-    before, after = float(nll(logits, labels, 1.0)), float(nll(logits, labels, t))
+    return _fit(logits.double().cpu(), labels.cpu(), nll)
+
+
+def _fit(logits: torch.Tensor, labels: torch.Tensor, loss: Callable) -> Temperature:
+    """The search and the keep rules, the same for softmax and for one sigmoid (`loss`: nll or binary_nll)."""
+    n = len(labels)
+    t = _search(logits, labels, loss)
+    before, after = float(loss(logits, labels, 1.0)), float(loss(logits, labels, t))
     if not after < before - 1e-9:
         return Temperature(1.0, t, before, before, n, f"not calibrated: the fitted temperature {t:.3f} did not "
                                                       f"lower the validation NLL ({before:.4f}); kept T = 1")
@@ -145,6 +164,18 @@ def fold(weights: dict[str, torch.Tensor], layer: str, t: float) -> dict[str, to
     return out
 
 
+def fold_rows(weights: dict[str, torch.Tensor], layer: str, temps) -> dict[str, torch.Tensor]:
+    """The state dict with row k of the logits layer divided by temps[k]: one temperature per output (per
+    label), logit_k(x) / t_k = (W_k / t_k) x + b_k / t_k."""
+    out = dict(weights)
+    for suffix in ("weight", "bias"):
+        name = f"{layer}.{suffix}"
+        if name in out:
+            t = torch.as_tensor(list(temps), dtype=out[name].dtype, device=out[name].device)
+            out[name] = out[name] / t.reshape(-1, *([1] * (out[name].ndim - 1)))
+    return out
+
+
 def before_after(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The calibration measures (and the reliability bins) of two metrics dicts, side by side."""
     keys = (*MEASURES, "reliability")
@@ -187,3 +218,69 @@ def score_calibrated(engine, encoded: Encoded, label_names: list[str], batch_siz
     logits = engine.logits(encoded, batch_size)
     metrics = scores_of(logits, encoded, label_names)
     return metrics, before_after(scores_of(logits * t.value, encoded, label_names), metrics), logits
+
+
+def fit_label_temperature(logits: torch.Tensor, labels: torch.Tensor) -> Temperature:
+    """Fit one label's T on its validation logits (n,) and 0/1 labels (n,), on the binary NLL; the rules of
+    fit_temperature, with positives and negatives as the two classes."""
+    n = len(labels)
+    if n < MIN_ROWS:
+        return Temperature(1.0, None, None, None, n, f"not calibrated: {n} validation rows, fewer than the "
+                                                     f"{MIN_ROWS} needed to fit a temperature")
+    positives = int((labels > 0.5).sum())
+    if min(positives, n - positives) < MIN_PER_CLASS:
+        return Temperature(1.0, None, None, None, n, f"not calibrated: {positives} positive and {n - positives} "
+                                                     f"negative validation rows, fewer than the {MIN_PER_CLASS} of "
+                                                     "each needed")
+    return _fit(logits.double().cpu(), (labels.cpu() > 0.5).double(), binary_nll)
+
+
+def fit_label_temperatures(logits: torch.Tensor, labels: torch.Tensor) -> list[Temperature]:
+    """One temperature per label (multi-label: each sigmoid is its own binary model), logits and multi-hot
+    labels (n, K)."""
+    return [fit_label_temperature(logits[:, k], labels[:, k]) for k in range(logits.shape[1])]
+
+
+def binary_measures(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """NLL, ECE and Brier of one label's probability sigmoid(logits) against its 0/1 labels (n,). ECE bins the
+    label's own probability (ECE_BINS equal-width bins, (lo, hi]), not a top-label confidence: a multi-label
+    output says "this label applies with probability p", and that is the claim to check."""
+    y = (labels.double().cpu() > 0.5).double()
+    p = torch.sigmoid(logits.double().cpu())
+    bins = (torch.ceil(p * ECE_BINS).long() - 1).clamp(0, ECE_BINS - 1)
+    count = torch.bincount(bins, minlength=ECE_BINS).double()
+    gap = torch.bincount(bins, weights=y - p, minlength=ECE_BINS).abs()
+    return {"log_loss": float(binary_nll(logits, y, 1.0)), "ece": float(gap.sum() / max(float(count.sum()), 1.0)),
+            "brier": float(((p - y) ** 2).mean())}
+
+
+def label_measures(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor,
+                   label_names: list[str]) -> dict[str, Any]:
+    """NLL, ECE and Brier before and after calibration, averaged over labels, and each label's."""
+    per_label = {name: {"before": binary_measures(before[:, k], labels[:, k]),
+                        "after": binary_measures(after[:, k], labels[:, k])} for k, name in enumerate(label_names)}
+    mean = {when: {m: float(sum(d[when][m] for d in per_label.values()) / max(len(per_label), 1)) for m in MEASURES}
+            for when in ("before", "after")}
+    return {**mean, "per_label": per_label}
+
+
+def calibrate_labels(engine, val: Encoded, label_names: list[str], batch_size: int,
+                     enabled: bool = True) -> tuple[list[Temperature], dict[str, Any], torch.Tensor]:
+    """calibrate() for a multi-label model: a temperature per label fitted on the engine's validation logits,
+    the kept ones folded into their rows of the head. Returns the outcomes, the measures before and after,
+    and the calibrated logits."""
+    logits = engine.logits(val, batch_size)
+    labels = torch.from_numpy(val.labels)
+    if not enabled:
+        temps = [Temperature(1.0, None, None, None, len(val), "not calibrated: --no-calibrate")] * len(label_names)
+    else:
+        temps = fit_label_temperatures(logits, labels)
+    layer = head_layer(engine.model)
+    if any(t.kept for t in temps) and layer is None:
+        temps = [replace(t, value=1.0, note="not calibrated: no linear layer with one output per label to fold a "
+                                            "temperature into") for t in temps]
+    values = [t.value for t in temps]
+    if any(t.kept for t in temps):
+        engine.load_weights(fold_rows(engine.weights(), layer, values))
+    after = logits / torch.tensor(values, dtype=logits.dtype, device=logits.device)
+    return temps, label_measures(logits, after, labels, label_names), after

@@ -133,3 +133,42 @@ def by_length(rows: list[dict[str, Any]]) -> bytes:
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy by text length")
     return _png(fig)
+
+
+def label_f1(names: list[str], tuned: list[float], at_half: list[float]) -> bytes:
+    """Multi-label: each label's F1 at its tuned threshold beside its F1 at 0.5, one pair of horizontal bars
+    per label (horizontal: GoEmotions' 28 names stay readable), the first label at the top."""
+    k = len(names)
+    fig, (ax,) = _figure((7.5, max(2.6, 0.32 * k + 1.2)))
+    y = np.arange(k)
+    ax.barh(y - 0.2, tuned, height=0.4, color="#4c72b0", label="tuned threshold")
+    ax.barh(y + 0.2, at_half, height=0.4, color="#dd8452", label="threshold 0.5")
+    ax.set_yticks(y, names, fontsize=8 if k > 12 else 9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1")
+    ax.set_title("F1 per label")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def regression(scatter: list[list[float]], residuals: dict[str, Any]) -> bytes:
+    """Left: predicted against true for the points metrics kept, with the line of perfect predictions.
+    Right: the histogram of prediction errors (predicted - true)."""
+    fig, (left, right) = _figure(WIDE, 2)
+    points = np.asarray(scatter, dtype=float).reshape(-1, 2)
+    left.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color="#4c72b0", edgecolors="none")
+    if len(points):
+        lo, hi = float(points.min()), float(points.max())
+        left.plot([lo, hi], [lo, hi], "--", color="gray", label="predicted = true")
+        left.legend(loc="upper left", fontsize=8)
+    left.set_xlabel("true")
+    left.set_ylabel("predicted")
+    left.set_title(f"predicted against true ({len(points)} texts)")
+    edges, count = np.asarray(residuals["edges"]), np.asarray(residuals["count"])
+    right.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="#8172b3", edgecolor="black")
+    right.axvline(0, color="gray", linestyle="--")
+    right.set_xlabel("predicted - true")
+    right.set_ylabel("texts")
+    right.set_title("errors")
+    return _png(fig)

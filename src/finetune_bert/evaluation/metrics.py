@@ -11,6 +11,9 @@ scikit-learn's binary `brier_score_loss`, which scores the positive class alone)
 For the report (report_page.py), also streamed: the reliability diagram's bins, a histogram of top-label
 confidence for correct and wrong predictions, accuracy by text length in tokens, and the most confident
 mistakes (`ConfidentMistakes`, a bounded heap).
+
+Multi-label and regression metrics are task_metrics.py's; `metrics_for` picks the class of a task kind, and
+`score` / `scores_of` score any kind through it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ import numpy as np
 import torch
 
 from finetune_bert.data.tokens import Encoded
+from finetune_bert.evaluation.tables import format_metrics
+from finetune_bert.evaluation.task_metrics import MultiLabelMetrics, RegressionMetrics
+from finetune_bert.tasks import CLASSIFICATION, LOWER_IS_BETTER, MULTI_LABEL, REGRESSION
+
+__all__ = ["StreamingMetrics", "ConfidentMistakes", "metrics_for", "score", "scores_of", "snippet",
+           "format_metrics", "greater_is_better", "is_better"]  # format_metrics: in tables.py, imported from here
 
 AUC_BINS = 6000
 AUC_RANGE = 30.0
@@ -120,6 +129,7 @@ class StreamingMetrics:
                      for i, name in enumerate(self.names)}
         present = actual > 0
         return {
+            "task": CLASSIFICATION,
             "n": int(self.count),
             "accuracy": float(tp.sum() / max(self.count, 1)),
             "precision_macro": float(precision[present].mean()) if present.any() else 0.0,
@@ -169,10 +179,26 @@ class ConfidentMistakes:
         return [row for _, _, row in sorted(self._heap, key=lambda x: (x[0], x[1]), reverse=True)]
 
 
+def metrics_for(task: str, label_names: list[str], *, thresholds: np.ndarray | None = None,
+                scale: tuple[float, float] = (0.0, 1.0), integer_targets: bool = False):
+    """The metrics accumulator of a task kind; each answers `update(logits, labels, lengths)` and `compute()`.
+    `thresholds` matter to multi-label only, `scale` and `integer_targets` to regression only."""
+    if task == MULTI_LABEL:
+        return MultiLabelMetrics(label_names, thresholds)
+    if task == REGRESSION:
+        return RegressionMetrics(label_names, integer_targets, scale)
+    if task != CLASSIFICATION:
+        raise ValueError(f"unknown task kind {task!r}")
+    return StreamingMetrics(label_names)
+
+
 def score(engine, encoded: Encoded, label_names: list[str], batch_size: int,
-          on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """The metrics of `engine` (torch_engine.Engine) on labelled token ids; `on_batch(i)` after the i-th batch."""
-    metrics = StreamingMetrics(label_names)
+          on_batch: Callable[[int], None] | None = None, *, task: str = CLASSIFICATION,
+          thresholds: np.ndarray | None = None, scale: tuple[float, float] = (0.0, 1.0),
+          integer_targets: bool = False) -> dict[str, Any]:
+    """The metrics of `engine` (torch_engine.Engine) on labelled token ids; `on_batch(i)` after the i-th batch.
+    encoded.labels: class ids (n,), multi-hot rows (n, K) or standardised targets (n,), by `task`."""
+    metrics = metrics_for(task, label_names, thresholds=thresholds, scale=scale, integer_targets=integer_targets)
     for i, (index, logits) in enumerate(engine.infer(encoded, batch_size)):
         metrics.update(logits, torch.from_numpy(encoded.labels[index]), encoded.full_lengths[index])
         if on_batch is not None:
@@ -180,9 +206,11 @@ def score(engine, encoded: Encoded, label_names: list[str], batch_size: int,
     return metrics.compute()
 
 
-def scores_of(logits: torch.Tensor, encoded: Encoded, label_names: list[str]) -> dict[str, Any]:
+def scores_of(logits: torch.Tensor, encoded: Encoded, label_names: list[str], *, task: str = CLASSIFICATION,
+              thresholds: np.ndarray | None = None, scale: tuple[float, float] = (0.0, 1.0),
+              integer_targets: bool = False) -> dict[str, Any]:
     """The metrics of logits already computed (n, k), rows in `encoded`'s order."""
-    metrics = StreamingMetrics(label_names)
+    metrics = metrics_for(task, label_names, thresholds=thresholds, scale=scale, integer_targets=integer_targets)
     metrics.update(logits, torch.from_numpy(encoded.labels), encoded.full_lengths)
     return metrics.compute()
 
@@ -195,28 +223,8 @@ def snippet(text: str, limit: int = 400) -> str:
     return text[:limit - tail - 3].rstrip() + " … " + text[-tail:].lstrip()
 
 
-def format_metrics(m: dict[str, Any], title: str = "") -> str:
-    names = m["labels"]
-    width = max(12, *(len(n) + 2 for n in names))
-    lines = [title] if title else []
-    lines.append(f"{'':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for name in names:
-        c = m["per_class"][name]
-        lines.append(f"{name:<{width}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
-    lines.append(f"{'macro avg':<{width}}{m['precision_macro']:>10.4f}{m['recall_macro']:>10.4f}"
-                 f"{m['f1_macro']:>10.4f}{m['n']:>10}")
-    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    lines.append(f"accuracy {m['accuracy']:.4f}   roc_auc {auc}   log_loss {m['log_loss']:.4f}"
-                 + (f"   ece {m['ece']:.4f}   brier {m['brier']:.4f}" if "ece" in m else ""))
-    lines.append("confusion matrix (rows: true, columns: predicted)")
-    lines.append(f"{'':<{width}}" + "".join(f"{n:>{width}}" for n in names))
-    for name, row in zip(names, m["confusion_matrix"]):
-        lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
-    return "\n".join(lines)
-
-
 def greater_is_better(metric: str) -> bool:
-    return metric not in ("loss", "log_loss")
+    return metric not in LOWER_IS_BETTER
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:

@@ -19,6 +19,7 @@ from finetune_bert.evaluation import figures
 from finetune_bert.console import console
 from finetune_bert.errors import UserError, refuse
 from finetune_bert.evaluation.config import ReportConfig
+from finetune_bert.tasks import CLASSIFICATION, DEFAULT_METRIC, MULTI_LABEL, REGRESSION
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -135,6 +136,81 @@ def _mistakes(rows: list[dict[str, Any]] | None) -> str:
             "</p>" + _table(["row", "text", "true label", "predicted", "confidence"], table, text_column=1))
 
 
+# What each kind's results table shows: (heading, key in the metrics dict); "at_0.5.x" reads a nested key.
+SUMMARY_COLUMNS = {
+    MULTI_LABEL: [("micro F1", "f1_micro"), ("macro F1", "f1_macro"), ("macro F1 at 0.5", "at_0.5.f1_macro"),
+                  ("weighted F1", "f1_weighted"), ("subset accuracy", "subset_accuracy"),
+                  ("Hamming loss", "hamming_loss"), ("ROC-AUC", "roc_auc"), ("mAP", "map"), ("BCE", "loss")],
+    REGRESSION: [("RMSE", "rmse"), ("MAE", "mae"), ("R²", "r2"), ("Pearson", "pearson"), ("Spearman", "spearman"),
+                 ("within 1", "within_1")],
+}
+# The keys a metrics dict of each kind must hold for its page to be drawn.
+DRAWN_FROM = {CLASSIFICATION: {"n", "accuracy", "confusion_matrix", "confidence_histogram"},
+              MULTI_LABEL: {"n", "per_class", "at_0.5", "thresholds"},
+              REGRESSION: {"n", "rmse", "scatter", "residuals", "target"}}
+
+
+def _task(m: dict[str, Any]) -> str:
+    return m.get("task", CLASSIFICATION)  # metrics written before the task kinds are classification's
+
+
+def _task_summary(splits: dict[str, dict[str, Any]], task: str) -> str:
+    columns = [c for c in SUMMARY_COLUMNS[task] if any(c[1] in m for m in splits.values())
+               or c[1].startswith("at_0.5.")]
+    rows = [[name, m["n"], *((m["at_0.5"] if key.startswith("at_0.5.") else m).get(key.removeprefix("at_0.5."))
+                             for _, key in columns)] for name, m in splits.items() if m]
+    return "<h2>Results</h2>" + _table(["split", "texts", *(heading for heading, _ in columns)], rows)
+
+
+def _per_label(m: dict[str, Any], split: str) -> str:
+    """Multi-label: each label's threshold and scores at it, its F1 at 0.5, and the bars of both F1s."""
+    half = m["at_0.5"]["f1_per_label"]
+    rows = [[name, c["threshold"], c["precision"], c["recall"], c["f1"], half[name], c["support"], c["roc_auc"],
+             c["average_precision"]] for name, c in m["per_class"].items()]
+    per_text = m["labels_per_text"]
+    return (f"<h2>Per label ({_esc(split)})</h2><p class=\"note\">A label is predicted when its probability "
+            "reaches its threshold, tuned on validation for the label's best F1. Labels per text: "
+            f"{per_text['true']:.2f} true, {per_text['predicted']:.2f} predicted.</p>"
+            + _table(["label", "threshold", "precision", "recall", "F1", "F1 at 0.5", "support", "ROC-AUC",
+                      "average precision"], rows)
+            + _image(figures.label_f1(m["labels"], [c["f1"] for c in m["per_class"].values()],
+                                      [half[name] for name in m["labels"]]), f"F1 per label, {split}"))
+
+
+def _label_calibration(calibration: dict[str, Any] | None, labels: list[str]) -> str:
+    """Multi-label calibration, from what train records: "temperatures" (one per label), and for each split
+    the mean "before"/"after" measures calibration.label_measures gives; what is absent is not shown."""
+    if not calibration:
+        return ""
+    out = ["<h2>Calibration</h2>"]
+    if calibration.get("note"):
+        out.append(f"<p>{_esc(calibration['note'])}</p>")
+    rows = [[split, when, pair[when]["log_loss"], pair[when]["ece"], pair[when]["brier"]]
+            for split, pair in calibration.items() if isinstance(pair, dict) and "before" in pair
+            for when in ("before", "after")]
+    if rows:
+        out.append(_table(["split", "calibration", "NLL (mean over labels)", "ECE", "Brier"], rows))
+    if calibration.get("temperatures"):
+        out.append(_table(["label", "temperature"], [list(r) for r in zip(labels, calibration["temperatures"])]))
+    return "".join(out)
+
+
+def _regression(m: dict[str, Any], split: str) -> str:
+    t = m["target"]
+    return (f"<h2>Predictions ({_esc(split)})</h2>"
+            + _image(figures.regression(m["scatter"], m["residuals"]), f"predicted against true and errors, {split}")
+            + _table(["target", "mean", "std", "min", "max"], [["true values", t["mean"], t["std"], t["min"], t["max"]]]))
+
+
+def _task_results(m: dict[str, Any], shown: str, splits: dict[str, dict[str, Any]],
+                  calibration: dict[str, Any] | None) -> list[str]:
+    """The result sections of a multi-label or regression page; classification's are unchanged."""
+    task = _task(m)
+    if task == MULTI_LABEL:
+        return [_task_summary(splits, task), _per_label(m, shown), _label_calibration(calibration, m["labels"])]
+    return [_task_summary(splits, task), _regression(m, shown)]
+
+
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training and validation records; after a resume, the records it replays replace the earlier ones."""
     train: list[dict[str, Any]] = []
@@ -172,13 +248,16 @@ def run_report(folder: Path) -> str:
     shown = "test" if metrics.get("test") else "validation"
     m = metrics[shown]
     train, evals = _read_log(folder / "train_log.jsonl")
-    metric = config.get("metric", "accuracy")
+    metric = config.get("metric", DEFAULT_METRIC[_task(m)])
     data_report = (folder / "data_report.txt").read_text(encoding="utf-8") if (folder / "data_report.txt").is_file() else ""
+    splits = {"validation (best step)": metrics["validation"], "test": metrics.get("test") or {}}
+    if _task(m) == CLASSIFICATION:
+        results = [_summary(splits), _per_class(m, shown), _calibration(metrics.get("calibration")), _confidence(m)]
+    else:
+        results = _task_results(m, shown, splits, metrics.get("calibration"))
     sections = [f"<p class=\"note\">{_esc(config.get('model', ''))} fine-tuned into {_esc(folder)}; best model at "
                 f"step {metrics.get('best_step')} by validation {_esc(metric)}; training {metrics['train']['seconds']} s, "
-                f"{metrics['train']['steps']} steps.</p>",
-                _summary({"validation (best step)": metrics["validation"], "test": metrics.get("test") or {}}),
-                _per_class(m, shown), _calibration(metrics.get("calibration")), _confidence(m),
+                f"{metrics['train']['steps']} steps.</p>", *results,
                 "<h2>Training</h2>" + _image(figures.curves(train, evals, metric), "training curves"),
                 _mistakes(metrics.get("mistakes")),
                 "<h2>Configuration</h2>" + _table(["option", "value"], [[k, json.dumps(v)] for k, v in config.items()]),
@@ -192,7 +271,8 @@ def evaluation_report(m: dict[str, Any], name: str) -> str:
     how = ", ".join(f"{k} {v}" for k, v in reading.items() if v is not None)
     sections = [f"<p class=\"note\">{_esc(m.get('model'))} on {_esc(m.get('data'))} ({m['n']} texts"
                 f"{'; ' + _esc(how) if how else ''}); metrics in {_esc(name)}.</p>",
-                _summary({"evaluation": m}), _per_class(m, "evaluation"), _uncalibrated(m), _confidence(m),
+                *([_summary({"evaluation": m}), _per_class(m, "evaluation"), _uncalibrated(m), _confidence(m)]
+                  if _task(m) == CLASSIFICATION else _task_results(m, "evaluation", {"evaluation": m}, None)),
                 _mistakes(m.get("mistakes"))]
     return _page(f"finetune-bert evaluation: {Path(str(m.get('data'))).name}", sections)
 
@@ -204,7 +284,7 @@ def rebuild(target: str) -> Path:
     path = Path(target).expanduser()
     if path.is_file() and path.suffix == ".json":
         m = _read_json(path)
-        if not {"n", "accuracy", "confusion_matrix", "confidence_histogram"} <= set(m):
+        if not DRAWN_FROM.get(_task(m), DRAWN_FROM[CLASSIFICATION]) <= set(m):
             raise UserError(f"{target}: not the metrics of `finetune-bert evaluate` (predictions written by `predict`, "
                             "or metrics of an older version: evaluate again to get a report)")
         return write_text_atomic(path.with_suffix(".html"), _drawn(target, lambda: evaluation_report(m, path.name)))
@@ -214,7 +294,8 @@ def rebuild(target: str) -> Path:
     if "metrics.json" not in read_marker(path)["files"] or not metrics.get("validation"):
         raise UserError(f"{target}: not a finished finetune-bert training run (no metrics.json of ours); give the "
                         "--output folder of a `train` that finished, or an evaluation's .json")
-    if "confidence_histogram" not in metrics.get("test", metrics["validation"]):
+    drawn = metrics.get("test") or metrics["validation"]
+    if not DRAWN_FROM.get(_task(drawn), DRAWN_FROM[CLASSIFICATION]) <= set(drawn):
         raise UserError(f"{target}: its metrics.json was written by an older finetune-bert, without what the report "
                         "draws; run `finetune-bert evaluate --model DIR --data FILE` to get a report of this model")
     out = write_text_atomic(path / "report.html", _drawn(target, lambda: run_report(path)))
