@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from finetune_bert.data.splits import Split
-from finetune_bert.data.rows import all_skipped, bad_rows_error, check_rows, first_label_kinds, mixed_labels_error, report_bad_rows, split_columns
+from finetune_bert.data.labels import LabelSpec
+from finetune_bert.data.rows import Columns, all_skipped, bad_rows_error, check_rows, first_label_kinds, mixed_labels_error, report_bad_rows, split_columns
 from finetune_bert.console import console
 from finetune_bert.errors import UserError
 from finetune_bert.data.readers import Records
@@ -33,7 +34,7 @@ class _Tally:
     """What the first pass keeps of the rows: counts and first occurrences, never the rows."""
 
     columns: dict[str, None] = field(default_factory=dict)  # every column seen, in order of appearance
-    picked: tuple[str, str | None] | None = None            # the columns the rows were checked against
+    picked: Columns | None = None                           # the columns the rows were checked against
     bad: int = 0
     first_bad: SkippedRow | None = None
     kinds: dict[type, tuple[str, Any]] = field(default_factory=dict)
@@ -52,19 +53,26 @@ class ChunkedSplit:
 
     def __init__(self, chunks: Iterable[Records], name: str, text_column: str | None, label_column: str | None,
                  clean: bool, need_labels: bool | None, *, on_bad_rows: str, row_filter: RowFilter | None = None,
-                 judge_cleaned: bool | None = None):
+                 judge_cleaned: bool | None = None, pair_column: str | None = None, pairs: bool = False,
+                 spec: LabelSpec = LabelSpec()):
         self.chunks, self.name, self.clean, self.on_bad_rows = chunks, name, clean, on_bad_rows
         self.judged = clean if judge_cleaned is None else judge_cleaned  # see data.check_rows
         self.wanted = (text_column, label_column, need_labels)
         self.row_filter = row_filter
         self.skipped: list[SkippedRow] = []
         self.notes: list[str] = []  # how the source was read (a folder's split, files not read): for the user
-        self.picked: tuple[str, str | None] | None = None  # (text column, label column), set by check()
+        self.picked: Columns | None = None  # set by check()
+        self.pairs, self.spec = (pair_column, pairs), spec  # a pair's second text looked for; how labels read
 
     def _pick(self, source: str, columns: Iterable[str]) -> tuple[str, str | None]:
-        return split_columns(Records(source, list(columns), [], []), *self.wanted)
+        return split_columns(Records(source, list(columns), [], []), *self.wanted, pair_column=self.pairs[0],
+                             pairs=self.pairs[1])
 
-    def _tally(self, picked: tuple[str, str | None] | None) -> _Tally:
+    def _check(self, records: Records, picked: Columns, clean: bool):
+        return check_rows(records, self.name, picked.text, picked.label, clean, not self.wanted[2],
+                          judge_cleaned=self.judged, pcol=picked.pair, spec=self.spec)
+
+    def _tally(self, picked: Columns | None) -> _Tally:
         tally = _Tally(picked=picked)
         for records in self.chunks:
             tally.source = records.source
@@ -74,11 +82,10 @@ class ChunkedSplit:
                 try:
                     tally.picked = self._pick(records.source, records.columns)
                 except UserError:
-                    tally.picked = ("", None)  # no columns to check yet; check() picks from all and re-reads
-            if not tally.picked[0]:
+                    tally.picked = Columns("")  # no columns to check yet; check() picks from all and re-reads
+            if not tally.picked.text:
                 continue
-            split, bad = check_rows(records, self.name, *tally.picked, clean=False, optional_labels=not self.wanted[2],
-                                    judge_cleaned=self.judged)
+            split, bad = self._check(records, tally.picked, False)
             tally.bad += len(bad)
             tally.first_bad = tally.first_bad or (bad[0] if bad else None)
             first_label_kinds(split, tally.kinds)
@@ -98,7 +105,7 @@ class ChunkedSplit:
         if picked != tally.picked:
             tally = self._tally(picked)
         if len(tally.kinds) > 1 and self.wanted[2]:  # predict only copies its labels: any mix is fine
-            raise mixed_labels_error(tally.source, picked[1], tally.kinds)
+            raise mixed_labels_error(tally.source, picked.label, tally.kinds)
         if tally.first_bad is not None and self.on_bad_rows != "skip":
             raise bad_rows_error(tally.first_bad, tally.bad)
         if tally.usable == 0:  # worded as data.to_split words it
@@ -118,8 +125,7 @@ class ChunkedSplit:
         if self.picked is None:
             raise RuntimeError("ChunkedSplit: call check() before iterating")
         for records in self.chunks:
-            split, bad = check_rows(records, self.name, *self.picked, clean=self.clean,
-                                    optional_labels=not self.wanted[2], judge_cleaned=self.judged)
+            split, bad = self._check(records, self.picked, self.clean)
             report_bad_rows(bad, self.on_bad_rows, self.skipped)
             if self.row_filter is not None:
                 split, bad = self.row_filter(split)

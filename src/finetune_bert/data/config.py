@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from finetune_bert.options import finite, opt, range_problems
+from finetune_bert.tasks import TASKS
 
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
@@ -40,6 +41,13 @@ class DataConfig:
                               "validation or test data; each dropped row is listed in skipped_rows.csv.")
     head_tokens: int = opt(128, "With head+tail: how many tokens come from the head (at most half the budget).",
                            at_least=0)
+    task: str = opt("classification", "What a label is: one class per text (classification), a set of labels per "
+                                      "text (multi-label), or a number (regression).", choices=TASKS)
+    label_separator: str = opt(";", "Multi-label: the separator between label names in a text label cell ('joy;love'); "
+                                    "JSON and Parquet can hold a list instead. An empty cell means no label.")
+    text_pair_column: str | None = opt(None, "Text pairs: the column of each row's second text, read with the first "
+                                             "as one sequence (auto-detected: sentence1/sentence2, premise/hypothesis, "
+                                             "question/answer, text_a/text_b).")
     fold_labels: bool = opt(False, "Merge labels that differ only in case ('positive', 'Positive') into their most "
                                    "frequent spelling; without it such labels stop the run with a list of them.")
 
@@ -62,6 +70,8 @@ class DataConfig:
         found = range_problems(self, only=DataConfig)
         if self.label_names is not None and not all(n.strip() for n in self.label_names.split(",")):
             found.append(f"--label-names {self.label_names!r}: every name must be non-empty, e.g. 'negative,positive'")
+        if not self.label_separator:
+            found.append("--label-separator must not be empty, e.g. ';' or '|'")
         if finite(self.val_fraction) and not 0 < self.val_fraction < 1:
             found.append(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         return found

@@ -7,12 +7,15 @@ rather than silently becoming separate classes.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from finetune_bert.errors import UserError
+from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 
 if TYPE_CHECKING:
     from finetune_bert.data.splits import Split
@@ -73,8 +76,10 @@ def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
     counts: dict[str, Counter] = {}
     first_at: dict[str, str] = {}
     for split in splits:
-        for label, loc in zip(split.labels, split.where):
-            if isinstance(label, str):
+        for cell, loc in zip(split.labels, split.where):
+            for label in cell if isinstance(cell, tuple) else (cell,):  # a label set's names one by one
+                if not isinstance(label, str):
+                    continue
                 counts.setdefault(_label_key(label), Counter())[label] += 1
                 first_at.setdefault(label, f"{split.source}: {loc}")
     clashes = [c for c in counts.values() if len(c) > 1]
@@ -88,7 +93,8 @@ def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
                         "--fold-labels to merge each group into its most frequent spelling")
     to = {v: c.most_common(1)[0][0] for c in clashes for v in c}
     for split in splits:
-        split.labels = [to.get(x, x) if isinstance(x, str) else x for x in split.labels]
+        split.labels = [tuple(dict.fromkeys(to.get(y, y) for y in x)) if isinstance(x, tuple) else
+                        to.get(x, x) if isinstance(x, str) else x for x in split.labels]
     notes.append("--fold-labels merged " + "; ".join(f"{', '.join(map(_shown, c))} into {_shown(c.most_common(1)[0][0])}"
                                                      for c in clashes))
 
@@ -96,3 +102,60 @@ def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
 def _shown(label: str) -> str:
     """A label as the user can tell it apart: repr, with combining and invisible characters escaped."""
     return "'" + "".join(ch if unicodedata.category(ch)[0] not in "MC" else f"\\u{ord(ch):04x}" for ch in label) + "'"
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """How a label cell is read for a task kind: one class, a set of label names (`separator` between them in
+    text cells, or a JSON list), or a number."""
+
+    task: str = CLASSIFICATION
+    separator: str = ";"
+
+    def read(self, raw: Any) -> tuple[Any, str | None]:
+        """A present (non-empty) label cell as this kind reads it, or why it cannot be read."""
+        if self.task == MULTI_LABEL:
+            return label_set(raw, self.separator)
+        if self.task == REGRESSION:
+            return target(raw)
+        if isinstance(raw, (list, tuple)):
+            return None, "label is a list, not a single class (several labels per text: pass --task multi-label)"
+        if isinstance(raw, dict):
+            return None, "label is an object, not a single class"
+        return as_label(raw), None
+
+    def missing(self) -> tuple[Any, str | None]:
+        """An empty label cell: no label at all for multi-label (allowed), missing otherwise."""
+        if self.task == MULTI_LABEL:
+            return (), None
+        return None, "target is missing" if self.task == REGRESSION else "label is missing"
+
+
+def label_set(raw: Any, separator: str) -> tuple[tuple[Any, ...] | None, str | None]:
+    """A multi-label cell: names split on `separator` (text) or a list's items (JSON, Parquet), each read as
+    `as_label` reads a class; empty names are dropped, a repeated one counted once, the order kept."""
+    if isinstance(raw, (list, tuple)):
+        items = list(raw)
+    elif isinstance(raw, str):
+        items = raw.split(separator)
+    elif isinstance(raw, dict) or isinstance(raw, float) and not raw.is_integer():
+        return None, f"label cell is {type(raw).__name__} {raw!r}, not label names"
+    else:
+        items = [raw]
+    if any(isinstance(x, (list, tuple, dict)) for x in items):
+        return None, "label list holds a list or an object, not label names"
+    names = [as_label(x) for x in items if x is not None and not (isinstance(x, str) and not x.strip())]
+    return tuple(dict.fromkeys(names)), None
+
+
+def target(raw: Any) -> tuple[float | None, str | None]:
+    """A regression target: a finite number, written as one (int, float, or text such as '7' or '3.5')."""
+    if isinstance(raw, bool) or isinstance(raw, (list, tuple, dict)):
+        return None, f"target {raw!r} is not a number"
+    try:
+        value = float(raw.strip()) if isinstance(raw, str) else float(raw)
+    except (TypeError, ValueError):
+        return None, f"target {raw!r} is not a number"
+    if not math.isfinite(value):
+        return None, f"target {raw!r} is not a finite number"
+    return value, None

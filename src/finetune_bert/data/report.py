@@ -5,19 +5,48 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from itertools import combinations
 from typing import Any
 import numpy as np
 from finetune_bert.data.dataset import Dataset
 from finetune_bert.data.splits import Split
 from finetune_bert.data.tokens import Encoded
+from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 
 
 IMBALANCE_WARNING = 3.0  # majority / minority class ratio worth a warning
 SHOWN_CLASSES = 20  # classes named in the printed report; data_report.json holds every one
 
 
-def _split_report(split: Split, encoded: Encoded | None, names: list[str], to_id: dict, max_length: int) -> dict:
-    counts = Counter(split.labels) if split.labels is not None else Counter()
+def _label_counts(split: Split, task: str) -> Counter:
+    """Rows per class; for label sets, rows holding each label (a row counts once per label it has)."""
+    if split.labels is None or task == REGRESSION:
+        return Counter()
+    if task == MULTI_LABEL:
+        return Counter(x for labels in split.labels for x in labels)
+    return Counter(split.labels)
+
+
+def _kind_report(split: Split, task: str) -> dict[str, Any]:
+    """Multi-label: labels per text and the most frequent pairs of labels; regression: the targets."""
+    if task == MULTI_LABEL:
+        sizes = np.fromiter((len(x) for x in split.labels), dtype=np.int64, count=len(split))
+        pairs = Counter(tuple(sorted(map(str, c))) for labels in split.labels for c in combinations(labels, 2))
+        return {"labels_per_text": {"mean": round(float(sizes.mean()), 3), "none": int((sizes == 0).sum()),
+                                    "one": int((sizes == 1).sum()), "several": int((sizes > 1).sum())},
+                "co_occurring": [{"labels": list(k), "rows": v} for k, v in pairs.most_common(10)]}
+    if task == REGRESSION:
+        values = np.asarray(split.labels, dtype=np.float64)
+        counts, edges = np.histogram(values, bins=min(20, max(1, len(np.unique(values)))))
+        return {"target": {"mean": round(float(values.mean()), 4), "std": round(float(values.std()), 4),
+                           **{f"p{q}": float(np.percentile(values, q)) for q in (0, 10, 50, 90, 100)},
+                           "histogram": {"counts": counts.tolist(), "edges": [float(e) for e in edges]}}}
+    return {}
+
+
+def _split_report(split: Split, encoded: Encoded | None, names: list[str], to_id: dict, max_length: int,
+                  task: str = CLASSIFICATION) -> dict:
+    counts = _label_counts(split, task)
     by_text: dict[str, set] = defaultdict(set)
     for text, label in zip(split.texts, split.labels or [None] * len(split)):
         by_text[text].add(label)
@@ -31,6 +60,8 @@ def _split_report(split: Split, encoded: Encoded | None, names: list[str], to_id
     }
     if counts:
         entry["imbalance_ratio"] = round(max(counts.values()) / min(counts.values()), 2)
+    if split.labels is not None:
+        entry.update(_kind_report(split, task))
     if encoded is not None:
         full = encoded.full_lengths
         entry["tokens"] = {f"p{q}": int(np.percentile(full, q)) for q in (50, 90, 95, 99)}
@@ -47,17 +78,19 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
     report: dict[str, Any] = {
         "labels": {i: n for i, n in enumerate(ds.label_names)},
         "label_values": {n: raw for n, raw in zip(ds.label_names, ds.raw_labels)},
+        **({"pairs": list(ds.train.columns[::2])} if ds.train.pairs is not None and ds.train.columns else {}),
         "cleaning": "on: '<br />' tags and HTML entities turned into text" if clean else "off",
         "max_length": max_length,
         "truncation": truncation,
-        "splits": {name: _split_report(s, encoded.get(name), ds.label_names, to_id, max_length)
+        "task": ds.task,
+        "splits": {name: _split_report(s, encoded.get(name), ds.label_names, to_id, max_length, ds.task)
                    for name, s in splits.items() if s is not None},
         "skipped_rows": len(ds.skipped),
         "notes": list(ds.notes),
         "warnings": [],
     }
     if ds.train_all is not None and ds.train_all is not ds.train:
-        whole = _split_report(ds.train_all, None, ds.label_names, to_id, max_length)
+        whole = _split_report(ds.train_all, None, ds.label_names, to_id, max_length, ds.task)
         if ds.test is not None:
             whole["shared_with_test"] = len(set(ds.train_all.texts) & set(ds.test.texts))
         report["train_data"] = whole
@@ -67,7 +100,9 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
             report["splits"][name]["shared_with_train"] = len(train_texts & set(other.texts))
     ratio = report["splits"]["train"].get("imbalance_ratio", 1)
     if ratio >= IMBALANCE_WARNING:
-        report["warnings"].append(f"classes are imbalanced {ratio}:1 in train; consider --class-weights auto and --metric f1_macro")
+        report["warnings"].append(f"labels are imbalanced {ratio}:1 in train; consider --class-weights auto"
+                                  if ds.task == MULTI_LABEL else f"classes are imbalanced {ratio}:1 in train; consider "
+                                  "--class-weights auto and --metric f1_macro")
     if ds.test is not None and report["splits"]["test"]["shared_with_train"]:
         n = report["splits"]["test"]["shared_with_train"]
         report["warnings"].append(f"{n} distinct test texts also appear in train (leakage): test scores are "
@@ -86,12 +121,15 @@ def format_report(report: dict[str, Any]) -> str:
     if "train_data" in report:
         w = report["train_data"]
         classes = _classes_text(w["classes"])
-        lines.append(f"  train data as given: {w['rows']} rows ({classes}); duplicate rows {w['duplicate_rows']}, "
+        lines.append(f"  train data as given: {w['rows']} rows{f' ({classes})' if classes else ''}; duplicate rows {w['duplicate_rows']}, "
                      f"conflicting duplicates {w['conflicting_duplicates']}"
                      + (f"; distinct texts shared with test {w['shared_with_test']}" if "shared_with_test" in w else ""))
+    if "pairs" in report:
+        lines.append(f"  text pairs: {report['pairs'][0]!r} and {report['pairs'][1]!r}, read as one sequence")
     for name, s in report["splits"].items():
         classes = _classes_text(s["classes"])
-        lines.append(f"  {name}: {s['rows']} rows ({classes}) from {s['source']}")
+        lines.append(f"  {name}: {s['rows']} rows{f' ({classes})' if classes else ''} from {s['source']}")
+        lines.extend(_kind_lines(s))
         if "tokens" in s:
             t = s["tokens"]
             lines.append(f"    tokens: median {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}; "
@@ -105,6 +143,19 @@ def format_report(report: dict[str, Any]) -> str:
     lines.extend(f"  note: {n}" for n in report["notes"])
     lines.extend(f"  WARNING: {w}" for w in report["warnings"])
     return "\n".join(lines)
+
+
+def _kind_lines(s: dict[str, Any]) -> list[str]:
+    if "labels_per_text" in s:
+        k = s["labels_per_text"]
+        pairs = ", ".join(f"{'+'.join(c['labels'])} {c['rows']}" for c in s["co_occurring"][:5])
+        return [f"    labels per text: mean {k['mean']}; {k['none']} with none, {k['one']} with one, {k['several']} "
+                f"with several" + (f"; most frequent together: {pairs}" if pairs else "")]
+    if "target" in s:
+        t = s["target"]
+        return [f"    target: mean {t['mean']:g}, std {t['std']:g}, min {t['p0']:g}, median {t['p50']:g}, "
+                f"max {t['p100']:g}"]
+    return []
 
 
 def _classes_text(classes: dict[str, int]) -> str:

@@ -9,9 +9,9 @@ import difflib
 import html
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 from finetune_bert.errors import UserError
-from finetune_bert.data.labels import as_label
+from finetune_bert.data.labels import LabelSpec
 from finetune_bert.data.readers import Records
 from finetune_bert.data.skipped import SkippedRow
 from finetune_bert.data.splits import Split
@@ -75,14 +75,30 @@ def _kind(value: Any) -> str:
     return {list: "a list", tuple: "a list", dict: "an object"}.get(type(value), f"{'an' if name[0] in 'aeiou' else 'a'} {name}")
 
 
+# The usual names of a pair's two texts (GLUE, NLI, QA datasets): found without --text-pair-column.
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "answer"), ("text_a", "text_b"))
+
+
+class Columns(NamedTuple):
+    """The columns a split is read from: the text, the label (None: none), the pair's second text (None)."""
+
+    text: str
+    label: str | None = None
+    pair: str | None = None
+
+
 def to_split(records: Records, name: str, text_column: str | None, label_column: str | None,
-             clean: bool, need_labels: bool | None, *, skipped: list[SkippedRow], on_bad_rows: str) -> Split:
-    """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded."""
-    tcol, lcol = split_columns(records, text_column, label_column, need_labels)
-    split, bad = check_rows(records, name, tcol, lcol, clean, optional_labels=not need_labels)
+             clean: bool, need_labels: bool | None, *, skipped: list[SkippedRow], on_bad_rows: str,
+             pair_column: str | None = None, pairs: bool = False, spec: LabelSpec = LabelSpec()) -> Split:
+    """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded. `pairs`:
+    look for a pair's second text (named by `pair_column`, or a usual pair of names); `spec`: the labels' kind."""
+    cols = split_columns(records, text_column, label_column, need_labels, pair_column=pair_column, pairs=pairs)
+    split, bad = check_rows(records, name, cols.text, cols.label, clean, optional_labels=not need_labels,
+                            pcol=cols.pair, spec=spec)
+    split.columns = cols
     kinds = first_label_kinds(split, {})
     if len(kinds) > 1 and need_labels:
-        raise mixed_labels_error(records.source, lcol, kinds)
+        raise mixed_labels_error(records.source, cols.label, kinds)
     report_bad_rows(bad, on_bad_rows, skipped)
     if not split.texts:
         raise UserError(f"{records.source}: no usable rows" + all_skipped(bad[0] if bad else None, len(bad)))
@@ -90,52 +106,87 @@ def to_split(records: Records, name: str, text_column: str | None, label_column:
 
 
 def split_columns(records: Records, text_column: str | None, label_column: str | None,
-                  need_labels: bool | None) -> tuple[str, str | None]:
-    """The text column and the label column: required (need_labels True), used if there is one (False:
-    predict copies it to its output), or never looked for (None: predict --ignore-labels)."""
+                  need_labels: bool | None, *, pair_column: str | None = None, pairs: bool = False) -> Columns:
+    """The text column, the label column and the pair column: labels required (need_labels True), used if
+    there is a label column (False: predict copies it to its output), or never looked for (None: predict
+    --ignore-labels); a pair column only with `pairs`."""
+    text_column, pcol = _pair_columns(records, text_column, pair_column) if pairs else (text_column, None)
     tcol = pick_column(records, text_column, TEXT_COLUMNS, "text", "--text-column")
+    if pcol == tcol:
+        raise UserError(f"{records.source}: column {tcol!r} is both the text column and the pair's second text; "
+                        "name the other one with --text-column or --text-pair-column")
     lcol = None
     if need_labels is None:
-        return tcol, None
+        return Columns(tcol, None, pcol)
     if need_labels or label_column:
         lcol = pick_column(records, label_column, LABEL_COLUMNS, "label", "--label-column")
-    elif any(c.strip().lower() in LABEL_COLUMNS and c != tcol for c in records.columns):
+    elif any(c.strip().lower() in LABEL_COLUMNS and c not in (tcol, pcol) for c in records.columns):
         lcol = pick_column(records, None, LABEL_COLUMNS, "label", "--label-column", tcol)
-    if lcol == tcol:  # the labels would be trained on as the texts, or the texts taken as classes
-        raise UserError(f"{records.source}: column {tcol!r} is both the text column and the label column; "
+    if lcol is not None and lcol in (tcol, pcol):  # the labels would be trained on as the texts, or the texts taken as classes
+        which = "the text column" if lcol == tcol else "the pair's second text"
+        raise UserError(f"{records.source}: column {lcol!r} is both {which} and the label column; "
                         "name the other one with " + ("--label-column" if text_column else "--text-column"))
-    return tcol, lcol
+    return Columns(tcol, lcol, pcol)
+
+
+def _pair_columns(records: Records, text_column: str | None, pair_column: str | None) -> tuple[str | None, str | None]:
+    """The first text's column (None: found as usual) and the second's: `pair_column` as named, else the one
+    usual pair of names (sentence1/sentence2, ...) the columns hold; a named text column picks its partner."""
+    if pair_column:
+        return text_column, pick_column(records, pair_column, (), "pair text", "--text-pair-column")
+    lower = {c.strip().lower(): c for c in records.columns}
+    found = [(lower[a], lower[b]) for a, b in PAIR_COLUMNS if a in lower and b in lower
+             and (text_column is None or lower[a] == text_column)]
+    if len(found) > 1:
+        raise UserError(f"{records.source}: {len(found)} column pairs could be the texts "
+                        f"({'; '.join(f'{a!r} and {b!r}' for a, b in found)}); name them with --text-column and "
+                        "--text-pair-column")
+    return found[0] if found else (text_column, None)
 
 
 def check_rows(records: Records, name: str, tcol: str, lcol: str | None, clean: bool,
-               optional_labels: bool = False, *, judge_cleaned: bool | None = None) -> tuple[Split, list[SkippedRow]]:
-    """The usable rows as a split, and the bad ones (text missing, not a string, or with nothing visible, as
-    cleaned if `judge_cleaned` (default: `clean`); label missing unless `optional_labels`, or not a single
-    value). Texts are kept cleaned if `clean`: predict keeps the text as given and lets the model clean it."""
+               optional_labels: bool = False, *, judge_cleaned: bool | None = None, pcol: str | None = None,
+               spec: LabelSpec = LabelSpec()) -> tuple[Split, list[SkippedRow]]:
+    """The usable rows as a split, and the bad ones (text, or the pair's second text in `pcol`, missing, not
+    a string, or with nothing visible, as cleaned if `judge_cleaned` (default: `clean`); label missing unless
+    `optional_labels` or the kind allows it, or not what `spec` reads). Texts are kept cleaned if `clean`:
+    predict keeps the text as given and lets the model clean it."""
     judged = clean if judge_cleaned is None else judge_cleaned
     texts, labels, where, bad = [], [] if lcol else None, [], []
+    pairs = [] if pcol else None
     for row, loc in zip(records.rows, records.where):
-        text, label = row.get(tcol), None
-        column, problem = tcol, _text_problem(text)
-        cleaned = clean_text(text) if problem is None and (clean or judged) else text
-        if problem is None:
-            problem = _nothing_visible(cleaned if judged else text, judged and cleaned != text)
+        label, kept = None, []
+        for column in (tcol, pcol) if pcol else (tcol,):
+            text, problem = _checked_text(row.get(column), clean, judged, "pair text" if column == pcol else "text")
+            kept.append(text)
+            if problem:
+                break
         if problem is None and lcol is not None:
             column, raw = lcol, row.get(lcol)
             if _is_missing(raw):
-                problem = None if optional_labels else "label is missing"
-            elif isinstance(raw, (list, tuple, dict)):
-                problem = f"label is {_kind(raw)}, not a single class"
+                label, problem = (None, None) if optional_labels else spec.missing()
             else:
-                label = as_label(raw)
+                label, problem = spec.read(raw)
         if problem:
             bad.append(SkippedRow(name, records.source, loc, column, problem, repr(row.get(column))[:200]))
             continue
-        texts.append(cleaned if clean else text)
+        texts.append(kept[0])
+        if pairs is not None:
+            pairs.append(kept[1])
         if labels is not None:
             labels.append(label)
         where.append(loc)
-    return Split(name, records.source, texts, labels, where), bad
+    return Split(name, records.source, texts, labels, where, pairs), bad
+
+
+def _checked_text(text: Any, clean: bool, judged: bool, what: str) -> tuple[Any, str | None]:
+    """A text cell as kept (cleaned if `clean`), or why it is unusable; `what` names it in the reason."""
+    problem = _text_problem(text)
+    if problem is not None:
+        return text, problem.replace("text", what, 1)
+    cleaned = clean_text(text) if clean or judged else text
+    problem = _nothing_visible(cleaned if judged else text, judged and cleaned != text)
+    return (cleaned if clean else text), None if problem is None else problem.replace("text", what, 1)
 
 
 def _text_problem(text: Any) -> str | None:

@@ -18,6 +18,7 @@ class Split:
     labels: list[Any] | None
     where: list[str]
     pairs: list[str] | None = None  # the second text of each row (text pairs), or None
+    columns: tuple | None = None  # rows.Columns the split was read from (text, label, pair), where known
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -26,7 +27,7 @@ class Split:
         labels = None if self.labels is None else [self.labels[i] for i in index]
         pairs = None if self.pairs is None else [self.pairs[i] for i in index]
         return Split(self.name, self.source, [self.texts[i] for i in index], labels,
-                     [self.where[i] for i in index], pairs)
+                     [self.where[i] for i in index], pairs, self.columns)
 
 
 # ---------------------------------------------------------------- splits and labels
@@ -46,10 +47,12 @@ def sample_mask(size: int, n: int | None, seed: int) -> np.ndarray | None:
     return keep
 
 
-def stratified_split(split: Split, fraction: float, seed: int, notes: list[str]) -> tuple[Split, Split]:
-    """Hold out `fraction` of every class (at least one example of each class that has two or more)."""
+def stratified_split(split: Split, fraction: float, seed: int, notes: list[str],
+                     strata: list[str] | None = None) -> tuple[Split, Split]:
+    """Hold out `fraction` of every class (at least one example of each class that has two or more);
+    `strata`: what to stratify by instead of the labels (a row's rarest label, a target's decile)."""
     rng = np.random.default_rng(seed)
-    labels = np.array([str(x) for x in split.labels])
+    labels = np.array(strata if strata is not None else [str(x) for x in split.labels])
     val_index, alone = [], []
     for value in sorted(set(labels)):
         members = np.flatnonzero(labels == value)
@@ -58,6 +61,8 @@ def stratified_split(split: Split, fraction: float, seed: int, notes: list[str])
             continue
         take = min(max(1, round(len(members) * fraction)), len(members) - 1)
         val_index.extend(rng.permutation(members)[:take].tolist())
+    if strata is not None:
+        alone = []  # a stratum is not a class: with one row it is simply trained on, nothing to say
     if 0 < len(alone) <= 3:
         notes.extend(f"class {v!r} has 1 training example(s): none held out for validation" for v in alone)
     elif alone:  # one note, not a screen of them (a label column of label sets makes hundreds)

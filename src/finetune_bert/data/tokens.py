@@ -3,6 +3,10 @@
 Texts are tokenized once, without special tokens and without truncation, so that the data report knows
 every text's true length; truncation then keeps the head, the tail, or both, and the model's own special
 tokens ([CLS] ... [SEP] for BERT) are added around what is kept.
+
+Text pairs (paraphrase, entailment) are one sequence in the tokenizer's own pair template ([CLS] a [SEP] b
+[SEP] for BERT, <s> a </s></s> b </s> for RoBERTa), with its token type ids, cut as transformers'
+truncation="longest_first" cuts them, so a model reads a pair as it would from a Hugging Face pipeline.
 """
 
 from __future__ import annotations
@@ -76,7 +80,11 @@ def _token_lists(tokenizer, texts: list[str]):
 
 
 def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: int, strategy: str,
-           head_tokens: int = 128) -> Encoded:
+           head_tokens: int = 128, *, pairs: list[str] | None = None) -> Encoded:
+    """Each text's ids within `max_length` tokens, special tokens included; with `pairs` (the second text of
+    each row), each pair as one sequence cut longest first (`strategy` applies to single texts only)."""
+    if pairs is not None:
+        return _encode_pairs(tokenizer, texts, pairs, max_length, labels)
     prefix, suffix = special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     ids, full = [], np.empty(len(texts), dtype=np.int64)
@@ -85,6 +93,83 @@ def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: in
         ids.append(np.asarray(prefix + truncate(tokens, budget, strategy, head_tokens) + suffix, dtype=np.int32))
     label_array = None if labels is None else np.asarray(labels, dtype=np.int64)
     return Encoded(ids, full, label_array)
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """What a tokenizer puts before, between and after the two texts of a pair, and the token type id of
+    each of those ids and of each text's tokens (all zeros for a tokenizer whose model reads no type ids)."""
+
+    prefix: list[int]
+    middle: list[int]
+    suffix: list[int]
+    prefix_types: list[int]
+    middle_types: list[int]
+    suffix_types: list[int]
+    first_type: int
+    second_type: int
+
+    @property
+    def added(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def ids(self, first: list[int], second: list[int]) -> np.ndarray:
+        return np.asarray(self.prefix + first + self.middle + second + self.suffix, dtype=np.int32)
+
+    def type_ids(self, first: int, second: int) -> np.ndarray:
+        """The type ids of a pair whose texts kept `first` and `second` tokens."""
+        return np.asarray(self.prefix_types + [self.first_type] * first + self.middle_types
+                          + [self.second_type] * second + self.suffix_types, dtype=np.int8)
+
+
+def pair_template(tokenizer) -> PairTemplate:
+    """The tokenizer's pair template, read off a probe pair as `special_tokens` reads the single one."""
+    first = tokenizer("a", add_special_tokens=False)["input_ids"]
+    second = tokenizer("b", add_special_tokens=False)["input_ids"]
+    out = tokenizer("a", "b")
+    full = out["input_ids"]
+    types = out.get("token_type_ids") or [0] * len(full)  # a tokenizer without type ids: all zeros
+    for i in range(len(full) - len(first) + 1):
+        if full[i:i + len(first)] != first:
+            continue
+        for j in range(i + len(first), len(full) - len(second) + 1):
+            if full[j:j + len(second)] == second:
+                end, after = i + len(first), j + len(second)
+                return PairTemplate(full[:i], full[end:j], full[after:], types[:i], types[end:j], types[after:],
+                                    types[i] if first else 0, types[j] if second else 0)
+    raise ValueError("cannot locate the special tokens of this tokenizer's text pairs")
+
+
+def longest_first(first: list[int], second: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Both texts' ids cut from their ends to `budget` tokens together, a token at a time from the longer
+    one (on a tie, from the one that began the shorter, the first if they began equal): what transformers'
+    truncation="longest_first" keeps. In closed form, as the tokenizers library computes it: the text that
+    began the shorter keeps up to half the budget (rounded down), the other the rest."""
+    if len(first) + len(second) <= budget:
+        return first, second
+    budget = max(budget, 0)
+    short = min(len(first), len(second), budget // 2)
+    long = budget - short
+    if len(first) > len(second):
+        return first[:long], second[:short]
+    return first[:short], second[:long]
+
+
+def _encode_pairs(tokenizer, texts: list[str], pairs: list[str], max_length: int,
+                  labels: list[int] | None) -> Encoded:
+    """Each (text, pair) in the tokenizer's pair template, cut longest first to `max_length` tokens."""
+    if len(pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} second texts")
+    template = pair_template(tokenizer)
+    budget = max_length - template.added
+    ids, types, full = [], [], np.empty(len(texts), dtype=np.int64)
+    for i, (first, second) in enumerate(zip(_token_lists(tokenizer, texts), _token_lists(tokenizer, pairs))):
+        full[i] = len(first) + len(second) + template.added
+        first, second = longest_first(first, second, budget)
+        ids.append(template.ids(first, second))
+        types.append(template.type_ids(len(first), len(second)))
+    label_array = None if labels is None else np.asarray(labels, dtype=np.int64)
+    return Encoded(ids, full, label_array, types)
 
 
 def window_size(tokenizer, max_length: int) -> int:
@@ -143,7 +228,8 @@ def encode_splits(ds: Any, tokenizer, model_config, *, max_length: int, truncati
     splits = {}
     for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)):
         if split:
-            splits[name] = encode(tokenizer, split.texts, None, length, truncation, head_tokens)
+            splits[name] = encode(tokenizer, split.texts, None, length, truncation, head_tokens,
+                                  pairs=split.pairs)
             splits[name].labels = ds.encode_labels(split)
     return TokenizedSplits(splits, length, warning)
 

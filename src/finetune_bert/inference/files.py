@@ -87,7 +87,7 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, bat
     tokenized while this one is scored (chunks.ahead). `out` None: standard output, in `fmt` (default csv).
     `total`: the rows to come (rows.check()'s count), for the progress shown on stderr."""
     steady_heap(clf.device)
-    labelled = rows.picked is not None and rows.picked[1] is not None
+    labelled = rows.picked is not None and rows.picked.label is not None
     fields = ["row", "text", "predicted", "confidence", *(["true_label"] if labelled else []),
               *(f"prob_{n}" for n in clf.label_names)]
     progress = Progress(total, "predict") if total is not None else None
