@@ -39,6 +39,46 @@ def toy_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def toy_multilabel_rows(n: int, seed: int = 0) -> list[dict]:
+    """Reviews with a set of labels, each given by a word: 'pos' (a positive word), 'neg' (a negative word),
+    'tech' (camera or light); some rows have none (an empty cell), several have more than one."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words, labels = rng.choices(["the", "a", "plot", "story", "very", "quite", "this", "that"], k=rng.randint(3, 9)), []
+        for name, pool, p in (("pos", POSITIVE, 0.5), ("neg", NEGATIVE, 0.4), ("tech", ["camera", "light"], 0.35)):
+            if rng.random() < p:
+                words.insert(rng.randint(0, len(words)), rng.choice(pool))
+                labels.append(name)
+        rows.append({"text": " ".join(words), "labels": ";".join(labels)})
+    return rows
+
+
+def toy_regression_rows(n: int, seed: int = 0) -> list[dict]:
+    """Reviews whose rating (1 to 10) rises with their positive words and falls with their negative ones."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        good, bad = rng.randint(0, 3), rng.randint(0, 3)
+        words = rng.choices(FILLER, k=rng.randint(2, 8)) + rng.choices(POSITIVE, k=good) + rng.choices(NEGATIVE, k=bad)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "rating": max(1, min(10, 5 + 2 * (good - bad)))})
+    return rows
+
+
+def toy_pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """Pairs of short reviews, labelled 1 when both have the same sentiment: only the pair tells."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        first, same = rng.random() < 0.5, i % 2 == 0
+        second = first if same else not first
+        texts = [" ".join(rng.choices(FILLER, k=rng.randint(2, 6)) + [rng.choice(POSITIVE if s else NEGATIVE)])
+                 for s in (first, second)]
+        rows.append({"sentence1": texts[0], "sentence2": texts[1], "label": int(same)})
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)

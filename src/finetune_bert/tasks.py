@@ -7,6 +7,8 @@ differs by kind branches once, on this field."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 CLASSIFICATION = "classification"
@@ -52,3 +54,24 @@ def activate(logits: np.ndarray, task: str) -> np.ndarray:
         return logits
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a model's outputs are scored: its kind and, for regression, the scale its outputs are in (the
+    z-scores a model learns: train's (mean, std); (0, 1) once folded into the head) and whether targets are
+    whole numbers; for multi-label, each label's decision threshold (None: 0.5, or tuned where asked)."""
+
+    task: str = CLASSIFICATION
+    scale: tuple[float, float] = (0.0, 1.0)
+    integer_targets: bool = False
+    thresholds: tuple[float, ...] | None = None
+
+    @property
+    def headline(self) -> tuple[str, ...]:
+        """The numbers a progress line shows for this kind."""
+        return HEADLINE[self.task]
+
+
+HEADLINE = {CLASSIFICATION: ("accuracy", "f1_macro", "loss"), MULTI_LABEL: ("f1_macro", "f1_micro", "loss"),
+            REGRESSION: ("rmse", "spearman", "loss")}

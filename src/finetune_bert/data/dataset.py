@@ -35,6 +35,11 @@ class Dataset:
     def label_to_id(self) -> dict[Any, int]:
         return {raw: i for i, raw in enumerate(self.raw_labels)}
 
+    @property
+    def integer_targets(self) -> bool:
+        """Regression: every training target is a whole number (star ratings): 'within one' then means something."""
+        return self.task == REGRESSION and all(float(x).is_integer() for x in self.train.labels)
+
     def encode_labels(self, split: Split) -> np.ndarray:
         """A split's labels as the loss takes them: class ids (n,), multi-hot rows (n, labels) in float32, or
         regression targets standardised with train's mean and deviation (n,) in float32."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_bert.data.tokens import max_length_for
 from finetune_bert.engine.run_info import RUN_FILE, RunInfo
+from finetune_bert.tasks import PROBLEM_TYPES
 from finetune_bert.errors import UserError
 from finetune_bert.safefiles import read_marker
 
@@ -152,12 +153,13 @@ def load_model_config(model: ModelFolder | str, trust_remote_code: bool = False)
 
 
 def load_classifier(model: ModelFolder | str, label_names: list[str] | None = None, trust_remote_code: bool = False,
-                    attn_implementation: str = "sdpa", notes: list[str] | None = None):
+                    attn_implementation: str = "sdpa", notes: list[str] | None = None, task: str | None = None):
     """AutoModelForSequenceClassification from safetensors only, with real label names in id2label.
 
     `label_names=None` loads a fine-tuned classifier as saved (evaluate, predict). Given names, a head
     trained for other labels (another count, or other names) is replaced by a fresh one. What the user
-    should know about the head (untrained, replaced, continued) is appended to `notes`.
+    should know about the head (untrained, replaced, continued) is appended to `notes`. `task`: the kind
+    trained for, recorded as config.json's problem_type (a regression head has one output, named `label_names`).
     """
     import torch
 
@@ -171,6 +173,8 @@ def load_classifier(model: ModelFolder | str, label_names: list[str] | None = No
     if label_names is not None:
         kwargs.update(num_labels=len(label_names), ignore_mismatched_sizes=True,
                       id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+        if task is not None:
+            kwargs["problem_type"] = PROBLEM_TYPES[task]
     model, info = _from_pretrained(name, source, attn_implementation, kwargs)
     head = [n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")]
     missing = sorted(set(head) & set(info.get("missing_keys", ())))

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 from finetune_bert.data.config import DataConfig, output_in_data
 from finetune_bert.options import MAX_SEED, debug_option, finite, opt, range_problems
+from finetune_bert.tasks import DEFAULT_METRIC, METRICS as KIND_METRICS, MULTI_LABEL, REGRESSION, TASKS
 
 
-METRICS = ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss")
+METRICS = tuple(dict.fromkeys(m for kind in TASKS for m in KIND_METRICS[kind]))
 
 
 @dataclass
@@ -32,8 +33,10 @@ class TrainConfig(DataConfig):
     seed: int = opt(42, "Seed for the split, data order, head initialisation and dropout.", at_least=0,
                     at_most=MAX_SEED)
     eval_every: int = opt(0, "Also evaluate on validation every N optimizer steps (0: only at epoch ends).", at_least=0)
-    metric: str = opt("accuracy", "Validation metric that picks the best model and drives early stopping.",
-                      choices=METRICS)
+    metric: str | None = opt(None, "Validation metric that picks the best model and drives early stopping (default: "
+                                   "accuracy; macro F1 for multi-label; RMSE for regression).", choices=METRICS)
+    threshold: float | None = opt(None, "Multi-label: decide every label at this probability (e.g. 0.5) instead of "
+                                        "each label's threshold tuned on validation for its best F1.")
     patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).", at_least=0)
     report: bool = opt(True, "Write report.html at the end (its figures take a few seconds; tune's trials skip it and "
                              "only the best model gets one).")
@@ -78,9 +81,16 @@ class TrainConfig(DataConfig):
                               "before the job stops with a message (a process that died or hangs).", at_least=1)
     debug: bool = debug_option()
 
+    def with_defaults(self) -> "TrainConfig":
+        """The config with what depends on other options filled in: --metric, the kind's own (recorded as
+        chosen, so that run_config.json and a resume see it)."""
+        if self.metric is None and self.task in DEFAULT_METRIC:
+            return dataclasses.replace(self, metric=DEFAULT_METRIC[self.task])
+        return self
+
     def problems(self) -> list[str]:
         """Every conflicting or impossible option, so the user fixes them in one go."""
-        found = DataConfig.problems(self) + range_problems(self, skip=DataConfig)
+        found = DataConfig.problems(self) + range_problems(self, skip=DataConfig) + self._kind_problems()
         if finite(self.epochs) and self.epochs <= 0:
             found.append(f"--epochs must be positive, got {self.epochs}")
         if finite(self.lr) and self.lr <= 0:
@@ -92,6 +102,19 @@ class TrainConfig(DataConfig):
         if not str(self.model).strip():
             found.append("--model must not be empty: a hub id, a model folder, or minilm")
         found += output_in_data(self) + self._output_is_model()
+        return found
+
+    def _kind_problems(self) -> list[str]:
+        """Options that mean nothing for the task kind asked."""
+        found = []
+        if self.task in KIND_METRICS and self.metric is not None and self.metric not in KIND_METRICS[self.task]:
+            found.append(f"--metric {self.metric} does not score {self.task}; one of {', '.join(KIND_METRICS[self.task])}")
+        if self.task == REGRESSION and self.class_weights == "auto":
+            found.append("--class-weights auto weights classes; regression has none")
+        if self.threshold is not None and self.task != MULTI_LABEL:
+            found.append("--threshold decides labels of a multi-label model; pass --task multi-label or drop it")
+        if self.threshold is not None and finite(self.threshold) and not 0 < self.threshold < 1:
+            found.append(f"--threshold is a probability between 0 and 1, got {self.threshold}")
         return found
 
     def _output_is_model(self) -> list[str]:

@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 import torch
 from finetune_bert.engine import distributed
-from finetune_bert.evaluation.calibration import calibrate, score_calibrated, summary_line
 from finetune_bert.engine.model_folder import ModelFolder
-from finetune_bert.evaluation.metrics import ConfidentMistakes, format_metrics, scores_of, snippet
+from finetune_bert.evaluation.metrics import ConfidentMistakes, snippet
+from finetune_bert.evaluation.scoring import score_logits
+from finetune_bert.evaluation.tables import format_any
+from finetune_bert.tasks import CLASSIFICATION, HEADLINE
+from finetune_bert.training.calibrated import Calibrated, calibrate_kind
+from finetune_bert.training.kinds import fold_scale
 from finetune_bert.inference.classifier import Classifier
 from finetune_bert.inference.reading import Reading
 from finetune_bert.console import console
@@ -34,23 +38,24 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     if state.best_step != state.step:  # read by rank 0, which wrote it, and sent to the others
         from safetensors.torch import load_file
         best = load_file(str(run.path / "model.safetensors"), device=str(engine.device)) if job.world.main else None
-        engine.load_weights(distributed.weights_from_main(best, job.world))
-    metrics: dict[str, Any] = {"validation": state.best_metrics, "best_step": state.best_step,
+        best = distributed.weights_from_main(best, job.world)
+        engine.load_weights(fold_scale(best, engine.model, job.ds.target_scale, undo=True))  # saved folded
+    metrics: dict[str, Any] = {"task": job.ds.task, "validation": state.best_metrics, "best_step": state.best_step,
                                "history": state.history,
                                "train": {"steps": state.step, "seconds": round(train_seconds, 1),
                                          "skipped_steps": state.skipped_steps, "examples": len(job.enc["train"]),
                                          "micro_splits": state.micro_splits}}
-    names, batch_size = job.ds.label_names, state.eval_batch_size
-    t, measures, logits = calibrate(engine, job.enc["validation"], names, batch_size, cfg.calibrate)
-    if t.kept:  # the folded weights replace the saved model, T recorded beside them
-        run.save_model(engine.model, job.tokenizer, job.run_info(t.value), engine.weights())
-    run.log("calibration", temperature=t.value, fitted=t.fitted, note=t.note)
-    metrics["calibration"] = {**t.to_json(), "validation": measures}
-    split = "validation"
+    done = calibrate_kind(job)
+    if done.save:  # the folded weights replace the saved model, what was decided recorded beside them
+        run.save_model(engine.model, job.tokenizer, job.run_info(done.temperature, **done.decided),
+                       job.saved_weights())
+    run.log("calibration", **done.log)
+    metrics["calibration"] = done.record
+    split, logits = "validation", done.logits
     if "test" in job.enc:
-        split, logits = "test", _score_test(job, t, metrics)
-    console.say(summary_line(t, {s: metrics["calibration"][s] for s in ("validation", "test") if s in metrics["calibration"]}))
-    metrics["mistakes"] = _mistakes(job, split, logits)
+        split, logits = "test", _score_test(job, done, metrics)
+    console.say(done.summary(metrics["calibration"]))
+    metrics["mistakes"] = _mistakes(job, split, logits) if job.ds.task == CLASSIFICATION else []
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.write_text("README.md", model_card(cfg, job.report, metrics))
@@ -65,35 +70,37 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     return TrainResult(str(run.path), metrics, state.best_step)
 
 
-def _score_test(job: Job, t, metrics: dict[str, Any]) -> torch.Tensor:
+def _score_test(job: Job, done: Calibrated, metrics: dict[str, Any]) -> torch.Tensor:
     """Test as training read it (long texts cut), and, when some test text is longer than the model reads, also
     read whole as `evaluate` and `predict` read it by default: each number says which reading gave it."""
     scoring, enc, length = time.time(), job.enc["test"], job.prepared.tokens.max_length
     names, batch_size = job.ds.label_names, job.state.eval_batch_size
-    metrics["test"], metrics["calibration"]["test"], logits = score_calibrated(job.engine, enc, names, batch_size, t)
+    metrics["test"], measures, logits = done.score(job.engine, enc, names, batch_size)
+    if measures is not None:
+        metrics["calibration"]["test"] = measures
     longer = int((enc.full_lengths > length).sum())
     metrics["test"]["reading"] = {"long_texts": "truncate", "truncation": job.cfg.truncation, "max_length": length,
                                   "longer_texts": longer}
     cut = f"; {longer} longer than {length} tokens, cut {job.cfg.truncation} as in training" if longer else ""
-    console.say(format_metrics(metrics["test"], f"test ({metrics['test']['n']} texts{cut}), best model from step "
-                                                f"{job.state.best_step}"))
-    if longer:
-        whole, reading = _read_whole(job, t.value)
-        metrics["test_read_whole"] = {**{k: whole[k] for k in ("accuracy", "f1_macro", "log_loss", "n")},
-                                      "reading": reading}
-        console.say(f"test with long texts read whole, as evaluate and predict read them by default: accuracy "
-                    f"{whole['accuracy']:.4f}, macro F1 {whole['f1_macro']:.4f}")
+    console.say(format_any(metrics["test"], f"test ({metrics['test']['n']} texts{cut}), best model from step "
+                                            f"{job.state.best_step}"))
+    if longer and job.ds.test.pairs is None:  # pairs are always cut: there is no other reading of them
+        whole, reading = _read_whole(job, done)
+        headline = HEADLINE[job.ds.task]
+        metrics["test_read_whole"] = {**{k: whole[k] for k in (*headline, "n") if k in whole}, "reading": reading}
+        console.say("test with long texts read whole, as evaluate and predict read them by default: "
+                    + ", ".join(f"{k} {whole[k]:.4f}" for k in headline if whole.get(k) is not None))
     metrics["test"]["seconds"] = round(time.time() - scoring, 2)
     return logits
 
 
-def _read_whole(job: Job, temperature: float) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_whole(job: Job, done: Calibrated) -> tuple[dict[str, Any], dict[str, Any]]:
     """The test metrics with every text read whole, as windows whose logits are averaged, and that reading."""
-    folder = ModelFolder(str(job.run.path), str(job.run.path), info=job.run_info(temperature))
+    folder = ModelFolder(str(job.run.path), str(job.run.path), info=job.run_info(done.temperature, **done.decided))
     clf = Classifier(job.engine, job.tokenizer, folder, Reading(long_texts="chunks"))
     prepared, _ = clf.prepare(job.ds.test.texts, cleaned=True)
     logits = torch.from_numpy(clf.logits_of([prepared], job.state.eval_batch_size))
-    return scores_of(logits, job.enc["test"], job.ds.label_names), clf.reading_json()
+    return score_logits(logits, job.enc["test"], job.ds.label_names, done.scoring), clf.reading_json()
 
 
 def _mistakes(job: Job, split: str, logits: torch.Tensor, k: int = 20) -> list[dict[str, Any]]:

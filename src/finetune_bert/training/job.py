@@ -29,6 +29,8 @@ from finetune_bert.engine.run_info import RunInfo
 from finetune_bert.data.skipped import skipped_csv
 from finetune_bert.training.steps import StepOptions
 from finetune_bert.data.tokens import Encoded, pad_id
+from finetune_bert.tasks import MULTI_LABEL, REGRESSION, Scoring
+from finetune_bert.training.kinds import fold_scale, loss_weights
 
 
 def _setup_data(prepared: Prepared, run: RunFolder) -> None:
@@ -45,14 +47,24 @@ def _setup_data(prepared: Prepared, run: RunFolder) -> None:
                      f"{run.path / 'skipped_rows.csv'} (written with the model)")
     for i in range(min(2, len(ds.train))):
         ids = encoded["train"].ids[i]
-        console.say(f"sample {i}: label {ds.label_names[encoded['train'].labels[i]]!r}, {len(ids)} tokens: "
+        console.say(f"sample {i}: label {_shown_label(ds, ds.train.labels[i])}, {len(ids)} tokens: "
                     f"{tokenizer.decode(ids[:24])} ... {tokenizer.decode(ids[-8:])}")
+
+
+def _shown_label(ds: Dataset, label: Any) -> str:
+    """A training row's label as a person reads it: its class's name, its set of labels, or its target."""
+    if ds.task == MULTI_LABEL:
+        return "{" + ", ".join(ds.label_names[ds.label_to_id[x]] for x in label) + "}"
+    if ds.task == REGRESSION:
+        return f"{label:g}"
+    return repr(ds.label_names[ds.label_to_id[label]])
 
 
 def _setup_model(cfg: TrainConfig, prepared: Prepared, device: torch.device, world: World = ALONE):
     torch.manual_seed(cfg.seed)  # the classifier head's initialisation: the same on every rank
     notes: list[str] = []
-    model = load_classifier(prepared.model or cfg.model, prepared.ds.label_names, cfg.trust_remote_code, notes=notes)
+    model = load_classifier(prepared.model or cfg.model, prepared.ds.label_names, cfg.trust_remote_code, notes=notes,
+                            task=prepared.ds.task)
     for note in notes:
         console.say(f"note: {note}")
     if world.rank:  # dropout: each rank draws its own masks (rank 0 keeps the single process's generator)
@@ -102,11 +114,6 @@ def _setup_optimizer(cfg: TrainConfig, engine: Engine) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused, foreach=None if fused else True)
 
 
-def _class_weights(cfg: TrainConfig, labels: np.ndarray, k: int, device: torch.device) -> torch.Tensor | None:
-    if cfg.class_weights != "auto":
-        return None
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
-    return torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32, device=device)
 
 
 def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, fresh: TrainState) -> TrainState:
@@ -180,13 +187,30 @@ class Job:
     def step_size(self) -> int:
         return self.cfg.batch_size * self.cfg.grad_accum
 
-    def run_info(self, temperature: float = 1.0) -> RunInfo:
+    @property
+    def scoring(self) -> Scoring:
+        """How validation scores the model being trained: a regression model's outputs are still z-scores."""
+        ds, threshold = self.ds, self.cfg.threshold
+        fixed = None if threshold is None else (threshold,) * len(ds.label_names)
+        return Scoring(ds.task, ds.target_scale, ds.integer_targets, fixed)
+
+    def run_info(self, temperature: float = 1.0, **decided: Any) -> RunInfo:
         """finetune_bert.json: how the saved model reads texts, for predict and evaluate; `temperature`: the
-        one folded into the weights saved with it."""
+        one folded into the weights saved with it; `decided`: what calibration decided for the other kinds
+        (thresholds, label_temperatures)."""
         cfg, ds = self.cfg, self.ds
+        columns = ds.train.columns
         return RunInfo(max_length=self.prepared.tokens.max_length, truncation=cfg.truncation,
                        head_tokens=cfg.head_tokens, clean=cfg.clean, raw_labels=tuple(ds.raw_labels),
-                       label_names=tuple(ds.label_names), base_model=cfg.model, temperature=temperature)
+                       label_names=tuple(ds.label_names), base_model=cfg.model, temperature=temperature,
+                       task=ds.task, pair_column=columns.pair if columns and ds.train.pairs is not None else None,
+                       text_column=columns.text if columns else None,
+                       target_scale=ds.target_scale if ds.task == REGRESSION else None,
+                       integer_targets=ds.integer_targets, **decided)
+
+    def saved_weights(self) -> dict[str, torch.Tensor]:
+        """The weights a saved model holds: the engine's, with a regression head's target scaling folded in."""
+        return fold_scale(self.engine.weights(), self.engine.model, self.ds.target_scale)
 
 
 def build_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world: World, *, started: float,
@@ -198,7 +222,8 @@ def build_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world
     _setup_data(prepared, run)
     engine = _setup_engine(cfg, model, prepared.tokenizer, prepared.tokens.max_length, world)
     optimizer = _setup_optimizer(cfg, engine)
-    weights = _class_weights(cfg, enc["train"].labels, len(ds.label_names), engine.device)
+    weights = loss_weights(ds.task, enc["train"].labels, len(ds.label_names), engine.device) \
+        if cfg.class_weights == "auto" else None
     step_size = cfg.batch_size * cfg.grad_accum
     if len(enc["train"]) < step_size:
         console.say(f"note: {len(enc['train'])} training rows are fewer than one batch of {step_size}: every step "
@@ -211,7 +236,7 @@ def build_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world
                        fingerprint=fingerprint)
     state = _setup_resume(cfg, run, engine, optimizer, fresh)
     job = Job(cfg, run, prepared, engine, _setup_trainer(engine, world), optimizer, state,
-              StepOptions(weights, cfg.max_grad_norm), math.ceil(cfg.warmup_ratio * total), total, started, on_eval)
+              StepOptions(weights, cfg.max_grad_norm, ds.task), math.ceil(cfg.warmup_ratio * total), total, started, on_eval)
     _announce(job, steps_per_epoch)
     return job
 

@@ -16,6 +16,7 @@ from finetune_bert.console import console
 from finetune_bert.training.progress import Meter
 from finetune_bert.training.steps import defers_checks, evaluate_step, stop_on_signal, train_step
 from finetune_bert.training.job import Job
+from finetune_bert.tasks import CLASSIFICATION, HEADLINE
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -67,10 +68,10 @@ def _loop(job: Job) -> float:
 def _validate(job: Job) -> None:
     """Score validation, keep the model if it is the best so far, and decide on early stopping."""
     cfg, state = job.cfg, job.state
-    m = evaluate_step(job.engine, job.enc["validation"], job.ds.label_names, state)
+    m = evaluate_step(job.engine, job.enc["validation"], job.ds.label_names, state, job.scoring)
     _record_eval(cfg, state, m, job.run)
     if state.best_step == state.step:
-        job.run.save_model(job.engine.model, job.tokenizer, job.run_info(), job.engine.weights())
+        job.run.save_model(job.engine.model, job.tokenizer, job.run_info(), job.saved_weights())
     if cfg.patience and state.stale_evals >= cfg.patience:
         console.say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
         state.total_steps = state.step
@@ -80,12 +81,20 @@ def _validate(job: Job) -> None:
 
 def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: RunFolder) -> None:
     epoch = state.epoch + (state.batch_in_epoch > 0)
-    run.log("eval", step=state.step, **{k: m[k] for k in ("accuracy", "f1_macro", "loss")})
-    console.say(f"step {state.step} (epoch {epoch}): validation accuracy {m['accuracy']:.4f}, "
-        f"macro F1 {m['f1_macro']:.4f}, loss {m['loss']:.4f}")
-    state.history.append({"step": state.step, **{k: m[k] for k in ("accuracy", "f1_macro", "loss", "roc_auc")}})
+    shown = HEADLINE[m.get("task", CLASSIFICATION)]
+    run.log("eval", step=state.step, **{k: m[k] for k in shown})
+    console.say(f"step {state.step} (epoch {epoch}): validation "
+                + ", ".join(f"{NAMES.get(k, k)} {_number(m[k])}" for k in shown))
+    state.history.append({"step": state.step, **{k: m[k] for k in (*shown, "roc_auc") if k in m}})
     value = m[cfg.metric]
     if value is not None and is_better(cfg.metric, value, state.best):
         state.best, state.best_step, state.best_metrics, state.stale_evals = value, state.step, m, 0
     else:
         state.stale_evals += 1
+
+
+NAMES = {"f1_macro": "macro F1", "f1_micro": "micro F1", "rmse": "RMSE", "spearman": "Spearman"}
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -25,7 +25,9 @@ from finetune_bert.engine.batches import micro_batches, real_tokens, to_device
 from finetune_bert.training.checkpoint import TrainState
 from finetune_bert.engine.distributed import World, step_share, vote
 from finetune_bert.errors import UserError, is_oom
-from finetune_bert.evaluation.metrics import score
+from finetune_bert.evaluation.scoring import score_engine
+from finetune_bert.tasks import CLASSIFICATION, Scoring
+from finetune_bert.training.kinds import loss_sum
 from finetune_bert.data.tokens import Encoded
 from finetune_bert.console import console
 
@@ -37,12 +39,13 @@ def _free(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def _forward_backward(engine, enc: Encoded, share: Share, splits: int, weights: torch.Tensor | None,
+def _forward_backward(engine, enc: Encoded, share: Share, splits: int, options: StepOptions,
                       step: int) -> _Pass:
     """Forward and backward over this rank's micro-batches of a step, through `engine` as a module (under
     DDP, the wrapper's forward). Under DDP the last micro-batch's backward is left to the caller
     (`_Pass.last`): it is the one that exchanges the gradients, which must wait until every rank is known to
-    have got this far. An out-of-memory error is kept in `_Pass.oom`, not raised. `weights`: class weights."""
+    have got this far. An out-of-memory error is kept in `_Pass.oom`, not raised. `options`: the loss's kind
+    and weights."""
     core = getattr(engine, "module", engine)  # the Engine itself, wrapped (DDP) or not
     defer_last = hasattr(engine, "no_sync")
     device, layout = core.device, core.layout
@@ -58,7 +61,7 @@ def _forward_backward(engine, enc: Encoded, share: Share, splits: int, weights: 
             last = i == len(micros) - 1
             with engine.no_sync() if hasattr(engine, "no_sync") and not last else contextlib.nullcontext():
                 logits = engine(batch)
-                loss = F.cross_entropy(logits, batch["labels"], weight=weights, reduction="sum") * share.weight
+                loss = loss_sum(options.task, logits, batch["labels"], options.weights) * share.weight
                 if faults.hit("loss", step):
                     loss = loss * float("nan")
                 out.loss += loss.detach() / share.scale
@@ -106,8 +109,9 @@ def defers_checks(optimizer) -> bool:
 class StepOptions:
     """What a training step needs besides the model and the data: class weights and gradient clipping."""
 
-    weights: torch.Tensor | None = None  # class weights of the loss (--class-weights auto)
+    weights: torch.Tensor | None = None  # class weights, or multi-label pos_weights, of the loss (--class-weights auto)
     max_grad_norm: float = 1.0           # 0: no clipping
+    task: str = CLASSIFICATION           # which loss (training.kinds.loss_sum)
 
 
 def train_step(engine, optimizer, enc: Encoded, batch_index: np.ndarray, state: TrainState,
@@ -119,7 +123,7 @@ def train_step(engine, optimizer, enc: Encoded, batch_index: np.ndarray, state: 
     step, world = state.step + 1, core.world
     share = Share.of(batch_index, world)
     while True:
-        done = _forward_backward(engine, enc, share, state.micro_splits, options.weights, step)
+        done = _forward_backward(engine, enc, share, state.micro_splits, options, step)
         # every rank's loss and out-of-memory flag, before the gradients are exchanged: all retry or none
         loss, oom, tokens = vote(done.loss, done.oom is not None, done.tokens, world)
         if not oom:
@@ -210,9 +214,11 @@ def settle(pending: list[tuple[int, torch.Tensor, torch.Tensor]], state: TrainSt
     return applied
 
 
-def evaluate_step(engine, enc: Encoded, label_names: list[str], state: TrainState) -> dict[str, Any]:
-    """Validation metrics of `engine` (an torch_engine.Engine); on out-of-memory the evaluation batch is halved and
-    the evaluation redone."""
+def evaluate_step(engine, enc: Encoded, label_names: list[str], state: TrainState,
+                  scoring: Scoring = Scoring()) -> dict[str, Any]:
+    """Validation metrics of `engine` (an torch_engine.Engine), scored as its kind is (a multi-label model's
+    thresholds tuned on validation, as the finished model's will be); on out-of-memory the evaluation batch is
+    halved and the evaluation redone."""
     step = state.step
 
     def on_batch(i: int) -> None:
@@ -221,7 +227,7 @@ def evaluate_step(engine, enc: Encoded, label_names: list[str], state: TrainStat
 
     while True:
         try:
-            return score(engine, enc, label_names, state.eval_batch_size, on_batch)
+            return score_engine(engine, enc, label_names, state.eval_batch_size, scoring, on_batch, tune=True)
         except Exception as exc:
             if not is_oom(exc):
                 raise

@@ -79,7 +79,7 @@ def _together(world: World, setup: Callable[[], Any]) -> Any:
 
 def checked(cfg: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
     """The config with `overrides`, every problem refused at once; its warnings and itself said."""
-    cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
+    cfg = dataclasses.replace(cfg or TrainConfig(), **overrides).with_defaults()
     refuse(cfg.problems())
     for warning in cfg.warnings():
         console.warn(warning)
