@@ -35,6 +35,7 @@ class RunInfo:
     label_temperatures: tuple[float, ...] | None = None  # multi-label: one per label, folded into the weights
     target_scale: tuple[float, float] | None = None  # regression: (mean, std) of train, folded into the weights
     integer_targets: bool = False  # regression: every training target was a whole number
+    label_separator: str = ";"  # multi-label: between label names in a text cell, as in training
 
     @classmethod
     def of(cls, payload: dict[str, Any]) -> RunInfo:

@@ -24,10 +24,12 @@ from finetune_bert.engine.model_folder import EVALUATE_FILES, ModelFolder, refus
 from finetune_bert.errors import UserError, refuse
 from finetune_bert.evaluation.calibration import MEASURES
 from finetune_bert.evaluation.config import EvaluateConfig
-from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, format_metrics, snippet
+from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, metrics_for, snippet
+from finetune_bert.evaluation.tables import format_any
+from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL
 from finetune_bert.evaluation.report_page import evaluation_report
 from finetune_bert.inference.classifier import LabelMap, load
-from finetune_bert.inference.files import labelled_rows
+from finetune_bert.inference.files import labelled_rows, read_columns
 from finetune_bert.inference.heap import steady_heap
 from finetune_bert.inference.reading import Reading
 from finetune_bert.safefiles import atomic_output, check_output_file, claim_output, write_text_atomic
@@ -62,9 +64,9 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     folder = ModelFolder.open(cfg.model)
     target, skipped_at = _metrics_path(folder, cfg.data, cfg.output, skipping=cfg.on_bad_rows == "skip")
     errors_at, html_at = target.with_name(target.stem + ".errors.csv"), target.with_suffix(".html")
-    rows = labelled_rows(cfg.data, LabelMap.of(folder.config(), folder.info), clean=folder.info.clean,
-                         columns=(cfg.text_column, cfg.label_column), on_bad_rows=cfg.on_bad_rows,
-                         rows_per_chunk=chunk_rows(rows_per_chunk, cfg.batch_size))
+    labels = LabelMap.of(folder.config(), folder.info)
+    rows = labelled_rows(cfg.data, labels, clean=folder.info.clean, columns=read_columns(cfg, folder.info, True),
+                         on_bad_rows=cfg.on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, cfg.batch_size))
     total = rows.check()
     clf = load(folder, reading=cfg.reading(), backend=cfg.backend)
     steady_heap(clf.device)
@@ -72,13 +74,13 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
     sample = sample_mask(total, cfg.max_samples, cfg.seed)
     progress = Progress(int(sample.sum()) if sample is not None else total, "evaluate")
-    metrics = _score(clf, rows, sample, (cfg.batch_size, cfg.overlap), mistakes, progress=progress)
+    metrics = _score(clf, rows, sample, (cfg.batch_size, cfg.overlap), mistakes, progress=progress, labels=labels)
     progress.close()
     worst = mistakes.rows()
     metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, skipped_rows=len(rows.skipped),
                    reading=dataclasses.asdict(cfg.reading()), reading_used=clf.reading_json(),
                    mistakes=[{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]])
-    console.say(format_metrics(metrics, f"{cfg.data} ({metrics['n']} texts; {clf.reading_text()})"))
+    console.say(format_any(metrics, f"{cfg.data} ({metrics['n']} texts; {clf.reading_text()})"))
     if "uncalibrated" in metrics:
         u = metrics["uncalibrated"]
         console.say(f"calibrated (temperature {metrics['temperature']:.3f} folded in by train); before calibration: "
@@ -104,22 +106,27 @@ REPORT_MISTAKES = 20
 
 
 def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mistakes: ConfidentMistakes, *,
-           progress: Progress | None = None) -> dict[str, Any]:
-    """Read, tokenize and score a chunk at a time: memory stays flat however many texts there are; the next
-    chunk is read and tokenized while this one is scored. A model with a folded temperature T is also scored
-    on logits * T: what it gave before calibration. `batching`: (batch size, overlap)."""
+           progress: Progress | None = None, labels: LabelMap) -> dict[str, Any]:
+    """Read, tokenize and score a chunk at a time: memory stays flat however many texts there are (but for
+    the logits that multi-label and regression metrics rank); the next chunk is read and tokenized while this
+    one is scored. A classifier with a folded temperature T is also scored on logits * T: what it gave before
+    calibration. `batching`: (batch size, overlap)."""
     batch_size, overlap = batching
-    stream = StreamingMetrics(clf.label_names)
-    raw = StreamingMetrics(clf.label_names) if clf.temperature != 1.0 else None
-    for chunk, (prepared, _) in ahead(_sampled(rows, sample), lambda c: clf.prepare(c.texts, cleaned=True),
-                                      overlap=overlap):
+    stream = metrics_for(clf.task, clf.label_names, thresholds=clf.thresholds if clf.task == MULTI_LABEL else None,
+                         integer_targets=clf.info.integer_targets)
+    classes = clf.task == CLASSIFICATION
+    raw = StreamingMetrics(clf.label_names) if clf.temperature != 1.0 and classes else None
+    for chunk, (prepared, _) in ahead(_sampled(rows, sample), lambda c: clf.prepare(c.texts, cleaned=True,
+                                                                                     pairs=c.pairs), overlap=overlap):
         logits = torch.from_numpy(clf.logits_of([prepared], batch_size, progress=progress and progress.update))
         lengths = prepared.full_lengths
-        labels = torch.as_tensor(chunk.labels, dtype=torch.long)
-        stream.update(logits, labels, lengths)
+        truth = labels.tensor(chunk.labels)
+        stream.update(logits, truth, lengths)
+        if not classes:
+            continue
         if raw is not None:
-            raw.update(logits * clf.temperature, labels, lengths)
-        mistakes.update(logits, labels, lambda j, c=chunk: {"row": c.where[j], "text": c.texts[j]})
+            raw.update(logits * clf.temperature, truth, lengths)
+        mistakes.update(logits, truth, lambda j, c=chunk: {"row": c.where[j], "text": c.texts[j]})
     metrics = stream.compute()
     if raw is not None:
         before = raw.compute()

@@ -15,6 +15,7 @@ import numpy as np
 from finetune_bert.inference.reading import Reading
 from finetune_bert.console import console
 from finetune_bert.inference.backends import BACKENDS, InferenceEngine, as_numpy
+from finetune_bert.data.labels import LabelSpec
 from finetune_bert.data.splits import Split
 from finetune_bert.data.rows import clean_text
 from finetune_bert.data.skipped import SkippedRow
@@ -22,15 +23,42 @@ from finetune_bert.data.tokens import Encoded, Windows, encode, encode_windows, 
 from finetune_bert.errors import UserError, refuse
 from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.engine.run_info import RunInfo
+from finetune_bert.tasks import CLASSIFICATION, DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, activate, task_of_config
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """A classification: the most likely label and its probability."""
+
     label: str
     confidence: float
 
     def __str__(self) -> str:
         return f"{self.label}, confidence {self.confidence:.2f}"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A multi-label decision: the labels whose probability reaches their threshold, and every label's
+    probability (independent sigmoids: they do not sum to 1)."""
+
+    labels: tuple[str, ...]
+    scores: dict[str, float]
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{n} {self.scores[n]:.2f}" for n in self.labels)
+        return shown or "no label"
+
+
+@dataclass(frozen=True)
+class Value:
+    """A regression: the predicted value, in the targets' units, and the target's name."""
+
+    value: float
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.value:.4g}"
 
 
 class Classifier:
@@ -51,6 +79,11 @@ class Classifier:
         self.head_tokens = folder.info.head_tokens
         self.clean = folder.info.clean
         self.temperature = folder.info.temperature  # already folded into the weights
+        self.task = task_of_config(engine.config)
+        k = len(self.label_names)
+        self.thresholds = np.asarray(folder.info.thresholds if folder.info.thresholds and
+                                     len(folder.info.thresholds) == k else [DEFAULT_THRESHOLD] * k, dtype=np.float32)
+        self.pairs = folder.info.pair_column is not None  # trained on text pairs: every input is one
         self._progress: Callable[[float], None] | None = None
 
     @contextlib.contextmanager
@@ -82,10 +115,20 @@ class Classifier:
     def encode(self, texts: list[str], labels: list[int] | None = None) -> Encoded:
         return encode(self.tokenizer, texts, labels, self.max_length, self.truncation, self.head_tokens)
 
-    def prepare(self, texts: list[str], *, cleaned: bool = False) -> tuple[Encoded | Windows, int]:
+    def prepare(self, texts: list[str], *, cleaned: bool = False,
+                pairs: list[str] | None = None) -> tuple[Encoded | Windows, int]:
         """Texts as the model reads them (cleaned, unless `cleaned` says they are; cut, or as windows) and how
-        many tokens that is: a unit the server's batcher queues and groups by token budget."""
+        many tokens that is: a unit the server's batcher queues and groups by token budget. `pairs`: each
+        text's second text, for a model trained on pairs (always cut, longest first: a pair has no windows)."""
         items = [clean_text(t) for t in texts] if self.clean and not cleaned else list(texts)
+        if self.pairs != (pairs is not None):
+            raise UserError("this model reads text pairs: give each text with its second text" if self.pairs else
+                            "this model reads single texts, not pairs")
+        if pairs is not None:
+            second = [clean_text(t) for t in pairs] if self.clean and not cleaned else list(pairs)
+            encoded = encode(self.tokenizer, items, None, self.max_length, self.truncation, self.head_tokens,
+                             pairs=second)
+            return encoded, int(encoded.lengths.sum())
         if self.reading.mode != "chunks":
             encoded = self.encode(items)
             return encoded, int(encoded.lengths.sum())
@@ -126,7 +169,7 @@ class Classifier:
 
     def score_prepared(self, prepared: list[Encoded | Windows], batch_size: int = 64) -> list[np.ndarray]:
         """Probabilities of each prepared unit (one array (n_i, k) each), scored together."""
-        probs = softmax(self.logits_of(prepared, batch_size))
+        probs = activate(self.logits_of(prepared, batch_size), self.task)
         sizes = [len(p.full_lengths) for p in prepared]
         return np.split(probs, np.cumsum(sizes)[:-1]) if sizes else []
 
@@ -135,23 +178,41 @@ class Classifier:
         prepared, _ = self.prepare(texts, cleaned=True)
         return self.logits_of([prepared], batch_size), prepared.full_lengths
 
-    def predict_proba(self, texts: str | list[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities, columns in `label_names` order: shape (n, k), or (k,) for one string."""
-        single = isinstance(texts, str)
+    def _scores(self, texts: Any, batch_size: int) -> tuple[np.ndarray, bool]:
+        """What the outputs mean (class or label probabilities, or values) for one input or a list of them,
+        and whether it was one. An input is a string, or for a pair model a (text, text_pair) tuple or the
+        Hugging Face {"text": ..., "text_pair": ...}."""
+        single = isinstance(texts, (str, tuple, dict))
         items = [texts] if single else list(texts)
-        if not all(isinstance(t, str) for t in items):
-            raise UserError("predict_proba takes a string or a list of strings")
-        if not items:
-            return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        probs = self.score_prepared([self.prepare(items)[0]], batch_size)[0]
+        firsts, seconds = split_pairs(items, self.pairs)
+        if not firsts:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32), single
+        return self.score_prepared([self.prepare(firsts, pairs=seconds)[0]], batch_size)[0], single
+
+    def predict_proba(self, texts: Any, batch_size: int = 64) -> np.ndarray:
+        """Probabilities, columns in `label_names` order: shape (n, k), or (k,) for one input. Classes sum to 1;
+        a multi-label model's labels are independent (each its own sigmoid)."""
+        if self.task == REGRESSION:
+            raise UserError("a regression model predicts values, not probabilities: use predict()")
+        probs, single = self._scores(texts, batch_size)
         return probs[0] if single else probs
 
-    def predict(self, texts: str | list[str], batch_size: int = 64) -> Prediction | list[Prediction]:
-        """The most likely label and its probability, for a string or a list of strings."""
-        probs = self.predict_proba(texts, batch_size)
-        rows = probs[None] if probs.ndim == 1 else probs
-        out = [Prediction(self.label_names[int(p.argmax())], float(p.max())) for p in rows]
-        return out[0] if isinstance(texts, str) else out
+    def predict(self, texts: Any, batch_size: int = 64) -> Any:
+        """For one input or a list: the most likely label and its probability (`Prediction`); the labels
+        that reach their thresholds and every label's probability (`Labels`, multi-label); or the value
+        (`Value`, regression)."""
+        scores, single = self._scores(texts, batch_size)
+        out = [self.answer(row) for row in scores]
+        return out[0] if single else out
+
+    def answer(self, row: np.ndarray) -> Prediction | Labels | Value:
+        """One input's outputs (from score_prepared) as the model's kind answers."""
+        if self.task == MULTI_LABEL:
+            chosen = tuple(n for n, p, t in zip(self.label_names, row, self.thresholds) if p >= t)
+            return Labels(chosen, {n: float(p) for n, p in zip(self.label_names, row)})
+        if self.task == REGRESSION:
+            return Value(float(row[0]), self.label_names[0])
+        return Prediction(self.label_names[int(row.argmax())], float(row.max()))
 
 
 def _concat(parts: list[Encoded]) -> Encoded:
@@ -174,39 +235,83 @@ def aggregate(logits: np.ndarray, owner: np.ndarray, n: int, how: str = "mean") 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise probabilities, in float32 as torch.softmax gives them."""
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    return activate(logits, CLASSIFICATION)
+
+
+def split_pairs(items: list[Any], pairs: bool) -> tuple[list[str], list[str] | None]:
+    """Inputs as first texts and, for a pair model, second texts: a (text, text_pair) tuple, or a dict in the
+    Hugging Face form {"text": ..., "text_pair": ...}; anything else is refused with what was expected."""
+    if not pairs:
+        if not all(isinstance(t, str) for t in items):
+            raise UserError("predict takes a string or a list of strings")
+        return items, None
+    firsts, seconds = [], []
+    for item in items:
+        if isinstance(item, dict) and set(item) == {"text", "text_pair"}:
+            item = (item["text"], item["text_pair"])
+        if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item)):
+            raise UserError('this model reads text pairs: give each input as (text, text_pair) or '
+                            '{"text": ..., "text_pair": ...}, got ' + repr(item)[:80])
+        firsts.append(item[0])
+        seconds.append(item[1])
+    return firsts, seconds
 
 
 @dataclass
 class LabelMap:
     """A model's classes, and how labels in data map to them: read from config.json and finetune_bert.json,
-    so that data can be checked before the weights are loaded."""
+    so that data can be checked before the weights are loaded. `spec`: how a label cell reads for the model's
+    kind (a class, a set of labels, a number)."""
 
     names: list[str]
     to_id: dict[Any, int]
+    spec: LabelSpec = LabelSpec()
 
     @classmethod
     def of(cls, config, info: RunInfo) -> "LabelMap":
         names = [str(config.id2label[i]) for i in range(config.num_labels)]
         # Labels in data may be names or the values used in training; for a model finetune-bert did not
         # train, integer labels are taken as ids.
-        raw = info.raw_labels if info.raw_labels is not None else range(len(names))
-        return cls(names, {**{n: i for i, n in enumerate(names)}, **{r: i for i, r in enumerate(raw)}})
+        raw = info.raw_labels if info.raw_labels else range(len(names))
+        return cls(names, {**{n: i for i, n in enumerate(names)}, **{r: i for i, r in enumerate(raw)}},
+                   LabelSpec(task_of_config(config), info.label_separator))
+
+    def _id(self, value: Any) -> int | None:
+        return self.to_id.get(value, self.to_id.get(str(value)))
 
     def known(self, split: Split) -> tuple[Split, list[SkippedRow]]:
-        """The rows whose label this model knows, with labels as ids; the others as bad rows."""
+        """The rows whose label this model knows, with labels as ids (a tuple of ids for a label set; a
+        regression target as it is), and the others as bad rows."""
         ids, keep, bad = [], [], []
+        column = split.columns.label if split.columns else "label"
         for i, value in enumerate(split.labels):
-            label_id = self.to_id.get(value, self.to_id.get(str(value)))
+            if self.spec.task == REGRESSION:
+                label_id = value
+            elif self.spec.task == MULTI_LABEL:
+                found = [self._id(x) for x in value]
+                label_id = None if None in found else tuple(found)
+                value = next((x for x, f in zip(value, found) if f is None), value)
+            else:
+                label_id = self._id(value)
             if label_id is None:
-                bad.append(SkippedRow("test", split.source, split.where[i], "label", self._unknown(value), repr(value)))
+                bad.append(SkippedRow("test", split.source, split.where[i], column, self._unknown(value), repr(value)))
             else:
                 ids.append(label_id)
                 keep.append(i)
         kept = split.subset(keep)
         kept.labels = ids
         return kept, bad
+
+    def tensor(self, labels: list[Any]):
+        """`known` labels as the metrics take them: class ids, multi-hot rows, or float targets."""
+        import torch
+
+        if self.spec.task == MULTI_LABEL:
+            out = torch.zeros(len(labels), len(self.names))
+            for row, ids in enumerate(labels):
+                out[row, list(ids)] = 1.0
+            return out
+        return torch.as_tensor(labels, dtype=torch.float32 if self.spec.task == REGRESSION else torch.long)
 
     def _unknown(self, value: Any) -> str:
         same = [n for n in self.names if isinstance(value, str) and n.casefold() == value.casefold()]

@@ -49,7 +49,10 @@ class ModelReading:
 class ScoreConfig(ModelReading):
     """What `evaluate` and `predict` share beside the model: how rows of a file are read."""
 
-    text_column: str | None = opt(None, "Name of the text column (auto-detected: text, review, sentence, content).")
+    text_column: str | None = opt(None, "Name of the text column (auto-detected: text, review, sentence, content; "
+                                        "for a model trained on pairs, the first text's column in training).")
+    text_pair_column: str | None = opt(None, "A model trained on text pairs: the column of each row's second text "
+                                             "(default: the one in training, or a usual name such as sentence2).")
     on_bad_rows: str = opt("error", "What a bad row does: stop before any scoring (error), or skip it and list it "
                                     "in OUTPUT_NAME.skipped.csv (skip).", choices=BAD_ROW_POLICIES)
     overlap: bool = overlap_option()

@@ -7,7 +7,7 @@ import csv
 import sys
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 from finetune_bert.inference.heap import steady_heap
@@ -20,6 +20,8 @@ from finetune_bert.data.chunks import EVAL_CHUNK, ChunkedSplit, ahead, chunk_row
 from finetune_bert.inference.classifier import Classifier, LabelMap
 from finetune_bert.console import Progress, console
 from finetune_bert.data.rows import TEXT_COLUMNS
+from finetune_bert.data.labels import LabelSpec
+from finetune_bert.tasks import MULTI_LABEL, REGRESSION
 from finetune_bert.engine.model_folder import ModelFolder
 
 
@@ -27,12 +29,15 @@ from finetune_bert.engine.model_folder import ModelFolder
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 
-def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[str | None, str | None] = (None, None),
+def labelled_rows(data: str, labels: LabelMap, *, clean: bool, columns: tuple[str | None, ...] = (None, None),
                   on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK) -> ChunkedSplit:
-    """Labelled rows for evaluate, a chunk at a time; `columns`: (text, label) column names, None to detect."""
-    text_column, label_column = columns
+    """Labelled rows for evaluate, a chunk at a time; `columns`: (text, label[, pair]) column names, None to
+    detect (a pair column given: the rows are text pairs)."""
+    text_column, label_column = columns[:2]
+    pair_column = columns[2] if len(columns) > 2 else None
     return ChunkedSplit(source_chunks(data, "test", rows_per_chunk), "test", text_column, label_column, clean, True,
-                        on_bad_rows=on_bad_rows, row_filter=labels.known)
+                        on_bad_rows=on_bad_rows, row_filter=labels.known, pair_column=pair_column,
+                        pairs=pair_column is not None, spec=labels.spec)
 
 
 def check_output(output_path: str, input_path: str, model: ModelFolder | str | None = None, *,
@@ -58,14 +63,26 @@ def skipped_path(out: Path) -> Path:
     return out.with_name(out.stem + ".skipped.csv")
 
 
-def input_rows(input_path: str, text_column: str | None = None, label_column: str | None = None,
-               ignore_labels: bool = False, on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK,
-               *, cleaned: bool = True) -> ChunkedSplit:
+def read_columns(cfg, info, labelled: bool) -> tuple[str | None, ...]:
+    """(text, label, pair) columns to read for a model: a pair model's columns default to training's, and
+    its rows are pairs; the others' are found as usual. `cfg`: a ScoreConfig (label_column where it has one)."""
+    label = getattr(cfg, "label_column", None) if labelled or getattr(cfg, "label_column", None) else None
+    if info.pair_column is None:
+        return cfg.text_column, label
+    return cfg.text_column or info.text_column, label, cfg.text_pair_column or info.pair_column
+
+
+def input_rows(input_path: str, columns: tuple[str | None, ...] = (None, None), ignore_labels: bool = False,
+               on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK, *, cleaned: bool = True,
+               spec: LabelSpec = LabelSpec()) -> ChunkedSplit:
     """The texts to predict, a chunk at a time, as given (the model cleans them if `cleaned`, and a text left
-    with nothing visible is a bad row). A label column, if any, is only copied to the output: its empty cells
-    are fine, and with `ignore_labels` it is not looked for."""
-    return ChunkedSplit(source_chunks(input_path, "test", rows_per_chunk), "input", text_column, label_column, False,
-                        None if ignore_labels else False, on_bad_rows=on_bad_rows, judge_cleaned=cleaned)
+    with nothing visible is a bad row); `columns`: (text, label[, pair]), None to detect. A label column, if
+    any, is only copied to the output: its empty cells are fine, and with `ignore_labels` it is not looked
+    for."""
+    pair = columns[2] if len(columns) > 2 else None
+    return ChunkedSplit(source_chunks(input_path, "test", rows_per_chunk), "input", columns[0], columns[1], False,
+                        None if ignore_labels else False, on_bad_rows=on_bad_rows, judge_cleaned=cleaned,
+                        pair_column=pair, pairs=pair is not None, spec=spec)
 
 
 def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size: int = 64,
@@ -74,7 +91,10 @@ def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size:
     class probability; `read` are `input_rows`' options; `overlap`: see write_predictions. Returns the
     number of predictions."""
     out = check_output(output_path, input_path, clf.folder, skipping=read.get("on_bad_rows") == "skip")
-    rows = input_rows(input_path, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean, **read)
+    columns = read_columns(_Columns(read.pop("text_column", None), read.pop("label_column", None),
+                                    read.pop("text_pair_column", None)), clf.info, False)
+    rows = input_rows(input_path, columns, rows_per_chunk=chunk_rows(rows_per_chunk, batch_size), cleaned=clf.clean,
+                      spec=LabelSpec(clf.task, clf.info.label_separator), **read)
     total = rows.check()
     return write_predictions(clf, rows, out, batch_size, overlap=overlap, total=total)
 
@@ -88,13 +108,13 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, bat
     `total`: the rows to come (rows.check()'s count), for the progress shown on stderr."""
     steady_heap(clf.device)
     labelled = rows.picked is not None and rows.picked.label is not None
-    fields = ["row", "text", "predicted", "confidence", *(["true_label"] if labelled else []),
-              *(f"prob_{n}" for n in clf.label_names)]
+    fields = output_fields(clf, labelled)
     progress = Progress(total, "predict") if total is not None else None
     written = 0
     with _opened_output(out) as handle, clf.reporting(progress and progress.update):
         write = _row_writer(handle, fmt or (OUTPUT_FORMATS[out.suffix.lower()] if out is not None else "csv"), fields)
-        for split, prepared in ahead(rows, lambda c: clf.prepare(c.texts)[0] if c.texts else None, overlap=overlap):
+        for split, prepared in ahead(rows, lambda c: clf.prepare(c.texts, pairs=c.pairs)[0] if c.texts else None,
+                                     overlap=overlap):
             probs = clf.score_prepared([prepared], batch_size)[0] if prepared is not None else []
             for i, p in enumerate(probs):
                 write(_prediction(clf, split, i, p, labelled))
@@ -106,12 +126,39 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, bat
     return written
 
 
+class _Columns(NamedTuple):
+    text_column: str | None
+    label_column: str | None
+    text_pair_column: str | None
+
+
+def output_fields(clf: Classifier, labelled: bool) -> list[str]:
+    """The columns of a predictions file, per kind: the predicted class and its confidence; the labels that
+    reach their thresholds; or the value. Every class's or label's probability follows."""
+    head = ["row", "text", *(["text_pair"] if clf.pairs else []), "predicted"]
+    if clf.task == REGRESSION:
+        return [*head, *(["true_label"] if labelled else [])]
+    if clf.task == MULTI_LABEL:
+        return [*head, *(["true_label"] if labelled else []), *(f"prob_{n}" for n in clf.label_names)]
+    return [*head, "confidence", *(["true_label"] if labelled else []), *(f"prob_{n}" for n in clf.label_names)]
+
+
 def _prediction(clf: Classifier, split, i: int, p: np.ndarray, labelled: bool) -> dict[str, Any]:
-    row = {"row": split.where[i], "text": split.texts[i], "predicted": clf.label_names[int(p.argmax())],
-           "confidence": round(float(p.max()), 6)}
+    row: dict[str, Any] = {"row": split.where[i], "text": split.texts[i]}
+    if clf.pairs:
+        row["text_pair"] = split.pairs[i]
+    answer = clf.answer(p)
+    if clf.task == REGRESSION:
+        row["predicted"] = round(answer.value, 6)
+    elif clf.task == MULTI_LABEL:  # the labels joined as the training data wrote them
+        row["predicted"] = clf.info.label_separator.join(answer.labels)
+    else:
+        row.update(predicted=answer.label, confidence=round(answer.confidence, 6))
     if labelled:
-        row["true_label"] = split.labels[i]
-    row.update({f"prob_{n}": round(float(v), 6) for n, v in zip(clf.label_names, p)})
+        label = split.labels[i]
+        row["true_label"] = clf.info.label_separator.join(map(str, label)) if isinstance(label, tuple) else label
+    if clf.task != REGRESSION:
+        row.update({f"prob_{n}": round(float(v), 6) for n, v in zip(clf.label_names, p)})
     return row
 
 

@@ -4,6 +4,7 @@ standard input) into a file (or standard output). Every problem is found before 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from finetune_bert.data.rows import clean_text, visible
 from finetune_bert.data.sources import local_file
 from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.errors import UserError, refuse
-from finetune_bert.inference.classifier import load
+from finetune_bert.data.labels import LabelSpec
+from finetune_bert.engine.run_info import RunInfo
+from finetune_bert.inference.classifier import Prediction, load
 from finetune_bert.inference.config import STREAM, PredictConfig
-from finetune_bert.inference.files import STDIN_SPOOL, check_output, input_rows, stdin_file, write_predictions
+from finetune_bert.inference.files import STDIN_SPOOL, check_output, input_rows, read_columns, stdin_file, write_predictions
 
 
 def predict(cfg: PredictConfig) -> None:
@@ -36,9 +39,11 @@ def predict(cfg: PredictConfig) -> None:
     refuse(found)
     if not cfg.input:
         clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
-        for text, pred in zip(cfg.texts, clf.predict(list(cfg.texts), cfg.batch_size)):
+        inputs = [pair_argument(text, i) for i, text in enumerate(cfg.texts, start=1)] if clf.pairs else list(cfg.texts)
+        for text, pred in zip(cfg.texts, clf.predict(inputs, cfg.batch_size)):
             preview = text if len(text) <= 60 else text[:57] + "..."
-            console.say(f"{pred.label}\t{pred.confidence:.2f}\t{preview}")
+            shown = f"{pred.label}\t{pred.confidence:.2f}" if isinstance(pred, Prediction) else str(pred)
+            console.say(f"{shown}\t{preview}")
         return
     with tempfile.TemporaryDirectory(prefix=STDIN_SPOOL) as spool:
         source = str(stdin_file(Path(spool))) if cfg.input == STREAM else cfg.input
@@ -49,8 +54,9 @@ def predict(cfg: PredictConfig) -> None:
 
 
 def _predict_rows(cfg: PredictConfig, folder: ModelFolder | None, cleans: bool, source: str) -> None:
-    rows = input_rows(source, cfg.text_column, cfg.label_column, cfg.ignore_labels, cfg.on_bad_rows,
-                      chunk_rows(None, cfg.batch_size), cleaned=cleans)
+    info = folder.info if folder is not None else RunInfo()
+    rows = input_rows(source, read_columns(cfg, info, False), cfg.ignore_labels, cfg.on_bad_rows,
+                      chunk_rows(None, cfg.batch_size), cleaned=cleans, spec=LabelSpec(info.task, info.label_separator))
     total = rows.check()
     clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
     out = None if cfg.output == STREAM else Path(cfg.output).expanduser()
@@ -59,6 +65,19 @@ def _predict_rows(cfg: PredictConfig, folder: ModelFolder | None, cleans: bool, 
         console.note(f"{n} predictions written to standard output")
     else:
         console.say(f"{n} predictions written to {out}")
+
+
+def pair_argument(text: str, i: int) -> dict[str, str]:
+    """A text pair given on the command line, in the Hugging Face form {"text": ..., "text_pair": ...}."""
+    try:
+        item = json.loads(text)
+    except ValueError:
+        item = None
+    if not (isinstance(item, dict) and set(item) == {"text", "text_pair"}
+            and all(isinstance(v, str) and visible(v) for v in item.values())):
+        raise UserError(f'text {i}: this model reads text pairs; give each as JSON, e.g. '
+                        f'\'{{"text": "A man plays.", "text_pair": "Someone is playing."}}\'')
+    return item
 
 
 def _opened(model: str) -> tuple[ModelFolder | None, bool]:

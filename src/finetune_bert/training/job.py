@@ -206,7 +206,7 @@ class Job:
                        task=ds.task, pair_column=columns.pair if columns and ds.train.pairs is not None else None,
                        text_column=columns.text if columns else None,
                        target_scale=ds.target_scale if ds.task == REGRESSION else None,
-                       integer_targets=ds.integer_targets, **decided)
+                       integer_targets=ds.integer_targets, label_separator=cfg.label_separator, **decided)
 
     def saved_weights(self) -> dict[str, torch.Tensor]:
         """The weights a saved model holds: the engine's, with a regression head's target scaling folded in."""
