@@ -136,6 +136,12 @@ class Classifier:
         windows = encode_windows(self.tokenizer, items, self.max_length, stride)
         return windows, int(windows.encoded.lengths.sum())
 
+    def prepare_items(self, items: list[Any]) -> tuple[Encoded | Windows, int]:
+        """`prepare` for inputs as the API takes them: strings, or for a pair model (text, text_pair) tuples or
+        {"text", "text_pair"} dicts."""
+        firsts, seconds = split_pairs(items, self.pairs)
+        return self.prepare(firsts, pairs=seconds)
+
     def logits_of(self, prepared: list[Encoded | Windows], batch_size: int = 64, *,
                   progress: Callable[[float], None] | None = None) -> np.ndarray:
         """fp32 logits (n, k) of several prepared units scored together, rows in their order, one after the

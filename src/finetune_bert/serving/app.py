@@ -35,6 +35,7 @@ from finetune_bert.inference.reading import Reading
 from finetune_bert.serving import listen
 from finetune_bert.serving.config import ServeConfig
 from finetune_bert.serving.page import PAGE
+from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 from finetune_bert.serving.requests import Refused, ignored_header, parse, read_body
 from finetune_bert.serving.service import Service
 
@@ -94,12 +95,13 @@ def _api_routes(app: FastAPI, service: Service) -> None:
         try:
             service.check_key(request.headers.get("authorization"))
             body = await read_body(request, service.cfg.max_payload_bytes)
-            parsed = parse(body, service.cfg.max_client_batch, len(service.classifier.label_names))
+            clf = service.classifier
+            parsed = parse(body, service.cfg.max_client_batch, len(clf.label_names), pairs=clf.pairs,
+                           function=FUNCTIONS[clf.task])
             probs, times = await service.predict(parsed.texts, request)
         except Refused as exc:
             return _refused(service, exc, "/predict")
-        names = service.classifier.label_names
-        answer = [_labelled(p, names, parsed.top_k) for p in probs]
+        answer = [_labelled(p, service.classifier, parsed.top_k) for p in probs]
         total = time.perf_counter() - started
         service.metrics.request("/predict", 200, total)
         headers = {"x-total-time": f"{1000 * total:.2f}", "x-queue-time": f"{1000 * times['queue']:.2f}",
@@ -116,9 +118,22 @@ def _api_routes(app: FastAPI, service: Service) -> None:
         return Response(status_code=204)
 
 
-def _labelled(probs, names: list[str], top_k: int | None) -> list[dict[str, Any]]:
-    order = sorted(range(len(names)), key=lambda i: -float(probs[i]))[:top_k]
-    return [{"label": names[i], "score": float(probs[i])} for i in order]
+# What the pipeline applies to the logits for each kind, the function_to_apply a client may name.
+FUNCTIONS = {CLASSIFICATION: "softmax", MULTI_LABEL: "sigmoid", REGRESSION: "none"}
+
+
+def _labelled(scores, clf, top_k: int | None) -> list[dict[str, Any]]:
+    """One text's answer in the Hugging Face pipeline's form, highest score first: every class with its
+    probability; every label with its own sigmoid probability (they do not sum to 1) and whether it reaches
+    its threshold; or, for regression, {"label": the target's name, "score": the value}."""
+    names = clf.label_names
+    if clf.task == REGRESSION:
+        return [{"label": names[0], "score": float(scores[0])}]
+    order = sorted(range(len(names)), key=lambda i: -float(scores[i]))[:top_k]
+    if clf.task == MULTI_LABEL:
+        return [{"label": names[i], "score": float(scores[i]), "above_threshold": bool(scores[i] >= clf.thresholds[i])}
+                for i in order]
+    return [{"label": names[i], "score": float(scores[i])} for i in order]
 
 
 def _operations_routes(app: FastAPI, service: Service) -> None:

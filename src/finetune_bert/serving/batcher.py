@@ -119,7 +119,7 @@ class Batcher:
         """Queue texts (already checked by the caller); the ticket's result is a Scored."""
         self._refuse_if_full()  # before tokenizing: under overload, a refusal must cost nothing
         classifier = self.classifier
-        prepared, tokens = classifier.prepare(texts)
+        prepared, tokens = classifier.prepare_items(texts)
         if self.max_request_tokens is not None and tokens > self.max_request_tokens:
             raise TooLarge(tokens, self.max_request_tokens)
         request = _Request(texts, prepared, tokens, Ticket(), classifier)
@@ -258,7 +258,7 @@ class Batcher:
     def _bound(self, request: _Request) -> Work:
         """The request as rows on the current model: prepared again if the model was swapped meanwhile."""
         classifier = self.classifier
-        prepared = request.prepared if request.classifier is classifier else classifier.prepare(request.texts)[0]
+        prepared = request.prepared if request.classifier is classifier else classifier.prepare_items(request.texts)[0]
         return Work.of(request, classifier, prepared)
 
     def _live(self, works: list[Work]) -> list[Work]:

@@ -23,8 +23,8 @@ _SPACE = re.compile(r"\s")
 def refuse_over_budget(classifier, texts: list[str], budget: int) -> None:
     """Refused (413) as soon as the texts' own tokens pass `budget`; nothing when they cannot (cut texts, whose
     tokens the batcher counts, or texts too short to hold that many tokens)."""
-    if classifier.reading.mode != "chunks":
-        return  # each text is cut to the model's length: tokenizing is bounded by the payload, the work by the cut
+    if classifier.reading.mode != "chunks" or classifier.pairs:
+        return  # each text (and every pair) is cut to the model's length: tokenizing is bounded by the payload, the work by the cut
     # A text holds fewer tokens than UTF-8 bytes (each token is at least one byte of it): nothing to count below
     # that; the rare normalizer that expands characters is still caught by the batcher's exact count
     if sum(len(t.encode("utf-8")) + 2 for t in texts) <= budget:

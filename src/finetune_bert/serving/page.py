@@ -24,7 +24,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowra
 </style></head><body>
 <h1>finetune-bert</h1>
 <p class="note" id="model">Loading the model's description&hellip;</p>
-<label for="text">One text, or one text per line:</label>
+<label for="text" id="what">One text, or one text per line:</label>
 <textarea id="text" placeholder="Paste a review here"></textarea>
 <div id="keybox" hidden><label for="key">API key</label><input type="password" id="key" autocomplete="off"></div>
 <button id="go" type="button">Classify</button>
@@ -39,12 +39,32 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowra
 "use strict";
 const $ = (id) => document.getElementById(id);
 function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; return td; }
+let task = "classification", pairs = false;
+const KINDS = {"classification": "labels", "multi-label": "labels, several per text", "regression": "predicts"};
 fetch("info").then((r) => r.json()).then((info) => {
+  task = info.task || task; pairs = !!info.text_pairs;
   $("model").textContent = info.model + (info.base_model ? " (fine-tuned from " + info.base_model + ")" : "") +
-    " \\u2014 labels: " + info.labels.join(", ") +
+    " \\u2014 " + KINDS[task] + ": " + info.labels.join(", ") +
     (info.temperature !== 1 ? " (calibrated confidences)" : "");
+  if (pairs) {
+    $("what").textContent = "One pair per line, the two texts separated by |||:";
+    $("text").placeholder = "A man is playing a guitar. ||| Someone plays music.";
+  }
   $("keybox").hidden = !info.auth;
 }).catch(() => { $("model").textContent = ""; });
+function input(line) {
+  if (!pairs) return line;
+  const at = line.indexOf("|||");
+  return at < 0 ? {text: line, text_pair: ""} : {text: line.slice(0, at).trim(), text_pair: line.slice(at + 3).trim()};
+}
+function decided(scores) {
+  if (task === "regression") return [scores[0].score.toPrecision(4), ""];
+  if (task === "multi-label") {
+    const chosen = scores.filter((c) => c.above_threshold);
+    return [chosen.length ? chosen.map((c) => c.label).join(", ") : "no label", ""];
+  }
+  return [scores[0].label, scores[0].score.toFixed(2)];
+}
 $("go").addEventListener("click", async () => {
   const lines = $("text").value.split("\\n").map((s) => s.trim()).filter((s) => s.length);
   $("error").textContent = ""; $("one").hidden = true; $("many").hidden = true;
@@ -54,22 +74,28 @@ $("go").addEventListener("click", async () => {
   $("go").disabled = true;
   try {
     const r = await fetch("predict", {method: "POST", headers,
-      body: JSON.stringify({inputs: lines.length === 1 ? lines[0] : lines})});
+      body: JSON.stringify({inputs: lines.length === 1 ? input(lines[0]) : lines.map(input)})});
     const answer = await r.json();
     if (!r.ok) { $("error").textContent = answer.error || ("HTTP " + r.status); return; }
     if (lines.length === 1) {
-      const best = answer[0];
-      $("label").textContent = best.label;
-      $("confidence").textContent = "confidence " + best.score.toFixed(2);
-      $("bar").style.width = (100 * best.score).toFixed(1) + "%";
+      const [shown, confidence] = decided(answer);
+      $("label").textContent = task === "regression" ? answer[0].label + " " + shown : shown;
+      $("confidence").textContent = confidence ? "confidence " + confidence : "";
+      $("bar").parentElement.hidden = task !== "classification";
+      $("bar").style.width = (100 * answer[0].score).toFixed(1) + "%";
       const table = $("classes"); table.replaceChildren();
-      for (const c of answer) { const row = table.insertRow(); cell(row, c.label); cell(row, c.score.toFixed(4), "n"); }
+      if (task !== "regression") {
+        for (const c of answer) { const row = table.insertRow(); cell(row, c.label); cell(row, c.score.toFixed(4), "n");
+          if (task === "multi-label") cell(row, c.above_threshold ? "\\u2713 over its threshold" : "", "note"); }
+      }
       $("one").hidden = false;
     } else {
       const table = $("rows"); table.replaceChildren();
-      const head = table.insertRow(); ["text", "label", "confidence"].forEach((h) => cell(head, h));
-      answer.forEach((scores, i) => { const row = table.insertRow();
-        cell(row, lines[i]); cell(row, scores[0].label); cell(row, scores[0].score.toFixed(2), "n"); });
+      const heads = {"classification": ["label", "confidence"], "multi-label": ["labels"], "regression": ["value"]};
+      const head = table.insertRow(); ["text", ...heads[task]].forEach((h) => cell(head, h));
+      answer.forEach((scores, i) => { const row = table.insertRow(); const [shown, confidence] = decided(scores);
+        cell(row, lines[i]); cell(row, shown, task === "regression" ? "n" : "");
+        if (task === "classification") cell(row, confidence, "n"); });
       $("many").hidden = false;
     }
   } catch (e) { $("error").textContent = "The server did not answer: " + e; }

@@ -84,8 +84,11 @@ async def _discard(stream) -> None:
         return
 
 
-def parse(body: bytes, max_client_batch: int, labels: int) -> Parsed:
-    """The texts of a /predict body, their kinds checked (not their content: check_texts); or Refused."""
+def parse(body: bytes, max_client_batch: int, labels: int, *, pairs: bool = False,
+          function: str = "softmax") -> Parsed:
+    """The texts of a /predict body, their kinds checked (not their content: check_texts); or Refused. A pair
+    model's inputs are {"text": ..., "text_pair": ...} objects, kept as (text, text_pair) tuples. `function`:
+    what the model's kind applies to its logits (softmax, sigmoid, none), the one function_to_apply served."""
     try:
         payload = json.loads(body)
     except RecursionError:
@@ -96,29 +99,39 @@ def parse(body: bytes, max_client_batch: int, labels: int) -> Parsed:
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise Refused(422, 'expected a JSON object {"inputs": "text" or ["text", ...]}')
     inputs = payload["inputs"]
-    single = isinstance(inputs, str)
+    single = isinstance(inputs, str) or pairs and isinstance(inputs, dict)
     texts = [inputs] if single else inputs
     if not isinstance(texts, list) or not texts:
         raise Refused(422, '"inputs" must be a string or a non-empty list of strings')
     if len(texts) > max_client_batch:
         raise Refused(413, f"{len(texts)} texts in one request, over the limit of {max_client_batch} "
                            "(--max-client-batch)")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise Refused(422, f"inputs[{i}] is {type(text).__name__}, not a string")
-    top_k, unused = _parameters(payload.get("parameters"), labels)
+    texts = [_input(text, i, pairs) for i, text in enumerate(texts)]
+    top_k, unused = _parameters(payload.get("parameters"), labels, function)
     ignored = tuple(sorted(k for k in payload if k not in ("inputs", "parameters"))) + unused
     return Parsed(texts, single, top_k, ignored)
 
 
-def _parameters(parameters: Any, k: int) -> tuple[int | None, tuple[str, ...]]:
+def _input(item: Any, i: int, pairs: bool) -> str | tuple[str, str]:
+    """One input as the model reads it: a string, or a pair model's (text, text_pair)."""
+    if not pairs:
+        if not isinstance(item, str):
+            raise Refused(422, f"inputs[{i}] is {type(item).__name__}, not a string")
+        return item
+    if not (isinstance(item, dict) and set(item) == {"text", "text_pair"}
+            and all(isinstance(v, str) for v in item.values())):
+        raise Refused(422, f'inputs[{i}]: this model reads text pairs; send {{"text": "...", "text_pair": "..."}}')
+    return item["text"], item["text_pair"]
+
+
+def _parameters(parameters: Any, k: int, function: str = "softmax") -> tuple[int | None, tuple[str, ...]]:
     """top_k (at most k) and the parameters ignored."""
     if parameters is None:
         return None, ()
     if not isinstance(parameters, dict):
         raise Refused(422, '"parameters" must be an object, e.g. {"top_k": 1}')
-    if parameters.get("function_to_apply", "softmax") != "softmax":
-        raise Refused(422, "function_to_apply: only softmax is served (the calibrated probabilities)")
+    if parameters.get("function_to_apply", function) != function:
+        raise Refused(422, f"function_to_apply: only {function} is served (what this model's outputs mean)")
     top_k = parameters.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise Refused(422, f"top_k must be a positive integer, got {_shown(top_k)}")
@@ -126,23 +139,27 @@ def _parameters(parameters: Any, k: int) -> tuple[int | None, tuple[str, ...]]:
     return (None if top_k is None else min(top_k, k)), unused
 
 
-def check_texts(texts: list[str], cleans: bool) -> None:
+def check_texts(texts: list[Any], cleans: bool) -> None:
     """Refused (422) for the first text the model cannot read or that leaves it nothing to classify, as
-    `predict` refuses it: a lone surrogate, only spaces or invisible characters, nothing left once cleaned."""
-    for i, text in enumerate(texts):
+    `predict` refuses it: a lone surrogate, only spaces or invisible characters, nothing left once cleaned.
+    A pair's two texts are checked each."""
+    named = [(f"inputs[{i}]" + (f".{part}" if isinstance(item, tuple) else ""), text)
+             for i, item in enumerate(texts)
+             for part, text in (zip(("text", "text_pair"), item) if isinstance(item, tuple) else [("", item)])]
+    for i, text in named:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise Refused(422, f"inputs[{i}] holds a lone surrogate escape (\\u{ord(text[exc.start]):04x} at "
+            raise Refused(422, f"{i} holds a lone surrogate escape (\\u{ord(text[exc.start]):04x} at "
                                f"character {exc.start}): half of a UTF-16 pair is not a character; send the whole "
                                "pair, or the character itself") from None
         if not text.strip():
-            raise Refused(422, f"inputs[{i}] is empty: nothing to classify")
+            raise Refused(422, f"{i} is empty: nothing to classify")
         if not visible(text):
-            raise Refused(422, f"inputs[{i}] has no visible characters (only spaces or invisible ones, such as "
+            raise Refused(422, f"{i} has no visible characters (only spaces or invisible ones, such as "
                                "zero-width spaces): nothing to classify")
         if cleans and not visible(clean_text(text)):
-            raise Refused(422, f"inputs[{i}] is empty once cleaned ('<br />' tags and HTML entities removed, as the "
+            raise Refused(422, f"{i} is empty once cleaned ('<br />' tags and HTML entities removed, as the "
                                "model was trained): nothing to classify")
 
 

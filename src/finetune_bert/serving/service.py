@@ -89,6 +89,8 @@ class Service:
         clf = self.classifier
         return {"model": self.name, "base_model": shown(clf.info.base_model), "backend": clf.backend,
                 "labels": clf.label_names, "max_length": clf.max_length, "temperature": clf.temperature,
+                "task": clf.task, "text_pairs": clf.pairs,
+                **({"thresholds": [float(t) for t in clf.thresholds]} if clf.task == "multi-label" else {}),
                 "reading": {"long_texts": self.reading.mode, "truncation": clf.truncation},
                 "auth": self.api_key is not None, "limits": {k: getattr(self.cfg, k) for k in LIMITS}}
 

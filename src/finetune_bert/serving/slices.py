@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from finetune_bert.data.tokens import Encoded, Windows
-from finetune_bert.inference.classifier import aggregate, softmax
+from finetune_bert.inference.classifier import aggregate
+from finetune_bert.tasks import activate
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Work:
         logits = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
         if self.owner is not None:
             logits = aggregate(logits, self.owner, self.texts, self.classifier.reading.how)
-        return softmax(logits)
+        return activate(logits, self.classifier.task)
 
 
 def plan(works: list[Work], budget: int) -> list[tuple[Work, int]]:
