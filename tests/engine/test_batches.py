@@ -1,8 +1,10 @@
 """The batches stage: reproducible training batches, sorted evaluation batches, micro-batches, padding."""
 
 import numpy as np
+import torch
 
-from finetune_bert.engine.batches import CPU_BLOCK_BYTES, Layout, collate, eval_batches, micro_batches, train_batches
+from finetune_bert.engine.batches import (CPU_BLOCK_BYTES, Layout, collate, collate_packed, eval_batches, micro_batches,
+                                          train_batches)
 from finetune_bert.data.tokens import Encoded
 
 
@@ -79,3 +81,26 @@ def test_cpu_fit_keeps_the_largest_activation_within_the_heap_threshold():
             biggest = 4 * length * max(heads * length, width)
             assert n == 1 or n * biggest <= CPU_BLOCK_BYTES < (n + 1) * biggest
     assert Layout(0).capped_fit is None and minilm.capped_fit is not None
+
+
+def _pairs() -> Encoded:
+    ids = [np.array([2, 5, 3, 6, 3], np.int32), np.array([2, 7, 3, 8, 9, 3], np.int32), np.array([2, 4, 3, 3], np.int32)]
+    types = [np.array([0, 0, 0, 1, 1], np.int8), np.array([0, 0, 0, 1, 1, 1], np.int8), np.array([0, 0, 0, 1], np.int8)]
+    return Encoded(ids, np.array([5, 6, 4]), np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32), types)
+
+
+def test_pairs_add_token_type_ids_padded_with_zero():
+    batch = collate(_pairs(), np.array([1, 0]), pad_id=0, pad_to_multiple=4)
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0]]
+    assert batch["token_type_ids"].dtype == batch["input_ids"].dtype == torch.int64
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    single = Encoded([np.array([2, 5, 3], np.int32)], np.array([3]), None)
+    assert set(collate(single, np.array([0]), pad_id=0)) == {"input_ids", "attention_mask"}  # as before pairs
+
+
+def test_packed_pairs_lay_their_token_type_ids_end_to_end():
+    packed = collate_packed(_pairs(), np.array([2, 0]))
+    assert packed["token_type_ids"].tolist() == [0, 0, 0, 1, 0, 0, 0, 1, 1]
+    assert packed["token_type_ids"].dtype == torch.int64 and len(packed["token_type_ids"]) == len(packed["input_ids"])
+    single = Encoded([np.array([2, 5, 3], np.int32)], np.array([3]), None)
+    assert "token_type_ids" not in collate_packed(single, np.array([0]))

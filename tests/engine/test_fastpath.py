@@ -189,3 +189,78 @@ def test_lane_dropout_only_for_cpu_training_on_the_fast_path(tiny_model):
     assert not fastpath.layout(model, torch.device("cpu"), None, 0, lane_dropout=False).lane_dropout
     assert not fastpath.layout(model, torch.device("cpu"), None, 0, cls_fast_path=False).lane_dropout
     assert not fastpath.layout(model, torch.device("cuda"), torch.bfloat16, 0).lane_dropout
+
+
+# --- text pairs: the batch's token type ids reach the embeddings, padded and packed ---------------------------------
+
+FIRSTS = ["good film", "the plot was long and the music was dull", "loved it", "a very short story"]
+SECONDS = ["a great movie with a wonderful actor", "boring", "hated the ending and the light", "superb"]
+
+
+def _pair_batches(model_dir):
+    tok = load_tokenizer(str(model_dir))
+    enc = encode(tok, FIRSTS, [0, 1, 0, 1], 64, "head+tail", pairs=SECONDS)
+    index = np.arange(len(FIRSTS))
+    return collate(enc, index, tok.pad_token_id), collate_packed(enc, index)
+
+
+def _stock(model, padded, **types):
+    return model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], **types).logits
+
+
+def _pair_model(model_dir, attn="sdpa"):
+    """The tiny classifier with a head of unit-scale weights: logits of order one, so that 1e-5 is tight
+    (its freshly drawn head gives logits of order 1e-3)."""
+    model = load_classifier(str(model_dir), ["a", "b"], attn_implementation=attn)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+    return model
+
+
+def test_pair_logits_equal_the_stock_models_with_token_type_ids_padded_and_packed(tiny_model):
+    padded, packed = _pair_batches(tiny_model)
+    assert padded["token_type_ids"].sum() > 0
+    for attn in ("sdpa", "eager"):
+        model = _pair_model(tiny_model, attn).eval()
+        with torch.no_grad():
+            stock = _stock(model, padded, token_type_ids=padded["token_type_ids"])
+            assert torch.allclose(fastpath.logits(model, padded), stock, atol=1e-5), attn
+            assert torch.allclose(fastpath.logits(model, packed), stock, atol=1e-5), attn
+            assert torch.allclose(fastpath.logits(model, padded, fast=False), stock, atol=1e-5), attn
+            # the type ids change what the model computes: a fast path still embedding zeros would fail above
+            assert (_stock(model, padded) - stock).abs().max() > 1e-3, attn  # 100 times the bound
+            assert stock.abs().max() > 0.1  # logits of order one: the 1e-5 above is a tight bound
+
+
+def test_pair_gradients_equal_the_stock_models_padded_and_packed(tiny_model):
+    padded, packed = _pair_batches(tiny_model)
+    model = _pair_model(tiny_model).train()  # the tiny model has dropout 0
+    stock = _grads(model, padded, False)
+    assert stock["bert.embeddings.token_type_embeddings.weight"][1].abs().sum() > 0  # type 1 was read
+    _assert_same_gradients(_grads(model, padded, True), stock)
+    _assert_same_gradients(_grads(model, packed, True), stock)
+
+
+def test_stock_forward_of_a_model_without_token_types_takes_pairs(tmp_path):
+    """DistilBERT's forward has no token_type_ids argument: the pair's type ids are left out, not an error."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                                                 hidden_dim=32, max_position_embeddings=32)).eval()
+    ids = torch.tensor([[1, 5, 2, 6, 2]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.tensor([[0, 0, 0, 1, 1]])}
+    with torch.no_grad():
+        assert torch.equal(fastpath.logits(model, batch), model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
+
+
+@cuda
+def test_cuda_flash_packed_pairs_match_stock_bf16(tiny_model):
+    padded, packed = _pair_batches(tiny_model)
+    model = _pair_model(tiny_model).cuda().eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        fast = fastpath.logits(model, to_device(packed, "cuda"))
+        batch = to_device(padded, "cuda")
+        stock = _stock(model, batch, token_type_ids=batch["token_type_ids"])
+        zeros = _stock(model, batch)
+    assert _bf16_close(fast, stock) and not _bf16_close(zeros, stock)

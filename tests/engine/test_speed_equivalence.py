@@ -74,7 +74,8 @@ def _engine(model, layout):
 def _step(model, enc, index, layout):
     """One training step's forward and backward: (loss, real tokens, gradients)."""
     model.zero_grad()
-    done = steps._forward_backward(_engine(model, layout), enc, steps.Share(index, 1 / len(index)), 1, None, 1)
+    share = steps.Share(index, 1 / len(index))
+    done = steps._forward_backward(_engine(model, layout), enc, share, 1, steps.StepOptions(), 1)
     return done.loss, done.tokens, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 

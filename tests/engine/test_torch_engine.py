@@ -54,7 +54,8 @@ def test_ddp_wrapped_engine_runs_the_fast_path_and_gives_the_same_gradients(tiny
 
     engine, enc = _setup(tiny_model)
     share = steps.Share(np.arange(len(TEXTS)), 1 / len(TEXTS))
-    steps._forward_backward(engine, enc, share, 2, None, 1)  # two micro-batches: DDP syncs once, at the last
+    # two micro-batches: DDP syncs once, at the last
+    steps._forward_backward(engine, enc, share, 2, steps.StepOptions(), 1)
     plain = _grads(engine)
     engine.model.zero_grad(set_to_none=True)
 
@@ -65,7 +66,7 @@ def test_ddp_wrapped_engine_runs_the_fast_path_and_gives_the_same_gradients(tiny
         monkeypatch.setattr(wrapped, "_pre_forward", lambda *a, **k: ddp_forward.append(1) or
                             DistributedDataParallel._pre_forward(wrapped, *a, **k))
         calls = _spy_fast_path(monkeypatch)
-        done = steps._forward_backward(wrapped, enc, share, 2, None, 1)
+        done = steps._forward_backward(wrapped, enc, share, 2, steps.StepOptions(), 1)
         assert done.last is not None  # under DDP the exchanging backward waits for the vote
         done.last.backward()
     finally:
@@ -188,6 +189,24 @@ def test_engine_forward_equals_stock_logits_in_eval(tiny_model, fast):
     with torch.no_grad():
         assert torch.allclose(engine(batch), _stock_eval_logits(engine, enc), atol=1e-5)
         assert not engine.training
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_engine_scores_text_pairs_as_the_stock_model_with_token_type_ids(tiny_model, fast):
+    """Pairs through the engine's inference (sorted batches, results in input order): the stock model's
+    logits given input_ids, attention_mask and token_type_ids, row by row."""
+    tok = load_tokenizer(str(tiny_model))
+    engine, _ = _setup(tiny_model, training=False, options=EngineOptions(cls_fast_path=fast))
+    with torch.no_grad():
+        engine.model.classifier.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(0))  # logits ~1
+    enc = encode(tok, TEXTS, LABELS, 64, "head+tail", pairs=TEXTS[::-1])
+    logits = engine.logits(enc, 4)
+    with torch.no_grad():
+        for i, (a, b) in enumerate(zip(TEXTS, TEXTS[::-1])):
+            one = tok(a, b, return_tensors="pt")
+            stock = engine.model(input_ids=one["input_ids"], attention_mask=one["attention_mask"],
+                                 token_type_ids=one["token_type_ids"]).logits[0]
+            assert torch.allclose(logits[i], stock, atol=1e-5), i
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on the device machine)")

@@ -645,3 +645,96 @@ def test_every_problem_of_an_export_is_said_at_once(trained, tmp_path, capsys, n
     assert main(["export", "--model", str(folder), "--data", str(tmp_path / "missing.csv")]) == 2
     err = _one_line(capsys)
     assert "missing.csv" in err and "--overwrite" in err
+
+
+# --- text pairs, and what other tasks mean at the output ------------------------------------------------------------
+
+FIRSTS = ["a good and wonderful film", "awful dull plot", "superb music", "the movie was long " * 20, "hated it"]
+SECONDS = ["the actor was great", "boring", "the story " * 25, "very short", "loved the light and the night"]
+
+
+def _classifier_folder(tiny_model, folder, run: dict, **config):
+    """The tiny BERT with a saved head of unit-scale weights (logits of order one, so the tolerances bite)
+    and a finetune_bert.json saying how it was trained (`run`)."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    shutil.copytree(tiny_model, folder)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(folder, **config)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+    model.save_pretrained(folder)
+    (folder / "finetune_bert.json").write_text(json.dumps({"max_length": 48, **run}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pair_export(tiny_model, tmp_path_factory):
+    from finetune_bert.export.onnx import export
+    folder = _classifier_folder(tiny_model, tmp_path_factory.mktemp("pairs") / "model",
+                                {"pair_column": "sentence2", "text_column": "sentence1"},
+                                num_labels=2, id2label={0: "different", 1: "same"})
+    return folder, export(str(folder), quantize="int8")
+
+
+def _inputs(graph) -> list[str]:
+    import onnx
+    return [node.name for node in onnx.load(str(graph)).graph.input]
+
+
+def test_a_model_without_pairs_keeps_its_two_graph_inputs(exported):
+    assert _inputs(exported[0] / "onnx" / "model.onnx") == ["input_ids", "attention_mask"]
+    assert _inputs(exported[0] / "onnx" / "model.int8.onnx") == ["input_ids", "attention_mask"]
+
+
+def test_a_pair_model_exports_token_type_ids_and_scores_pairs_as_torch(pair_export):
+    import torch
+
+    from finetune_bert.data.tokens import encode
+    from finetune_bert.engine.model_folder import load_classifier, load_tokenizer
+    from finetune_bert.engine.onnx_engine import OnnxEngine, find_export, standalone
+    from finetune_bert.engine.torch_engine import Engine
+    folder, manifest = pair_export
+    assert _inputs(folder / "onnx" / "model.onnx") == ["input_ids", "attention_mask", "token_type_ids"]
+    assert _inputs(folder / "onnx" / "model.int8.onnx") == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest["onnx"]["max_abs_logit_diff"] <= 1e-4 and manifest["tokenizer"]["type_ids"] is True
+    hf = load_tokenizer(str(folder))
+    config, lean = standalone(folder)
+    enc = encode(hf, FIRSTS, None, 48, "head+tail", pairs=SECONDS)
+    lean_enc = encode(lean, FIRSTS, None, 48, "head+tail", pairs=SECONDS)
+    assert [x.tolist() for x in lean_enc.type_ids] == [x.tolist() for x in enc.type_ids]
+    reference = Engine(load_classifier(str(folder)), torch.device("cpu"), hf.pad_token_id, dtype=None).logits(enc, 2)
+    onnx = OnnxEngine(find_export(folder, "onnx", str(folder)), config, hf.pad_token_id)
+    logits = onnx.logits(lean_enc, 2)
+    assert np.abs(logits - reference.numpy()).max() <= 1e-4 and np.abs(reference.numpy()).max() > 0.1
+    # the graph reads the type ids: the same ids with every token of type 0 score otherwise
+    enc.type_ids = [np.zeros_like(t) for t in enc.type_ids]
+    assert np.abs(onnx.logits(enc, 2) - logits).max() > 1e-3
+
+
+def test_agreement_compares_what_each_task_reads_of_the_logits():
+    from finetune_bert.export.onnx import _agreement
+    reference = np.array([[2.0, -1.0, 0.1], [-3.0, 0.5, 4.0]], dtype=np.float32)
+    moved = reference + np.array([[0.0, 0.0, -0.3], [0.0, -1.0, 0.0]], dtype=np.float32)
+    labels = _agreement(moved, reference, "multi-label")
+    sigmoid = 1 / (1 + np.exp(-reference))
+    assert labels["label_agreement"] == 4 / 6  # two decisions cross 0.5 (0.1 -> -0.2, 0.5 -> -0.5)
+    # the run's own thresholds: at 0.1 the second label's 0.62 -> 0.38 no longer crosses one
+    assert _agreement(moved, reference, "multi-label", (0.5, 0.1, 0.5))["label_agreement"] == 5 / 6
+    assert np.isclose(labels["max_abs_prob_diff"], np.abs(1 / (1 + np.exp(-moved)) - sigmoid).max())
+    values = _agreement(moved[:, :1] + 0.25, reference[:, :1], "regression")
+    assert "label_agreement" not in values and np.isclose(values["max_abs_prob_diff"], 0.25)
+    assert _agreement(moved, reference)["label_agreement"] == 1.0  # classification: the argmax
+
+
+def test_a_regression_pair_model_exports_with_int8_and_loads(tiny_model, tmp_path):
+    from finetune_bert.engine.onnx_engine import find_export, manifest_problem
+    from finetune_bert.export.onnx import describe, export
+    folder = _classifier_folder(tiny_model, tmp_path / "model", {"pair_column": "b", "task": "regression"},
+                                num_labels=1, problem_type="regression")
+    manifest = export(str(folder), quantize="int8")
+    assert "label_agreement" not in manifest["onnx-int8"] and manifest_problem(manifest) is None
+    assert "max |value - fp32's|" in describe(manifest, str(folder))
+    assert find_export(folder, "onnx-int8", str(folder)) == folder / "onnx" / "model.int8.onnx"
+    assert _inputs(folder / "onnx" / "model.onnx")[-1] == "token_type_ids"

@@ -127,6 +127,8 @@ def collate_packed(encoded: Encoded, index: np.ndarray) -> dict:
     batch = {"input_ids": torch.from_numpy(np.concatenate(rows).astype(np.int64)),
              "position_ids": torch.from_numpy(positions), "cu_seqlens": torch.from_numpy(offsets),
              "max_len": int(lengths.max())}
+    if encoded.type_ids is not None:  # text pairs
+        batch["token_type_ids"] = torch.from_numpy(np.concatenate([encoded.type_ids[i] for i in index]).astype(np.int64))
     if encoded.labels is not None:
         batch["labels"] = torch.from_numpy(encoded.labels[index])
     return batch
@@ -156,7 +158,8 @@ def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: i
 def padded(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: int = 1,
            pad_to: int = 0) -> dict[str, np.ndarray]:
     """input_ids and attention_mask (int64) of a batch padded to its own longest text, or to `pad_to` tokens
-    if longer (rounded up to a multiple, for tensor cores on GPU)."""
+    if longer (rounded up to a multiple, for tensor cores on GPU); token_type_ids too for text pairs (padded
+    with 0, as transformers pads them)."""
     rows = [encoded.ids[i] for i in index]
     width = max(pad_to, *(len(r) for r in rows))
     width = -(-width // pad_to_multiple) * pad_to_multiple
@@ -165,4 +168,10 @@ def padded(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: in
     for r, row in enumerate(rows):
         input_ids[r, :len(row)] = row
         mask[r, :len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if encoded.type_ids is not None:
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(index):
+            types[r, :len(encoded.type_ids[i])] = encoded.type_ids[i]
+        batch["token_type_ids"] = types
+    return batch

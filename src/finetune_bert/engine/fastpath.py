@@ -21,6 +21,8 @@ dropout law (benchmarks/cpu_dropout.py).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +69,8 @@ def supported(model) -> bool:
 
 def logits(model, batch: dict, fast: bool = True, lane_dropout: bool = False, *,
            train: bool | None = None) -> torch.Tensor:
-    """Logits for a padded batch (input_ids, attention_mask) or a packed one (see batches.collate_packed).
+    """Logits for a padded batch (input_ids, attention_mask, and token_type_ids for text pairs) or a packed one
+    (see batches.collate_packed).
 
     `train`: whether dropout applies (default: the module's own flag). The fast path takes it as an argument
     and reads no module's train/eval flag, so inference can run beside a module that is training (the
@@ -77,11 +80,11 @@ def logits(model, batch: dict, fast: bool = True, lane_dropout: bool = False, *,
         return _packed_logits(model, batch, train)
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     if not (fast and supported(model)):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return _stock_logits(model, batch)
     from transformers.masking_utils import create_bidirectional_mask
 
     bert = model.bert
-    hidden = _embed(bert, input_ids, train)
+    hidden = _embed(bert, input_ids, train, token_type_ids=batch.get("token_type_ids"))
     mask = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
     *layers, last = bert.encoder.layer
     lanes = lane_dropout and train and not hidden.is_cuda and _has_dropout(bert)
@@ -92,12 +95,25 @@ def logits(model, batch: dict, fast: bool = True, lane_dropout: bool = False, *,
     return _head(model, cls, train)
 
 
-def _embed(bert, input_ids: torch.Tensor, train: bool, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """BertEmbeddings' computation (word + token type 0 + position, LayerNorm, dropout), dropout explicit."""
+def _stock_logits(model, batch: dict) -> torch.Tensor:
+    """The model's own forward; token type ids only where the batch has them (text pairs) and the model's
+    forward takes them (DistilBERT's has no such argument)."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "token_type_ids" in batch and "token_type_ids" in inspect.signature(model.forward).parameters:
+        inputs["token_type_ids"] = batch["token_type_ids"]
+    return model(**inputs).logits
+
+
+def _embed(bert, input_ids: torch.Tensor, train: bool, position_ids: torch.Tensor | None = None,
+           token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """BertEmbeddings' computation (word + token type + position, LayerNorm, dropout), dropout explicit;
+    token type 0 everywhere unless the batch says otherwise (text pairs)."""
     emb = bert.embeddings
     if position_ids is None:
         position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)
-    hidden = emb.word_embeddings(input_ids) + emb.token_type_embeddings(torch.zeros_like(input_ids)) \
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    hidden = emb.word_embeddings(input_ids) + emb.token_type_embeddings(token_type_ids) \
         + emb.position_embeddings(position_ids)
     return F.dropout(emb.LayerNorm(hidden), emb.dropout.p, train)
 
@@ -157,7 +173,7 @@ def _padded_layer(layer, hidden: torch.Tensor, mask: torch.Tensor | None, train:
 def _packed_logits(model, batch: dict, train: bool) -> torch.Tensor:
     bert = model.bert
     ids, cu, longest = batch["input_ids"], batch["cu_seqlens"], batch["max_len"]
-    hidden = _embed(bert, ids, train, batch["position_ids"])
+    hidden = _embed(bert, ids, train, batch["position_ids"], batch.get("token_type_ids"))
     *layers, last = bert.encoder.layer
     for layer in layers:
         hidden = _packed_layer(layer, hidden, hidden, (cu, cu), (longest, longest), train)

@@ -88,7 +88,8 @@ def standalone(folder: Path) -> tuple[ExportedConfig, onnx_tokenizer.TokenizerFi
             return None
         config = {**config, "id2label": {int(k): v for k, v in config["id2label"].items()}}
         return ExportedConfig(**config), onnx_tokenizer.TokenizerFile(path, tokenizer["pad_token_id"],
-                                                                      tokenizer["model_max_length"])
+                                                                      tokenizer["model_max_length"],
+                                                                      tokenizer.get("type_ids", True))
     except Exception:  # a hand-edited manifest, or a damaged tokenizer.json (tokenizers raises a bare Exception)
         return None  # (the fallback reads the folder's own files, and reports what is wrong with them)
 
@@ -100,7 +101,8 @@ def _parts_as_written(config: Any, tokenizer: Any) -> bool:
         all(isinstance(v, str) for v in labels.values()) and \
         _has(config, model_type=lambda v: isinstance(v, str), max_position_embeddings=_none_or_count,
              vocab_size=_none_or_count) and \
-        _has(tokenizer, pad_token_id=_none_or_count, model_max_length=_none_or_count, sha256=_digest)
+        _has(tokenizer, pad_token_id=_none_or_count, model_max_length=_none_or_count, sha256=_digest) and \
+        isinstance(tokenizer.get("type_ids", True), bool)  # exports before text pairs do not record it
 
 
 def weights_stamp(folder: Path, with_hash: bool = True) -> dict[str, Any]:
@@ -189,8 +191,9 @@ def manifest_problem(payload: Any) -> str | None:
                                      isinstance(n, str)),
               "onnx": lambda v: _has(v, max_abs_logit_diff=_number)}
     if isinstance(files, list) and FILES["onnx-int8"] in files:
-        checks["onnx-int8"] = lambda v: _has(v, label_agreement=_number, max_abs_prob_diff=_number,
-                                             max_abs_logit_diff=_number)
+        # a regression's int8 measures have no label agreement (it has no label); every other task's have
+        checks["onnx-int8"] = lambda v: _has(v, max_abs_prob_diff=_number, max_abs_logit_diff=_number) and \
+            _number(v.get("label_agreement", 0))
     for key, ok in checks.items():
         if key not in payload:
             return f"no {key!r}"
@@ -315,6 +318,8 @@ class OnnxEngine:
                             "(its config.json changed since the export?); run the export again")
         self.path, self.config, self.pad_id = path, config, pad_id
         self.device = Device()
+        # graphs of models trained on text pairs take token type ids too; every other graph does not
+        self.inputs = {node.name for node in self.session.get_inputs()}
 
     def batch_fit(self, length: int) -> int:
         return max(1, BATCH_TOKENS // max(length, 1))
@@ -324,8 +329,14 @@ class OnnxEngine:
         about BATCH_TOKENS tokens each."""
         out = np.zeros((len(encoded), self.config.num_labels), dtype=np.float32)
         for index in eval_batches(encoded.lengths, batch_size, self.batch_fit):
-            out[index] = self.session.run(["logits"], padded(encoded, index, self.pad_id))[0]
+            out[index] = self.session.run(["logits"], self._feed(padded(encoded, index, self.pad_id)))[0]
         return out
+
+    def _feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The batch's arrays the graph takes; single texts on a pair graph get type 0, as torch gives them."""
+        if "token_type_ids" in self.inputs and "token_type_ids" not in batch:
+            batch["token_type_ids"] = np.zeros_like(batch["input_ids"])
+        return {name: array for name, array in batch.items() if name in self.inputs}
 
 
 def cpu_threads() -> int:

@@ -39,7 +39,8 @@ from finetune_bert.engine import fastpath, onnx_tokenizer
 from finetune_bert.engine.onnx_engine import (EXPORT_DIR, FILES, MANIFEST, SOURCES, TOOL, ExportedConfig,
                                               OnnxEngine, graph_stamp, head_record, owned_files, weights_stamp)
 from finetune_bert.safefiles import disk_error, write_text_atomic
-from finetune_bert.data.tokens import Encoded, pad_id, special_tokens
+from finetune_bert.data.tokens import Encoded, pad_id, pair_template, special_tokens
+from finetune_bert.tasks import CLASSIFICATION, DEFAULT_THRESHOLD, MULTI_LABEL, activate, task_of_config
 
 
 PARITY_TOLERANCE = 1e-4  # the largest |logit difference| an fp32 export may have from the torch path
@@ -52,15 +53,19 @@ OPSET = 17               # LayerNormalization is a single op from 17 on
 
 
 class _Logits(torch.nn.Module):
-    """The classifier as a function of (input_ids, attention_mask) to logits: the graph's signature. The
-    engine's fast path is traced (its last layer for [CLS] alone), stock forward for other architectures."""
+    """The classifier as a function of (input_ids, attention_mask) to logits, and of token_type_ids too for a
+    model trained on text pairs: the graph's signature. The engine's fast path is traced (its last layer for
+    [CLS] alone), stock forward for other architectures."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask):
-        return fastpath.logits(self.model, {"input_ids": input_ids, "attention_mask": attention_mask}, train=False)
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        return fastpath.logits(self.model, batch, train=False)
 
 
 def export(cfg: ExportConfig | str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -125,17 +130,17 @@ def _export(model: ModelFolder, folder: Path, cfg: ExportConfig, rows) -> dict[s
     head = head_record(notes, model.name)
     if folder != model.path:
         model = copy_model(model.path, folder, cfg.output)
-    pad = pad_id(tokenizer)
+    pad, pairs = pad_id(tokenizer), model.info.pair_column is not None
     max_length = model.max_length(tokenizer, classifier.config)
     target = folder / EXPORT_DIR
     earlier = owned_files(folder) or set()
     graphs = [FILES["onnx"], *([FILES["onnx-int8"]] if cfg.quantize else [])]
     own(folder, earlier | {*graphs, onnx_tokenizer.FILE, MANIFEST})
     try:
-        fp32 = _write_graph(classifier, target / FILES["onnx"], pad)
+        fp32 = _write_graph(classifier, target / FILES["onnx"], pad, pairs)
     except OSError as exc:
         raise disk_error(exc, target, "write the export") from None
-    probes = _probes(tokenizer, classifier.config, max_length)
+    probes = (_pair_probes if pairs else _probes)(tokenizer, classifier.config, max_length)
     reference = Engine(classifier, torch.device("cpu"), pad).logits(probes, 16).numpy()
     gap = float(np.abs(OnnxEngine(fp32, classifier.config, pad).logits(probes, 16) - reference).max())
     if gap > PARITY_TOLERANCE:
@@ -151,7 +156,7 @@ def _export(model: ModelFolder, folder: Path, cfg: ExportConfig, rows) -> dict[s
         manifest["files"].append(FILES["onnx-int8"])
         manifest["graphs"][FILES["onnx-int8"]] = graph_stamp(int8)
         manifest["onnx-int8"] = _agreement(OnnxEngine(int8, classifier.config, pad).logits(probes, 16),
-                                           reference)
+                                           reference, task_of_config(classifier.config), model.info.thresholds)
     manifest["owned"] = sorted({*graphs, MANIFEST, *([onnx_tokenizer.FILE] if "tokenizer" in manifest else [])})
     write_text_atomic(target / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     for stale in earlier & {*FILES.values(), onnx_tokenizer.FILE} - set(manifest["owned"]):
@@ -173,17 +178,20 @@ def _standalone(tokenizer, classifier, folder: Path) -> dict[str, Any]:
     return found
 
 
-def _write_graph(classifier, path: Path, pad_id: int) -> Path:
-    """The fp32 graph with dynamic batch and sequence axes, written whole or not at all."""
+def _write_graph(classifier, path: Path, pad_id: int, pairs: bool = False) -> Path:
+    """The fp32 graph with dynamic batch and sequence axes, written whole or not at all; `pairs`: a
+    token_type_ids input as well (a model trained on text pairs; any other keeps the two inputs it had)."""
     sample = torch.full((2, 8), pad_id, dtype=torch.long)
     mask = torch.ones_like(sample)
     mask[1, 5:] = 0  # a padded row, so the mask path is traced as it runs
+    inputs = {"input_ids": sample, "attention_mask": mask}
+    if pairs:
+        inputs["token_type_ids"] = (torch.arange(8) >= 4).long().expand(2, 8).contiguous()
     partial = path.with_name(path.name + ".partial")
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"}}
+    axes = {**{name: {0: "batch", 1: "sequence"} for name in inputs}, "logits": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's warnings concern shapes the dynamic axes cover
-        torch.onnx.export(_Logits(classifier).eval(), (sample, mask), str(partial), input_names=list(axes)[:2],
+        torch.onnx.export(_Logits(classifier).eval(), tuple(inputs.values()), str(partial), input_names=list(inputs),
                           output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     os.replace(partial, path)
     return path
@@ -218,6 +226,21 @@ def _probes(tokenizer, config, max_length: int) -> Encoded:
     return Encoded(ids, np.array([len(x) for x in ids]), None)
 
 
+def _pair_probes(tokenizer, config, max_length: int) -> Encoded:
+    """As `_probes`, for a model trained on text pairs: random pairs in the tokenizer's pair template, with
+    its token type ids, each cut at a random point between its two texts."""
+    template = pair_template(tokenizer)
+    rng = np.random.default_rng(0)
+    vocab = int(getattr(config, "vocab_size", len(tokenizer)))
+    budget = max(2, max_length - template.added)
+    ids, types = [], []
+    for n in np.unique(np.linspace(2, budget, PROBES).astype(int)):
+        first = int(rng.integers(1, n))
+        ids.append(template.ids(rng.integers(0, vocab, first).tolist(), rng.integers(0, vocab, n - first).tolist()))
+        types.append(template.type_ids(first, n - first))
+    return Encoded(ids, np.array([len(x) for x in ids]), None, types)
+
+
 def _on_data(model: ModelFolder, data: str, chunks, backends: list[str]) -> dict[str, Any]:
     """Each backend's labels against torch's on the first chunk of `data` (checked: --rows rows), read as
     predict reads them; accuracy too where the rows have labels the model knows."""
@@ -244,12 +267,20 @@ def _on_data(model: ModelFolder, data: str, chunks, backends: list[str]) -> dict
     return found
 
 
-def _agreement(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    from finetune_bert.inference.classifier import softmax
-
-    probs, ref = softmax(logits), softmax(reference)
-    return {"label_agreement": float((probs.argmax(1) == ref.argmax(1)).mean()),
-            "max_abs_prob_diff": float(np.abs(probs - ref).max()),
+def _agreement(logits: np.ndarray, reference: np.ndarray, task: str = CLASSIFICATION,
+               thresholds: tuple[float, ...] | None = None) -> dict[str, float]:
+    """How far `logits` move from `reference` in what the task reads of them (tasks.activate: probabilities,
+    a probability per label, or the predicted values), and how often the decision agrees: the class, or each
+    label's at its threshold (the run's, else the default). A regression has no label to agree on, so that
+    one is left out."""
+    probs, ref = activate(logits, task), activate(reference, task)
+    found = {}
+    if task == CLASSIFICATION:
+        found["label_agreement"] = float((probs.argmax(1) == ref.argmax(1)).mean())
+    elif task == MULTI_LABEL:
+        cut = np.asarray(thresholds if thresholds is not None else DEFAULT_THRESHOLD, dtype=np.float32)
+        found["label_agreement"] = float(((probs >= cut) == (ref >= cut)).mean())
+    return {**found, "max_abs_prob_diff": float(np.abs(probs - ref).max()),
             "max_abs_logit_diff": float(np.abs(logits - reference).max())}
 
 
@@ -261,7 +292,8 @@ def describe(manifest: dict[str, Any], folder: str) -> str:
     if "onnx-int8" in manifest:
         q = manifest["onnx-int8"]
         lines.append(f"  onnx int8: label agrees with fp32 on {q['label_agreement']:.1%} of the random sequences, "
-                     f"max |prob diff| {q['max_abs_prob_diff']:.3f}")
+                     f"max |prob diff| {q['max_abs_prob_diff']:.3f}" if "label_agreement" in q else
+                     f"  onnx int8: max |value - fp32's| {q['max_abs_prob_diff']:.3f} on the random sequences")
     lines.append(f"  tokenizer: the same ids as transformers' on {len(onnx_tokenizer.PROBE_TEXTS)} test texts; predict "
                  "starts without importing torch or transformers" if "tokenizer" in manifest else
                  "  tokenizer: differs from transformers' on a test text; predict loads transformers' (slower start)")
