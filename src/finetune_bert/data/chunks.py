@@ -66,7 +66,7 @@ class ChunkedSplit:
 
     def _pick(self, source: str, columns: Iterable[str]) -> tuple[str, str | None]:
         return split_columns(Records(source, list(columns), [], []), *self.wanted, pair_column=self.pairs[0],
-                             pairs=self.pairs[1])
+                             pairs=self.pairs[1], task=self.spec.task)
 
     def _check(self, records: Records, picked: Columns, clean: bool):
         return check_rows(records, self.name, picked.text, picked.label, clean, not self.wanted[2],

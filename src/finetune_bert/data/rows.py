@@ -23,6 +23,10 @@ TEXT_COLUMNS = ("text", "review", "sentence", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "target", "class")
 
 
+# A regression target is also found under the names ratings and scores go by.
+TARGET_COLUMNS = (*LABEL_COLUMNS, "rating", "score", "value", "stars")
+
+
 # ---------------------------------------------------------------- cleaning
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -92,7 +96,8 @@ def to_split(records: Records, name: str, text_column: str | None, label_column:
              pair_column: str | None = None, pairs: bool = False, spec: LabelSpec = LabelSpec()) -> Split:
     """Validate every row; bad ones either stop the run (all counted) or are skipped and recorded. `pairs`:
     look for a pair's second text (named by `pair_column`, or a usual pair of names); `spec`: the labels' kind."""
-    cols = split_columns(records, text_column, label_column, need_labels, pair_column=pair_column, pairs=pairs)
+    cols = split_columns(records, text_column, label_column, need_labels, pair_column=pair_column, pairs=pairs,
+                         task=spec.task)
     split, bad = check_rows(records, name, cols.text, cols.label, clean, optional_labels=not need_labels,
                             pcol=cols.pair, spec=spec)
     split.columns = cols
@@ -106,7 +111,8 @@ def to_split(records: Records, name: str, text_column: str | None, label_column:
 
 
 def split_columns(records: Records, text_column: str | None, label_column: str | None,
-                  need_labels: bool | None, *, pair_column: str | None = None, pairs: bool = False) -> Columns:
+                  need_labels: bool | None, *, pair_column: str | None = None, pairs: bool = False,
+                  task: str = "classification") -> Columns:
     """The text column, the label column and the pair column: labels required (need_labels True), used if
     there is a label column (False: predict copies it to its output), or never looked for (None: predict
     --ignore-labels); a pair column only with `pairs`."""
@@ -118,10 +124,11 @@ def split_columns(records: Records, text_column: str | None, label_column: str |
     lcol = None
     if need_labels is None:
         return Columns(tcol, None, pcol)
+    names = TARGET_COLUMNS if task == "regression" else LABEL_COLUMNS
     if need_labels or label_column:
-        lcol = pick_column(records, label_column, LABEL_COLUMNS, "label", "--label-column")
-    elif any(c.strip().lower() in LABEL_COLUMNS and c not in (tcol, pcol) for c in records.columns):
-        lcol = pick_column(records, None, LABEL_COLUMNS, "label", "--label-column", tcol)
+        lcol = pick_column(records, label_column, names, "label", "--label-column")
+    elif any(c.strip().lower() in names and c not in (tcol, pcol) for c in records.columns):
+        lcol = pick_column(records, None, names, "label", "--label-column", tcol)
     if lcol is not None and lcol in (tcol, pcol):  # the labels would be trained on as the texts, or the texts taken as classes
         which = "the text column" if lcol == tcol else "the pair's second text"
         raise UserError(f"{records.source}: column {lcol!r} is both {which} and the label column; "

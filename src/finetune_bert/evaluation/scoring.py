@@ -33,7 +33,7 @@ def score_logits(logits: torch.Tensor, encoded: Encoded, label_names: list[str],
                      integer_targets=scoring.integer_targets)
 
 
-def score_engine(engine, encoded: Encoded, label_names: list[str], batch_size: int, scoring: Scoring,
+def score_engine(engine, encoded: Encoded, label_names: list[str], batch_size: int, scoring: Scoring, *,
                  on_batch: Callable[[int], None] | None = None, tune: bool = False) -> dict[str, Any]:
     """The metrics of `engine` (torch_engine.Engine) on labelled token ids; `on_batch(i)` after the i-th
     batch. Classification streams (constant memory); the other kinds keep the logits to rank and tune."""

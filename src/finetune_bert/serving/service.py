@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from starlette.concurrency import run_in_threadpool
 
 from finetune_bert.errors import UserError
@@ -41,7 +43,8 @@ def _load(cfg: ServeConfig, reading: Reading, device: str | None):
 
     classifier = _in_memory(load(cfg.model, device=device, reading=reading, backend=cfg.backend))
     steady_heap(classifier.device)  # a long-lived process: the heap must not creep batch after batch
-    return classifier, classifier.predict_proba(PROBE)
+    item = (PROBE, PROBE) if classifier.pairs else PROBE
+    return classifier, classifier.score_prepared([classifier.prepare_items([item])[0]])[0][0]
 
 
 def _in_memory(classifier):
@@ -108,8 +111,10 @@ class Service:
         with self._reload_lock:
             started = time.perf_counter()
             new, probe = lowered(_load, self.cfg, self.reading, self.device)
-            if not (probe.sum() > 0.99):
-                raise UserError(f"the reloaded model's probe gave {probe.tolist()}, not probabilities; kept the old "
+            sane = bool(np.isfinite(probe).all()) and (new.task != "classification" or probe.sum() > 0.99)
+            if not sane:
+                raise UserError(f"the reloaded model's probe gave {probe.tolist()}, not "
+                                f"{'probabilities' if new.task != 'regression' else 'a finite value'}; kept the old "
                                 "model")
             self.batcher.swap(new)
             self.classifier, self.probe = new, probe.tolist()

@@ -227,7 +227,7 @@ def evaluate_step(engine, enc: Encoded, label_names: list[str], state: TrainStat
 
     while True:
         try:
-            return score_engine(engine, enc, label_names, state.eval_batch_size, scoring, on_batch, tune=True)
+            return score_engine(engine, enc, label_names, state.eval_batch_size, scoring, on_batch=on_batch, tune=True)
         except Exception as exc:
             if not is_oom(exc):
                 raise

@@ -1,0 +1,154 @@
+"""Multi-label and regression end to end on tiny random BERTs: train, the folder as transformers reads it,
+predict, evaluate, serve, and exact resume after SIGKILL for each kind."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from conftest import PYTHON, _env, make_tiny_bert, toy_multilabel_rows, toy_regression_rows, write_csv
+
+
+def _cli(*args, fault="", timeout=300):
+    env = _env(FINETUNE_BERT_FAULTS=fault)
+    return subprocess.run([PYTHON, "-m", "finetune_bert.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+KINDS = {
+    "multi-label": (toy_multilabel_rows, []),
+    "regression": (toy_regression_rows, []),
+}
+
+
+def _train_args(model, data, out, kind, *extra, epochs="4"):
+    return ["train", "--task", kind, "--data", str(data["train"]), "--test-data", str(data["test"]),
+            "--model", str(model), "--output", str(out), "--epochs", epochs, "--batch-size", "16", "--lr", "1e-2",
+            "--warmup-ratio", "0.05", "--max-length", "32", "--seed", "0", "--num-threads", "1", *KINDS[kind][1],
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def kind_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kinds")
+    return {kind: {"train": write_csv(folder / f"{kind}-train.csv", rows(240, seed=1)),
+                   "test": write_csv(folder / f"{kind}-test.csv", rows(60, seed=2))}
+            for kind, (rows, _) in KINDS.items()}
+
+
+@pytest.fixture(scope="module")
+def trained_kinds(tiny_model, kind_data, tmp_path_factory):
+    out = {}
+    for kind in KINDS:
+        folder = tmp_path_factory.mktemp(kind) / "model"
+        done = _cli(*_train_args(tiny_model, kind_data[kind], folder, kind))
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[kind] = folder
+    return out
+
+
+def test_the_folder_records_the_kind_for_transformers_and_for_us(trained_kinds):
+    ml, reg = trained_kinds["multi-label"], trained_kinds["regression"]
+    assert json.loads((ml / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    assert json.loads((reg / "config.json").read_text())["problem_type"] == "regression"
+    info = json.loads((ml / "finetune_bert.json").read_text())
+    assert info["task"] == "multi-label" and len(info["thresholds"]) == 3 and len(info["label_temperatures"]) == 3
+    assert all(0.01 <= t <= 0.99 for t in info["thresholds"])
+    info = json.loads((reg / "finetune_bert.json").read_text())
+    assert info["task"] == "regression" and info["integer_targets"] and info["target_scale"][1] > 0
+    metrics = json.loads((ml / "metrics.json").read_text())
+    assert metrics["task"] == "multi-label" and metrics["test"]["f1_macro"] > 0.6
+    assert set(metrics["test"]["at_0.5"]) >= {"f1_macro", "f1_micro"}
+    metrics = json.loads((reg / "metrics.json").read_text())
+    assert metrics["test"]["spearman"] > 0.8 and "within_1" in metrics["test"]
+
+
+def test_pipeline_gives_the_multi_label_scores_of_load_and_they_do_not_sum_to_one(trained_kinds):
+    from transformers import pipeline
+    from finetune_bert import load
+
+    texts = ["great camera story", "bad plot", "the very quite"]
+    clf = load(trained_kinds["multi-label"], device="cpu", backend="torch-fp32")
+    ours = clf.predict_proba(texts)
+    pipe = pipeline("text-classification", model=str(trained_kinds["multi-label"]), top_k=None, device="cpu")
+    for row, answer in zip(ours, pipe(texts)):
+        theirs = {a["label"]: a["score"] for a in answer}
+        assert np.allclose([theirs[n] for n in clf.label_names], row, atol=1e-5)
+    assert not np.allclose(ours.sum(axis=1), 1.0, atol=1e-3)
+    decided = clf.predict(texts[0])
+    assert set(decided.labels) == {n for n, p, t in zip(clf.label_names, ours[0], clf.thresholds) if p >= t}
+
+
+def test_pipeline_gives_the_regression_value_of_load_in_the_targets_units(trained_kinds, kind_data):
+    from transformers import pipeline
+    from finetune_bert import load
+
+    rows = list(csv.DictReader(kind_data["regression"]["test"].open()))
+    texts = [r["text"] for r in rows]
+    clf = load(trained_kinds["regression"], device="cpu", backend="torch-fp32")
+    values = np.array([v.value for v in clf.predict(texts)])
+    pipe = pipeline("text-classification", model=str(trained_kinds["regression"]), top_k=None, device="cpu",
+                    function_to_apply="none")
+    theirs = np.array([a[0]["score"] for a in pipe(texts)])
+    assert np.allclose(values, theirs, atol=1e-5)
+    truth = np.array([float(r["rating"]) for r in rows])
+    assert abs(values.mean() - truth.mean()) < 1.0 and np.sqrt(np.mean((values - truth) ** 2)) < 2.0
+    with pytest.raises(Exception, match="predicts values, not probabilities"):
+        clf.predict_proba(texts)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_evaluate_and_predict_read_the_kind_from_the_folder(trained_kinds, kind_data, kind, tmp_path):
+    model, test = trained_kinds[kind], kind_data[kind]["test"]
+    done = _cli("evaluate", "--model", str(model), "--data", str(test), "--output", str(tmp_path / "e.json"),
+                *KINDS[kind][1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    trained = json.loads((model / "metrics.json").read_text())["test"]
+    key = "f1_macro" if kind == "multi-label" else "rmse"
+    assert evaluated["task"] == kind and evaluated[key] == pytest.approx(trained[key], abs=1e-4)
+    done = _cli("predict", "--model", str(model), "--input", str(test), "--output", str(tmp_path / "p.csv"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 60 and "true_label" in rows[0]
+    if kind == "multi-label":
+        assert {"prob_neg", "prob_pos", "prob_tech"} <= set(rows[0]) and "confidence" not in rows[0]
+        assert all(set(filter(None, r["predicted"].split(";"))) <= {"neg", "pos", "tech"} for r in rows)
+    else:
+        assert all(0.0 < float(r["predicted"]) < 12.0 for r in rows)
+
+
+def test_serve_answers_each_kind_as_the_pipeline_does(trained_kinds):
+    from fastapi.testclient import TestClient
+    from finetune_bert.serving.app import create_app
+
+    with TestClient(create_app(str(trained_kinds["multi-label"]))) as client:
+        answer = client.post("/predict", json={"inputs": "great camera"}).json()
+        assert {a["label"] for a in answer} == {"neg", "pos", "tech"} and all("above_threshold" in a for a in answer)
+        assert abs(sum(a["score"] for a in answer) - 1.0) > 1e-3
+        refused = client.post("/predict", json={"inputs": "x", "parameters": {"function_to_apply": "softmax"}})
+        assert refused.status_code == 422 and "sigmoid" in refused.json()["error"]
+        assert client.get("/info").json()["task"] == "multi-label"
+    with TestClient(create_app(str(trained_kinds["regression"]))) as client:
+        answer = client.post("/predict", json={"inputs": ["good great", "bad awful"]}).json()
+        assert [a[0]["label"] for a in answer] == ["rating", "rating"] and answer[0][0]["score"] > answer[1][0]["score"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_sigkill_then_resume_gives_identical_weights_for_each_kind(kind_data, kind, tmp_path):
+    model = make_tiny_bert(tmp_path / "bert", dropout=0.1)  # dropout on: the resume must restore the RNG too
+    extra = ["--save-every", "3", "--eval-every", "4"]
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert _cli(*_train_args(model, kind_data[kind], reference, kind, *extra, epochs="1")).returncode == 0
+    killed = _cli(*_train_args(model, kind_data[kind], out, kind, *extra, epochs="1"), fault="kill@step:7")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _cli(*_train_args(model, kind_data[kind], out, kind, *extra, "--resume", epochs="1"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
