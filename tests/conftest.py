@@ -67,15 +67,15 @@ def toy_regression_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def toy_pair_rows(n: int, seed: int = 0) -> list[dict]:
-    """Pairs of short reviews, labelled 1 when both have the same sentiment: only the pair tells."""
+    """Pairs of short reviews labelled by the sentiment of the second (1: positive); the first carries a
+    sentiment word too, drawn apart from the label: a model that reads only the first text is at chance."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        first, same = rng.random() < 0.5, i % 2 == 0
-        second = first if same else not first
+        first, second = rng.random() < 0.5, i % 2 == 0
         texts = [" ".join(rng.choices(FILLER, k=rng.randint(2, 6)) + [rng.choice(POSITIVE if s else NEGATIVE)])
                  for s in (first, second)]
-        rows.append({"sentence1": texts[0], "sentence2": texts[1], "label": int(same)})
+        rows.append({"sentence1": texts[0], "sentence2": texts[1], "label": int(second)})
     return rows
 
 

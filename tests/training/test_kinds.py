@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import PYTHON, _env, make_tiny_bert, toy_multilabel_rows, toy_regression_rows, write_csv
+from conftest import PYTHON, _env, make_tiny_bert, toy_multilabel_rows, toy_pair_rows, toy_regression_rows, write_csv
 
 
 def _cli(*args, fault="", timeout=300):
@@ -152,3 +152,89 @@ def test_sigkill_then_resume_gives_identical_weights_for_each_kind(kind_data, ki
     assert "resumed from" in resumed.stdout
     a, b = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+
+
+@pytest.fixture(scope="module")
+def pair_model(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    data = {"train": write_csv(folder / "train.csv", toy_pair_rows(240, seed=1)),
+            "test": write_csv(folder / "test.csv", toy_pair_rows(60, seed=2))}
+    done = _cli("train", "--data", str(data["train"]), "--test-data", str(data["test"]), "--model", str(tiny_model),
+                "--output", str(folder / "model"), "--epochs", "4", "--batch-size", "16", "--lr", "1e-2",
+                "--max-length", "32", "--seed", "0", "--num-threads", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "model", data
+
+
+def test_a_pair_model_reads_both_texts_everywhere(pair_model, tmp_path):
+    from transformers import pipeline
+    from finetune_bert import load
+
+    model, data = pair_model
+    info = json.loads((model / "finetune_bert.json").read_text())
+    assert info["pair_column"] == "sentence2" and info["text_column"] == "sentence1"
+    assert json.loads((model / "metrics.json").read_text())["test"]["accuracy"] > 0.9  # the label is in the pair
+    clf = load(model, device="cpu", backend="torch-fp32")
+    pairs = [("the film", "loved it"), ("loved it", "the film hated")]
+    ours = clf.predict_proba(pairs)
+    pipe = pipeline("text-classification", model=str(model), top_k=None, device="cpu")
+    for row, answer in zip(ours, pipe([{"text": a, "text_pair": b} for a, b in pairs])):
+        theirs = {a["label"]: a["score"] for a in answer}
+        assert np.allclose([theirs[n] for n in clf.label_names], row, atol=1e-5)
+    assert clf.predict({"text": "the film", "text_pair": "loved it"}).label == "1"
+    with pytest.raises(Exception, match="reads text pairs"):
+        clf.predict("the film")
+    done = _cli("predict", "--model", str(model), "--input", str(data["test"]), "--output", str(tmp_path / "p.csv"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 60 and rows[0]["text_pair"] and sum(r["predicted"] == r["true_label"] for r in rows) > 50
+    done = _cli("predict", "--model", str(model), '{"text": "the film", "text_pair": "hated it"}')
+    assert done.returncode == 0 and done.stdout.startswith("0\t"), done.stderr
+    done = _cli("predict", "--model", str(model), "just one text")
+    assert done.returncode == 2 and "reads text pairs; give each as JSON" in done.stderr
+
+
+def test_serve_takes_pairs_in_the_hugging_face_form(pair_model):
+    from fastapi.testclient import TestClient
+    from finetune_bert.serving.app import create_app
+
+    with TestClient(create_app(str(pair_model[0]))) as client:
+        answer = client.post("/predict", json={"inputs": {"text": "the film", "text_pair": "loved it"}}).json()
+        assert answer[0]["label"] == "1"
+        refused = client.post("/predict", json={"inputs": "the film"})
+        assert refused.status_code == 422 and "text_pair" in refused.json()["error"]
+        refused = client.post("/predict", json={"inputs": [{"text": "a film", "text_pair": " "}]})
+        assert refused.status_code == 422 and "inputs[0].text_pair" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("kind", ["multi-label", "regression", "pairs"])
+def test_the_onnx_export_gives_each_kind_the_same_numbers(trained_kinds, pair_model, kind, tmp_path):
+    import shutil
+    from finetune_bert import load
+
+    source = pair_model[0] if kind == "pairs" else trained_kinds[kind]
+    model = shutil.copytree(source, tmp_path / "model")
+    done = _cli("export", "--model", str(model))
+    assert done.returncode == 0, done.stderr[-2000:]
+    items = [("the film", "loved it"), ("a camera", "bad hated")] if kind == "pairs" else \
+        ["great camera story", "bad plot awful", "the very quite"]
+    torch_out = load(model, device="cpu", backend="torch-fp32").predict(items)
+    onnx_out = load(model, backend="onnx").predict(items)
+    for a, b in zip(torch_out, onnx_out):
+        if kind == "regression":
+            assert abs(a.value - b.value) < 1e-4
+        elif kind == "multi-label":
+            assert a.labels == b.labels and all(abs(a.scores[n] - b.scores[n]) < 1e-4 for n in a.scores)
+        else:
+            assert a.label == b.label and abs(a.confidence - b.confidence) < 1e-4
+
+
+def test_export_checks_a_regression_model_on_data(trained_kinds, kind_data, tmp_path):
+    import shutil
+
+    model = shutil.copytree(trained_kinds["regression"], tmp_path / "model")
+    done = _cli("export", "--model", str(model), "--data", str(kind_data["regression"]["test"]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads((model / "onnx" / "export.json").read_text())["on_data"]["backends"]
+    assert seen["onnx"]["max_abs_prob_diff"] < 1e-3 and "label_agreement" not in seen["onnx"]
+    assert "max |value - torch's|" in done.stdout

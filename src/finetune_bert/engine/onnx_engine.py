@@ -60,17 +60,18 @@ class ExportedConfig:
     model_type: str
     max_position_embeddings: int | None
     vocab_size: int | None
+    problem_type: str | None = None  # what the outputs mean (tasks.task_of_config); exports before it: None
 
     @classmethod
     def of(cls, config) -> "ExportedConfig":
         return cls(config.num_labels, {int(k): str(v) for k, v in config.id2label.items()},
                    getattr(config, "model_type", ""), getattr(config, "max_position_embeddings", None),
-                   getattr(config, "vocab_size", None))
+                   getattr(config, "vocab_size", None), getattr(config, "problem_type", None))
 
     def as_json(self) -> dict[str, Any]:
         return {"num_labels": self.num_labels, "id2label": {str(k): v for k, v in self.id2label.items()},
                 "model_type": self.model_type, "max_position_embeddings": self.max_position_embeddings,
-                "vocab_size": self.vocab_size}
+                "vocab_size": self.vocab_size, "problem_type": self.problem_type}
 
 
 def standalone(folder: Path) -> tuple[ExportedConfig, onnx_tokenizer.TokenizerFile] | None:
@@ -100,7 +101,7 @@ def _parts_as_written(config: Any, tokenizer: Any) -> bool:
     return isinstance(labels, dict) and set(labels) == {str(i) for i in range(config["num_labels"])} and \
         all(isinstance(v, str) for v in labels.values()) and \
         _has(config, model_type=lambda v: isinstance(v, str), max_position_embeddings=_none_or_count,
-             vocab_size=_none_or_count) and \
+             vocab_size=_none_or_count) and isinstance(config.get("problem_type"), (str, type(None))) and \
         _has(tokenizer, pad_token_id=_none_or_count, model_max_length=_none_or_count, sha256=_digest) and \
         isinstance(tokenizer.get("type_ids", True), bool)  # exports before text pairs do not record it
 

@@ -40,6 +40,7 @@ from finetune_bert.engine.onnx_engine import (EXPORT_DIR, FILES, MANIFEST, SOURC
                                               OnnxEngine, graph_stamp, head_record, owned_files, weights_stamp)
 from finetune_bert.safefiles import disk_error, write_text_atomic
 from finetune_bert.data.tokens import Encoded, pad_id, pair_template, special_tokens
+from finetune_bert.data.labels import LabelSpec
 from finetune_bert.tasks import CLASSIFICATION, DEFAULT_THRESHOLD, MULTI_LABEL, activate, task_of_config
 
 
@@ -111,7 +112,10 @@ def _checked(model: ModelFolder, folder: Path, cfg: ExportConfig) -> tuple[Path,
         from finetune_bert.inference.files import input_rows
 
         try:
-            rows = input_rows(cfg.data, rows_per_chunk=cfg.rows, on_bad_rows="skip")
+            info = model.info  # a pair model's rows are pairs, read from training's columns
+            columns = (info.text_column, None, info.pair_column) if info.pair_column else (None, None)
+            rows = input_rows(cfg.data, columns, rows_per_chunk=cfg.rows, on_bad_rows="skip",
+                              spec=LabelSpec(info.task, info.label_separator))
             rows.check()
         except UserError as exc:
             found.append(f"--data {exc}" if not str(exc).startswith("--") else str(exc))
@@ -248,21 +252,24 @@ def _on_data(model: ModelFolder, data: str, chunks, backends: list[str]) -> dict
 
     split = next(iter(chunks))
     reference = load(model, device="cpu", backend="torch-fp32")
-    torch_probs = reference.predict_proba(split.texts)
+
+    def logits_of(clf) -> np.ndarray:
+        return clf.logits_of([clf.prepare(split.texts, pairs=split.pairs)[0]])
+
+    torch_logits, task = logits_of(reference), reference.task
     truth = None
-    if split.labels is not None:
+    if split.labels is not None and task == CLASSIFICATION:  # accuracy: of one class per text
         to_id = reference.labels.to_id
         ids = [to_id.get(v, to_id.get(str(v))) for v in split.labels]
         truth = np.array(ids) if None not in ids else None
     found: dict[str, Any] = {"data": data, "rows": len(split.texts), "backends": {}}
     if truth is not None:
-        found["torch_accuracy"] = float((torch_probs.argmax(1) == truth).mean())
+        found["torch_accuracy"] = float((torch_logits.argmax(1) == truth).mean())
     for backend in backends:
-        probs = load(model, device="cpu", backend=backend).predict_proba(split.texts)
-        seen = {"label_agreement": float((probs.argmax(1) == torch_probs.argmax(1)).mean()),
-                "max_abs_prob_diff": float(np.abs(probs - torch_probs).max())}
+        logits = logits_of(load(model, device="cpu", backend=backend))
+        seen = _agreement(logits, torch_logits, task, tuple(reference.thresholds))
         if truth is not None:
-            seen["accuracy"] = float((probs.argmax(1) == truth).mean())
+            seen["accuracy"] = float((logits.argmax(1) == truth).mean())
         found["backends"][backend] = seen
     return found
 
@@ -300,8 +307,9 @@ def describe(manifest: dict[str, Any], folder: str) -> str:
     for backend, seen in manifest.get("on_data", {}).get("backends", {}).items():
         acc = f", accuracy {seen['accuracy']:.2%} (torch {manifest['on_data']['torch_accuracy']:.2%})" \
             if "accuracy" in seen else ""
-        lines.append(f"  on {manifest['on_data']['rows']} rows of {manifest['on_data']['data']}: {backend} agrees "
-                     f"with torch on {seen['label_agreement']:.2%}{acc}")
+        agrees = f"agrees with torch on {seen['label_agreement']:.2%}" if "label_agreement" in seen else \
+            f"max |value - torch's| {seen['max_abs_prob_diff']:.2e}"
+        lines.append(f"  on {manifest['on_data']['rows']} rows of {manifest['on_data']['data']}: {backend} {agrees}{acc}")
     lines.append(f"use it: finetune-bert predict --model {folder} --backend "
                  f"{'onnx-int8' if 'onnx-int8' in manifest else 'onnx'} ...")
     return "\n".join(lines)
