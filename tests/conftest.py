@@ -202,3 +202,55 @@ def _args(model: Path, data: dict[str, Path], out: Path, **changes: str) -> list
                "seed": "0", "save-every": "4", "dist-timeout": "60",
                **{k.replace("_", "-"): v for k, v in changes.items()}}
     return ["train", "--no-report", *[a for k, v in options.items() for a in (f"--{k}", v)]]
+
+
+# ---------------------------------------------------------------- the other task kinds, trained once
+
+def kind_cli(*args, fault="", timeout=300):
+    env = _env(FINETUNE_BERT_FAULTS=fault)
+    return subprocess.run([PYTHON, "-m", "finetune_bert.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+TASK_KINDS = {
+    "multi-label": (toy_multilabel_rows, []),
+    "regression": (toy_regression_rows, []),
+}
+
+
+def kind_train_args(model, data, out, kind, *extra, epochs="4"):
+    return ["train", "--task", kind, "--data", str(data["train"]), "--test-data", str(data["test"]),
+            "--model", str(model), "--output", str(out), "--epochs", epochs, "--batch-size", "16", "--lr", "1e-2",
+            "--warmup-ratio", "0.05", "--max-length", "32", "--seed", "0", "--num-threads", "1", *TASK_KINDS[kind][1],
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def kind_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kinds")
+    return {kind: {"train": write_csv(folder / f"{kind}-train.csv", rows(240, seed=1)),
+                   "test": write_csv(folder / f"{kind}-test.csv", rows(60, seed=2))}
+            for kind, (rows, _) in TASK_KINDS.items()}
+
+
+@pytest.fixture(scope="session")
+def trained_kinds(tiny_model, kind_data, tmp_path_factory):
+    out = {}
+    for kind in TASK_KINDS:
+        folder = tmp_path_factory.mktemp(kind) / "model"
+        done = kind_cli(*kind_train_args(tiny_model, kind_data[kind], folder, kind))
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[kind] = folder
+    return out
+
+
+@pytest.fixture(scope="session")
+def pair_model(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    data = {"train": write_csv(folder / "train.csv", toy_pair_rows(240, seed=1)),
+            "test": write_csv(folder / "test.csv", toy_pair_rows(60, seed=2))}
+    done = kind_cli("train", "--data", str(data["train"]), "--test-data", str(data["test"]), "--model",
+                    str(tiny_model), "--output", str(folder / "model"), "--epochs", "4", "--batch-size", "16",
+                    "--lr", "1e-2", "--max-length", "32", "--seed", "0", "--num-threads", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "model", data

@@ -267,3 +267,24 @@ def test_the_readmes_multi_node_command_trains_the_same_model(tiny_model, toy_da
     assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in ends]
     assert sum("model saved to" in stdout for stdout, _ in ends) == 1  # one machine's rank 0 speaks
     assert _largest_difference(out, one) <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["multi-label", "regression"])
+def test_two_processes_train_each_kind_as_one_does(tiny_model, kind_data, kind, tmp_path):
+    """The other kinds' losses, calibration and thresholds under DDP: the same model and numbers as one process."""
+    from conftest import kind_train_args
+
+    alone, shared = tmp_path / "one", tmp_path / "two"
+    args = kind_train_args(tiny_model, kind_data[kind], alone, kind, "--dist-timeout", "60", "--no-report",
+                           epochs="2")
+    _made(_torchrun(args), alone)
+    _made(_launch([str(shared) if a == str(alone) else a for a in map(str, args)]), shared)
+    assert _largest_difference(alone, shared) <= TOLERANCE
+    m1, m2 = _metrics(alone), _metrics(shared)
+    key = "f1_macro" if kind == "multi-label" else "rmse"
+    assert m1["best_step"] == m2["best_step"] and m1["test"][key] == pytest.approx(m2["test"][key], abs=1e-3)
+    i1, i2 = (json.loads((f / "finetune_bert.json").read_text()) for f in (alone, shared))
+    if kind == "multi-label":
+        assert np.allclose(i1["thresholds"], i2["thresholds"], atol=1e-3)
+    else:
+        assert i1["target_scale"] == i2["target_scale"]

@@ -404,3 +404,18 @@ def test_bad_data_stops_tune_before_it_makes_its_folder(tiny_model, tmp_path):
     with pytest.raises(UserError, match="line 3, column 'text': text is empty"):
         tune(data=str(bad), model=str(tiny_model), output=str(tmp_path / "study"), trials=1)
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("task, metric, direction", [("multi-label", "f1_macro", "MAXIMIZE"),
+                                                     ("regression", "rmse", "MINIMIZE")])
+def test_tune_optimises_the_kinds_default_metric(tiny_model, data, tmp_path, task, metric, direction):
+    from conftest import toy_multilabel_rows, toy_regression_rows, write_csv
+    rows = toy_multilabel_rows(120, seed=6) if task == "multi-label" else toy_regression_rows(120, seed=6)
+    train = write_csv(tmp_path / "train.csv", rows)
+    result = _tune(tiny_model, {**data, "train": train}, tmp_path / "study", task=task, trials=2)
+    study = _study(tmp_path / "study")
+    assert study.direction.name == direction and len(study.trials) == 2
+    best = json.loads((tmp_path / "study" / "best" / "metrics.json").read_text())
+    assert best["task"] == task and best["validation"][metric] == pytest.approx(study.best_value)
+    assert json.loads((tmp_path / "study" / "best" / "run_config.json").read_text())["metric"] == metric
+    assert result is not None

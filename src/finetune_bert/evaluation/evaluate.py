@@ -65,6 +65,9 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     target, skipped_at = _metrics_path(folder, cfg.data, cfg.output, skipping=cfg.on_bad_rows == "skip")
     errors_at, html_at = target.with_name(target.stem + ".errors.csv"), target.with_suffix(".html")
     labels = LabelMap.of(folder.config(), folder.info)
+    if cfg.errors and labels.spec.task != CLASSIFICATION:
+        raise UserError(f"--errors lists a classifier's most confident mistakes; {cfg.model} is a {labels.spec.task} "
+                        "model: drop --errors")
     rows = labelled_rows(cfg.data, labels, clean=folder.info.clean, columns=read_columns(cfg, folder.info, True),
                          on_bad_rows=cfg.on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, cfg.batch_size))
     total = rows.check()
@@ -78,8 +81,9 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     progress.close()
     worst = mistakes.rows()
     metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, skipped_rows=len(rows.skipped),
-                   reading=dataclasses.asdict(cfg.reading()), reading_used=clf.reading_json(),
-                   mistakes=[{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]])
+                   reading=dataclasses.asdict(cfg.reading()), reading_used=clf.reading_json())
+    if clf.task == CLASSIFICATION:  # confident mistakes are a classifier's: the others have no such list
+        metrics["mistakes"] = [{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]]
     console.say(format_any(metrics, f"{cfg.data} ({metrics['n']} texts; {clf.reading_text()})"))
     if "uncalibrated" in metrics:
         u = metrics["uncalibrated"]

@@ -55,7 +55,8 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     if "test" in job.enc:
         split, logits = "test", _score_test(job, done, metrics)
     console.say(done.summary(metrics["calibration"]))
-    metrics["mistakes"] = _mistakes(job, split, logits) if job.ds.task == CLASSIFICATION else []
+    if job.ds.task == CLASSIFICATION:  # confident mistakes are a classifier's: the others have no such list
+        metrics["mistakes"] = _mistakes(job, split, logits)
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.write_text("README.md", model_card(cfg, job.report, metrics))

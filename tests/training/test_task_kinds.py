@@ -11,45 +11,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import PYTHON, _env, make_tiny_bert, toy_multilabel_rows, toy_pair_rows, toy_regression_rows, write_csv
-
-
-def _cli(*args, fault="", timeout=300):
-    env = _env(FINETUNE_BERT_FAULTS=fault)
-    return subprocess.run([PYTHON, "-m", "finetune_bert.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
-
-KINDS = {
-    "multi-label": (toy_multilabel_rows, []),
-    "regression": (toy_regression_rows, []),
-}
-
-
-def _train_args(model, data, out, kind, *extra, epochs="4"):
-    return ["train", "--task", kind, "--data", str(data["train"]), "--test-data", str(data["test"]),
-            "--model", str(model), "--output", str(out), "--epochs", epochs, "--batch-size", "16", "--lr", "1e-2",
-            "--warmup-ratio", "0.05", "--max-length", "32", "--seed", "0", "--num-threads", "1", *KINDS[kind][1],
-            *extra]
-
-
-@pytest.fixture(scope="module")
-def kind_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("kinds")
-    return {kind: {"train": write_csv(folder / f"{kind}-train.csv", rows(240, seed=1)),
-                   "test": write_csv(folder / f"{kind}-test.csv", rows(60, seed=2))}
-            for kind, (rows, _) in KINDS.items()}
-
-
-@pytest.fixture(scope="module")
-def trained_kinds(tiny_model, kind_data, tmp_path_factory):
-    out = {}
-    for kind in KINDS:
-        folder = tmp_path_factory.mktemp(kind) / "model"
-        done = _cli(*_train_args(tiny_model, kind_data[kind], folder, kind))
-        assert done.returncode == 0, done.stderr[-3000:]
-        out[kind] = folder
-    return out
+from conftest import TASK_KINDS, kind_cli, kind_train_args, make_tiny_bert
 
 
 def test_the_folder_records_the_kind_for_transformers_and_for_us(trained_kinds):
@@ -102,17 +64,17 @@ def test_pipeline_gives_the_regression_value_of_load_in_the_targets_units(traine
         clf.predict_proba(texts)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(TASK_KINDS))
 def test_evaluate_and_predict_read_the_kind_from_the_folder(trained_kinds, kind_data, kind, tmp_path):
     model, test = trained_kinds[kind], kind_data[kind]["test"]
-    done = _cli("evaluate", "--model", str(model), "--data", str(test), "--output", str(tmp_path / "e.json"),
-                *KINDS[kind][1])
+    done = kind_cli("evaluate", "--model", str(model), "--data", str(test), "--output", str(tmp_path / "e.json"),
+                *TASK_KINDS[kind][1])
     assert done.returncode == 0, done.stderr[-2000:]
     evaluated = json.loads((tmp_path / "e.json").read_text())
     trained = json.loads((model / "metrics.json").read_text())["test"]
     key = "f1_macro" if kind == "multi-label" else "rmse"
     assert evaluated["task"] == kind and evaluated[key] == pytest.approx(trained[key], abs=1e-4)
-    done = _cli("predict", "--model", str(model), "--input", str(test), "--output", str(tmp_path / "p.csv"))
+    done = kind_cli("predict", "--model", str(model), "--input", str(test), "--output", str(tmp_path / "p.csv"))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 60 and "true_label" in rows[0]
@@ -139,31 +101,19 @@ def test_serve_answers_each_kind_as_the_pipeline_does(trained_kinds):
         assert [a[0]["label"] for a in answer] == ["rating", "rating"] and answer[0][0]["score"] > answer[1][0]["score"]
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(TASK_KINDS))
 def test_sigkill_then_resume_gives_identical_weights_for_each_kind(kind_data, kind, tmp_path):
     model = make_tiny_bert(tmp_path / "bert", dropout=0.1)  # dropout on: the resume must restore the RNG too
     extra = ["--save-every", "3", "--eval-every", "4"]
     reference, out = tmp_path / "reference", tmp_path / "run"
-    assert _cli(*_train_args(model, kind_data[kind], reference, kind, *extra, epochs="1")).returncode == 0
-    killed = _cli(*_train_args(model, kind_data[kind], out, kind, *extra, epochs="1"), fault="kill@step:7")
+    assert kind_cli(*kind_train_args(model, kind_data[kind], reference, kind, *extra, epochs="1")).returncode == 0
+    killed = kind_cli(*kind_train_args(model, kind_data[kind], out, kind, *extra, epochs="1"), fault="kill@step:7")
     assert killed.returncode == -9, killed.stderr[-2000:]
-    resumed = _cli(*_train_args(model, kind_data[kind], out, kind, *extra, "--resume", epochs="1"))
+    resumed = kind_cli(*kind_train_args(model, kind_data[kind], out, kind, *extra, "--resume", epochs="1"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
     a, b = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
-
-
-@pytest.fixture(scope="module")
-def pair_model(tiny_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pairs")
-    data = {"train": write_csv(folder / "train.csv", toy_pair_rows(240, seed=1)),
-            "test": write_csv(folder / "test.csv", toy_pair_rows(60, seed=2))}
-    done = _cli("train", "--data", str(data["train"]), "--test-data", str(data["test"]), "--model", str(tiny_model),
-                "--output", str(folder / "model"), "--epochs", "4", "--batch-size", "16", "--lr", "1e-2",
-                "--max-length", "32", "--seed", "0", "--num-threads", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "model", data
 
 
 def test_a_pair_model_reads_both_texts_everywhere(pair_model, tmp_path):
@@ -184,13 +134,13 @@ def test_a_pair_model_reads_both_texts_everywhere(pair_model, tmp_path):
     assert clf.predict({"text": "the film", "text_pair": "loved it"}).label == "1"
     with pytest.raises(Exception, match="reads text pairs"):
         clf.predict("the film")
-    done = _cli("predict", "--model", str(model), "--input", str(data["test"]), "--output", str(tmp_path / "p.csv"))
+    done = kind_cli("predict", "--model", str(model), "--input", str(data["test"]), "--output", str(tmp_path / "p.csv"))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 60 and rows[0]["text_pair"] and sum(r["predicted"] == r["true_label"] for r in rows) > 50
-    done = _cli("predict", "--model", str(model), '{"text": "the film", "text_pair": "hated it"}')
+    done = kind_cli("predict", "--model", str(model), '{"text": "the film", "text_pair": "hated it"}')
     assert done.returncode == 0 and done.stdout.startswith("0\t"), done.stderr
-    done = _cli("predict", "--model", str(model), "just one text")
+    done = kind_cli("predict", "--model", str(model), "just one text")
     assert done.returncode == 2 and "reads text pairs; give each as JSON" in done.stderr
 
 
@@ -214,7 +164,7 @@ def test_the_onnx_export_gives_each_kind_the_same_numbers(trained_kinds, pair_mo
 
     source = pair_model[0] if kind == "pairs" else trained_kinds[kind]
     model = shutil.copytree(source, tmp_path / "model")
-    done = _cli("export", "--model", str(model))
+    done = kind_cli("export", "--model", str(model))
     assert done.returncode == 0, done.stderr[-2000:]
     items = [("the film", "loved it"), ("a camera", "bad hated")] if kind == "pairs" else \
         ["great camera story", "bad plot awful", "the very quite"]
@@ -233,8 +183,29 @@ def test_export_checks_a_regression_model_on_data(trained_kinds, kind_data, tmp_
     import shutil
 
     model = shutil.copytree(trained_kinds["regression"], tmp_path / "model")
-    done = _cli("export", "--model", str(model), "--data", str(kind_data["regression"]["test"]))
+    done = kind_cli("export", "--model", str(model), "--data", str(kind_data["regression"]["test"]))
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads((model / "onnx" / "export.json").read_text())["on_data"]["backends"]
     assert seen["onnx"]["max_abs_prob_diff"] < 1e-3 and "label_agreement" not in seen["onnx"]
     assert "max |value - torch's|" in done.stdout
+
+
+@pytest.mark.parametrize("kind, figure", [("multi-label", "F1"), ("regression", "predicted")])
+def test_each_kinds_report_renders_in_headless_chromium(trained_kinds, kind, figure):
+    """As a person sees it: no console error, every figure decoded, and the kind's own figure there."""
+    from conftest import _browser
+
+    driver, reason = _browser()
+    if driver is None:
+        pytest.skip(reason)
+    try:
+        driver.get(f"file://{trained_kinds[kind]}/report.html")
+        assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+        assert images and all(done and w > 100 and h > 100 for done, w, h, _ in images), images
+        assert any(figure in alt for *_, alt in images), images
+        text = driver.find_element("tag name", "body").text
+        assert ("threshold" in text) if kind == "multi-label" else ("RMSE" in text)
+    finally:
+        driver.quit()

@@ -1,0 +1,49 @@
+"""training/kinds.py: each kind's loss and weights, and a regression head's target scaling folded exactly."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune_bert.training.kinds import fold_scale, loss_sum, loss_weights
+
+
+def test_each_kinds_loss_is_the_summed_per_text_loss():
+    torch.manual_seed(0)
+    logits, hot = torch.randn(5, 3), (torch.rand(5, 3) > 0.5).float()
+    ids, targets = torch.tensor([0, 2, 1, 1, 0]), torch.randn(5)
+    assert torch.allclose(loss_sum("classification", logits, ids, None), F.cross_entropy(logits, ids) * 5)
+    assert torch.allclose(loss_sum("multi-label", logits, hot, None),
+                          F.binary_cross_entropy_with_logits(logits, hot) * 5)  # mean over labels, summed over texts
+    assert torch.allclose(loss_sum("regression", logits[:, :1], targets, None), F.mse_loss(logits[:, 0], targets) * 5)
+    weights = torch.tensor([1.0, 4.0, 0.5])
+    assert torch.allclose(loss_sum("multi-label", logits, hot, weights),
+                          F.binary_cross_entropy_with_logits(logits, hot, pos_weight=weights) * 5)
+
+
+def test_auto_weights_are_inverse_frequency_or_each_labels_negatives_over_positives():
+    hot = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
+    assert loss_weights("multi-label", hot, 2, torch.device("cpu")).tolist() == pytest.approx([1 / 3, 3.0])
+    ids = np.array([0, 0, 0, 1])
+    assert loss_weights("classification", ids, 2, torch.device("cpu")).tolist() == pytest.approx([4 / 6, 4 / 2])
+    assert loss_weights("regression", np.zeros(4, dtype=np.float32), 1, torch.device("cpu")) is None
+
+
+def test_the_target_scaling_folds_into_the_head_exactly_and_back():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1, problem_type="regression")
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 30, (4, 7))
+    with torch.no_grad():
+        z = model(input_ids=ids).logits[:, 0]
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        folded = fold_scale(weights, model, (5.5, 3.0))
+        model.load_state_dict(folded)
+        value = model(input_ids=ids).logits[:, 0]
+    assert torch.allclose(value, z * 3.0 + 5.5, atol=1e-5)  # the model now answers in the targets' units
+    back = fold_scale(folded, model, (5.5, 3.0), undo=True)
+    assert all(torch.allclose(back[k], weights[k], atol=1e-6) for k in weights)
+    assert fold_scale(weights, model, (0.0, 1.0)) is weights  # no scaling: nothing to fold
