@@ -209,3 +209,22 @@ def test_each_kinds_report_renders_in_headless_chromium(trained_kinds, kind, fig
         assert ("threshold" in text) if kind == "multi-label" else ("RMSE" in text)
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("kind", list(TASK_KINDS))
+def test_long_texts_are_read_whole_for_each_kind_as_the_mean_of_window_logits(trained_kinds, kind):
+    import torch
+    from finetune_bert import load
+    from finetune_bert.inference.reading import Reading
+    from finetune_bert.tasks import activate
+
+    clf = load(trained_kinds[kind], device="cpu", backend="torch-fp32", reading=Reading(long_texts="chunks"))
+    text = " ".join(["great camera but the plot was bad"] * 12)  # well over the model's 32 tokens
+    windows, _ = clf.prepare([text])
+    assert len(windows.encoded) > 2
+    with torch.no_grad():
+        mean = clf.engine.logits(windows.encoded, 8).numpy().mean(axis=0, keepdims=True)
+    if kind == "regression":
+        assert clf.predict(text).value == pytest.approx(float(mean[0, 0]), abs=1e-5)
+    else:
+        assert np.allclose(clf.predict_proba(text), activate(mean, kind)[0], atol=1e-5)
