@@ -43,12 +43,10 @@ def test_report_warns_on_severe_imbalance():
 
 def test_class_weights_auto_is_inverse_frequency():
     import torch
-    from finetune_bert.training.config import TrainConfig
-    from finetune_bert.training.job import _class_weights
+    from finetune_bert.training.kinds import loss_weights
 
-    w = _class_weights(TrainConfig(class_weights="auto"), np.array([0] * 90 + [1] * 10), 2, torch.device("cpu"))
+    w = loss_weights("classification", np.array([0] * 90 + [1] * 10), 2, torch.device("cpu"))
     assert torch.allclose(w, torch.tensor([100 / 180, 100 / 20]))
-    assert _class_weights(TrainConfig(), np.array([0, 1]), 2, torch.device("cpu")) is None
 
 
 def test_report_describes_train_as_given_before_the_validation_split():

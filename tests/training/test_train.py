@@ -44,7 +44,8 @@ def test_the_model_cards_pipeline_snippet_reads_a_text_longer_than_the_model(tra
     from pathlib import Path
     from transformers import pipeline
     card = (Path(trained.output) / "README.md").read_text()
-    assert 'pipeline("text-classification", model="PATH_TO_THIS_FOLDER", truncation=True)' in card
+    assert 'pipeline("text-classification", model="PATH_TO_THIS_FOLDER", truncation=True, top_k=None)' in card
+    assert "every label with its probability (they sum to 1)" in card
     clf = pipeline("text-classification", model=trained.output, device="cpu", truncation=True)
     long_text = " ".join(["the film was good and wonderful"] * 60)  # 300 words; the tiny model takes 64 tokens
     assert clf(long_text)[0]["label"] in ("positive", "negative")
