@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-test-samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-baseline", action="store_true", help="ours only (the baseline measured in another run)")
     args, extra = parser.parse_known_args()
     sampled = [*(["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []),
                *(["--max-test-samples", str(args.max_test_samples)] if args.max_test_samples else []),
@@ -100,7 +101,7 @@ def main() -> None:
     metrics, seconds = ours(args.dataset, Path(args.out) / args.dataset, sampled + extra)
     mine = headline(args.dataset, metrics)
     started = time.perf_counter()
-    theirs = baseline(args.dataset, args.max_train_samples, args.max_test_samples, args.seed)
+    theirs = {} if args.no_baseline else baseline(args.dataset, args.max_train_samples, args.max_test_samples, args.seed)
     print(json.dumps({"dataset": args.dataset, "date": now(), "cpu": cpu_model(), "train_rows": metrics["train"]["examples"],
                       "test_rows": metrics["test"]["n"], "ours": mine, "baseline": theirs,
                       "difference": {k: round(mine[k] - theirs[k], 4) for k in mine if theirs.get(k) is not None},

@@ -47,3 +47,29 @@ def test_the_target_scaling_folds_into_the_head_exactly_and_back():
     back = fold_scale(folded, model, (5.5, 3.0), undo=True)
     assert all(torch.allclose(back[k], weights[k], atol=1e-6) for k in weights)
     assert fold_scale(weights, model, (0.0, 1.0)) is weights  # no scaling: nothing to fold
+
+
+def test_the_prior_correction_undoes_pos_weight_exactly_at_the_weighted_optimum():
+    """A label with base rate p trained with pos_weight w settles at logit(p) + log w; the correction gives p."""
+    from finetune_bert.training.kinds import prior_correction, shift_bias
+
+    p, w = torch.tensor([0.02, 0.3]), torch.tensor([49.0, 7 / 3])
+    z = torch.zeros(2, requires_grad=True)  # a bias-only model of each label, fitted on the weighted loss
+    optimizer = torch.optim.LBFGS([z], max_iter=200)
+
+    def loss():
+        optimizer.zero_grad()
+        value = -(w * p * F.logsigmoid(z) + (1 - p) * F.logsigmoid(-z)).sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    corrected = z.detach() + prior_correction(w)
+    assert torch.allclose(torch.sigmoid(corrected), p, atol=1e-4)
+    assert prior_correction(None) is None
+    layer = torch.nn.Linear(3, 2)
+    model = torch.nn.Sequential()
+    model.add_module("classifier", layer)
+    model.config = type("C", (), {"num_labels": 2})()
+    shifted = shift_bias(dict(model.state_dict()), model, torch.tensor([-1.0, 2.0]))
+    assert torch.allclose(shifted["classifier.bias"], layer.bias.detach() + torch.tensor([-1.0, 2.0]))

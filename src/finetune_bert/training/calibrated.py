@@ -17,6 +17,7 @@ from finetune_bert.evaluation.calibration import (calibrate, calibrate_labels, l
                                                    summary_line)
 from finetune_bert.evaluation.scoring import score_logits, thresholds_for
 from finetune_bert.tasks import MULTI_LABEL, REGRESSION, Scoring
+from finetune_bert.training.kinds import prior_correction, shift_bias
 
 
 @dataclass
@@ -64,6 +65,9 @@ def calibrate_kind(job) -> Calibrated:
 
 def _multi_label(job) -> Calibrated:
     engine, val, names, size = job.engine, job.enc["validation"], job.ds.label_names, job.state.eval_batch_size
+    shift = prior_correction(job.step_options.weights)
+    if shift is not None:  # --class-weights auto: the labels' odds back as they are, before any temperature
+        engine.load_weights(shift_bias(engine.weights(), engine.model, shift))
     temps, measures, logits = calibrate_labels(engine, val, names, size, job.cfg.calibrate)
     values = [t.value for t in temps]
     thresholds = thresholds_for(logits, val, job.scoring, tune=True)
@@ -71,10 +75,12 @@ def _multi_label(job) -> Calibrated:
     how = f"--threshold {job.cfg.threshold}" if job.cfg.threshold is not None else \
         "each label's threshold tuned on validation for its best F1"
     note = (f"{kept} of {len(temps)} labels calibrated with their own temperature on {len(val)} validation rows"
-            if job.cfg.calibrate else "not calibrated: --no-calibrate") + f"; decisions: {how}"
+            if job.cfg.calibrate else "not calibrated: --no-calibrate") + f"; decisions: {how}" + \
+        ("; each label's logit lowered by log of its pos_weight (--class-weights auto)" if shift is not None else "")
     scoring = Scoring(MULTI_LABEL, thresholds=tuple(float(x) for x in thresholds))
     record = {"note": note, "temperatures": values, "thresholds": list(scoring.thresholds), "validation": measures,
-              "label_notes": {n: t.note for n, t in zip(names, temps)}}
+              "label_notes": {n: t.note for n, t in zip(names, temps)},
+              **({"prior_correction": shift.tolist()} if shift is not None else {})}
 
     def score(engine, encoded, label_names, batch_size):
         after = engine.logits(encoded, batch_size)

@@ -58,3 +58,18 @@ def fold_scale(weights: dict[str, torch.Tensor], model, scale: tuple[float, floa
     else:
         out[w], out[b] = out[w] * std, out[b] * std + mean
     return out
+
+
+def shift_bias(weights: dict[str, torch.Tensor], model, shift: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state dict with `shift` (one value per output) added to the head's bias: each logit moved by it."""
+    out = dict(weights)
+    name = f"{head_layer(model)}.bias"
+    out[name] = out[name] + shift.to(out[name].dtype).to(out[name].device)
+    return out
+
+
+def prior_correction(pos_weight: torch.Tensor | None) -> torch.Tensor | None:
+    """What undoes BCE's pos_weight in the logits: a label whose positives weigh w is learned with its logit
+    raised by log w (the weighted optimum is sigmoid(z) = w p / (w p + 1 - p)), so its probabilities would
+    overstate the label; subtracting log w gives back the label's own odds. Decisions are tuned after it."""
+    return None if pos_weight is None else -torch.log(pos_weight.float().cpu())
