@@ -188,7 +188,8 @@ class Classifier:
         """What the outputs mean (class or label probabilities, or values) for one input or a list of them,
         and whether it was one. An input is a string, or for a pair model a (text, text_pair) tuple or the
         Hugging Face {"text": ..., "text_pair": ...}."""
-        single = isinstance(texts, (str, tuple, dict))
+        # a tuple is one pair for a pair model; for the others, a sequence of texts as a list is
+        single = isinstance(texts, (str, dict)) or self.pairs and isinstance(texts, tuple)
         items = [texts] if single else list(texts)
         firsts, seconds = split_pairs(items, self.pairs)
         if not firsts:
