@@ -138,6 +138,10 @@ def test_a_pair_model_reads_both_texts_everywhere(pair_model, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 60 and rows[0]["text_pair"] and sum(r["predicted"] == r["true_label"] for r in rows) > 50
+    done = kind_cli("evaluate", "--model", str(model), "--data", str(data["test"]), "--output", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    trained = json.loads((model / "metrics.json").read_text())["test"]
+    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == trained["accuracy"]
     done = kind_cli("predict", "--model", str(model), '{"text": "the film", "text_pair": "hated it"}')
     assert done.returncode == 0 and done.stdout.startswith("0\t"), done.stderr
     done = kind_cli("predict", "--model", str(model), "just one text")
