@@ -232,3 +232,20 @@ def test_long_texts_are_read_whole_for_each_kind_as_the_mean_of_window_logits(tr
         assert clf.predict(text).value == pytest.approx(float(mean[0, 0]), abs=1e-5)
     else:
         assert np.allclose(clf.predict_proba(text), activate(mean, kind)[0], atol=1e-5)
+
+
+def test_a_regressions_largest_errors_are_in_its_report_and_in_evaluate_errors(trained_kinds, kind_data, tmp_path):
+    model = trained_kinds["regression"]
+    rows = json.loads((model / "metrics.json").read_text())["largest_errors"]
+    assert len(rows) == 20 and [r["error"] for r in rows] == sorted((r["error"] for r in rows), reverse=True)
+    assert all(r["error"] == pytest.approx(abs(r["predicted"] - r["true"]), abs=1e-3) for r in rows)
+    assert "largest errors" in (model / "report.html").read_text()
+    done = kind_cli("evaluate", "--model", str(model), "--data", str(kind_data["regression"]["test"]), "--output",
+                    str(tmp_path / "e.json"), "--errors", "5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = list(csv.DictReader((tmp_path / "e.errors.csv").open()))
+    assert [r["row"] for r in written] == [r["row"] for r in rows[:5]]  # the same model, the same test rows
+    assert set(written[0]) == {"row", "text", "true", "predicted", "error"}
+    done = kind_cli("evaluate", "--model", str(trained_kinds["multi-label"]), "--data",
+                    str(kind_data["multi-label"]["test"]), "--errors", "5", "--output", str(tmp_path / "m.json"))
+    assert done.returncode == 2 and "is a multi-label model: drop --errors" in done.stderr

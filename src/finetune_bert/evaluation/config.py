@@ -14,8 +14,8 @@ class EvaluateConfig(ScoreConfig):
     label_column: str | None = opt(None, "Name of the label column (auto-detected: label, sentiment, target, class).")
     max_samples: int | None = opt(None, "Score only N rows (a seeded sample).", at_least=1)
     seed: int = opt(42, "Seed of the --max-samples sample.", at_least=0, at_most=MAX_SEED)
-    errors: int = opt(0, "Also write the N most confident mistakes (text, true label, prediction, confidence) to "
-                         "OUTPUT_NAME.errors.csv beside the metrics.", at_least=0)
+    errors: int = opt(0, "Also write the N most confident mistakes (text, true label, prediction, confidence; for a "
+                         "regression, the N largest errors) to OUTPUT_NAME.errors.csv beside the metrics.", at_least=0)
 
 
 @dataclass

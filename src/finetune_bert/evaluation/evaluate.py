@@ -26,7 +26,8 @@ from finetune_bert.evaluation.calibration import MEASURES
 from finetune_bert.evaluation.config import EvaluateConfig
 from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, metrics_for, snippet
 from finetune_bert.evaluation.tables import format_any
-from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL
+from finetune_bert.evaluation.task_metrics import LargestErrors
+from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 from finetune_bert.evaluation.report_page import evaluation_report
 from finetune_bert.inference.classifier import LabelMap, load
 from finetune_bert.inference.files import labelled_rows, read_columns
@@ -65,15 +66,16 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     target, skipped_at = _metrics_path(folder, cfg.data, cfg.output, skipping=cfg.on_bad_rows == "skip")
     errors_at, html_at = target.with_name(target.stem + ".errors.csv"), target.with_suffix(".html")
     labels = LabelMap.of(folder.config(), folder.info)
-    if cfg.errors and labels.spec.task != CLASSIFICATION:
-        raise UserError(f"--errors lists a classifier's most confident mistakes; {cfg.model} is a {labels.spec.task} "
-                        "model: drop --errors")
+    if cfg.errors and labels.spec.task == MULTI_LABEL:
+        raise UserError(f"--errors lists a classifier's most confident mistakes or a regression's largest errors; "
+                        f"{cfg.model} is a multi-label model: drop --errors")
     rows = labelled_rows(cfg.data, labels, clean=folder.info.clean, columns=read_columns(cfg, folder.info, True),
                          on_bad_rows=cfg.on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, cfg.batch_size))
     total = rows.check()
     clf = load(folder, reading=cfg.reading(), backend=cfg.backend)
     steady_heap(clf.device)
-    mistakes = ConfidentMistakes(max(cfg.errors, REPORT_MISTAKES), clf.label_names)
+    k = max(cfg.errors, REPORT_MISTAKES)
+    mistakes = LargestErrors(k) if clf.task == REGRESSION else ConfidentMistakes(k, clf.label_names)
     # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
     sample = sample_mask(total, cfg.max_samples, cfg.seed)
     progress = Progress(int(sample.sum()) if sample is not None else total, "evaluate")
@@ -82,8 +84,9 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     worst = mistakes.rows()
     metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, skipped_rows=len(rows.skipped),
                    reading=dataclasses.asdict(cfg.reading()), reading_used=clf.reading_json())
-    if clf.task == CLASSIFICATION:  # confident mistakes are a classifier's: the others have no such list
-        metrics["mistakes"] = [{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]]
+    if clf.task != MULTI_LABEL:  # a classifier's confident mistakes, a regression's largest errors
+        key = "largest_errors" if clf.task == REGRESSION else "mistakes"
+        metrics[key] = [{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]]
     console.say(format_any(metrics, f"{cfg.data} ({metrics['n']} texts; {clf.reading_text()})"))
     if "uncalibrated" in metrics:
         u = metrics["uncalibrated"]
@@ -102,7 +105,8 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
         console.say(f"note: {len(rows.skipped)} rows skipped and not scored; listed with their reasons in "
                     f"{skipped_at}", even_quiet=True)
     console.say(f"metrics written to {target}, the report to {html_at}"
-                + (f", the {len(worst[:cfg.errors])} most confident mistakes to {errors_at}" if cfg.errors else ""))
+                + (f", the {len(worst[:cfg.errors])} {'largest errors' if clf.task == REGRESSION else 'most confident mistakes'}"
+                   f" to {errors_at}" if cfg.errors else ""))
     return metrics
 
 
@@ -126,6 +130,8 @@ def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mis
         lengths = prepared.full_lengths
         truth = labels.tensor(chunk.labels)
         stream.update(logits, truth, lengths)
+        if clf.task == REGRESSION:
+            mistakes.update(logits, truth, lambda j, c=chunk: {"row": c.where[j], "text": c.texts[j]})
         if not classes:
             continue
         if raw is not None:
@@ -150,8 +156,9 @@ def _sampled(rows, sample: np.ndarray | None):
 
 
 def _write_errors(rows: list[dict[str, Any]], label_names: list[str], path: Path) -> None:
-    """The most confident mistakes, whole texts, most confident first."""
-    fields = ["row", "text", "true_label", "predicted", "confidence", *(f"prob_{n}" for n in label_names)]
+    """The most confident mistakes (a regression's largest errors), whole texts, the worst first."""
+    fields = ["row", "text", "true", "predicted", "error"] if rows and "error" in rows[0] else \
+        ["row", "text", "true_label", "predicted", "confidence", *(f"prob_{n}" for n in label_names)]
     with atomic_output(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()

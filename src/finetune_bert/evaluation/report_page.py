@@ -136,6 +136,16 @@ def _mistakes(rows: list[dict[str, Any]] | None) -> str:
             "</p>" + _table(["row", "text", "true label", "predicted", "confidence"], table, text_column=1))
 
 
+def _largest_errors(rows: list[dict[str, Any]] | None) -> str:
+    """A regression's largest errors, as confident mistakes are shown for a classifier."""
+    if not rows:
+        return ""
+    table = [[r["row"], r["text"], r["true"], r["predicted"], r["error"]] for r in rows]
+    return (f"<h2>The {len(rows)} largest errors</h2><p class=\"note\">The predictions furthest from their "
+            "targets: a wrong target in the data, or what the model has not learned. Texts shortened.</p>"
+            + _table(["row", "text", "true", "predicted", "error"], table, text_column=1))
+
+
 # What each kind's results table shows: (heading, key in the metrics dict); "at_0.5.x" reads a nested key.
 SUMMARY_COLUMNS = {
     MULTI_LABEL: [("micro F1", "f1_micro"), ("macro F1", "f1_macro"), ("macro F1 at 0.5", "at_0.5.f1_macro"),
@@ -259,7 +269,7 @@ def run_report(folder: Path) -> str:
                 f"step {metrics.get('best_step')} by validation {_esc(metric)}; training {metrics['train']['seconds']} s, "
                 f"{metrics['train']['steps']} steps.</p>", *results,
                 "<h2>Training</h2>" + _image(figures.curves(train, evals, metric), "training curves"),
-                _mistakes(metrics.get("mistakes")),
+                _mistakes(metrics.get("mistakes")), _largest_errors(metrics.get("largest_errors")),
                 "<h2>Configuration</h2>" + _table(["option", "value"], [[k, json.dumps(v)] for k, v in config.items()]),
                 f"<h2>Data</h2><pre>{_esc(data_report)}</pre>"]
     return _page(f"finetune-bert report: {folder.name}", sections)
@@ -273,7 +283,7 @@ def evaluation_report(m: dict[str, Any], name: str) -> str:
                 f"{'; ' + _esc(how) if how else ''}); metrics in {_esc(name)}.</p>",
                 *([_summary({"evaluation": m}), _per_class(m, "evaluation"), _uncalibrated(m), _confidence(m)]
                   if _task(m) == CLASSIFICATION else _task_results(m, "evaluation", {"evaluation": m}, None)),
-                _mistakes(m.get("mistakes"))]
+                _mistakes(m.get("mistakes")), _largest_errors(m.get("largest_errors"))]
     return _page(f"finetune-bert evaluation: {Path(str(m.get('data'))).name}", sections)
 
 

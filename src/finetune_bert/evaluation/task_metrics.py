@@ -8,6 +8,7 @@ the three to the same loop. The terminal tables live in tables.py and are re-exp
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 import numpy as np
@@ -164,3 +165,32 @@ class RegressionMetrics:
         out["target"] = ({"mean": float(true.mean()), "std": float(true.std()), "min": float(true.min()),
                           "max": float(true.max())} if n else dict.fromkeys(("mean", "std", "min", "max")))
         return out
+
+
+class LargestErrors:
+    """A regression's `k` predictions furthest from their targets, kept in a heap of at most k while batches
+    stream by (what confident mistakes are to a classifier: a wrong target in the data, or what the model has
+    not learned); `describe(j)` gives the j-th row of a batch as a dict, called only for rows kept."""
+
+    def __init__(self, k: int, scale: tuple[float, float] = (0.0, 1.0)):
+        self.k, self.scale = k, scale
+        self._heap: list[tuple[float, int, dict]] = []
+        self._order = 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, describe) -> None:
+        mean, std = self.scale
+        predicted = outputs.float().cpu().reshape(-1).numpy().astype(np.float64) * std + mean
+        true = targets.float().cpu().reshape(-1).numpy().astype(np.float64) * std + mean
+        for j in np.argsort(-np.abs(predicted - true), kind="stable")[:self.k]:
+            error = float(abs(predicted[j] - true[j]))
+            self._order += 1
+            item = (error, -self._order, {**describe(int(j)), "true": float(true[j]),
+                                          "predicted": round(float(predicted[j]), 4), "error": round(error, 4)})
+            if len(self._heap) < self.k:
+                heapq.heappush(self._heap, item)
+            elif item[:2] > self._heap[0][:2]:
+                heapq.heapreplace(self._heap, item)
+
+    def rows(self) -> list[dict]:
+        """Largest error first (ties: the earlier row first)."""
+        return [row for *_, row in sorted(self._heap, key=lambda x: (x[0], x[1]), reverse=True)]

@@ -15,7 +15,8 @@ from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.evaluation.metrics import ConfidentMistakes, snippet
 from finetune_bert.evaluation.scoring import score_logits
 from finetune_bert.evaluation.tables import format_any
-from finetune_bert.tasks import CLASSIFICATION, HEADLINE
+from finetune_bert.evaluation.task_metrics import LargestErrors
+from finetune_bert.tasks import CLASSIFICATION, HEADLINE, REGRESSION
 from finetune_bert.training.calibrated import Calibrated, calibrate_kind
 from finetune_bert.training.kinds import fold_scale
 from finetune_bert.inference.classifier import Classifier
@@ -55,8 +56,10 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     if "test" in job.enc:
         split, logits = "test", _score_test(job, done, metrics)
     console.say(done.summary(metrics["calibration"]))
-    if job.ds.task == CLASSIFICATION:  # confident mistakes are a classifier's: the others have no such list
+    if job.ds.task == CLASSIFICATION:  # confident mistakes are a classifier's; a regression has its largest errors
         metrics["mistakes"] = _mistakes(job, split, logits)
+    elif job.ds.task == REGRESSION:
+        metrics["largest_errors"] = _largest_errors(job, split, logits, done.scoring.scale)
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.write_text("README.md", model_card(cfg, job.report, metrics))
@@ -109,5 +112,15 @@ def _mistakes(job: Job, split: str, logits: torch.Tensor, k: int = 20) -> list[d
     data = job.ds.test if split == "test" else job.ds.val
     tracker = ConfidentMistakes(k, job.ds.label_names)
     tracker.update(logits, torch.from_numpy(job.enc[split].labels),
+                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j])})
+    return tracker.rows()
+
+
+def _largest_errors(job: Job, split: str, outputs: torch.Tensor, scale: tuple[float, float],
+                    k: int = 20) -> list[dict[str, Any]]:
+    """A regression's k predictions furthest from their targets on `split`, in the targets' units."""
+    data = job.ds.test if split == "test" else job.ds.val
+    tracker = LargestErrors(k, scale)
+    tracker.update(outputs, torch.from_numpy(job.enc[split].labels),
                    lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j])})
     return tracker.rows()
