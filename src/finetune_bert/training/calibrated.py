@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from finetune_bert.evaluation.calibration import (calibrate, calibrate_labels, label_measures, score_calibrated,
-                                                   summary_line)
+from finetune_bert.evaluation.calibration import (Temperature, calibrate, calibrate_labels, label_measures,
+                                                   score_calibrated, summary_line)
 from finetune_bert.evaluation.scoring import score_logits, thresholds_for
 from finetune_bert.tasks import MULTI_LABEL, REGRESSION, Scoring
 from finetune_bert.training.kinds import prior_correction, shift_bias
@@ -34,13 +34,12 @@ class Calibrated:
     score: Callable[..., tuple[dict[str, Any], dict[str, Any] | None, torch.Tensor]]
     decided: dict[str, Any] = field(default_factory=dict)
     log: dict[str, Any] = field(default_factory=dict)
+    fit: Temperature | None = None  # classification: the one temperature fitted
 
     def summary(self, record: dict[str, Any]) -> str:
         """One line for a person: what was fitted and what it did on each split."""
-        if "value" in record:  # a temperature (classification)
-            from finetune_bert.evaluation.calibration import Temperature
-            t = Temperature(**{k: record[k] for k in ("value", "fitted", "nll_before", "nll_after", "rows", "note")})
-            return summary_line(t, {s: record[s] for s in ("validation", "test") if s in record})
+        if self.fit is not None:
+            return summary_line(self.fit, {s: record[s] for s in ("validation", "test") if s in record})
         parts = [record["note"]]
         for split in ("validation", "test"):
             if split in record:
@@ -60,7 +59,7 @@ def calibrate_kind(job) -> Calibrated:
     t, measures, logits = calibrate(engine, val, names, size, job.cfg.calibrate)
     return Calibrated(t.value, t.kept, {**t.to_json(), "validation": measures}, logits, Scoring(),
                       lambda *a: score_calibrated(*a, t), log={"temperature": t.value, "fitted": t.fitted,
-                                                             "note": t.note})
+                                                             "note": t.note}, fit=t)
 
 
 def _multi_label(job) -> Calibrated:
