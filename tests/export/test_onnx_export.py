@@ -135,6 +135,10 @@ def test_backend_switch_on_the_server(exported):
         assert client.get("/info").json()["backend"] == "onnx"
         answer = client.post("/predict", json={"inputs": "a good and wonderful film"})
         assert answer.status_code == 200 and answer.json()[0]["label"] in ("positive", "negative")
+        # explanations need gradients, which onnxruntime does not give: refused with the reason, before any work
+        refused = client.post("/predict", json={"inputs": "a good film", "parameters": {"explain": True}})
+        assert refused.status_code == 422 and "--backend onnx, which cannot explain" in refused.json()["error"]
+        assert client.get("/info").json()["explain"]["available"] is False
 
 
 def test_export_of_a_folder_that_is_not_a_model(tmp_path, capsys):

@@ -282,7 +282,8 @@ def pick_device() -> torch.device:
 EVALUATE_FILES = frozenset({"evaluation.json", "evaluation.skipped.csv", "evaluation.errors.csv", "evaluation.html"})
 # Names a training run writes in its folder, or removes as stale (see output.RUN_RESULTS): never an output.
 RUN_NAMES = frozenset({"metrics.json", "README.md", "run_config.json", "data_report.json", "data_report.txt",
-                       "skipped_rows.csv", "train_log.jsonl", "report.html", RUN_FILE, *EVALUATE_FILES})
+                       "skipped_rows.csv", "train_log.jsonl", "report.html", "seen_texts.txt", RUN_FILE,
+                       *EVALUATE_FILES})
 # Files that make up a model folder, whoever wrote it; in a finetune-bert folder, its marker lists the rest.
 _MODEL_FILE = re.compile(r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|"
                          r"preprocessor_config|.*\.index)\.json|vocab\.txt|merges\.txt|.*\.(safetensors|bin|pt|pth|ckpt|"

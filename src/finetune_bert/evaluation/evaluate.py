@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from finetune_bert.engine.model_folder import EVALUATE_FILES, ModelFolder, refus
 from finetune_bert.errors import UserError, refuse
 from finetune_bert.evaluation.calibration import MEASURES
 from finetune_bert.evaluation.config import EvaluateConfig
+from finetune_bert.evaluation.explained import explain_rows, metrics_text
 from finetune_bert.evaluation.metrics import ConfidentMistakes, StreamingMetrics, metrics_for, snippet
 from finetune_bert.evaluation.tables import format_any
 from finetune_bert.evaluation.task_metrics import LargestErrors
@@ -86,13 +86,17 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
                    reading=dataclasses.asdict(cfg.reading()), reading_used=clf.reading_json())
     if clf.task != MULTI_LABEL:  # a classifier's confident mistakes, a regression's largest errors
         key = "largest_errors" if clf.task == REGRESSION else "mistakes"
-        metrics[key] = [{**row, "text": snippet(row["text"])} for row in worst[:REPORT_MISTAKES]]
+        listed = worst[:REPORT_MISTAKES]
+        metrics[key] = [{**{k: v for k, v in row.items() if k != "pair"}, "text": snippet(row["text"])} for row in listed]
+        if cfg.errors:  # asked to look at the mistakes: the page colours the words of those it lists
+            explain_rows(clf, metrics[key], [(r["text"], r["pair"]) if "pair" in r else r["text"] for r in listed],
+                         metrics)
     console.say(format_any(metrics, f"{cfg.data} ({metrics['n']} texts; {clf.reading_text()})"))
     if "uncalibrated" in metrics:
         u = metrics["uncalibrated"]
         console.say(f"calibrated (temperature {metrics['temperature']:.3f} folded in by train); before calibration: "
                     f"ece {u['ece']:.4f}   log_loss {u['log_loss']:.4f}   brier {u['brier']:.4f}")
-    write_text_atomic(target, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(target, metrics_text(metrics))
     write_skipped(rows.skipped, skipped_at)
     written = [target, *([skipped_at] if rows.skipped else [])]
     if cfg.errors:
@@ -131,18 +135,23 @@ def _score(clf, rows, sample: np.ndarray | None, batching: tuple[int, bool], mis
         truth = labels.tensor(chunk.labels)
         stream.update(logits, truth, lengths)
         if clf.task == REGRESSION:
-            mistakes.update(logits, truth, lambda j, c=chunk: {"row": c.where[j], "text": c.texts[j]})
+            mistakes.update(logits, truth, lambda j, c=chunk: _described(c, j))
         if not classes:
             continue
         if raw is not None:
             raw.update(logits * clf.temperature, truth, lengths)
-        mistakes.update(logits, truth, lambda j, c=chunk: {"row": c.where[j], "text": c.texts[j]})
+        mistakes.update(logits, truth, lambda j, c=chunk: _described(c, j))
     metrics = stream.compute()
     if raw is not None:
         before = raw.compute()
         metrics.update(temperature=clf.temperature,
                        uncalibrated={k: before[k] for k in (*MEASURES, "reliability")})
     return metrics
+
+
+def _described(chunk, j: int) -> dict[str, Any]:
+    """A listed row: where it stood and its text (and a pair model's second text, for its explanation)."""
+    return {"row": chunk.where[j], "text": chunk.texts[j], **({} if chunk.pairs is None else {"pair": chunk.pairs[j]})}
 
 
 def _sampled(rows, sample: np.ndarray | None):
@@ -160,7 +169,7 @@ def _write_errors(rows: list[dict[str, Any]], label_names: list[str], path: Path
     fields = ["row", "text", "true", "predicted", "error"] if rows and "error" in rows[0] else \
         ["row", "text", "true_label", "predicted", "confidence", *(f"prob_{n}" for n in label_names)]
     with atomic_output(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")  # a pair's second text
         writer.writeheader()
         for row in rows:
             writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})

@@ -19,6 +19,8 @@ from finetune_bert.evaluation import figures
 from finetune_bert.console import console
 from finetune_bert.errors import UserError, refuse
 from finetune_bert.evaluation.config import ReportConfig
+from finetune_bert.evaluation.explained import NOT_EXPLAINED
+from finetune_bert.evaluation.words import WORDS_CSS, legend_html, words_html
 from finetune_bert.tasks import CLASSIFICATION, DEFAULT_METRIC, MULTI_LABEL, REGRESSION
 
 STYLE = """
@@ -30,7 +32,11 @@ th { background: #f3f3f3; text-align: left; } td.n { text-align: right; font-var
 img { max-width: 100%; display: block; margin: .6em 0; } .note { color: #555; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: 12px; }
 td.text { max-width: 620px; font-size: 12px; }
-"""
+""" + WORDS_CSS
+
+
+class Html(str):
+    """A table cell drawn already (coloured words): put in the page as it is, not escaped again."""
 
 
 def _esc(value: Any) -> str:
@@ -52,7 +58,7 @@ def _table(header: list[str], rows: list[list[Any]], text_column: int | None = N
         cells = []
         for i, value in enumerate(row):
             kind = "text" if i == text_column else ("n" if isinstance(value, (int, float)) or value is None else "")
-            cells.append(f'<td class="{kind}">{_esc(_fmt(value))}</td>')
+            cells.append(f'<td class="{kind}">{value if isinstance(value, Html) else _esc(_fmt(value))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -125,24 +131,44 @@ def _confidence(m: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _mistakes(rows: list[dict[str, Any]] | None) -> str:
+def _text(row: dict[str, Any]) -> Any:
+    """A listed row's text: its words coloured by its explanation when it has one, else the shortened text."""
+    explained = row.get("explanation")
+    if not explained:
+        return row["text"]
+    late = "" if explained.get("converged", True) else ' <span class="note">(attributions did not converge)</span>'
+    return Html(words_html(explained["words"], explained["label"]) + late)
+
+
+def _words_note(rows: list[dict[str, Any]], m: dict[str, Any], regression: bool = False) -> str:
+    """What the text column shows: coloured words and their legend, or shortened texts (and why not coloured)."""
+    if any("explanation" in r for r in rows):
+        return (" Each text's words are coloured by what moved the model toward its wrong answer (the words it "
+                "read; hover a word for its weight).</p>" + legend_html("the predicted " + ("value" if regression
+                                                                                           else "label"),
+                                                                      regression=regression))
+    why = f" Words not coloured: {_esc(m[NOT_EXPLAINED])}." if m.get(NOT_EXPLAINED) else ""
+    return f" Texts shortened.{why}</p>"
+
+
+def _mistakes(rows: list[dict[str, Any]] | None, m: dict[str, Any] | None = None) -> str:
     if rows is None:
         return ""
     if not rows:
         return "<h2>Most confident mistakes</h2><p>No mistakes.</p>"
-    table = [[r["row"], r["text"], r["true_label"], r["predicted"], r["confidence"]] for r in rows]
+    table = [[r["row"], _text(r), r["true_label"], r["predicted"], r["confidence"]] for r in rows]
     return (f"<h2>The {len(rows)} most confident mistakes</h2><p class=\"note\">Wrong predictions made with the "
-            "highest confidence: label errors in the data, or what the model has not learned. Texts shortened."
-            "</p>" + _table(["row", "text", "true label", "predicted", "confidence"], table, text_column=1))
+            "highest confidence: label errors in the data, or what the model has not learned." + _words_note(rows, m or {})
+            + _table(["row", "text", "true label", "predicted", "confidence"], table, text_column=1))
 
 
-def _largest_errors(rows: list[dict[str, Any]] | None) -> str:
+def _largest_errors(rows: list[dict[str, Any]] | None, m: dict[str, Any] | None = None) -> str:
     """A regression's largest errors, as confident mistakes are shown for a classifier."""
     if not rows:
         return ""
-    table = [[r["row"], r["text"], r["true"], r["predicted"], r["error"]] for r in rows]
+    table = [[r["row"], _text(r), r["true"], r["predicted"], r["error"]] for r in rows]
     return (f"<h2>The {len(rows)} largest errors</h2><p class=\"note\">The predictions furthest from their "
-            "targets: a wrong target in the data, or what the model has not learned. Texts shortened.</p>"
+            "targets: a wrong target in the data, or what the model has not learned." + _words_note(rows, m or {}, True)
             + _table(["row", "text", "true", "predicted", "error"], table, text_column=1))
 
 
@@ -269,7 +295,7 @@ def run_report(folder: Path) -> str:
                 f"step {metrics.get('best_step')} by validation {_esc(metric)}; training {metrics['train']['seconds']} s, "
                 f"{metrics['train']['steps']} steps.</p>", *results,
                 "<h2>Training</h2>" + _image(figures.curves(train, evals, metric), "training curves"),
-                _mistakes(metrics.get("mistakes")), _largest_errors(metrics.get("largest_errors")),
+                _mistakes(metrics.get("mistakes"), metrics), _largest_errors(metrics.get("largest_errors"), metrics),
                 "<h2>Configuration</h2>" + _table(["option", "value"], [[k, json.dumps(v)] for k, v in config.items()]),
                 f"<h2>Data</h2><pre>{_esc(data_report)}</pre>"]
     return _page(f"finetune-bert report: {folder.name}", sections)
@@ -283,7 +309,7 @@ def evaluation_report(m: dict[str, Any], name: str) -> str:
                 f"{'; ' + _esc(how) if how else ''}); metrics in {_esc(name)}.</p>",
                 *([_summary({"evaluation": m}), _per_class(m, "evaluation"), _uncalibrated(m), _confidence(m)]
                   if _task(m) == CLASSIFICATION else _task_results(m, "evaluation", {"evaluation": m}, None)),
-                _mistakes(m.get("mistakes")), _largest_errors(m.get("largest_errors"))]
+                _mistakes(m.get("mistakes"), m), _largest_errors(m.get("largest_errors"), m)]
     return _page(f"finetune-bert evaluation: {Path(str(m.get('data'))).name}", sections)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from finetune_bert.inference.reading import Reading
 from finetune_bert.console import console
+from finetune_bert.inference.attributions import EXPLAIN_BATCH, Explanation, explain_inputs
 from finetune_bert.inference.backends import BACKENDS, InferenceEngine, as_numpy
 from finetune_bert.data.labels import LabelSpec
 from finetune_bert.data.splits import Split
@@ -188,13 +189,29 @@ class Classifier:
         """What the outputs mean (class or label probabilities, or values) for one input or a list of them,
         and whether it was one. An input is a string, or for a pair model a (text, text_pair) tuple or the
         Hugging Face {"text": ..., "text_pair": ...}."""
-        # a tuple is one pair for a pair model; for the others, a sequence of texts as a list is
-        single = isinstance(texts, (str, dict)) or self.pairs and isinstance(texts, tuple)
-        items = [texts] if single else list(texts)
-        firsts, seconds = split_pairs(items, self.pairs)
+        firsts, seconds, single = self._inputs(texts)
         if not firsts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32), single
         return self.score_prepared([self.prepare(firsts, pairs=seconds)[0]], batch_size)[0], single
+
+    def _inputs(self, texts: Any) -> tuple[list[str], list[str] | None, bool]:
+        """One input or a list as first texts, second texts (a pair model's), and whether it was one."""
+        # a tuple is one pair for a pair model; for the others, a sequence of texts as a list is
+        single = isinstance(texts, (str, dict)) or self.pairs and isinstance(texts, tuple)
+        return (*split_pairs([texts] if single else list(texts), self.pairs), single)
+
+    def explain(self, texts: Any, *, target: Any = None, steps: int | None = None,
+                batch_size: int = EXPLAIN_BATCH) -> Explanation | list[Explanation]:
+        """Which words moved the answer, and how much (attributions.Explanation; Integrated Gradients, torch
+        backends only): one for one input, a list for a list, inputs as predict() takes them. `target`: None (the
+        predicted class; multi-label: the most probable label; regression: the value), a label name or index,
+        or a list of them, one per input; `steps`: of the integral (default 32); `batch_size`: rows (a text or
+        window at one step) per forward and backward pass."""
+        firsts, seconds, single = self._inputs(texts)
+        if single and isinstance(target, (list, tuple)):
+            raise UserError("explain: one text takes one target, not a list")
+        out = explain_inputs(self, firsts, seconds, target=target, steps=steps, batch_size=batch_size)
+        return out[0] if single else out
 
     def predict_proba(self, texts: Any, batch_size: int = 64) -> np.ndarray:
         """Probabilities, columns in `label_names` order: shape (n, k), or (k,) for one input. Classes sum to 1;

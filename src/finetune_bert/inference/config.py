@@ -74,6 +74,16 @@ class PredictConfig(ScoreConfig):
     ignore_labels: bool = opt(False, "Do not look for a label column: the output has no true_label.")
     output_format: str | None = opt(None, "Format of the predictions written to standard output (--output -); a "
                                           "file's format is its extension (default: csv).", choices=OUTPUT_FORMATS)
+    explain: bool = opt(False, "Also say which words moved each answer, and how much (Integrated Gradients: a "
+                               "forward and a backward pass of the text per step, some 85 times a prediction's cost "
+                               "at 32 steps; torch backends only). Texts as arguments: the top words under each "
+                               "prediction; --output gains an explanation column (CSV/TSV: the top words; JSON/JSONL: "
+                               "every word with its weight).")
+    top_words: int | None = opt(None, "With --explain: how many words to show, largest weights first (default: 10).",
+                                at_least=1)
+    explain_steps: int | None = opt(None, "With --explain: steps of the integral (default: 32); an explanation whose "
+                                          "weights miss the change in the answer by over 5% is tried once with 4 "
+                                          "times as many.", at_least=1)
 
     def problems(self) -> list[str]:
         """The options and how they combine; the texts and the files are predict()'s to check."""
@@ -93,6 +103,11 @@ class PredictConfig(ScoreConfig):
         if self.output_format and self.output not in (None, STREAM):
             found.append(f"--output-format is for --output - (standard output); {self.output} is written as its "
                          "extension says")
+        if self.explain and self.backend.startswith("onnx"):
+            found.append(f"--explain needs the model's gradients, which --backend {self.backend} cannot give "
+                         "(onnxruntime runs the model forward only); use --backend torch or torch-fp32")
+        if not self.explain and (self.top_words is not None or self.explain_steps is not None):
+            found.append("--top-words and --explain-steps are for --explain")
         if self.ignore_labels and self.label_column:
             found.append("--ignore-labels and --label-column contradict each other; give one")
         return found

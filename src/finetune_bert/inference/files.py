@@ -99,31 +99,61 @@ def predict_file(clf: Classifier, input_path: str, output_path: str, batch_size:
     return write_predictions(clf, rows, out, batch_size, overlap=overlap, total=total)
 
 
+class Explaining(NamedTuple):
+    """predict --explain: the words shown in a CSV/TSV cell, and the steps of the integral (None: the default)."""
+
+    top_words: int = 10
+    steps: int | None = None
+
+
 def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, batch_size: int = 64, *,
-                      overlap: bool = True, total: int | None = None, fmt: str | None = None) -> int:
+                      overlap: bool = True, total: int | None = None, fmt: str | None = None,
+                      explain: Explaining | None = None) -> int:
     """Read, predict and write a chunk of rows at a time, in the file's order, so memory does not grow with
     its size; the output appears whole, by rename, only when every row is written. `rows.check()` must
     have passed (so bad rows were reported before any prediction). `overlap`: the next chunk read and
     tokenized while this one is scored (chunks.ahead). `out` None: standard output, in `fmt` (default csv).
-    `total`: the rows to come (rows.check()'s count), for the progress shown on stderr."""
+    `total`: the rows to come (rows.check()'s count), for the progress shown on stderr. `explain`: each row's
+    explanation of its answer in an `explanation` field (the top words in CSV/TSV, all of them in JSON)."""
     steady_heap(clf.device)
     labelled = rows.picked is not None and rows.picked.label is not None
-    fields = output_fields(clf, labelled)
+    fields = output_fields(clf, labelled) + (["explanation"] if explain else [])
+    fmt = fmt or (OUTPUT_FORMATS[out.suffix.lower()] if out is not None else "csv")
     progress = Progress(total, "predict") if total is not None else None
-    written = 0
-    with _opened_output(out) as handle, clf.reporting(progress and progress.update):
-        write = _row_writer(handle, fmt or (OUTPUT_FORMATS[out.suffix.lower()] if out is not None else "csv"), fields)
+    update = progress and progress.update
+    written, unsettled = 0, 0
+    with _opened_output(out) as handle, clf.reporting(None if explain else update):
+        write = _row_writer(handle, fmt, fields)
         for split, prepared in ahead(rows, lambda c: clf.prepare(c.texts, pairs=c.pairs)[0] if c.texts else None,
                                      overlap=overlap):
             probs = clf.score_prepared([prepared], batch_size)[0] if prepared is not None else []
+            explained = _explained(clf, split, probs, explain) if explain and len(probs) else None
             for i, p in enumerate(probs):
-                write(_prediction(clf, split, i, p, labelled))
+                row = _prediction(clf, split, i, p, labelled)
+                if explained is not None:
+                    row["explanation"] = explained[i].compact(explain.top_words) if fmt in ("csv", "tsv") \
+                        else explained[i].to_json()
+                    unsettled += not explained[i].converged
+                write(row)
                 written += 1
+            if explained is not None and update is not None:
+                update(len(probs))  # explaining is most of the time: progress counts rows explained
         write(None)
     if progress is not None:
         progress.close()
+    if unsettled:
+        console.note(f"{unsettled} of {written} explanations did not converge: their weights add up to the change "
+                     "in the answer only within more than 5% (their delta); --explain-steps with more steps may help")
     _report_skipped(rows, out)
     return written
+
+
+def _explained(clf: Classifier, split, probs: np.ndarray, explain: Explaining) -> list:
+    """A chunk's explanations, each of the answer written beside it: the predicted class, the most probable label,
+    or the value."""
+    items = list(zip(split.texts, split.pairs)) if clf.pairs else list(split.texts)
+    targets = None if clf.task == REGRESSION else [int(np.argmax(p)) for p in probs]
+    return clf.explain(items, target=targets, steps=explain.steps)
 
 
 class _Columns(NamedTuple):

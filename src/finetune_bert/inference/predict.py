@@ -17,9 +17,11 @@ from finetune_bert.engine.model_folder import ModelFolder
 from finetune_bert.errors import UserError, refuse
 from finetune_bert.data.labels import LabelSpec
 from finetune_bert.engine.run_info import RunInfo
+from finetune_bert.inference.attributions import Explanation
 from finetune_bert.inference.classifier import Prediction, load
 from finetune_bert.inference.config import STREAM, PredictConfig
-from finetune_bert.inference.files import STDIN_SPOOL, check_output, input_rows, read_columns, stdin_file, write_predictions
+from finetune_bert.inference.files import (STDIN_SPOOL, Explaining, check_output, input_rows, read_columns, stdin_file,
+                                          write_predictions)
 
 
 def predict(cfg: PredictConfig) -> None:
@@ -40,10 +42,14 @@ def predict(cfg: PredictConfig) -> None:
     if not cfg.input:
         clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
         inputs = [pair_argument(text, i) for i, text in enumerate(cfg.texts, start=1)] if clf.pairs else list(cfg.texts)
-        for text, pred in zip(cfg.texts, clf.predict(inputs, cfg.batch_size)):
+        preds = clf.predict(inputs, cfg.batch_size)
+        explained = clf.explain(inputs, steps=cfg.explain_steps) if cfg.explain else [None] * len(preds)
+        for text, pred, why in zip(cfg.texts, preds, explained):
             preview = text if len(text) <= 60 else text[:57] + "..."
             shown = f"{pred.label}\t{pred.confidence:.2f}" if isinstance(pred, Prediction) else str(pred)
             console.say(f"{shown}\t{preview}")
+            if why is not None:
+                console.say(explained_line(why, cfg.top_words or 10))
         return
     with tempfile.TemporaryDirectory(prefix=STDIN_SPOOL) as spool:
         source = str(stdin_file(Path(spool))) if cfg.input == STREAM else cfg.input
@@ -60,11 +66,19 @@ def _predict_rows(cfg: PredictConfig, folder: ModelFolder | None, cleans: bool, 
     total = rows.check()
     clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
     out = None if cfg.output == STREAM else Path(cfg.output).expanduser()
-    n = write_predictions(clf, rows, out, cfg.batch_size, overlap=cfg.overlap, total=total, fmt=cfg.output_format)
+    explain = Explaining(cfg.top_words or 10, cfg.explain_steps) if cfg.explain else None
+    n = write_predictions(clf, rows, out, cfg.batch_size, overlap=cfg.overlap, total=total, fmt=cfg.output_format,
+                          explain=explain)
     if out is None:
         console.note(f"{n} predictions written to standard output")
     else:
         console.say(f"{n} predictions written to {out}")
+
+
+def explained_line(why: Explanation, k: int) -> str:
+    """An explanation under its prediction: what it explains, and its top words with their signed weights."""
+    settled = "" if why.converged else f"  (did not converge: the weights miss the change by {why.delta:.0%})"
+    return f"\t{why.label}: {why.compact(k) or '(no words)'}{settled}"
 
 
 def pair_argument(text: str, i: int) -> dict[str, str]:

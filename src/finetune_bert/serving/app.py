@@ -1,15 +1,16 @@
 """`finetune-bert serve`: a fine-tuned model behind HTTP (FastAPI on uvicorn), on the engine `predict` uses.
 
-    POST /predict        {"inputs": "text" | ["text", ...], "parameters": {"top_k": k}}   (HF task schema)
+    POST /predict        {"inputs": "text" | ["text", ...], "parameters": {"top_k": k, "explain": true}}  (HF schema)
     GET  /health         liveness: the process answers
     GET  /ready          readiness: a request would be taken now (also while others are being scored)
-    GET  /metrics        Prometheus: request, queue and inference histograms, batch sizes and tokens
+    GET  /metrics        Prometheus: request, queue and inference histograms, batch sizes and tokens, explanations
     GET  /info           the model: its name, base model, labels, max length, temperature, how long texts are read
     POST /admin/reload   load the model folder again, probe it, swap (behind the API key)
     GET  /               a page to try it
 
 Inference never runs on the event loop: a request is checked and tokenized in the thread pool, queued
-for the batcher's worker thread (batcher.py), and awaited. Every limit answers at once with a JSON
+for the batcher's worker thread (batcher.py), and awaited; explanations, asked for with the scores, on a
+thread of their own (explainer.py), so that they never hold plain predictions up. Every limit answers at once with a JSON
 `{"error": ...}` naming the limit and the flag that raises it; nothing a client sends is answered with a
 traceback or a 500. The scores are the saved model's calibrated probabilities, exactly `predict`'s.
 """
@@ -65,7 +66,7 @@ def build_app(service: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         yield
-        await asyncio.get_running_loop().run_in_executor(None, service.batcher.close, service.cfg.drain_seconds)
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
 
     app = FastAPI(title="finetune-bert", description=f"Text classification with {service.name}", lifespan=lifespan)
     app.state.service = service
@@ -87,9 +88,11 @@ def _refused(service: Service, exc: Refused, route: str) -> JSONResponse:
 def _api_routes(app: FastAPI, service: Service) -> None:
     """/predict, and the page that calls it."""
     @app.post("/predict", summary="Classify one text or a list of texts",
-              description='Body: {"inputs": "text" | ["text", ...], "parameters": {"top_k": k}}. Returns '
-                          '[{"label", "score"}] highest first for one text, a list of those for a list. Other '
-                          'fields (the Inference API\'s "options") and parameters are accepted and ignored.')
+              description='Body: {"inputs": "text" | ["text", ...], "parameters": {"top_k": k, "explain": false}}. '
+                          'Returns [{"label", "score"}] highest first for one text, a list of those for a list; '
+                          'with "explain": true the first entry also holds "explanation": the words of the text '
+                          'with their weights toward that label. Other fields (the Inference API\'s "options") '
+                          'and parameters are accepted and ignored.')
     async def predict(request: Request):
         started = time.perf_counter()
         try:
@@ -98,14 +101,20 @@ def _api_routes(app: FastAPI, service: Service) -> None:
             clf = service.classifier
             parsed = parse(body, service.cfg.max_client_batch, len(clf.label_names), pairs=clf.pairs,
                            function=FUNCTIONS[clf.task])
-            probs, times = await service.predict(parsed.texts, request)
+            if parsed.explain:
+                probs, times, explanations = await service.explained(parsed.texts, request)
+            else:
+                (probs, times), explanations = await service.predict(parsed.texts, request), None
         except Refused as exc:
             return _refused(service, exc, "/predict")
         answer = [_labelled(p, service.classifier, parsed.top_k) for p in probs]
+        for scores, explanation in zip(answer, explanations or ()):
+            scores[0]["explanation"] = explanation.to_json()  # the label explained is the one listed first
         total = time.perf_counter() - started
         service.metrics.request("/predict", 200, total)
         headers = {"x-total-time": f"{1000 * total:.2f}", "x-queue-time": f"{1000 * times['queue']:.2f}",
-                   "x-inference-time": f"{1000 * times['inference']:.2f}", "x-texts": str(len(parsed.texts))}
+                   "x-inference-time": f"{1000 * times['inference']:.2f}", "x-texts": str(len(parsed.texts)),
+                   **({"x-explain-time": f"{1000 * times['explain']:.2f}"} if "explain" in times else {})}
         headers.update(ignored_header(parsed.ignored))
         return JSONResponse(answer[0] if parsed.single else answer, headers=headers)
 
@@ -152,6 +161,7 @@ def _operations_routes(app: FastAPI, service: Service) -> None:
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():
         service.metrics.queued.set(service.batcher.queued)
+        service.metrics.explain_queued.set(service.explainer.queued)
         return PlainTextResponse(service.metrics.render(), media_type=service.metrics.content_type)
 
     @app.get("/info", summary="The model and the server's limits")
@@ -171,14 +181,14 @@ def _operations_routes(app: FastAPI, service: Service) -> None:
                           status_code=422)
 
 
-def _server(config, batcher, drain_seconds: float):
+def _server(config, service: Service, drain_seconds: float):
     """uvicorn's server, told of SIGTERM and Ctrl-C as they come: the batcher's drain starts then, so that its
     deadline is --drain-seconds after the signal, whatever uvicorn waits for first."""
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            batcher.drain(drain_seconds)  # sets a deadline only: safe in a signal handler
+            service.drain(drain_seconds)  # sets deadlines only: safe in a signal handler
             super().handle_exit(sig, frame)
 
     return Server(config)
@@ -200,7 +210,7 @@ def serve(cfg: ServeConfig) -> int:
         raise
     config = uvicorn.Config(build_app(service), log_level="info",
                             timeout_graceful_shutdown=int(cfg.drain_seconds) + ANSWER_GRACE_SECONDS)
-    server = _server(config, service.batcher, cfg.drain_seconds)
+    server = _server(config, service, cfg.drain_seconds)
 
     def on_hup(*_):
         threading.Thread(target=_reload_logged, args=(service,), daemon=True).start()
@@ -219,12 +229,12 @@ def serve(cfg: ServeConfig) -> int:
 
 def _stopped(service: Service) -> int:
     """The exit code, once uvicorn has stopped: 0 if the drain answered every request, else 1 and one line."""
-    batcher, code = service.batcher, 0
-    if batcher.unfinished:
-        console.error(f"{batcher.unfinished} request(s) were still unfinished after --drain-seconds "
+    code = 0
+    if service.unfinished:
+        console.error(f"{service.unfinished} request(s) were still unfinished after --drain-seconds "
                       f"{service.cfg.drain_seconds:g}; they were answered 503")
         code = 1
-    if batcher.alive:
+    if service.batcher.alive or service.explainer.alive:
         # the model's thread is still inside an engine call: finalizing the interpreter under it can abort the
         # process (SIGABRT from a native library), so it ends here, its line said
         sys.stdout.flush()

@@ -28,6 +28,16 @@ class ServeConfig(ModelReading):
                                           "minutes of work (2 MB of text is about half a million tokens); 131072 is "
                                           "a full client batch (--max-client-batch 256) of 512-token texts.",
                                   at_least=1)
+    max_explain_texts: int = opt(8, 'Texts one request may ask explained ("parameters": {"explain": true}), at most '
+                                    "(413 beyond; 0 turns explanations off). An explanation is Integrated Gradients: "
+                                    "--explain-steps forward and backward passes of its text, about 100 times the "
+                                    "work of scoring it at 32 steps; so an explained text's tokens also count that many times "
+                                    "against --max-request-tokens, and explanations run one at a time on a thread "
+                                    "of their own, beside the batcher, never ahead of plain predictions.",
+                                 at_least=0)
+    explain_steps: int | None = opt(None, "Integrated Gradients steps of one explanation (default: the library's, "
+                                          "as `predict --explain` uses); more is more exact and slower, in "
+                                          "proportion.", at_least=2)
     timeout: float = opt(30.0, "Seconds a request may wait for its answer (503 beyond; the model stops working on "
                                "it).", at_least=0.001)
     drain_seconds: float = opt(30.0, "On SIGTERM: seconds to finish requests in flight; then the rest are answered "

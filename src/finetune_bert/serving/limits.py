@@ -50,3 +50,14 @@ def _pieces(text: str):
             end = space.start() if space else end
         yield text[start:end]
         start = end
+
+
+def refuse_explain_over_budget(classifier, texts: list, budget: int, steps: int) -> None:
+    """Refused (413) when explaining the texts is more work than `budget` tokens: each step of Integrated Gradients
+    is a forward and a backward pass of what the model reads of them (cut, or every window), so their tokens count
+    `steps` times. Called once refuse_over_budget has passed them: they are tokenized as the batcher does."""
+    tokens = classifier.prepare_items(texts)[1]
+    if tokens * steps > budget:
+        raise Refused(413, f"explaining these texts is {tokens} tokens x {steps} steps = {tokens * steps} tokens of "
+                           f"work, over the limit of {budget} (--max-request-tokens); explain fewer or shorter "
+                           "texts, or ask for no explanation")

@@ -34,6 +34,12 @@ class ServerMetrics:
         self.reloads = Counter("finetune_bert_reloads", "Successful model reloads.", registry=r)
         self.abandoned = Counter("finetune_bert_abandoned_requests", "Requests dropped before their last batch "
                                  "because their client stopped waiting (timed out or hung up).", registry=r)
+        self.explained = Counter("finetune_bert_explained_texts", "Texts explained (\"explain\": true), each "
+                                 "about --explain-steps forward and backward passes.", registry=r)
+        self.explain_seconds = Histogram("finetune_bert_explain_seconds", "Time to explain one text.",
+                                         buckets=SECONDS, registry=r)
+        self.explain_queued = Gauge("finetune_bert_explain_queue_requests", "Requests waiting for their "
+                                    "explanations.", registry=r)
 
     def request(self, route: str, status: int, seconds: float | None) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -47,6 +53,10 @@ class ServerMetrics:
         self.inference.observe(record.seconds)
         self.batch_texts.observe(record.texts)
         self.batch_tokens.observe(record.tokens)
+
+    def explained_text(self, seconds: float) -> None:
+        self.explained.inc()
+        self.explain_seconds.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,7 +4,8 @@ The body is read up to --max-payload-bytes; past it the rest is read and thrown 
 413 is sent, as nginx's lingering close does: a client that sends its whole body before it reads the answer
 (Python's urllib, most scripts) would otherwise get "connection reset" instead of the 413. The JSON is the Hugging
 Face task schema, {"inputs": ..., "parameters": {...}, "options": {...}}: fields and parameters this server
-has no use for are accepted and ignored, as the hosted Inference API does (its clients send `options`). Every
+has no use for are accepted and ignored, as the hosted Inference API does (its clients send `options`);
+`parameters.explain`, this server's own, must be a JSON boolean. Every
 problem is one JSON error naming it (`Refused`), never a traceback or a 500: JSON nested too deeply, a lone
 surrogate escape ("\\ud83d", half of a UTF-16 pair) in a text, a text with nothing to classify once cleaned.
 """
@@ -22,7 +23,7 @@ from finetune_bert.data.rows import clean_text, visible
 LINGER_BYTES = 128 * 2**20
 LINGER_SECONDS = 10.0
 # The parameters of the task schema this server acts on; the others are ignored.
-USED_PARAMETERS = ("top_k", "function_to_apply")
+USED_PARAMETERS = ("top_k", "function_to_apply", "explain")
 
 
 class Refused(Exception):
@@ -35,12 +36,14 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Parsed:
-    """A /predict body: its texts, whether one string was sent, top_k, and the fields that were ignored."""
+    """A /predict body: its texts, whether one string was sent, top_k, the fields that were ignored, and whether
+    each answer is to carry the explanation of its top label."""
 
     texts: list[str]
     single: bool
     top_k: int | None
     ignored: tuple[str, ...] = ()
+    explain: bool = False
 
 
 async def read_body(request, limit: int) -> bytes:
@@ -109,7 +112,7 @@ def parse(body: bytes, max_client_batch: int, labels: int, *, pairs: bool = Fals
     texts = [_input(text, i, pairs) for i, text in enumerate(texts)]
     top_k, unused = _parameters(payload.get("parameters"), labels, function)
     ignored = tuple(sorted(k for k in payload if k not in ("inputs", "parameters"))) + unused
-    return Parsed(texts, single, top_k, ignored)
+    return Parsed(texts, single, top_k, ignored, _explain(payload.get("parameters")))
 
 
 def _input(item: Any, i: int, pairs: bool) -> str | tuple[str, str]:
@@ -137,6 +140,14 @@ def _parameters(parameters: Any, k: int, function: str = "softmax") -> tuple[int
         raise Refused(422, f"top_k must be a positive integer, got {_shown(top_k)}")
     unused = tuple(sorted(f"parameters.{key}" for key in parameters if key not in USED_PARAMETERS))
     return (None if top_k is None else min(top_k, k)), unused
+
+
+def _explain(parameters: Any) -> bool:
+    """parameters.explain: a JSON boolean only (a string "false" would read as true in most languages)."""
+    explain = parameters.get("explain", False) if isinstance(parameters, dict) else False
+    if not isinstance(explain, bool):
+        raise Refused(422, f"explain must be true or false, got {_shown(explain)}")
+    return explain
 
 
 def check_texts(texts: list[Any], cleans: bool) -> None:

@@ -21,11 +21,13 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from finetune_bert.errors import UserError
+from finetune_bert.inference.attributions import DEFAULT_STEPS
 from finetune_bert.inference.heap import steady_heap
 from finetune_bert.inference.reading import Reading
 from finetune_bert.serving.batcher import Batcher, Closed, QueueFull, Ticket, TooLarge
 from finetune_bert.serving.config import ServeConfig
-from finetune_bert.serving.limits import refuse_over_budget
+from finetune_bert.serving.explainer import Explainer
+from finetune_bert.serving.limits import refuse_explain_over_budget, refuse_over_budget
 from finetune_bert.serving.metrics import ServerMetrics
 from finetune_bert.serving.priority import lowered
 from finetune_bert.serving.requests import Refused, check_texts
@@ -33,7 +35,7 @@ from finetune_bert.serving.requests import Refused, check_texts
 API_KEY_ENV = "FINETUNE_BERT_API_KEY"
 PROBE = "probe"
 LIMITS = ("max_batch_tokens", "max_wait_ms", "max_queue", "max_client_batch", "max_payload_bytes",
-          "max_request_tokens", "timeout")
+          "max_request_tokens", "timeout", "max_explain_texts")
 
 
 def _load(cfg: ServeConfig, reading: Reading, device: str | None):
@@ -84,6 +86,8 @@ class Service:
                                max_queue=cfg.max_queue, max_request_tokens=cfg.max_request_tokens,
                                batch_size=cfg.batch_size, on_batch=self.metrics.batch,
                                on_abandon=self.metrics.abandoned.inc)
+        self.explainer = Explainer(steps=cfg.explain_steps, max_queue=cfg.max_queue,
+                                   on_text=self.metrics.explained_text, on_abandon=self.metrics.abandoned.inc)
         self._reload_lock = threading.Lock()
         self.api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
         self.name = shown(cfg.model)
@@ -95,7 +99,32 @@ class Service:
                 "task": clf.task, "text_pairs": clf.pairs,
                 **({"thresholds": [float(t) for t in clf.thresholds]} if clf.task == "multi-label" else {}),
                 "reading": {"long_texts": self.reading.mode, "truncation": clf.truncation},
-                "auth": self.api_key is not None, "limits": {k: getattr(self.cfg, k) for k in LIMITS}}
+                "auth": self.api_key is not None, "limits": {k: getattr(self.cfg, k) for k in LIMITS},
+                "explain": {"available": self.cannot_explain() is None, "steps": self.explain_steps,
+                            **({"why_not": why} if (why := self.cannot_explain()) else {})}}
+
+    @property
+    def explain_steps(self) -> int:
+        """The Integrated Gradients steps of one explanation: --explain-steps, or the library's default."""
+        return self.cfg.explain_steps or DEFAULT_STEPS
+
+    def cannot_explain(self) -> str | None:
+        """Why this server gives no explanations (a 422 to a request that asks), or None."""
+        if self.cfg.max_explain_texts == 0:
+            return "explanations are off on this server (--max-explain-texts 0)"
+        if self.classifier.model is None:
+            return (f"this server runs --backend {self.classifier.backend}, which cannot explain: onnxruntime "
+                    "gives no gradients; serve the model with --backend torch to get explanations")
+        return None
+
+    def check_explain(self, texts: list) -> None:
+        """Before any work: a request that asks for explanations this server cannot give, or too many of them."""
+        if (why := self.cannot_explain()) is not None:
+            raise Refused(422, why)
+        if len(texts) > self.cfg.max_explain_texts:
+            raise Refused(413, f"{len(texts)} texts to explain in one request, over the limit of "
+                               f"{self.cfg.max_explain_texts} (--max-explain-texts); explain fewer, or ask for "
+                               "scores alone")
 
     def public(self, text: str) -> str:
         """`text` with the model folder's path on this disk replaced by its name (an error a client reads)."""
@@ -139,18 +168,22 @@ class Service:
             return f"the queue is full (--max-queue {self.cfg.max_queue})"
         return None
 
-    def admit(self, texts: list[str]) -> Ticket:
-        """In a worker thread: the texts' content checked (422), the token budget (413), then queued."""
+    def admit(self, texts: list[str], explain: bool = False) -> Ticket:
+        """In a worker thread: the texts' content checked (422), the token budget (413), the budget of their
+        explanations if asked (413), then queued: every refusal before any model work."""
         classifier = self.batcher.classifier
         check_texts(texts, classifier.clean)
         refuse_over_budget(classifier, texts, self.cfg.max_request_tokens)
+        if explain:
+            refuse_explain_over_budget(classifier, texts, self.cfg.max_request_tokens, self.explain_steps)
         return self.batcher.submit(texts)
 
-    async def predict(self, texts: list[str], request=None) -> tuple[Any, dict[str, float]]:
+    async def predict(self, texts: list[str], request=None, explain: bool = False) -> tuple[Any, dict[str, float]]:
         """Probabilities (n, k) for the texts, via the batcher; and the time spent queued and scoring. A
-        request whose client hangs up, or that times out, is dropped: the model stops working on it."""
+        request whose client hangs up, or that times out, is dropped: the model stops working on it.
+        `explain`: the explanations' own budget is checked too (explained() gives them)."""
         try:
-            ticket = await run_in_threadpool(self.admit, texts)
+            ticket = await run_in_threadpool(self.admit, texts, explain)
         except QueueFull as exc:
             raise Refused(429, f"the server is busy: {exc}; retry shortly", {"Retry-After": "1"}) from None
         except TooLarge as exc:
@@ -160,11 +193,57 @@ class Service:
         scored = await self._answer(ticket, request)
         return scored.probs, {"queue": scored.queue_seconds, "inference": scored.inference_seconds}
 
-    async def _answer(self, ticket: Ticket, request) -> Any:
+    async def explained(self, texts: list, request=None) -> tuple[Any, dict[str, float], list[Any]]:
+        """predict(), and each text's Explanation of its top label (the one its answer lists first), made on the
+        explainer's thread once the scores say which label that is, all within --timeout. The explanations' place
+        in the explainer's queue is taken first, so that a busy explainer refuses (429) before any work."""
+        started = time.perf_counter()
+        self.check_explain(texts)
+        try:
+            ticket = self.explainer.reserve()
+        except QueueFull as exc:
+            raise Refused(429, f"the server is busy: {exc}; retry shortly", {"Retry-After": "1"}) from None
+        except Closed as exc:
+            raise Refused(503, str(exc), {"Connection": "close"}) from None
+        try:
+            probs, times = await self.predict(texts, request, explain=True)
+            classifier = self.classifier
+            names = classifier.label_names
+            regression = classifier.task == "regression"  # its one output is explained, as the value it is
+            self.explainer.start(ticket, classifier, texts,
+                                 [None if regression else names[int(np.argmax(row))] for row in probs])
+            self.metrics.explain_queued.set(self.explainer.queued)
+            began = time.perf_counter()
+            try:
+                explanations = await self._answer(ticket, request, self.cfg.timeout - (began - started))
+            except UserError as exc:  # what explain refuses of a text is the client's to fix, as a 422
+                raise Refused(422, self.public(str(exc))) from None
+            return probs, {**times, "explain": time.perf_counter() - began}, explanations
+        finally:
+            self.explainer.release(ticket)
+
+    def drain(self, seconds: float) -> None:
+        """SIGTERM: the batcher's and the explainer's drains start now (deadlines only: a signal handler calls it)."""
+        self.batcher.drain(seconds)
+        self.explainer.drain(seconds)
+
+    def close(self) -> None:
+        """Both workers stopped once what they were given is answered, within one --drain-seconds from now."""
+        self.drain(self.cfg.drain_seconds)
+        self.batcher.close(self.cfg.drain_seconds)
+        self.explainer.close(self.cfg.drain_seconds)
+
+    @property
+    def unfinished(self) -> int:
+        """Requests answered 503 because the drain time ran out, by either worker."""
+        return self.batcher.unfinished + self.explainer.unfinished
+
+    async def _answer(self, ticket: Ticket, request, timeout: float | None = None) -> Any:
         waiter = asyncio.wrap_future(ticket)
         gone = asyncio.ensure_future(_hung_up(request)) if request is not None else None
+        timeout = self.cfg.timeout if timeout is None else max(0.001, timeout)
         try:
-            done, _ = await asyncio.wait([waiter] if gone is None else [waiter, gone], timeout=self.cfg.timeout,
+            done, _ = await asyncio.wait([waiter] if gone is None else [waiter, gone], timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             if gone is not None:

@@ -39,7 +39,9 @@ class TrainConfig(DataConfig):
                                         "each label's threshold tuned on validation for its best F1.")
     patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).", at_least=0)
     report: bool = opt(True, "Write report.html at the end (its figures take a few seconds; tune's trials skip it and "
-                             "only the best model gets one).")
+                             "only the best model gets one), with the words of the mistakes it lists coloured: "
+                             "explaining those 20 texts is 640 forward and backward passes, about 2 minutes for "
+                             "MiniLM at 128 tokens on 2 CPU cores.")
     calibrate: bool = opt(True, "After training, fit a temperature on validation (temperature scaling) and fold it "
                                 "into the saved classifier, so its confidences match its accuracy; kept only if it "
                                 "lowers validation NLL (--no-calibrate: raw softmax).")

@@ -5,13 +5,13 @@ alone writes them (the others hold a no-op run_folder.Follower)."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 import torch
 from finetune_bert.engine import distributed
 from finetune_bert.engine.model_folder import ModelFolder
+from finetune_bert.evaluation.explained import explain_rows, metrics_text
 from finetune_bert.evaluation.metrics import ConfidentMistakes, snippet
 from finetune_bert.evaluation.scoring import score_logits
 from finetune_bert.evaluation.tables import format_any
@@ -60,8 +60,9 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
         metrics["mistakes"] = _mistakes(job, split, logits)
     elif job.ds.task == REGRESSION:
         metrics["largest_errors"] = _largest_errors(job, split, logits, done.scoring.scale)
+    _explain_listed(job, done, split, metrics)
     metrics["seconds_total"] = round(time.time() - job.started, 1)
-    run.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
+    run.write_text("metrics.json", metrics_text(metrics))
     run.write_text("README.md", model_card(cfg, job.report, metrics))
     if cfg.report and job.world.main:
         from finetune_bert.evaluation.report_page import run_report
@@ -112,8 +113,30 @@ def _mistakes(job: Job, split: str, logits: torch.Tensor, k: int = 20) -> list[d
     data = job.ds.test if split == "test" else job.ds.val
     tracker = ConfidentMistakes(k, job.ds.label_names)
     tracker.update(logits, torch.from_numpy(job.enc[split].labels),
-                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j])})
+                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j]), "index": j})
     return tracker.rows()
+
+
+def _explain_listed(job: Job, done: Calibrated, split: str, metrics: dict[str, Any]) -> None:
+    """The listed mistakes explained with the model just trained, for the report's coloured words: at most 20
+    texts in one batched call, only when the report is written (rank 0). A regression's largest errors are left
+    to `evaluate --errors`, which explains them when asked. Each row's "index" (its place in the split, to find
+    its whole text) is dropped either way."""
+    index = [row.pop("index") for row in metrics.get("mistakes") or metrics.get("largest_errors") or []]
+    rows = metrics.get("mistakes")
+    if not rows or not job.cfg.report or not job.world.main:
+        return
+    data = job.ds.test if split == "test" else job.ds.val
+    items = [data.texts[j] if data.pairs is None else (data.texts[j], data.pairs[j]) for j in index]
+    folder = ModelFolder(str(job.run.path), str(job.run.path), info=job.run_info(done.temperature, **done.decided))
+    clf = Classifier(job.engine, job.tokenizer, folder, Reading(long_texts="truncate"))  # as test was read
+    model, training = job.engine.model, job.engine.model.training
+    model.eval()  # no dropout: the gradients must be the model's, not noise
+    try:
+        seconds = explain_rows(clf, rows, items, metrics)
+    finally:
+        model.train(training)
+    console.say(f"the {len(rows)} listed mistakes explained for the report in {seconds:.1f}s")
 
 
 def _largest_errors(job: Job, split: str, outputs: torch.Tensor, scale: tuple[float, float],
@@ -122,5 +145,5 @@ def _largest_errors(job: Job, split: str, outputs: torch.Tensor, scale: tuple[fl
     data = job.ds.test if split == "test" else job.ds.val
     tracker = LargestErrors(k, scale)
     tracker.update(outputs, torch.from_numpy(job.enc[split].labels),
-                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j])})
+                   lambda j: {"split": split, "row": data.where[j], "text": snippet(data.texts[j]), "index": j})
     return tracker.rows()

@@ -28,6 +28,7 @@ from finetune_bert.data.config import DataConfig
 from finetune_bert.engine.run_info import RunInfo
 from finetune_bert.data.skipped import skipped_csv
 from finetune_bert.training.steps import StepOptions
+from finetune_bert.data.seen import SEEN_FILE, seen_text
 from finetune_bert.data.tokens import Encoded, pad_id
 from finetune_bert.tasks import MULTI_LABEL, REGRESSION, Scoring
 from finetune_bert.training.kinds import fold_scale, loss_weights
@@ -41,6 +42,10 @@ def _setup_data(prepared: Prepared, run: RunFolder) -> None:
     # leaves a report of its own beside an earlier run's model.
     for name, text in report_files(prepared.report).items():
         run.stage(name, text)
+    # what the model learned from or was selected on: `audit` refuses to judge labels with a model that saw them
+    seen = [s for s in (ds.train, ds.val) if s is not None]
+    run.stage(SEEN_FILE, seen_text([t for s in seen for t in s.texts],
+                                   None if ds.train.pairs is None else [p for s in seen for p in s.pairs]))
     if ds.skipped:
         run.stage("skipped_rows.csv", skipped_csv(ds.skipped))
         console.warn(f"{len(ds.skipped)} bad rows skipped; each is listed with its reason in "

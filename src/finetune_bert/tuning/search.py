@@ -30,7 +30,7 @@ from finetune_bert.ranks import launched
 from finetune_bert.errors import TrainingInterrupted, UserError
 from finetune_bert.lock import process_gone, this_process
 from finetune_bert.console import console
-from finetune_bert.safefiles import check_output_folder, claim, read_marker, write_text_atomic
+from finetune_bert.safefiles import check_output_folder, claim, read_marker, refuse_foreign, write_text_atomic
 from finetune_bert.tuning.space import Dimension, FreshSampler, read_space, space_json, space_size
 from finetune_bert.data.prepared import Prepared
 from finetune_bert.training.job import prepare
@@ -99,11 +99,7 @@ def _check_folder(cfg: TuneConfig) -> Path:
         ours = read_marker(folder)["files"]
         if "train_log.jsonl" in ours:
             raise UserError(f"--output {folder} holds a training run, not a study; choose another folder for tune")
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith(".finetune-bert"))
-        if foreign and not cfg.overwrite:
-            listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise UserError(f"--output {folder} holds files finetune-bert did not write ({listed}); choose an empty or new "
-                            "folder, or pass --overwrite to write the study beside them")
+        refuse_foreign(folder, ours, cfg.overwrite, "the study")
     return folder
 
 
