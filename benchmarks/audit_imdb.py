@@ -35,15 +35,15 @@ def _run(*args: str) -> float:
     return round(time.time() - started, 1)
 
 
-def _noisy(out: Path, rows: int, flip: float, seed: int) -> tuple[Path, set[str]]:
+def _noisy(out: Path, rows: int, flip: float, seed: int, data: Path = DATA) -> tuple[Path, set[str]]:
     """`rows` train reviews (seeded sample) with `flip` of their labels flipped; the CSV lines flipped."""
     path, record = out / "noisy.csv", out / "flipped.json"
     if path.is_file() and record.is_file():
         return path, set(json.loads(record.read_text()))
-    with gzip.open(DATA / "train.csv.gz", "rt", encoding="utf-8", newline="") as handle:
-        data = list(csv.DictReader(handle))
+    with gzip.open(data / "train.csv.gz", "rt", encoding="utf-8", newline="") as handle:
+        reviews = list(csv.DictReader(handle))
     rng = random.Random(seed)
-    chosen = rng.sample(data, rows)
+    chosen = rng.sample(reviews, rows)
     flipped = sorted(rng.sample(range(rows), round(rows * flip)))
     for i in flipped:
         chosen[i]["label"] = str(1 - int(chosen[i]["label"]))
@@ -82,7 +82,7 @@ def _scores(found: list[str], flipped: set[str], k: int) -> dict[str, float]:
 def noise(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, flipped = _noisy(out, args.rows, args.flip, args.seed)
+    data, flipped = _noisy(out, args.rows, args.flip, args.seed, Path(args.data_dir))
     options = ["--model", "minilm", "--max-length", str(args.max_length), "--epochs", str(args.epochs), "--lr",
                str(args.lr), "--batch-size", "32", "--seed", str(args.seed)]
     seconds = {}
@@ -109,13 +109,13 @@ def real(args: argparse.Namespace) -> dict:
     model, audit = out / "imdb-model", out / "imdb-test-audit"
     seconds = {}
     if not (model / "metrics.json").is_file():
-        seconds["train"] = _run("train", "--data", str(DATA / "train.csv.gz"), "--max-train-samples", str(args.train_rows),
+        seconds["train"] = _run("train", "--data", str(Path(args.data_dir) / "train.csv.gz"), "--max-train-samples", str(args.train_rows),
                                 "--model", "minilm", "--max-length", str(args.max_length), "--epochs", str(args.epochs),
                                 "--lr", str(args.lr), "--batch-size", "32", "--no-report", "--output", str(model),
                                 *(["--num-threads", str(args.threads)] if args.threads else []))
     if not (audit / "summary.json").is_file():
         sample = ["--max-train-samples", str(args.test_rows)] if args.test_rows else []
-        seconds["audit"] = _run("audit", "--data", str(DATA / "test.csv.gz"), "--model", str(model), "--output",
+        seconds["audit"] = _run("audit", "--data", str(Path(args.data_dir) / "test.csv.gz"), "--model", str(model), "--output",
                                 str(audit), "--on-bad-rows", "skip", "--top", "20", *sample,
                                 *(["--num-threads", str(args.threads)] if args.threads else []))
     summary = json.loads((audit / "summary.json").read_text())
@@ -134,6 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("noise", "real"))
     parser.add_argument("--out", default="/tmp/audit-imdb")
+    parser.add_argument("--data-dir", default=str(DATA), help="a folder with IMDB's train.csv.gz and test.csv.gz")
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--flip", type=float, default=0.05)
     parser.add_argument("--max-length", type=int, default=128)

@@ -646,7 +646,24 @@ def write_summary(s: Session) -> str:
     return text
 
 
-STEPS = {"setup": step_setup, "tests": step_tests, "train": step_train, "infer": step_infer, "compile": step_compile}
+# ---- optional (not in the default --steps): `audit` on 2,000 IMDB reviews with 5% of labels flipped
+
+def step_audit(s: Session) -> None:
+    """benchmarks/audit_imdb.py noise at GPU sizes (max length 256, 3 epochs): the measurement the 2-core CPU
+    could only make with a weak model. Its log stays in the work folder; the numbers go to results.json."""
+    logfile = s.work / "audit_imdb.log"
+    size = ["--rows", "200", "--max-length", "32", "--epochs", "1"] if s.dry else ["--max-length", "256", "--epochs", "3"]
+    r = s.execute([s.python, "benchmarks/audit_imdb.py", "noise", "--out", str(s.work / "audit"), "--data-dir",
+                   str(s.work / "imdb"), *size], logfile, s.box(s.args.audit_s))
+    lines = [line for line in logfile.read_text(errors="replace").splitlines() if line.startswith("{")]
+    numbers = json.loads(lines[-1]) if lines else {}
+    s.record("audit", {"outcome": "ok" if r["rc"] == 0 and numbers else ("timed out" if r["timed_out"] else
+                                                                            f"rc {r['rc']}"), **r, "numbers": numbers,
+                       "brief": f"audit {numbers.get('audit_folds_5')}, single model {numbers.get('single_model_errors')}"})
+
+
+STEPS = {"setup": step_setup, "tests": step_tests, "train": step_train, "infer": step_infer, "compile": step_compile,
+         "audit": step_audit}
 
 
 def run(args) -> None:
@@ -689,6 +706,7 @@ def parse_args() -> argparse.Namespace:
     r.add_argument("--evaluate-s", type=float, default=75)
     r.add_argument("--predict-s", type=float, default=75)
     r.add_argument("--compile-s", type=float, default=200)
+    r.add_argument("--audit-s", type=float, default=400, help="the optional audit step (--steps setup,audit)")
     r.add_argument("--no-compile", action="store_true")
     r.add_argument("--n", type=int, help="train reviews for the epoch (default 25000; dry run 200)")
     r.add_argument("--dry-n", type=int, default=120, help="dry run: test reviews for evaluate and predict")

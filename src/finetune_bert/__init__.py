@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 # The public API, imported on first use: the ONNX path of `predict` must start without paying torch's import
 # (1-2 s) for a command that never needs it. No submodule shares a name with these, so nothing hides them.
 _API = {"train": "training.launch", "load": "inference.classifier", "evaluate": "evaluation.evaluate",
-        "tune": "tuning.search", "audit": "audit.audit", "AuditConfig": "audit.config", "TrainConfig": "training.config", "TuneConfig": "tuning.config",
+        "tune": "tuning.search", "audit": "auditing.audit", "AuditConfig": "auditing.config",
+        "TrainConfig": "training.config", "TuneConfig": "tuning.config",
         "EvaluateConfig": "evaluation.config", "TrainResult": "training.finish", "Classifier": "inference.classifier",
         "Prediction": "inference.classifier", "Reading": "inference.reading", "UserError": "errors"}
 __all__ = [*_API, "__version__"]

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from finetune_bert import __version__
-from finetune_bert.audit.config import AuditConfig
+from finetune_bert.auditing.config import AuditConfig
 from finetune_bert.cli.config import DemoConfig, InspectConfig
 from finetune_bert.cli.options import Parser, add_config_options, config_from_file, repeated
 from finetune_bert.console import console
@@ -65,7 +65,7 @@ COMMANDS = {
                       "rebuild report.html of a training run, or of an evaluation",
                       "Rebuild DIR/report.html from a finished training run's files, or NAME.html from the NAME.json "
                       "`evaluate` wrote."),
-    "audit": Command(AuditConfig, "finetune_bert.audit.audit:audit", "find likely wrong labels (cleanlab)",
+    "audit": Command(AuditConfig, "finetune_bert.auditing.audit:audit", "find likely wrong labels (cleanlab)",
                      "Find rows whose label is likely wrong: K-fold cross-validation (or a fine-tuned model, on data "
                      "it did not train on) scores every row with a model that never saw it, and confident learning "
                      "(cleanlab) flags the labels the scores contradict. Writes label_issues.csv, "

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_bert.audit.issues import Findings
+from finetune_bert.auditing.issues import Findings
 from finetune_bert.console import console
 from finetune_bert.evaluation.report_page import STYLE
 from finetune_bert.evaluation.words import WORDS_CSS, legend_html, words_html

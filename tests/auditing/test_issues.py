@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from finetune_bert.audit.issues import find_issues
+from finetune_bert.auditing.issues import find_issues
 
 
 def test_classes_flipped_against_confident_outputs_are_flagged_worst_first():

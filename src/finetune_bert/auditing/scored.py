@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from finetune_bert.audit.files import Shown
+from finetune_bert.auditing.files import Shown
 from finetune_bert.console import console
 from finetune_bert.data.seen import read_seen, text_key
 from finetune_bert.data.skipped import SkippedRow

@@ -83,13 +83,14 @@ def _label_sets(labels: list[tuple[int, ...]], probs: np.ndarray, names: list[st
     quality = get_label_quality_scores(given, probs, method=rank_by)
     cut = thresholds if thresholds is not None else np.full(probs.shape[1], 0.5)
     suggested = [tuple(int(j) for j in np.flatnonzero(row >= cut)) for row in probs]
-    # each label's share of rows where given and suggested disagree on it: where its annotation is unreliable
+    # each label's share, among the rows where the given or the suggested set holds it, where the two disagree
     hot = np.zeros_like(probs, dtype=bool)
     for i, row in enumerate(given):
         hot[i, row] = True
-    disagree = hot != (probs >= cut)
-    noise = {n: float(disagree[hot[:, j] | (probs[:, j] >= cut[j]), j].mean()) if (hot[:, j] | (probs[:, j] >= cut[j])).any()
-             else 0.0 for j, n in enumerate(names)}
+    predicted = probs >= cut
+    either = hot | predicted
+    noise = {n: float((hot[:, j] != predicted[:, j])[either[:, j]].mean()) if either[:, j].any() else 0.0
+             for j, n in enumerate(names)}
     return Findings(flagged, np.asarray(quality, dtype=np.float64), suggested, rank_by, noise)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune_bert.audit.issues import Findings
+from finetune_bert.auditing.issues import Findings
 from finetune_bert.data.readers import Records
 from finetune_bert.data.sources import read_source
 from finetune_bert.data.splits import Split

@@ -16,16 +16,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from finetune_bert.audit.config import DEFAULT_FOLDS, AuditConfig
-from finetune_bert.audit.files import Shown, check_clean_target, issues_csv, outputs_csv, write_clean
-from finetune_bert.audit.issues import Findings, find_issues
-from finetune_bert.audit.scored import Scored, read_for_model, scorer
+from finetune_bert.auditing.config import DEFAULT_FOLDS, AuditConfig
+from finetune_bert.auditing.files import Shown, check_clean_target, issues_csv, outputs_csv, write_clean
+from finetune_bert.auditing.issues import Findings, find_issues
+from finetune_bert.auditing.report import write_report
+from finetune_bert.auditing.scored import Scored, read_for_model, scorer
 from finetune_bert.console import console
 from finetune_bert.data.skipped import skipped_csv
 from finetune_bert.errors import UserError, refuse
 from finetune_bert.ranks import launched
 from finetune_bert.safefiles import check_output_folder, claim, read_marker, refuse_foreign, write_text_atomic
 from finetune_bert.training import checkpoint
+from finetune_bert.training.train import process_settings
 
 AUDIT_FILES = ("audit.json", "label_issues.csv", "oof_probabilities.csv", "summary.json", "report.html",
                "skipped_rows.csv", "explanations.json", "folds")
@@ -49,7 +51,6 @@ def audit(cfg: AuditConfig | None = None, **overrides: Any) -> AuditResult:
         raise UserError("audit trains its folds one after the other in one process: start it without torchrun")
     cfg = dataclasses.replace(cfg or AuditConfig(), **overrides).with_defaults()
     refuse(cfg.problems())
-    from finetune_bert.training.train import process_settings
     process_settings(cfg)
     started = time.time()
     folder = _check_folder(cfg)
@@ -64,10 +65,9 @@ def audit(cfg: AuditConfig | None = None, **overrides: Any) -> AuditResult:
     found = find_issues(scored.task, scored.labels, scored.outputs, scored.shown.names, rank_by=cfg.rank_by,
                         thresholds=scored.thresholds)
     summary = _summary(cfg, scored, found, time.time() - started)
-    _write(folder, scored, found, summary)
-    if clean_target is not None:
+    if clean_target is not None:  # before summary.json, which records it
         _clean_copy(cfg, clean_target, scored, found, summary)
-    from finetune_bert.audit.report import write_report
+    _write(folder, scored, found, summary)
     write_report(folder, cfg, scored, found, summary)
     if scored.runner is not None and not cfg.keep_fold_models:
         scored.runner.drop_weights()
@@ -108,7 +108,7 @@ def _claim(folder: Path, fingerprint: dict[str, Any]) -> None:
 
 
 def _cross_validate(cfg: AuditConfig, folder: Path) -> Scored:
-    from finetune_bert.audit.folds import FoldRunner, assign_folds
+    from finetune_bert.auditing.folds import FoldRunner, assign_folds
     from finetune_bert.data.dataset import load_dataset
     from finetune_bert.engine.model_folder import ModelFolder
 
@@ -124,14 +124,14 @@ def _cross_validate(cfg: AuditConfig, folder: Path) -> Scored:
     tokenizer = model.tokenizer(cfg.trust_remote_code)
     console.say(f"audit: {len(rows)} rows of {rows.source}, {k} folds of about {len(rows) // k} rows; each fold "
                 f"trains {cfg.model} on the others")
-    runner = FoldRunner(train_cfg, ds, rows, fold, folder, tokenizer, model)
+    runner = FoldRunner(train_cfg, ds, rows, fold, folder, tokenizer=tokenizer, model=model)
     score = scorer(cfg.eval_batch_size)
     outputs = runner.run(lambda run_dir, split: score(run_dir, split)[0])
     reading = {"long_texts": "chunks", "note": "each fold's model reads long texts whole, as predict does"}
     shown = Shown(ds.task, ds.label_names, ds.raw_labels, cfg.label_separator, ds.integer_targets)
     thresholds = _fold_thresholds(runner, k) if ds.task == "multi-label" else None
-    return Scored(rows, _ids(ds, rows), outputs, shown, ds.task, fold, runner, ds.skipped, thresholds, "train",
-                  reading=reading)
+    return Scored(rows, _ids(ds, rows), outputs, shown, ds.task, fold=fold, runner=runner, skipped=ds.skipped,
+                  thresholds=thresholds, split="train", reading=reading)
 
 
 def _ids(ds, rows) -> list[Any]:
