@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from finetune_bert.data.readers import Records
 from finetune_bert.data.sources import read_source
 from finetune_bert.data.splits import Split
 from finetune_bert.errors import UserError
+from finetune_bert.inference.files import row_writer
 from finetune_bert.safefiles import atomic_output, check_output_file
 from finetune_bert.tasks import MULTI_LABEL, REGRESSION
 
@@ -133,12 +133,7 @@ def _write_rows(target: Path, records: Records) -> None:
             pq.write_table(table, handle)
         return
     with atomic_output(target, "w", newline="") as handle:
-        if ext in (".csv", ".tsv"):
-            writer = csv.DictWriter(handle, records.columns, delimiter="\t" if ext == ".tsv" else ",",
-                                    extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(records.rows)
-        elif ext == ".jsonl":
-            handle.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records.rows)
-        else:
-            json.dump(records.rows, handle, ensure_ascii=False, indent=1, default=str)
+        write = row_writer(handle, {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}.get(ext, "json"), records.columns)
+        for row in records.rows:
+            write(row)
+        write(None)

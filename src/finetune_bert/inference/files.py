@@ -123,7 +123,7 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, bat
     update = progress and progress.update
     written, unsettled = 0, 0
     with _opened_output(out) as handle, clf.reporting(None if explain else update):
-        write = _row_writer(handle, fmt, fields)
+        write = row_writer(handle, fmt, fields)
         for split, prepared in ahead(rows, lambda c: clf.prepare(c.texts, pairs=c.pairs)[0] if c.texts else None,
                                      overlap=overlap):
             probs = clf.score_prepared([prepared], batch_size)[0] if prepared is not None else []
@@ -239,20 +239,22 @@ def stdin_file(folder: Path) -> Path:
     return path
 
 
-def _row_writer(handle, fmt: str, fields: list[str]) -> Callable[[dict[str, Any] | None], None]:
-    """Write rows one by one in `fmt`; a final call with None closes the format (the JSON array)."""
+def row_writer(handle, fmt: str, fields: list[str]) -> Callable[[dict[str, Any] | None], None]:
+    """Write rows one by one in `fmt` (csv, tsv, jsonl, json); a final call with None closes the format (the JSON
+    array). A value JSON has no form for (a Parquet timestamp) is written as its text."""
     if fmt in ("csv", "tsv"):
-        writer = csv.DictWriter(handle, fieldnames=fields, delimiter="\t" if fmt == "tsv" else ",")
+        writer = csv.DictWriter(handle, fieldnames=fields, delimiter="\t" if fmt == "tsv" else ",",
+                                extrasaction="ignore")
         writer.writeheader()
         return lambda row: None if row is None else writer.writerow(row)
     if fmt == "jsonl":
-        return lambda row: None if row is None else handle.write(json.dumps(row) + "\n")
+        return lambda row: None if row is None else handle.write(json.dumps(row, default=str) + "\n")
     first = [True]
 
     def write_json_array(row: dict[str, Any] | None) -> None:
         if row is None:
             handle.write("[]\n" if first[0] else "\n]\n")
             return
-        handle.write(("[\n" if first[0] else ",\n") + json.dumps(row))
+        handle.write(("[\n" if first[0] else ",\n") + json.dumps(row, default=str))
         first[0] = False
     return write_json_array
