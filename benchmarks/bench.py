@@ -5,7 +5,9 @@ Run a script as `python benchmarks/NAME.py`: Python puts the script's own folder
 What is measured is always the product's own code (engine.Engine, steps.train_step, batches, tokens); this
 module holds only what surrounds a measurement:
 
-- where results go: `now`, `cpu_model`, `cpu_hardware`, `hardware`, `publish` (RESULTS.md);
+- where results go: `now`, `cpu_model`, `cpu_hardware`, `cpu_isa`, `hardware`, `publish` (RESULTS.md);
+- whole processes: `timed_process`, `PIPELINE` (transformers.pipeline over a CSV), `csv_head`, `int8_export`,
+  `predicted_labels`, `accuracy`;
 - the machine's speed: `matmul_peak` (fp32 on CPU, bf16 on CUDA), `flops_per_token`, `sync`;
 - data: `load_reviews` (IMDB CSVs), `DATA`;
 - models: `bert_config`, `random_bert`, `build_model`, `model_config`, `model_source`, `save_random_bert`;
@@ -20,6 +22,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +55,19 @@ def cpu_hardware() -> str:
     return f"CPU {cpu_model()}, {os.cpu_count()} cores ({platform.machine()}); torch {torch.__version__}"
 
 
+def cpu_isa() -> str:
+    """The vector extensions the CPU has, by its flags: what decides which backend is fastest on it."""
+    flags = set()
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        pass
+    have = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"),
+                                    ("AVX-VNNI", "avx_vnni"), ("bf16", "avx512_bf16"), ("AMX", "amx_tile"))
+            if flag in flags]
+    return "ISA: " + (", ".join(have) or "unknown")
+
+
 def hardware() -> str:
     """The GPU's name where one is used, else the CPU's (cpu_hardware)."""
     import torch
@@ -66,6 +82,71 @@ def publish(text: str, record: bool) -> None:
     if record:
         with RESULTS.open("a") as handle:
             handle.write(text)
+
+
+# ------------------------------------------------------------------ whole processes
+
+# transformers.pipeline over a labelled CSV: argv = model, data, max length (0: the pipeline's own truncation at
+# the tokenizer's limit), batch size, and a file for its labels (one a line; "-": none). Prints its accuracy.
+PIPELINE = """
+import sys, pandas as pd
+from transformers import pipeline
+model, data, length, batch, labels = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+frame = pd.read_csv(data)
+clf = pipeline("text-classification", model=model, device="cpu", truncation=True,
+               **({"max_length": length} if length else {}))
+out = clf(frame["text"].tolist(), batch_size=batch)
+names = clf.model.config.id2label
+right = sum(names[int(l)] == o["label"] for l, o in zip(frame["label"], out))
+print("ACCURACY", right / len(frame))
+if labels != "-":
+    open(labels, "w").write("".join(o["label"] + "\\n" for o in out))
+"""
+
+
+def timed_process(command: list[str]) -> tuple[float, str, str]:
+    """A command run as a fresh process, offline: its seconds from start to exit, stdout and stderr; a failure
+    stops the benchmark with the command's last words."""
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return seconds, done.stdout, done.stderr
+
+
+def csv_head(data: str, out: Path, rows: int) -> str:
+    """The first `rows` rows of a CSV, as a file of their own at `out` (a warm-up's input)."""
+    with open(data, newline="") as source:
+        reader = csv.reader(source)  # (a review may hold a quoted newline: rows, not lines)
+        head = [row for _, row in zip(range(1 + rows), reader)]
+    with out.open("w", newline="") as handle:
+        csv.writer(handle).writerows(head)
+    return str(out)
+
+
+def int8_export(model: str) -> None:
+    """The model folder's export with its int8 graph, made here (fp32 and int8, checked) if it lacks one."""
+    from finetune_bert.engine.onnx_engine import read_manifest
+    manifest = read_manifest(Path(model))
+    if manifest is None or "model.int8.onnx" not in manifest.get("files", []):
+        from finetune_bert.export.onnx import describe, export
+        print(describe(export(model, quantize="int8"), model))
+
+
+def predicted_labels(predictions: Path) -> list[str]:
+    """The `predicted` column of a predictions file `finetune-bert predict --output` wrote."""
+    with predictions.open(newline="") as handle:
+        return [row["predicted"] for row in csv.DictReader(handle)]
+
+
+def accuracy(predictions: Path) -> float:
+    """How often a predictions file's label is its true_label (a 0/1 label read as negative/positive too, for
+    a model trained with --label-names negative,positive)."""
+    with predictions.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    names = {str(k): v for k, v in LABELS.items()}
+    return sum(r["predicted"] in (r["true_label"], names.get(r["true_label"])) for r in rows) / len(rows)
 
 
 # ------------------------------------------------------------------ the machine's speed

@@ -13,56 +13,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import cpu_hardware, now, publish
-
-PIPELINE = """
-import sys, time, pandas as pd
-from transformers import pipeline
-frame = pd.read_csv(sys.argv[2])
-clf = pipeline("text-classification", model=sys.argv[1], device="cpu", truncation=True, max_length=int(sys.argv[3]))
-out = clf(frame["text"].tolist(), batch_size=32)
-names = clf.model.config.id2label
-right = sum(names[int(l)] == o["label"] for l, o in zip(frame["label"], out))
-print("ACCURACY", right / len(frame))
-"""
-
-
-def _timed(command: list[str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return seconds, done.stdout
-
-
-def _accuracy(predictions: Path) -> float:
-    rows = list(csv.DictReader(predictions.open()))
-    names = {"0": "negative", "1": "positive"}  # a model trained with --label-names negative,positive
-    return sum(r["predicted"] in (r["true_label"], names.get(r["true_label"])) for r in rows) / len(rows)
+from bench import PIPELINE, accuracy, cpu_hardware, cpu_isa, csv_head, int8_export, now, publish, timed_process
 
 
 def _ours(model: str, data: str, backend: str, reading: list[str], work: Path) -> tuple[float, float]:
     out = work / f"{backend}-{'-'.join(reading) or 'chunks'}.csv"
     out.unlink(missing_ok=True)
-    seconds, _ = _timed([sys.executable, "-m", "finetune_bert.cli", "predict", "--model", model, "--input", data,
-                         "--output", str(out), "--backend", backend, *reading])
-    return seconds, _accuracy(out)
-
-
-def _ensure_export(model: str) -> None:
-    from finetune_bert.engine.onnx_engine import read_manifest
-    manifest = read_manifest(Path(model))
-    if manifest is None or "model.int8.onnx" not in manifest.get("files", []):
-        from finetune_bert.export.onnx import describe, export
-        print(describe(export(model, quantize="int8"), model))
+    seconds, _, _ = timed_process([sys.executable, "-m", "finetune_bert.cli", "predict", "--model", model, "--input",
+                                   data, "--output", str(out), "--backend", backend, *reading])
+    return seconds, accuracy(out)
 
 
 def _sorting(model: str, data: str, batch_size: int) -> list[str]:
@@ -95,13 +59,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256, help="the pipeline's truncation")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    _ensure_export(args.model)
+    int8_export(args.model)
     n = sum(1 for _ in csv.DictReader(open(args.data)))
     work = Path(tempfile.mkdtemp(prefix="infer-speed-"))
     # a first, untimed pass: the pipeline ran first on a cold page cache and CPU (50.9 s against 38.6-39.2 s
     # alternated with ours in the same hour, 2026-12-03), which flattered every ratio
-    _timed([sys.executable, "-c", PIPELINE, args.model, _head(args.data, work, 64), str(args.max_length)])
-    base_s, out = _timed([sys.executable, "-c", PIPELINE, args.model, args.data, str(args.max_length)])
+    pipeline = [sys.executable, "-c", PIPELINE, args.model]
+    timed_process([*pipeline, csv_head(args.data, work / "warm-up.csv", 64), str(args.max_length), "32", "-"])
+    base_s, out, _ = timed_process([*pipeline, args.data, str(args.max_length), "32", "-"])
     base_acc = float(out.split("ACCURACY")[1])
     rows = [f"| transformers.pipeline (batch 32, truncation at {args.max_length}) | {base_s:.1f} | {n / base_s:.1f} "
             f"| 1.00x | {base_acc:.2%} |"]
@@ -113,11 +78,11 @@ def main() -> None:
                         f"{base_s / seconds:.2f}x | {acc:.2%} |")
     first = []
     for backend in ("torch", "torch-fp32", "onnx", "onnx-int8"):
-        seconds, _ = _timed([sys.executable, "-m", "finetune_bert.cli", "predict", "--model", args.model,
-                             "--backend", backend, "I loved this film"])
+        seconds, _, _ = timed_process([sys.executable, "-m", "finetune_bert.cli", "predict", "--model", args.model,
+                                       "--backend", backend, "I loved this film"])
         first.append(f"{backend} {seconds:.2f} s")
     text = [f"\n### {now()}: CPU inference, whole processes ({n} IMDB test reviews)\n",
-            f"Hardware: {cpu_hardware()}; {_isa()}.",
+            f"Hardware: {cpu_hardware()}; {cpu_isa()}.",
             f"Command: `python benchmarks/infer_speed.py --model {args.model} --data {args.data} "
             f"--max-length {args.max_length}`\n",
             "| setup | seconds | reviews/s | vs pipeline | accuracy |", "| --- | --- | --- | --- | --- |", *rows,
@@ -126,29 +91,6 @@ def main() -> None:
             "| backend | sorted s | file order s | sorting buys |", "| --- | --- | --- | --- |",
             *_sorting(args.model, args.data, 64), ""]
     publish("\n".join(text), record=not args.no_record)
-
-
-def _head(data: str, work: Path, rows: int) -> str:
-    """The first `rows` rows of a CSV, as a file of their own (the warm-up's input)."""
-    with open(data, newline="") as source:
-        reader = csv.reader(source)  # (a review may hold a quoted newline: rows, not lines)
-        head = [row for _, row in zip(range(1 + rows), reader)]
-    out = work / "warm-up.csv"
-    with out.open("w", newline="") as handle:
-        csv.writer(handle).writerows(head)
-    return str(out)
-
-
-def _isa() -> str:
-    flags = set()
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        pass
-    have = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"),
-                                    ("AVX-VNNI", "avx_vnni"), ("bf16", "avx512_bf16"), ("AMX", "amx_int8"))
-            if flag in flags]
-    return "ISA: " + (", ".join(have) or "unknown")
 
 
 if __name__ == "__main__":

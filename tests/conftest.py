@@ -130,7 +130,9 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def trained(tiny_model, toy_data, tmp_path_factory):
-    """One short training run shared by the evaluate, predict and pipeline tests.
+    """One short training run shared by the evaluate, predict and pipeline tests; without the ONNX export
+    train writes by default, so `auto` runs torch on it, as the tests that use it expect (an exported copy is
+    tests/export's `exported`).
 
     fp32 on every device: in bf16 this 32-wide model at lr 1e-2 learns the toy task or not depending on the
     seed (measured on an H200, packed and padded batches: seeds 1, 2 learn with both, 3 with neither)."""
@@ -139,7 +141,29 @@ def trained(tiny_model, toy_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "model"
     return train(data=str(toy_data["train"]), test_data=str(toy_data["test"]), model=str(tiny_model),
                  output=str(out), epochs=6, batch_size=16, lr=1e-2, warmup_ratio=0.05, max_length=32,
-                 seed=0, log_every=5, bf16=False)
+                 seed=0, log_every=5, bf16=False, export=False)
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    """`machine(amx=..., gpu=...)`: this machine as the probes see it. The cheap probe reads /proc/cpuinfo and
+    the GPU drivers' device nodes (faked by files); torch's are its AMX and CUDA answers. Faked: the probes of the
+    hardware, never the choice the tests check."""
+    import torch
+
+    from finetune_bert.inference import backends
+
+    def fake(*, amx: bool = False, gpu: bool = False) -> None:
+        info = tmp_path / "cpuinfo"
+        info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni" + (" amx_bf16 amx_tile" if amx else "") + "\n")
+        node = tmp_path / "nvidiactl"
+        if gpu:
+            node.touch()
+        monkeypatch.setattr(backends, "CPUINFO", info)
+        monkeypatch.setattr(backends, "GPU_NODES", (str(node),))
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    return fake
 
 
 @pytest.fixture
@@ -201,7 +225,18 @@ def _args(model: Path, data: dict[str, Path], out: Path, **changes: str) -> list
                "epochs": "5", "batch-size": "16", "lr": "1e-2", "warmup-ratio": "0.05", "max-length": "32",
                "seed": "0", "save-every": "4", "dist-timeout": "60",
                **{k.replace("_", "-"): v for k, v in changes.items()}}
-    return ["train", "--no-report", *[a for k, v in options.items() for a in (f"--{k}", v)]]
+    # no export: what these runs test is training, and each export is an import of onnx and a trace (0.6 s)
+    return ["train", "--no-report", "--no-export", *[a for k, v in options.items() for a in (f"--{k}", v)]]
+
+
+def predict_reporting_imports(*args: str) -> subprocess.CompletedProcess:
+    """`finetune-bert predict ARGS` in a fresh process, which then prints `LOADED [...]`: which of torch and
+    transformers it imported (an ONNX prediction needs neither)."""
+    probe = ("import sys\nfrom finetune_bert.cli.main import main\n"
+             f"code = main(['predict', *{list(args)!r}])\n"
+             "print('LOADED', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\nsys.exit(code)\n")
+    return subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 # ---------------------------------------------------------------- the other task kinds, trained once
@@ -221,8 +256,8 @@ TASK_KINDS = {
 def kind_train_args(model, data, out, kind, *extra, epochs="4"):
     return ["train", "--task", kind, "--data", str(data["train"]), "--test-data", str(data["test"]),
             "--model", str(model), "--output", str(out), "--epochs", epochs, "--batch-size", "16", "--lr", "1e-2",
-            "--warmup-ratio", "0.05", "--max-length", "32", "--seed", "0", "--num-threads", "1", *TASK_KINDS[kind][1],
-            *extra]
+            "--warmup-ratio", "0.05", "--max-length", "32", "--seed", "0", "--num-threads", "1", "--no-export",
+            *TASK_KINDS[kind][1], *extra]
 
 
 @pytest.fixture(scope="session")
@@ -251,6 +286,6 @@ def pair_model(tiny_model, tmp_path_factory):
             "test": write_csv(folder / "test.csv", toy_pair_rows(60, seed=2))}
     done = kind_cli("train", "--data", str(data["train"]), "--test-data", str(data["test"]), "--model",
                     str(tiny_model), "--output", str(folder / "model"), "--epochs", "4", "--batch-size", "16",
-                    "--lr", "1e-2", "--max-length", "32", "--seed", "0", "--num-threads", "1")
+                    "--lr", "1e-2", "--max-length", "32", "--seed", "0", "--num-threads", "1", "--no-export")
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "model", data

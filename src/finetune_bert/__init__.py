@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 # (1-2 s) for a command that never needs it. No submodule shares a name with these, so nothing hides them.
 _API = {"train": "training.launch", "load": "inference.classifier", "evaluate": "evaluation.evaluate",
         "tune": "tuning.search", "audit": "auditing.audit", "AuditConfig": "auditing.config",
+        "distill": "compression.distill", "prune": "compression.prune", "DistillConfig": "compression.config",
+        "PruneConfig": "compression.config",
         "TrainConfig": "training.config", "TuneConfig": "tuning.config",
         "EvaluateConfig": "evaluation.config", "TrainResult": "training.finish", "Classifier": "inference.classifier",
         "Prediction": "inference.classifier", "Reading": "inference.reading", "UserError": "errors"}

@@ -14,17 +14,19 @@ MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 def opt(default: Any, help: str, at_least: float | None = None, required: bool = False, *,
-        at_most: float | None = None, choices: tuple[str, ...] | None = None, positional: str | None = None) -> Any:
+        at_most: float | None = None, choices: tuple[str, ...] | None = None, positional: str | None = None,
+        aliases: tuple[str, ...] | None = None) -> Any:
     """A config field whose help text, bounds and choices travel with it.
 
     `at_least`, `at_most` and `choices` are checked by `range_problems` (None values are "not given" and
     pass), so that the Python API and the command line refuse the same values, all at once; `required`
     fields are listed under "required options" in --help and checked by the config's `problems()`.
-    `positional`: an argument without a flag, with this argparse nargs ("?" one, "*" any number).
+    `positional`: an argument without a flag, with this argparse nargs ("?" one, "*" any number). `aliases`:
+    other flags for the same option, shown first (distill's --student is its --model).
     """
     meta: dict[str, Any] = {"help": help}
     for key, value in (("at_least", at_least), ("at_most", at_most), ("choices", choices),
-                       ("positional", positional)):
+                       ("positional", positional), ("aliases", aliases)):
         if value is not None:
             meta[key] = value
     if required:

@@ -56,6 +56,8 @@ def test_folds_are_stratified_disjoint_and_cover_every_row_once(audited, noisy):
         assert abs(labels.count("positive") - 25) <= 1
     probs = np.array([[float(r["p_negative"]), float(r["p_positive"])] for r in rows])
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert sorted(p.name for p in (audited / "folds").glob("fold-*") if p.is_dir()) == [f"fold-{k}" for k in range(4)]
+    assert not list((audited / "folds").glob("fold-*/onnx"))  # a fold's model is never exported
 
 
 def test_flipped_labels_are_found(audited, noisy):

@@ -25,7 +25,7 @@ def _run(tmp_path, capsys, payload, *argv, raw=None):
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("lr", True, "'lr' must be a number, got true"),
+    ("lr", True, "'lr' must be a number or null, got true"),
     ("clean", "no", "'clean' must be true or false, got \"no\""),
     ("clean", 0, "'clean' must be true or false, got 0"),
     ("epochs", "3", "'epochs' must be a number, got \"3\""),

@@ -288,3 +288,13 @@ def test_two_processes_train_each_kind_as_one_does(tiny_model, kind_data, kind, 
         assert np.allclose(i1["thresholds"], i2["thresholds"], atol=1e-3)
     else:
         assert i1["target_scale"] == i2["target_scale"]
+
+
+def test_two_processes_train_lora_as_one_does(tiny_model, toy_data, tmp_path):
+    """LoRA under DDP: only the adapters and the head are trained (and exchanged); the merged model is one's."""
+    alone, shared = tmp_path / "one", tmp_path / "two"
+    args = _args(tiny_model, toy_data, alone, epochs="1") + ["--lora", "--lora-dropout", "0"]  # no draws: ranks draw their own masks
+    _made(_torchrun(args), alone)
+    _made(_launch([str(shared) if a == str(alone) else a for a in args]), shared)
+    assert _largest_difference(alone, shared) <= TOLERANCE
+    assert not [k for k in _weights(shared) if "lora" in k]

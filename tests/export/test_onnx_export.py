@@ -68,10 +68,10 @@ def test_export_checks_on_data_when_given(trained, toy_data, tmp_path):
     assert "agrees with torch on 100.00%" in describe(manifest, str(folder))
 
 
-def test_the_default_backend_is_torch_even_beside_an_export(exported):
+def test_a_backend_named_is_the_one_run_beside_an_export(exported):
     from finetune_bert import load
-    folder, _ = exported
-    assert load(str(folder), device="cpu").backend == "torch"
+    folder, _ = exported  # what the default (auto) runs beside an export: tests/inference/test_auto.py
+    assert load(str(folder), device="cpu", backend="torch").backend == "torch"
     assert load(str(folder), device="cpu", backend="torch-fp32").backend == "torch-fp32"
 
 
@@ -174,17 +174,12 @@ def test_a_damaged_export_is_one_line(exported, tmp_path, capsys):
 
 def test_predict_through_onnx_imports_neither_torch_nor_transformers(exported, toy_data, tmp_path):
     """The ONNX path's start-up: the export holds the config and a checked tokenizer (issue 20)."""
-    import subprocess
-    import sys
+    from conftest import predict_reporting_imports
     folder, manifest = exported
     assert manifest["tokenizer"]["file"] == "tokenizer.json" and manifest["config"]["num_labels"] == 2
     out = tmp_path / "lean.csv"
-    probe = ("import sys\nfrom finetune_bert.cli.main import main\n"
-             f"code = main(['predict', '--model', {str(folder)!r}, '--input', {str(toy_data['test'])!r}, "
-             f"'--output', {str(out)!r}, '--backend', 'onnx'])\n"
-             "print('LOADED', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\nsys.exit(code)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = predict_reporting_imports("--model", str(folder), "--input", str(toy_data["test"]), "--output", str(out),
+                                     "--backend", "onnx")
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout
     from finetune_bert import load

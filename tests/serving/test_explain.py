@@ -20,9 +20,18 @@ EXPLAIN = {"explain": True}
 
 
 @pytest.fixture(scope="module")
-def served(trained):
-    """`serve` with room for 2 explained texts of about 9 tokens each (32 steps: 300 tokens of work)."""
-    server = Served(trained.output, "--max-explain-texts", "2", "--max-request-tokens", "600")
+def served(trained, tmp_path_factory):
+    """`serve` with room for 2 explained texts of about 9 tokens each (32 steps: 300 tokens of work), on a copy
+    of the model with its ONNX export: on a CPU without AMX `auto` answers through onnxruntime, and the
+    explanations, which need gradients, go through the same model in torch."""
+    import shutil
+
+    from finetune_bert.export.onnx import export
+
+    folder = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(trained.output, folder)
+    export(model=str(folder))
+    server = Served(folder, "--max-explain-texts", "2", "--max-request-tokens", "600")
     yield server
     server.stop()
 
@@ -67,6 +76,8 @@ def test_explain_adds_the_explanation_of_the_top_label_to_each_answer(served):
     assert _metric(served, "finetune_bert_explain_seconds_count") >= 3
     info = __import__("httpx").get(f"{served.url}/info").json()
     assert info["explain"] == {"available": True, "steps": 32} and info["limits"]["max_explain_texts"] == 2
+    from finetune_bert.engine.torch_engine import has_amx
+    assert info["backend_requested"] == "auto" and info["backend"] == ("torch" if has_amx() else "onnx")
 
 
 @pytest.mark.parametrize("parameters, status, message", [

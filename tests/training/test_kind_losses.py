@@ -73,3 +73,41 @@ def test_the_prior_correction_undoes_pos_weight_exactly_at_the_weighted_optimum(
     model.config = type("C", (), {"num_labels": 2})()
     shifted = shift_bias(dict(model.state_dict()), model, torch.tensor([-1.0, 2.0]))
     assert torch.allclose(shifted["classifier.bias"], layer.bias.detach() + torch.tensor([-1.0, 2.0]))
+
+
+def test_the_distillation_loss_is_hintons_mix_and_unlabelled_rows_count_for_the_teacher_alone():
+    from finetune_bert.training.kinds import Distillation, distill_loss_sum, labelled, no_labels
+
+    torch.manual_seed(2)
+    s, t, T, a = torch.randn(4, 3), torch.randn(4, 3), 2.0, 0.3
+    has = torch.tensor([1.0, 0.0, 1.0, 1.0])  # row 1 has no label
+    kd = Distillation(T, a)
+    ids = torch.tensor([2, -1, 0, 1])
+    p, q = F.softmax(t / T, dim=1), F.softmax(s / T, dim=1)
+    kl = (p * (p.log() - q.log())).sum()
+    ce = (F.cross_entropy(s, ids.clamp(min=0), reduction="none") * has).sum()
+    assert torch.allclose(distill_loss_sum("classification", s, ids, t, None, kd), a * ce + (1 - a) * T**2 * kl)
+
+    nan = float("nan")
+    hot = torch.tensor([[1.0, 0.0, 1.0], [nan, nan, nan], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    ps, pt = torch.sigmoid(s / T), torch.sigmoid(t / T)
+    bernoulli = (pt * (pt / ps).log() + (1 - pt) * ((1 - pt) / (1 - ps)).log()).mean(dim=1).sum()
+    bce = (F.binary_cross_entropy_with_logits(s, hot.nan_to_num(0.0), reduction="none").mean(dim=1) * has).sum()
+    assert torch.allclose(distill_loss_sum("multi-label", s, hot, t, None, kd), a * bce + (1 - a) * T**2 * bernoulli)
+
+    y = torch.tensor([0.5, nan, -1.0, 2.0])
+    squared = ((s[:, 0] - y.nan_to_num(0.0)) ** 2 * has).sum()
+    assert torch.allclose(distill_loss_sum("regression", s[:, :1], y, t[:, :1], None, kd),
+                          a * squared + (1 - a) * ((s[:, 0] - t[:, 0]) ** 2).sum())  # no temperature: the value
+
+    full = torch.tensor([2, 1, 0, 1])  # every row labelled, alpha 1: the kind's own loss, class weights included
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    assert torch.allclose(distill_loss_sum("classification", s, full, t, weights, Distillation(T, 1.0)),
+                          loss_sum("classification", s, full, weights))
+    assert distill_loss_sum("classification", s, full, s, None, Distillation(T, 0.0)).abs() < 1e-6  # agreeing: 0
+    assert distill_loss_sum("multi-label", s, hot, s, None, Distillation(T, 0.0)).abs() < 1e-6
+    assert labelled(no_labels("classification", 2, 3)).tolist() == [False, False]
+    assert labelled(np.concatenate([hot.numpy(), no_labels("multi-label", 1, 3)])).tolist() == [True, False, True,
+                                                                                                 True, False]
+    assert loss_weights("classification", np.array([0, 0, 1, -1, -1]), 2, torch.device("cpu")).tolist() == \
+        pytest.approx([3 / 4, 3 / 2])  # unlabelled rows are not a class

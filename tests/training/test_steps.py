@@ -36,7 +36,8 @@ def fused(monkeypatch):
 
 def _train(model, data, out, **kw):
     base = dict(data=str(data), model=str(model), output=str(out), epochs=2, batch_size=8, lr=5e-3,
-                max_length=32, seed=7, eval_every=4, save_every=3, log_every=5, num_threads=1)
+                max_length=32, seed=7, eval_every=4, save_every=3, log_every=5, num_threads=1,
+                export=False)  # what is tested is training
     return train_module.train(**{**base, **kw})
 
 

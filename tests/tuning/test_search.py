@@ -40,7 +40,8 @@ def _options(tiny_model, data, out, **kw):
 
 def _tune(tiny_model, data, out, **kw):
     from finetune_bert.tuning.search import tune
-    return tune(**_options(tiny_model, data, out, **kw))
+    # no ONNX export of each new best: what these studies test is the search (one test checks the export)
+    return tune(**{"export": False, **_options(tiny_model, data, out, **kw)})
 
 
 def _study(out: Path):
@@ -56,7 +57,7 @@ def _states(out: Path) -> dict[str, int]:
 
 
 def _cli(tiny_model, data, out, *extra, faults_spec="", **kw):
-    args = [sys.executable, "-m", "finetune_bert.cli", "tune"]
+    args = [sys.executable, "-m", "finetune_bert.cli", "tune", "--no-export"]  # as _tune
     for key, value in _options(tiny_model, data, out, **kw).items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FINETUNE_BERT_FAULTS": faults_spec}
@@ -65,7 +66,8 @@ def _cli(tiny_model, data, out, *extra, faults_spec="", **kw):
 
 def test_search_keeps_the_best_model_and_writes_its_report(tiny_model, data, tmp_path, capsys):
     from transformers import pipeline
-    result = _tune(tiny_model, data, tmp_path / "study", trials=3, test_data=str(data["test"]), confirm_seeds=2)
+    result = _tune(tiny_model, data, tmp_path / "study", trials=3, test_data=str(data["test"]), confirm_seeds=2,
+                   export=True)
     said = capsys.readouterr().out
     # the confirm phase is announced with its count and an estimate, and ends with its verdict on the terminal
     assert re.search(r"confirm phase: 4 trainings, the best and the default configuration with 2 fresh seeds each, "
@@ -83,6 +85,8 @@ def test_search_keeps_the_best_model_and_writes_its_report(tiny_model, data, tmp
     assert not (out / "trials").exists() or not any((out / "trials").iterdir())  # only the best model is kept
     assert not (out / "best" / "checkpoints").exists() or not any((out / "best" / "checkpoints").iterdir())
     assert (out / "best" / "report.html").is_file()  # the kept model has its report; the trials drew none
+    assert (out / "best" / "onnx" / "model.onnx").is_file()  # and its ONNX export, which no trial wrote:
+    assert "export" not in json.loads((out / "best" / "metrics.json").read_text())  # its run's record has none
     clf = pipeline("text-classification", model=str(out / "best"), device="cpu", truncation=True)
     assert clf("the film was good")[0]["label"] in ("positive", "negative")
     for name in ("history.png", "intermediate.png", "tune_report.md", "best_config.json"):
@@ -419,3 +423,15 @@ def test_tune_optimises_the_kinds_default_metric(tiny_model, data, tmp_path, tas
     assert best["task"] == task and best["validation"][metric] == pytest.approx(study.best_value)
     assert json.loads((tmp_path / "study" / "best" / "run_config.json").read_text())["metric"] == metric
     assert result is not None
+
+
+def test_lora_rank_and_alpha_are_searched_and_the_best_model_is_a_plain_folder(tiny_model, data, tmp_path):
+    space = _space(tmp_path / "lora.json", {"lora_rank": {"choices": [2, 4]}, "lora_alpha": {"low": 4, "high": 16}})
+    result = _tune(tiny_model, data, tmp_path / "study", space=str(space), lora=True, trials=2, epochs=1,
+                   prune=False, report=False)
+    trials = _study(tmp_path / "study").trials
+    assert {t.params["lora_rank"] for t in trials} <= {2, 4} and all(4 <= t.params["lora_alpha"] <= 16 for t in trials)
+    best = json.loads((Path(result.output) / "best_config.json").read_text())
+    assert best["lora"] is True and best["lora_rank"] in (2, 4)
+    from safetensors.torch import load_file
+    assert not [k for k in load_file(str(Path(result.output) / "best" / "model.safetensors")) if "lora" in k]

@@ -143,3 +143,20 @@ def test_trial_seeds_differ_by_trial_and_by_seed():
     from finetune_bert.tuning.space import trial_seed
     seeds = {trial_seed(seed, number) for seed in range(5) for number in range(50)}
     assert len(seeds) == 250 and trial_seed(3, 7) == trial_seed(3, 7)
+
+
+def test_with_lora_the_default_space_searches_larger_rates_and_the_adapters():
+    from finetune_bert.training.config import TrainConfig
+    from finetune_bert.tuning.space import LORA_SPACE
+
+    space = space_json(read_space(None, TrainConfig(data="d.csv", output="o", lora=True)))
+    assert space["lr"] == {"low": 1e-4, "high": 1e-3, "log": True}
+    assert space["lora_rank"] == {"choices": [4, 8, 16]} and read_space(None, TrainConfig(data="d.csv", output="o")) == DEFAULT_SPACE
+    assert read_space(None, TrainConfig(data="d.csv", output="o", lora=True)) == LORA_SPACE
+
+
+def test_searching_lora_settings_without_lora_is_refused(tmp_path):
+    from finetune_bert.training.config import TrainConfig
+
+    with pytest.raises(UserError, match="entry 'lora_rank'.*add --lora"):
+        read_space(_write(tmp_path, {"lora_rank": {"choices": [4, 8]}}), TrainConfig(data="d.csv", output="o"))

@@ -34,7 +34,7 @@ AUDIT_FILES = ("audit.json", "label_issues.csv", "oof_probabilities.csv", "summa
 # Options a rerun may change without changing any fold's model or output.
 FREE_OPTIONS = {"output", "overwrite", "debug", "num_threads", "keep_checkpoints", "save_every", "save_minutes",
                 "log_every", "rank_by", "top", "explain_steps", "write_clean", "relabel", "keep_fold_models",
-                "report", "eval_batch_size"}
+                "report", "export", "eval_batch_size"}
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _cross_validate(cfg: AuditConfig, folder: Path) -> Scored:
     from finetune_bert.engine.model_folder import ModelFolder
 
     k = cfg.folds or DEFAULT_FOLDS
-    train_cfg = cfg.train_config(report=False, keep_checkpoints=0, resume=False)
+    train_cfg = cfg.train_config(report=False, export=False, keep_checkpoints=0, resume=False)
     ds = load_dataset(train_cfg)  # bad rows stop here, naming file, row and column, before any folder is made
     rows = ds.train_all or ds.train
     fold = assign_folds(rows, ds.task, k, cfg.seed)

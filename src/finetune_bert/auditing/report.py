@@ -66,7 +66,7 @@ def _explain(cfg, scored, found: Findings, top: list[int]) -> dict[int, dict[str
             console.warn(f"fold {k + 1}'s model was removed by an earlier run: its rows' words are not coloured "
                          "(--keep-fold-models keeps them)")
             continue
-        clf = scored.model if k is None else load(str(scored.runner.path(k)), reading=Reading())
+        clf = scored.model if k is None else load(str(scored.runner.path(k)), reading=Reading(), backend="torch")
         items = [(scored.rows.texts[i], scored.rows.pairs[i]) if scored.rows.pairs is not None else scored.rows.texts[i]
                  for i in rows]
         targets = [_target(scored, found, i) for i in rows]

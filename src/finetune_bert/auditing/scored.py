@@ -41,7 +41,8 @@ def scorer(batch_size: int) -> Callable[[Any, Split], tuple[np.ndarray, Any]]:
     Classifier, reading long texts whole as predict does by default, and the classifier used."""
     def score(model: Any, split: Split) -> tuple[np.ndarray, Any]:
         from finetune_bert.inference.classifier import load
-        clf = load(str(model), reading=Reading()) if isinstance(model, (str, Path)) else model
+        # a folder is a fold's model, which is never exported: torch, as auto would say at every fold
+        clf = load(str(model), reading=Reading(), backend="torch") if isinstance(model, (str, Path)) else model
         prepared, _ = clf.prepare(split.texts, cleaned=True, pairs=split.pairs)
         return clf.score_prepared([prepared], batch_size)[0], clf
     return score

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from finetune_bert import __version__
 from finetune_bert.auditing.config import AuditConfig
 from finetune_bert.cli.config import DemoConfig, InspectConfig
-from finetune_bert.cli.options import Parser, add_config_options, config_from_file, repeated
+from finetune_bert.compression.config import DistillConfig, PruneConfig
+from finetune_bert.cli.options import Parser, add_config_options, config_from_file, option_flags, repeated
 from finetune_bert.console import console
 from finetune_bert.errors import RankLost, Reported, TrainingFailed, TrainingInterrupted, UserError
 from finetune_bert.evaluation.config import EvaluateConfig, ReportConfig
@@ -59,8 +60,9 @@ COMMANDS = {
     "export": Command(ExportConfig, "finetune_bert.export.onnx:export",
                       "export a fine-tuned model to ONNX (fp32, and int8 on request)",
                       "Export a fine-tuned model folder to ONNX, written into it (MODEL/onnx/), or with the model's "
-                      "files into --output DIR, and checked against torch; predict, evaluate and serve then take "
-                      "--backend onnx (or onnx-int8)."),
+                      "files into --output DIR, and checked against torch. train writes the fp32 one itself; "
+                      "predict, evaluate and serve run it by default on a CPU without AMX (--backend auto), or "
+                      "when asked (--backend onnx, or onnx-int8)."),
     "report": Command(ReportConfig, "finetune_bert.evaluation.report_page:report",
                       "rebuild report.html of a training run, or of an evaluation",
                       "Rebuild DIR/report.html from a finished training run's files, or NAME.html from the NAME.json "
@@ -71,6 +73,18 @@ COMMANDS = {
                      "(cleanlab) flags the labels the scores contradict. Writes label_issues.csv, "
                      "oof_probabilities.csv, summary.json and report.html; a rerun of the same command continues.",
                      config_file=True),
+    "distill": Command(DistillConfig, "finetune_bert.compression.distill:distill",
+                       "train a smaller student from a fine-tuned teacher (knowledge distillation)",
+                       "Train a student model on the teacher's softened outputs mixed with the true labels "
+                       "(knowledge distillation), on --data and on --unlabeled texts the teacher labels; "
+                       "--student-layers makes the student from a model's own layers. The output is an ordinary "
+                       "model folder, calibrated and reported as train's; the teacher's outputs are computed once "
+                       "and kept in it.", config_file=True),
+    "prune": Command(PruneConfig, "finetune_bert.compression.prune:prune",
+                     "drop a fine-tuned model's top layers, then optionally fine-tune it briefly",
+                     "Write a copy of a fine-tuned model with only its first --keep-layers encoder layers, an "
+                     "ordinary model folder that predict, evaluate and serve take; with --data, fine-tune it "
+                     "briefly as train does (every train option applies). The input folder is never changed."),
     "inspect": Command(InspectConfig, "finetune_bert.cli.inspect:inspect", "the data report alone, no training"),
     "demo": Command(DemoConfig, "finetune_bert.cli.demo:demo",
                     "fine-tune the bundled MiniLM on the bundled reviews, offline"),
@@ -95,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
     """The command's config from its options (and --config FILE), handed to its function; each function
     checks its own config, all problems at once."""
     command = COMMANDS[args.command]
-    names = [f.name for f in dataclasses.fields(command.config)]
+    fields = dataclasses.fields(command.config)
+    names = [f.name for f in fields]
     if getattr(args, "config", None):
-        given = {n for n in names if {f"--{n.replace('_', '-')}", f"--no-{n.replace('_', '-')}"} & args.given}
+        given = {f.name for f in fields if {*option_flags(f), f"--no-{f.name.replace('_', '-')}"} & args.given}
         cfg = config_from_file(command.config, args.config, {n: getattr(args, n) for n in given})
     else:
         cfg = command.config(**{n: _value(getattr(args, n)) for n in names})
@@ -126,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return int(exc.code)
     args.given = {a.split("=", 1)[0] for a in itertools.takewhile(lambda a: a != "--", argv) if a.startswith("--")}
+    if twice := [" and ".join(flags) for f in dataclasses.fields(COMMANDS[args.command].config)
+                 if len(flags := [x for x in option_flags(f) if x in args.given]) > 1]:
+        console.error(f"{', '.join(twice)} are one option; give it once", name_rank=False)
+        return 2
     # Process-wide: the server tokenizes one request's few texts at a time, in threads beside the model's, so
     # the Rust tokenizer's own thread pool would only compete with the model for the cores; batch commands
     # tokenize thousands of texts at once and gain from it (benchmarks/NOTES.md).

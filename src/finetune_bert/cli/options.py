@@ -71,9 +71,14 @@ def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
         choices = f.metadata.get("choices")
         default = "" if f.default is None else f" (default: {f.default})"
         # Bounds and choices are checked by the config's problems(), all at once, not by argparse.
-        group.add_argument(flag, dest=f.name, type=arg_type(f), default=f.default, help=help_text + default,
-                           metavar="{" + ",".join(choices) + "}" if choices else None)
+        group.add_argument(*option_flags(f), dest=f.name, type=arg_type(f), default=f.default,
+                           help=help_text + default, metavar="{" + ",".join(choices) + "}" if choices else None)
     parser.usage = f"{parser.prog} {' '.join(names)} [options]".replace("  ", " ")
+
+
+def option_flags(f: dataclasses.Field) -> list[str]:
+    """The flags of a field's option: its aliases, then its own name's."""
+    return [*f.metadata.get("aliases", ()), "--" + f.name.replace("_", "-")]
 
 
 def arg_type(f: dataclasses.Field) -> Callable[[str], Any]:

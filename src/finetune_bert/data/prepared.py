@@ -22,6 +22,7 @@ class Prepared:
     tokens: TokenizedSplits
     report: dict[str, Any]
     model: Any = None
+    unlabeled: Any = None  # distill's --unlabeled texts (a Split): learned from, so listed in seen_texts.txt
 
     def without(self, split: str) -> Prepared:
         """The same, with one split's tokens left out (tune's trials never see test)."""

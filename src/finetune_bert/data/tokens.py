@@ -25,6 +25,7 @@ class Encoded:
     full_lengths: np.ndarray    # tokens each text would need, special tokens included, before truncation
     labels: np.ndarray | None   # class ids (n,), multi-hot rows (n, labels) or standardised targets (n,)
     type_ids: list[np.ndarray] | None = None  # text pairs: each row's token type ids (0: first text, 1: second)
+    teacher: np.ndarray | None = None  # distillation: a teacher's outputs for each row (n, outputs), float32
 
     @property
     def lengths(self) -> np.ndarray:

@@ -129,9 +129,7 @@ def collate_packed(encoded: Encoded, index: np.ndarray) -> dict:
              "max_len": int(lengths.max())}
     if encoded.type_ids is not None:  # text pairs
         batch["token_type_ids"] = torch.from_numpy(np.concatenate([encoded.type_ids[i] for i in index]).astype(np.int64))
-    if encoded.labels is not None:
-        batch["labels"] = torch.from_numpy(encoded.labels[index])
-    return batch
+    return _targets(batch, encoded, index)
 
 
 def real_tokens(batch: dict) -> int:
@@ -150,8 +148,18 @@ def collate(encoded: Encoded, index: np.ndarray, pad_id: int, pad_to_multiple: i
     import torch
 
     batch = {k: torch.from_numpy(v) for k, v in padded(encoded, index, pad_id, pad_to_multiple, pad_to).items()}
+    return _targets(batch, encoded, index)
+
+
+def _targets(batch: dict, encoded: Encoded, index: np.ndarray) -> dict:
+    """The batch with what a training step compares its outputs to: the labels, and a teacher's outputs
+    when distilling (training.kinds.distill_loss_sum)."""
+    import torch
+
     if encoded.labels is not None:
         batch["labels"] = torch.from_numpy(encoded.labels[index])
+    if encoded.teacher is not None:
+        batch["teacher_logits"] = torch.from_numpy(encoded.teacher[index])
     return batch
 
 

@@ -31,7 +31,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from finetune_bert.engine import distributed, fastpath
+from finetune_bert.engine import distributed, fastpath, lora
 from finetune_bert import faults
 from finetune_bert.engine.batches import Layout, eval_batches, to_device
 from finetune_bert.engine.distributed import ALONE, World
@@ -52,13 +52,23 @@ class EngineOptions:
     lane_dropout: bool = True       # CPU training: dropout masks from 16-bit lanes (dropout.py)
     cpu_micro_batches: bool = True  # CPU: batches cut so no activation outgrows the allocator's heap
     pad_to: int = 0                 # pad every batch to this many tokens (--no-dynamic-padding)
+    lora: lora.LoraSettings | None = None  # training: adapters on a frozen model (lora.py)
+    cpu_bf16: bool = False          # training on a CPU: bf16 autocast (worth it with AMX tiles; see has_amx)
 
 
-def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
-    """bf16 where the GPU does it natively; fp32 on CPU, where bf16 measured half as fast here."""
+def autocast_dtype(device: torch.device, bf16: bool, cpu_bf16: bool = False) -> torch.dtype | None:
+    """bf16 where the GPU does it natively; on a CPU only when asked (`cpu_bf16`): without AMX tiles bf16
+    measured half as fast as fp32 here, and training with AMX is not yet measured on this engine's step."""
     if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if device.type == "cpu" and cpu_bf16:
+        return torch.bfloat16
     return None
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units), as PyTorch's oneDNN sees them."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def inference_dtype(device: torch.device) -> torch.dtype | None:
@@ -66,8 +76,7 @@ def inference_dtype(device: torch.device) -> torch.dtype | None:
     tiles, where MiniLM scored 1,000 IMDB reviews in 5.3 s against 15.5 in fp32, with the same label for
     every review (benchmarks/RESULTS.md); fp32 on other CPUs (AVX-512 bf16 alone measured half as fast)."""
     if device.type == "cpu":
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if amx and os.environ.get("FINETUNE_BERT_CPU_BF16", "1") != "0" else None
+        return torch.bfloat16 if has_amx() and os.environ.get("FINETUNE_BERT_CPU_BF16", "1") != "0" else None
     return autocast_dtype(device, True)
 
 
@@ -81,8 +90,13 @@ class Engine(torch.nn.Module):
         self.model = model.to(device)
         self.device = device
         # `dtype`: the compute dtype; "auto" picks it for the device (tests force bf16 on CPU)
-        self.dtype = autocast_dtype(device, options.bf16) if dtype == "auto" else dtype
-        self.bf16_weights = self.dtype is not None and options.bf16_weights
+        self.dtype = autocast_dtype(device, options.bf16, options.cpu_bf16) if dtype == "auto" else dtype
+        self.lora = options.lora is not None and training
+        if self.lora:
+            lora.add_lora(model, options.lora)
+        # LoRA keeps autocast: bf16 weights would hold the frozen base in bf16 alone (only what is trained
+        # has fp32 masters), and the merged model saved from them would lose the base's precision
+        self.bf16_weights = self.dtype is not None and options.bf16_weights and not self.lora
         self.layout: Layout = fastpath.layout(model, device, self.dtype, pad_id, cls_fast_path=options.cls_fast_path,
                                               unpadded=options.unpadded, lane_dropout=options.lane_dropout,
                                               cpu_micro_batches=options.cpu_micro_batches, pad_to=options.pad_to)
@@ -128,7 +142,8 @@ class Engine(torch.nn.Module):
     def inference(self) -> Iterator[None]:
         """No autograd and no dropout, without touching the train/eval flag on the fast path (see above)."""
         with torch.inference_mode():
-            if self.fast_path or not self.model.training:
+            # LoRA's dropout is a module that reads the flag, fast path or not
+            if (self.fast_path and not self.lora) or not self.model.training:
                 yield
                 return
             with self._stock_lock:  # the stock forward reads the flag: only the training thread gets here
@@ -213,11 +228,27 @@ class Engine(torch.nn.Module):
         self.model.zero_grad(set_to_none=True)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The model's state dict in full precision (the masters' values with bf16 weights), for saving."""
+        """The model's state dict in full precision (the masters' values with bf16 weights), for saving; with
+        LoRA, the plain model's, adapters merged in."""
+        if self.lora:
+            return lora.merged_state(self.model)
         state = self.model.state_dict()
         if self.masters is not None:
             state.update(zip(self._names, self.masters))
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()} if self.bf16_weights else state
+
+    def checkpoint_weights(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: with LoRA only the trained tensors (the frozen base is --model's own, which
+        a resume loads again), else every weight in full precision."""
+        return lora.trained_state(self.model) if self.lora else self.weights()
+
+    def merge_lora(self) -> None:
+        """The adapters folded into the weights for good (the end of training): from here the engine runs the
+        plain model it saves, and loading a saved model's weights into it works as without LoRA."""
+        if self.lora:
+            lora.merge_in_place(self.model)
+            self._names = [n for n, _ in self.model.named_parameters()]
+            self.lora = False
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Load a (full-precision) state dict into the model, and into the masters where kept."""

@@ -72,7 +72,7 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     rows = labelled_rows(cfg.data, labels, clean=folder.info.clean, columns=read_columns(cfg, folder.info, True),
                          on_bad_rows=cfg.on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, cfg.batch_size))
     total = rows.check()
-    clf = load(folder, reading=cfg.reading(), backend=cfg.backend)
+    clf = load(folder, reading=cfg.reading(), backend=cfg.backend, explaining=cfg.errors > 0)  # --errors: explained
     steady_heap(clf.device)
     k = max(cfg.errors, REPORT_MISTAKES)
     mistakes = LargestErrors(k) if clf.task == REGRESSION else ConfidentMistakes(k, clf.label_names)
@@ -82,7 +82,8 @@ def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]
     metrics = _score(clf, rows, sample, (cfg.batch_size, cfg.overlap), mistakes, progress=progress, labels=labels)
     progress.close()
     worst = mistakes.rows()
-    metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, skipped_rows=len(rows.skipped),
+    metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, backend_requested=clf.requested,
+                   skipped_rows=len(rows.skipped),
                    reading=dataclasses.asdict(cfg.reading()), reading_used=clf.reading_json())
     if clf.task != MULTI_LABEL:  # a classifier's confident mistakes, a regression's largest errors
         key = "largest_errors" if clf.task == REGRESSION else "mistakes"

@@ -3,7 +3,9 @@
 The graph is written beside the Hugging Face files, in DIR/onnx/, with a manifest (export.json) that
 records the weights it came from and what was measured: fp32 parity with the torch path (refused beyond
 1e-4 in any logit) and, for int8, how often its label agrees with fp32's and how far its probabilities
-move. `predict`, `evaluate` and `serve` then take `--backend onnx` (or `onnx-int8`).
+move. `predict`, `evaluate` and `serve` run the fp32 graph by default on a CPU without AMX (`--backend auto`:
+inference.backends.choose), and either one by name (`--backend onnx`, `onnx-int8`). `train` calls this at the end
+of a run, for the fp32 graph (training/exported.py).
 
 onnx/ is owned as `train` owns its output folder: the manifest lists every file export wrote there (before
 writing it), and a folder holding anything else (another tool's export: Optimum and transformers.js use
@@ -310,6 +312,6 @@ def describe(manifest: dict[str, Any], folder: str) -> str:
         agrees = f"agrees with torch on {seen['label_agreement']:.2%}" if "label_agreement" in seen else \
             f"max |value - torch's| {seen['max_abs_prob_diff']:.2e}"
         lines.append(f"  on {manifest['on_data']['rows']} rows of {manifest['on_data']['data']}: {backend} {agrees}{acc}")
-    lines.append(f"use it: finetune-bert predict --model {folder} --backend "
-                 f"{'onnx-int8' if 'onnx-int8' in manifest else 'onnx'} ...")
+    lines.append(f"use it: finetune-bert predict --model {folder} ... (the default runs the fp32 graph on a CPU "
+                 "without AMX)" + (", or --backend onnx-int8 for int8" if "onnx-int8" in manifest else ""))
     return "\n".join(lines)

@@ -112,6 +112,6 @@ def model_folder(model: ModelFolder) -> Path:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"export needs onnx and onnxruntime ({exc.name} is missing): "
-                        "pip install 'finetune-bert[onnx]'") from None
+        raise UserError(f"export needs onnx and onnxruntime, dependencies of finetune-bert ({exc.name} is missing): "
+                        "pip install onnx onnxruntime") from None
     return source

@@ -15,7 +15,7 @@ import numpy as np
 from finetune_bert.inference.reading import Reading
 from finetune_bert.console import console
 from finetune_bert.inference.attributions import EXPLAIN_BATCH, Explanation, explain_inputs
-from finetune_bert.inference.backends import BACKENDS, InferenceEngine, as_numpy
+from finetune_bert.inference.backends import AUTO, BACKENDS, CHOICES, InferenceEngine, as_numpy, load_auto
 from finetune_bert.data.labels import LabelSpec
 from finetune_bert.data.splits import Split
 from finetune_bert.data.rows import clean_text
@@ -68,8 +68,10 @@ class Classifier:
     asked (reading.Reading: another truncation, or long texts read whole as windows)."""
 
     def __init__(self, engine: InferenceEngine, tokenizer, folder: ModelFolder, reading: Reading = Reading(),
-                 backend: str = "torch"):
+                 backend: str = "torch", *, requested: str | None = None):
         self.engine, self.tokenizer, self.folder, self.backend = engine, tokenizer, folder, backend
+        self.requested = requested or backend  # "auto" where load() chose `backend`
+        self._gradients: Classifier | None = None  # auto's torch twin for explanations, loaded on first use
         self.model, self.device = getattr(engine, "model", None), engine.device  # model: None for ONNX
         self.info, self.source = folder.info, folder.name  # how it was trained; the folder or hub id as named
         self.labels = LabelMap.of(engine.config, folder.info)
@@ -210,8 +212,23 @@ class Classifier:
         firsts, seconds, single = self._inputs(texts)
         if single and isinstance(target, (list, tuple)):
             raise UserError("explain: one text takes one target, not a list")
-        out = explain_inputs(self, firsts, seconds, target=target, steps=steps, batch_size=batch_size)
+        out = explain_inputs(self.gradients(), firsts, seconds, target=target, steps=steps, batch_size=batch_size)
         return out[0] if single else out
+
+    @property
+    def explains_through_torch(self) -> bool:
+        """`auto` chose ONNX, which gives no gradients: explanations load the same model through torch."""
+        return self.model is None and self.requested == AUTO
+
+    def gradients(self) -> "Classifier":
+        """What explains: this classifier, or where `auto` chose ONNX (forward only, no gradients) the same
+        model through torch, loaded at the first explanation and kept; an ONNX backend asked by name refuses."""
+        if not self.explains_through_torch:
+            return self
+        if self._gradients is None:
+            console.note("explanations need the model's gradients: it is loaded through torch as well")
+            self._gradients = load(self.folder, reading=self.reading, backend="torch")
+        return self._gradients
 
     def predict_proba(self, texts: Any, batch_size: int = 64) -> np.ndarray:
         """Probabilities, columns in `label_names` order: shape (n, k), or (k,) for one input. Classes sum to 1;
@@ -344,12 +361,14 @@ class LabelMap:
 
 
 def load(model: ModelFolder | str, device: str | None = None, reading: Reading = Reading(),
-         backend: str = "torch") -> Classifier:
+         backend: str = AUTO, *, explaining: bool = False) -> Classifier:
     """Load a fine-tuned classifier folder (or hub id) for prediction; a warning on stderr if its
     classification head was never trained (its predictions would be random). `reading`: how texts longer
     than the model's max length are read (inference.reading.Reading), checked before the weights are loaded.
-    `backend`: one of inference.backends.BACKENDS (torch, torch-fp32, onnx, onnx-int8)."""
-    refuse(reading.problems() + ([] if backend in BACKENDS else [f"--backend {backend}: one of {', '.join(BACKENDS)}"]))
+    `backend`: auto (the fastest exact one here, said on stderr: backends.choose) or one of
+    inference.backends.BACKENDS (torch, torch-fp32, onnx, onnx-int8); `explaining`: explanations will be asked,
+    so auto picks torch (an ONNX one chosen by auto still explains, through torch loaded on first use)."""
+    refuse(reading.problems() + ([] if backend in CHOICES else [f"--backend {backend}: one of {', '.join(CHOICES)}"]))
     folder = ModelFolder.open(model)
 
     def check(tokenizer, config) -> None:  # before the weights: a stride the model's windows cannot step by
@@ -359,5 +378,8 @@ def load(model: ModelFolder | str, device: str | None = None, reading: Reading =
             console.warn(f"the training run in {folder} has not finished (no metrics.json): this is its best "
                          "model so far; finish the run with `finetune-bert train ... --resume`")
 
-    engine, tokenizer = BACKENDS[backend](folder, device, check)
-    return Classifier(engine, tokenizer, folder, reading, backend)
+    if backend != AUTO:
+        return Classifier(*BACKENDS[backend](folder, device, check), folder, reading, backend)
+    choice, engine, tokenizer = load_auto(folder, device, check, gradients=explaining)
+    console.note(choice.line())  # once loaded: a model refused at its check says that one line alone
+    return Classifier(engine, tokenizer, folder, reading, choice.backend, requested=AUTO)

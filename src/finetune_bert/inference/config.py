@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 from finetune_bert.data.config import BAD_ROW_POLICIES
-from finetune_bert.inference.backends import BACKENDS
+from finetune_bert.inference.backends import AUTO, CHOICES
 from finetune_bert.options import debug_option, opt, overlap_option, range_problems
 from finetune_bert.inference.reading import Reading
 
@@ -33,9 +33,12 @@ class ModelReading:
     stride: int | None = _like("stride")
     aggregate: str | None = _like("aggregate")
     truncation: str | None = _like("truncation")
-    backend: str = opt("torch", "What runs the model: torch (bf16 on a GPU or a CPU with AMX, else fp32), "
-                                "torch-fp32, or onnx / onnx-int8 on the CPU (made by `finetune-bert export`).",
-                       choices=tuple(BACKENDS))
+    backend: str = opt(AUTO, "What runs the model: auto (the fastest that gives the model's own answers here: "
+                             "torch on a GPU or a CPU with AMX, where it runs bf16; on other CPUs the folder's ONNX "
+                             "fp32 export, if current, else torch; torch whenever explanations are asked; the "
+                             "choice is said on stderr), torch (bf16 on a GPU or an AMX CPU, else fp32), "
+                             "torch-fp32, or onnx / onnx-int8 on the CPU (train writes the onnx export; "
+                             "`finetune-bert export --quantize int8` the int8 one).", choices=CHOICES)
     debug: bool = debug_option()
 
     def problems(self) -> list[str]:

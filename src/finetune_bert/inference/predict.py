@@ -40,7 +40,7 @@ def predict(cfg: PredictConfig) -> None:
             found.append(str(exc))
     refuse(found)
     if not cfg.input:
-        clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
+        clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend, explaining=cfg.explain)
         inputs = [pair_argument(text, i) for i, text in enumerate(cfg.texts, start=1)] if clf.pairs else list(cfg.texts)
         preds = clf.predict(inputs, cfg.batch_size)
         explained = clf.explain(inputs, steps=cfg.explain_steps) if cfg.explain else [None] * len(preds)
@@ -64,7 +64,7 @@ def _predict_rows(cfg: PredictConfig, folder: ModelFolder | None, cleans: bool, 
     rows = input_rows(source, read_columns(cfg, info, False), cfg.ignore_labels, cfg.on_bad_rows,
                       chunk_rows(None, cfg.batch_size), cleaned=cleans, spec=LabelSpec(info.task, info.label_separator))
     total = rows.check()
-    clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend)
+    clf = load(folder or cfg.model, reading=cfg.reading(), backend=cfg.backend, explaining=cfg.explain)
     out = None if cfg.output == STREAM else Path(cfg.output).expanduser()
     explain = Explaining(cfg.top_words or 10, cfg.explain_steps) if cfg.explain else None
     n = write_predictions(clf, rows, out, cfg.batch_size, overlap=cfg.overlap, total=total, fmt=cfg.output_format,

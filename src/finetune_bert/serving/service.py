@@ -43,7 +43,11 @@ def _load(cfg: ServeConfig, reading: Reading, device: str | None):
     Run below the server's priority (priority.lowered): the inference threads this makes inherit it."""
     from finetune_bert.inference.classifier import load
 
+    # predictions through what auto picks (an ONNX export on a CPU without AMX); explanations, which need the
+    # gradients ONNX cannot give, through the same model in torch, loaded now so no request pays for it
     classifier = _in_memory(load(cfg.model, device=device, reading=reading, backend=cfg.backend))
+    if cfg.max_explain_texts > 0 and classifier.explains_through_torch:
+        _in_memory(classifier.gradients())
     steady_heap(classifier.device)  # a long-lived process: the heap must not creep batch after batch
     item = (PROBE, PROBE) if classifier.pairs else PROBE
     return classifier, classifier.score_prepared([classifier.prepare_items([item])[0]])[0][0]
@@ -95,6 +99,7 @@ class Service:
     def info(self) -> dict[str, Any]:
         clf = self.classifier
         return {"model": self.name, "base_model": shown(clf.info.base_model), "backend": clf.backend,
+                "backend_requested": clf.requested,
                 "labels": clf.label_names, "max_length": clf.max_length, "temperature": clf.temperature,
                 "task": clf.task, "text_pairs": clf.pairs,
                 **({"thresholds": [float(t) for t in clf.thresholds]} if clf.task == "multi-label" else {}),
@@ -112,7 +117,7 @@ class Service:
         """Why this server gives no explanations (a 422 to a request that asks), or None."""
         if self.cfg.max_explain_texts == 0:
             return "explanations are off on this server (--max-explain-texts 0)"
-        if self.classifier.model is None:
+        if self.classifier.model is None and not self.classifier.explains_through_torch:
             return (f"this server runs --backend {self.classifier.backend}, which cannot explain: onnxruntime "
                     "gives no gradients; serve the model with --backend torch to get explanations")
         return None

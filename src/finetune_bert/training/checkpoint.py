@@ -1,7 +1,8 @@
 """Crash-safe checkpoints: everything needed to continue a run exactly, written atomically.
 
 A checkpoint is the folder DIR/checkpoints/step-NNNNNNN holding
-  model.safetensors   the weights (safetensors: loading it cannot run code)
+  model.safetensors   the weights (safetensors: loading it cannot run code); with LoRA only the adapters and
+                      the head, the tensors trained (the frozen base is --model's own, pinned by the fingerprint)
   optimizer.pt        AdamW state, loaded with torch.load(weights_only=True)
   rng.pt              python, numpy, torch CPU and CUDA generator states (weights_only=True): rank 0's, and
                       under several processes every rank's in "ranks", so each resumes its own dropout
@@ -36,7 +37,8 @@ MUST_MATCH = ("model", "data", "val_data", "test_data", "text_column", "label_co
               "val_fraction", "max_train_samples", "clean", "max_length", "truncation", "head_tokens",
               "dedupe", "on_bad_rows", "epochs", "batch_size", "grad_accum", "lr", "weight_decay",
               "warmup_ratio", "max_grad_norm", "seed", "class_weights", "group_by_length", "bf16", "metric",
-              "cls_fast_path", "lane_dropout", "unpadded", "cpu_micro_batches", "dynamic_padding", "bf16_weights")
+              "cls_fast_path", "lane_dropout", "unpadded", "cpu_micro_batches", "dynamic_padding", "bf16_weights",
+              "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "cpu_bf16")
 
 
 @dataclass
@@ -70,7 +72,9 @@ def fingerprint(cfg, train_texts: list[str], train_labels, val_texts: list[str])
 
 
 # What a checkpoint written before an option existed did, so it can still be resumed (with that value).
-BEFORE_OPTION = {"lane_dropout": False, "cpu_micro_batches": False, "dynamic_padding": True, "bf16_weights": False}
+BEFORE_OPTION = {"lane_dropout": False, "cpu_micro_batches": False, "dynamic_padding": True, "bf16_weights": False,
+                 "lora": False, "lora_rank": None, "lora_alpha": None, "lora_dropout": None, "lora_targets": None,
+                 "cpu_bf16": False}
 # Options that existed before they were recorded: an older checkpoint does not say which value it used.
 RECORDED_LATER = ("unpadded",)
 
@@ -135,7 +139,7 @@ def save(folder: Path, engine, optimizer, state: TrainState, keep: int, rngs: li
     try:
         root.mkdir(exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        _write(tmp, engine.weights(), optimizer, state, rngs or [rng_state()])
+        _write(tmp, engine.checkpoint_weights(), optimizer, state, rngs or [rng_state()])
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _fsync(root)
@@ -216,6 +220,15 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / DONE).is_file())
+
+
+def saved_fingerprint(path: Path) -> dict[str, Any]:
+    """The run fingerprint a checkpoint was saved with (its state.json), read without loading any tensor."""
+    try:
+        return json.loads((path / "state.json").read_text()).get("fingerprint", {})
+    except (OSError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); remove it to resume from an "
+                        "older one") from None
 
 
 def load(path: Path, engine, optimizer, rank: int = 0) -> TrainState:

@@ -12,6 +12,13 @@ from finetune_bert.options import MAX_SEED, debug_option, finite, opt, range_pro
 from finetune_bert.tasks import DEFAULT_METRIC, METRICS as KIND_METRICS, MULTI_LABEL, REGRESSION, TASKS
 
 
+# --kd-temperature and --kd-alpha when not given: Hinton et al. (2015) soften with T > 1; 2 and an even mix of the
+# teacher and the true labels are the usual starting point (DistilBERT, TinyBERT's task stage). Here, not in
+# training.kinds which uses them, so that the command line's configs import no torch.
+KD_TEMPERATURE = 2.0
+KD_ALPHA = 0.5
+# --lora's settings when not given: the LoRA paper's GLUE runs (Hu et al. 2021, rank 8, alpha 16, query and value)
+LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.1, "lora_targets": "query,value"}
 METRICS = tuple(dict.fromkeys(m for kind in TASKS for m in KIND_METRICS[kind]))
 
 
@@ -26,7 +33,8 @@ class TrainConfig(DataConfig):
     batch_size: int = opt(16, "Examples per optimizer step, before gradient accumulation.", at_least=1)
     grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", at_least=1)
     eval_batch_size: int = opt(64, "Examples per evaluation batch.", at_least=1)
-    lr: float = opt(5e-5, "Peak learning rate of AdamW.")
+    lr: float | None = opt(None, "Peak learning rate of AdamW (default 5e-5; 5e-4 with --lora, whose adapters start "
+                                 "from zero and need larger steps, as in the LoRA paper's GLUE runs).")
     weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm weights).", at_least=0)
     warmup_ratio: float = opt(0.1, "Fraction of optimizer steps spent warming the learning rate up from 0.")
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this value (0 turns clipping off).", at_least=0)
@@ -45,6 +53,16 @@ class TrainConfig(DataConfig):
     calibrate: bool = opt(True, "After training, fit a temperature on validation (temperature scaling) and fold it "
                                 "into the saved classifier, so its confidences match its accuracy; kept only if it "
                                 "lowers validation NLL (--no-calibrate: raw softmax).")
+    lora: bool = opt(False, "Train low-rank adapters (LoRA, through peft) on a frozen model, and the classifier head "
+                     "in full. The saved model is an ordinary folder with the adapters merged into its weights; "
+                     "checkpoints hold only what is trained.")
+    lora_rank: int | None = opt(None, "With --lora: the adapters' rank (default 8).", at_least=1)
+    lora_alpha: float | None = opt(None, "With --lora: the adapters' scale numerator, alpha / rank (default 16).")
+    lora_dropout: float | None = opt(None, "With --lora: dropout on the adapters' input (default 0.1).")
+    lora_targets: str | None = opt(None, "With --lora: the linear layers adapted, by name, comma-separated (default "
+                                         "query,value; DistilBERT names them q_lin,v_lin).")
+    lora_save_adapter: bool = opt(False, "With --lora: also write the adapter alone in peft's format to "
+                                         "OUTPUT/adapter (head included), for PeftModel.from_pretrained.")
     class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not (none).",
                              choices=("none", "auto"))
     dynamic_padding: bool = opt(True, "Pad each batch to its own longest text (--no-dynamic-padding: every batch "
@@ -64,6 +82,9 @@ class TrainConfig(DataConfig):
     bf16_weights: bool = opt(True, "GPU with bf16: keep the weights themselves in bf16 and let the optimizer step fp32 "
                              "master copies (saved in checkpoints and the model), instead of autocast casting every "
                              "weight each step; the same losses (--no-bf16-weights: autocast).")
+    cpu_bf16: bool = opt(False, "CPU training under bf16 autocast. Worth it only on CPUs with AMX tiles (Intel Xeon "
+                                "4th generation and later); without them bf16 runs slower than fp32, and the run says "
+                                "so. Off by default until measured on this engine's step (benchmarks/cpu_bf16_train.py).")
     log_every: int = opt(10, "Write a training log record every N optimizer steps.", at_least=1)
     num_threads: int = opt(0, "CPU threads for torch (0: torch's default), at most this machine's CPU count.",
                            at_least=0, at_most=os.cpu_count() or 1)
@@ -81,21 +102,30 @@ class TrainConfig(DataConfig):
                              "cores (refused otherwise: they only share the cores, each with its own model).")
     dist_timeout: float = opt(600.0, "With several processes: seconds a process waits for the others at a collective "
                               "before the job stops with a message (a process that died or hangs).", at_least=1)
+    export: bool = opt(True, "At the end, write the model's ONNX fp32 export (MODEL/onnx/, checked against torch "
+                             "within 1e-4, as `finetune-bert export` does; seconds), which predict, evaluate and "
+                             "serve run by default on a CPU without AMX; a failed export is a warning, not a failed "
+                             "run (tune's trials and audit's folds never export; tune's best model does).")
     debug: bool = debug_option()
 
     def with_defaults(self) -> "TrainConfig":
         """The config with what depends on other options filled in: --metric, the kind's own (recorded as
         chosen, so that run_config.json and a resume see it)."""
+        filled: dict[str, Any] = {}
         if self.metric is None and self.task in DEFAULT_METRIC:
-            return dataclasses.replace(self, metric=DEFAULT_METRIC[self.task])
-        return self
+            filled["metric"] = DEFAULT_METRIC[self.task]
+        if self.lr is None:
+            filled["lr"] = 5e-4 if self.lora else 5e-5
+        if self.lora:
+            filled.update({k: v for k, v in LORA_DEFAULTS.items() if getattr(self, k) is None})
+        return dataclasses.replace(self, **filled) if filled else self
 
     def problems(self) -> list[str]:
         """Every conflicting or impossible option, so the user fixes them in one go."""
         found = DataConfig.problems(self) + range_problems(self, skip=DataConfig) + self._kind_problems()
         if finite(self.epochs) and self.epochs <= 0:
             found.append(f"--epochs must be positive, got {self.epochs}")
-        if finite(self.lr) and self.lr <= 0:
+        if self.lr is not None and finite(self.lr) and self.lr <= 0:
             found.append(f"--lr must be positive, got {self.lr}")
         if finite(self.warmup_ratio) and not 0 <= self.warmup_ratio < 1:
             found.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -103,8 +133,32 @@ class TrainConfig(DataConfig):
             found.append(f"--save-minutes must be positive, got {self.save_minutes}")
         if not str(self.model).strip():
             found.append("--model must not be empty: a hub id, a model folder, or minilm")
-        found += output_in_data(self) + self._output_is_model()
+        found += output_in_data(self) + self._output_is_model() + self._lora_problems()
         return found
+
+    def _lora_problems(self) -> list[str]:
+        """LoRA's options without --lora would be silently ignored; with it, each must make sense."""
+        given = [k for k in (*LORA_DEFAULTS, "lora_save_adapter") if getattr(self, k) not in (None, False)]
+        if not self.lora:
+            return [f"--{k.replace('_', '-')} sets up LoRA; add --lora or drop it" for k in given]
+        found = []
+        if self.lora_alpha is not None and finite(self.lora_alpha) and self.lora_alpha <= 0:
+            found.append(f"--lora-alpha must be positive, got {self.lora_alpha}")
+        if self.lora_dropout is not None and finite(self.lora_dropout) and not 0 <= self.lora_dropout < 1:
+            found.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_targets is not None and not [t for t in self.lora_targets.split(",") if t.strip()]:
+            found.append("--lora-targets names no layer; e.g. query,value")
+        return found
+
+    def lora_settings(self):
+        """The engine's LoRA settings, or None without --lora."""
+        from finetune_bert.engine.lora import LoraSettings
+
+        if not self.lora:
+            return None
+        cfg = self.with_defaults()
+        return LoraSettings(cfg.lora_rank, float(cfg.lora_alpha), float(cfg.lora_dropout),
+                            tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip()))
 
     def _kind_problems(self) -> list[str]:
         """Options that mean nothing for the task kind asked."""

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from finetune_bert.engine import distributed
 from finetune_bert.engine.model_folder import ModelFolder
+from finetune_bert.engine.lora import ADAPTER_DIR, set_adapter_head
 from finetune_bert.evaluation.explained import explain_rows, metrics_text
 from finetune_bert.evaluation.metrics import ConfidentMistakes, snippet
 from finetune_bert.evaluation.scoring import score_logits
@@ -18,6 +19,7 @@ from finetune_bert.evaluation.tables import format_any
 from finetune_bert.evaluation.task_metrics import LargestErrors
 from finetune_bert.tasks import CLASSIFICATION, HEADLINE, REGRESSION
 from finetune_bert.training.calibrated import Calibrated, calibrate_kind
+from finetune_bert.training.exported import export_at_end
 from finetune_bert.training.kinds import fold_scale
 from finetune_bert.inference.classifier import Classifier
 from finetune_bert.inference.reading import Reading
@@ -36,6 +38,7 @@ class TrainResult:
 def finish(job: Job, train_seconds: float) -> TrainResult:
     """Calibrate the best model, score it on test; write metrics, the model card and the report."""
     cfg, run, state, engine = job.cfg, job.run, job.state, job.engine
+    engine.merge_lora()  # from here the engine runs the plain model it saves (nothing to do without LoRA)
     if state.best_step != state.step:  # read by rank 0, which wrote it, and sent to the others
         from safetensors.torch import load_file
         best = load_file(str(run.path / "model.safetensors"), device=str(engine.device)) if job.world.main else None
@@ -50,6 +53,8 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     if done.save:  # the folded weights replace the saved model, what was decided recorded beside them
         run.save_model(engine.model, job.tokenizer, job.run_info(done.temperature, **done.decided),
                        job.saved_weights())
+    if cfg.lora_save_adapter and job.world.main:  # the adapter gives what the folder gives: the same head
+        set_adapter_head(run.path / ADAPTER_DIR, job.saved_weights())
     run.log("calibration", **done.log)
     metrics["calibration"] = done.record
     split, logits = "validation", done.logits
@@ -61,6 +66,7 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     elif job.ds.task == REGRESSION:
         metrics["largest_errors"] = _largest_errors(job, split, logits, done.scoring.scale)
     _explain_listed(job, done, split, metrics)
+    metrics.update(export_at_end(run, cfg, job.world.main))  # the weights are final: predict's default finds it
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", metrics_text(metrics))
     run.write_text("README.md", model_card(cfg, job.report, metrics))

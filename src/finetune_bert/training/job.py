@@ -16,7 +16,8 @@ from finetune_bert.training.checkpoint import TrainState
 from finetune_bert.training.config import TrainConfig
 from finetune_bert.data.dataset import Dataset, load_dataset
 from finetune_bert.engine.distributed import ALONE, World
-from finetune_bert.engine.torch_engine import Engine, EngineOptions
+from finetune_bert.engine.torch_engine import Engine, EngineOptions, has_amx
+from finetune_bert.engine.lora import ADAPTER_DIR, save_adapter
 from finetune_bert.errors import UserError
 from finetune_bert.engine.model_folder import ModelFolder, load_classifier
 from finetune_bert.training.run_folder import RunFolder
@@ -43,7 +44,7 @@ def _setup_data(prepared: Prepared, run: RunFolder) -> None:
     for name, text in report_files(prepared.report).items():
         run.stage(name, text)
     # what the model learned from or was selected on: `audit` refuses to judge labels with a model that saw them
-    seen = [s for s in (ds.train, ds.val) if s is not None]
+    seen = [s for s in (ds.train, ds.val, prepared.unlabeled) if s is not None]
     run.stage(SEEN_FILE, seen_text([t for s in seen for t in s.texts],
                                    None if ds.train.pairs is None else [p for s in seen for p in s.pairs]))
     if ds.skipped:
@@ -72,6 +73,12 @@ def _setup_model(cfg: TrainConfig, prepared: Prepared, device: torch.device, wor
                             task=prepared.ds.task)
     for note in notes:
         console.say(f"note: {note}")
+    if getattr(cfg, "student_layers", None):  # distill --student-layers, prune --keep-layers: the model's own layers
+        from finetune_bert.engine.layers import keep_layers
+
+        total = model.config.num_hidden_layers
+        kept = keep_layers(model, cfg.student_layers, cfg.layer_pick)
+        console.say(f"student: layers {', '.join(str(i + 1) for i in kept)} of the model's {total}")
     if world.rank:  # dropout: each rank draws its own masks (rank 0 keeps the single process's generator)
         torch.manual_seed((cfg.seed + 1_000_003 * world.rank) % (2**63))
     return model.to(device).train()
@@ -80,9 +87,14 @@ def _setup_model(cfg: TrainConfig, prepared: Prepared, device: torch.device, wor
 def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int, world: World) -> Engine:
     options = EngineOptions(bf16=cfg.bf16, bf16_weights=cfg.bf16_weights, cls_fast_path=cfg.cls_fast_path,
                             unpadded=cfg.unpadded, lane_dropout=cfg.lane_dropout,
-                            cpu_micro_batches=cfg.cpu_micro_batches, pad_to=0 if cfg.dynamic_padding else max_length)
-    return Engine(model, next(model.parameters()).device, pad_id(tokenizer), options=options, training=True,
-                  world=world)
+                            cpu_micro_batches=cfg.cpu_micro_batches, pad_to=0 if cfg.dynamic_padding else max_length,
+                            lora=cfg.lora_settings(), cpu_bf16=cfg.cpu_bf16)
+    device = next(model.parameters()).device
+    if cfg.cpu_bf16 and device.type != "cpu":
+        console.warn(f"--cpu-bf16 has no effect on {device.type}: --bf16 decides there")
+    elif cfg.cpu_bf16 and not has_amx():
+        console.warn("--cpu-bf16 on a CPU without AMX tiles: bf16 is emulated here and runs slower than fp32")
+    return Engine(model, device, pad_id(tokenizer), options=options, training=True, world=world)
 
 
 def _setup_trainer(engine: Engine, world: World):
@@ -130,10 +142,12 @@ def _setup_resume(cfg: TrainConfig, run: RunFolder, engine: Engine, optimizer, f
         console.say(f"--resume: no complete checkpoint in {run.path / 'checkpoints'}; starting fresh")
     if not found:
         return fresh
-    state = checkpoint.load(found[-1], engine, optimizer, engine.world.rank)
-    if diff := checkpoint.differences(state.fingerprint, fresh.fingerprint):
+    # the arguments compared before any tensor is loaded: another model shape (a LoRA rank) would fail to load
+    # with an error that says nothing of the arguments that changed
+    if diff := checkpoint.differences(checkpoint.saved_fingerprint(found[-1]), fresh.fingerprint):
         raise UserError(f"--resume: {found[-1]} was made with other arguments or data; differences: "
                         + "; ".join(diff) + ". Use the original arguments, or a new --output")
+    state = checkpoint.load(found[-1], engine, optimizer, engine.world.rank)
     console.say(f"resumed from {found[-1]} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     run.log("resume", step=state.step, checkpoint=str(found[-1]))
     return state
@@ -213,6 +227,12 @@ class Job:
                        target_scale=ds.target_scale if ds.task == REGRESSION else None,
                        integer_targets=ds.integer_targets, label_separator=cfg.label_separator, **decided)
 
+    def save_best(self) -> None:
+        """The model as it is now saved as the run's model (and, with --lora-save-adapter, its adapter)."""
+        self.run.save_model(self.engine.model, self.tokenizer, self.run_info(), self.saved_weights())
+        if self.cfg.lora_save_adapter and self.world.main and self.engine.lora:
+            save_adapter(self.engine.model, self.cfg.lora_settings(), self.run.path / ADAPTER_DIR, self.cfg.model)
+
     def saved_weights(self) -> dict[str, torch.Tensor]:
         """The weights a saved model holds: the engine's, with a regression head's target scaling folded in."""
         return fold_scale(self.engine.weights(), self.engine.model, self.ds.target_scale)
@@ -222,7 +242,7 @@ def build_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world
               on_eval: Callable[[TrainState, dict[str, Any]], None] | None = None) -> Job:
     """Build the engine and the optimizer, and restore a checkpoint: everything before step one."""
     ds, enc = prepared.ds, prepared.tokens.splits
-    run.own("checkpoints")
+    run.own("checkpoints", *([ADAPTER_DIR] if cfg.lora_save_adapter else []))
     run.stage("run_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
     _setup_data(prepared, run)
     engine = _setup_engine(cfg, model, prepared.tokenizer, prepared.tokens.max_length, world)
@@ -241,7 +261,7 @@ def build_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world
                        fingerprint=fingerprint)
     state = _setup_resume(cfg, run, engine, optimizer, fresh)
     job = Job(cfg, run, prepared, engine, _setup_trainer(engine, world), optimizer, state,
-              StepOptions(weights, cfg.max_grad_norm, ds.task), math.ceil(cfg.warmup_ratio * total), total, started, on_eval)
+              StepOptions.of(cfg, weights, ds.task), math.ceil(cfg.warmup_ratio * total), total, started, on_eval)
     _announce(job, steps_per_epoch)
     return job
 

@@ -71,7 +71,7 @@ def _validate(job: Job) -> None:
     m = evaluate_step(job.engine, job.enc["validation"], job.ds.label_names, state, job.scoring)
     _record_eval(cfg, state, m, job.run)
     if state.best_step == state.step:
-        job.run.save_model(job.engine.model, job.tokenizer, job.run_info(), job.saved_weights())
+        job.save_best()
     if cfg.patience and state.stale_evals >= cfg.patience:
         console.say(f"early stop: no {cfg.metric} improvement in {state.stale_evals} evaluations")
         state.total_steps = state.step

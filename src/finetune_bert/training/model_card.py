@@ -40,6 +40,13 @@ def _calibrated(task: str, c: dict[str, Any]) -> str:
     return (c.get("note", "") + ".") if c else ""
 
 
+def _lora(cfg) -> str:
+    if not getattr(cfg, "lora", False):
+        return ""
+    return (f" LoRA (rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, on {cfg.lora_targets}) with the head trained in "
+            "full; the adapters are merged into these weights, so this is an ordinary model folder.")
+
+
 def model_card(cfg, report: dict[str, Any], metrics: dict[str, Any]) -> str:
     names, task = report["labels"], metrics.get("task", "classification")
     train_rows = report["splits"]["train"]["rows"]
@@ -57,7 +64,7 @@ tags: [finetune-bert, text-classification, {task}]
 
 {"Target" if task == "regression" else "Labels"}: {", ".join(f"`{n}`" for n in names.values())}. Trained with finetune-bert on `{cfg.data}`
 ({train_rows} training rows), max length {report['max_length']}, truncation `{report['truncation']}`,
-{cfg.epochs} epochs, batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr}, seed {cfg.seed}.
+{cfg.epochs} epochs, batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr}, seed {cfg.seed}.{_lora(cfg)}
 
 {_table(task, metrics)}
 

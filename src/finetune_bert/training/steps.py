@@ -27,7 +27,7 @@ from finetune_bert.engine.distributed import World, step_share, vote
 from finetune_bert.errors import UserError, is_oom
 from finetune_bert.evaluation.scoring import score_engine
 from finetune_bert.tasks import CLASSIFICATION, Scoring
-from finetune_bert.training.kinds import loss_sum
+from finetune_bert.training.kinds import Distillation, distill_loss_sum, loss_sum
 from finetune_bert.data.tokens import Encoded
 from finetune_bert.console import console
 
@@ -61,7 +61,7 @@ def _forward_backward(engine, enc: Encoded, share: Share, splits: int, options: 
             last = i == len(micros) - 1
             with engine.no_sync() if hasattr(engine, "no_sync") and not last else contextlib.nullcontext():
                 logits = engine(batch)
-                loss = loss_sum(options.task, logits, batch["labels"], options.weights) * share.weight
+                loss = batch_loss(options, logits, batch) * share.weight
                 if faults.hit("loss", step):
                     loss = loss * float("nan")
                 out.loss += loss.detach() / share.scale
@@ -107,11 +107,26 @@ def defers_checks(optimizer) -> bool:
 
 @dataclass(frozen=True)
 class StepOptions:
-    """What a training step needs besides the model and the data: class weights and gradient clipping."""
+    """What a training step needs besides the model and the data: class weights, gradient clipping, the loss."""
 
     weights: torch.Tensor | None = None  # class weights, or multi-label pos_weights, of the loss (--class-weights auto)
     max_grad_norm: float = 1.0           # 0: no clipping
     task: str = CLASSIFICATION           # which loss (training.kinds.loss_sum)
+    distillation: Distillation = Distillation()  # the mix of losses where a batch carries a teacher's outputs
+
+    @classmethod
+    def of(cls, cfg, weights: torch.Tensor | None, task: str) -> StepOptions:
+        """A run's step options from its config: a TrainConfig, or one that distils (kd_temperature, kd_alpha)."""
+        return cls(weights, cfg.max_grad_norm, task, Distillation.of(cfg))
+
+
+def batch_loss(options: StepOptions, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The batch's loss summed over its texts: its kind's, or, where the batch carries a teacher's outputs
+    (distill), the mix of the true labels' and the teacher's (training.kinds.distill_loss_sum)."""
+    teacher = batch.get("teacher_logits")
+    if teacher is None:
+        return loss_sum(options.task, logits, batch["labels"], options.weights)
+    return distill_loss_sum(options.task, logits, batch["labels"], teacher, options.weights, options.distillation)
 
 
 def train_step(engine, optimizer, enc: Encoded, batch_index: np.ndarray, state: TrainState,

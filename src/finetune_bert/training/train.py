@@ -93,6 +93,7 @@ def run_training(cfg: TrainConfig, prepared: Prepared, *, started: float | None 
     """Train on prepared data into `cfg.output` (checked by the caller). `on_eval(state, metrics)` after each
     validation: whatever it raises (a pruned trial) ends the run there, its checkpoints kept. `world`: this
     process's place under torchrun; rank 0 alone holds the output folder."""
+    cfg = cfg.with_defaults()  # idempotent; callers that build their own config (tune, audit) get the defaults too
     model = _setup_model(cfg, prepared, torch.device(world.device) if world.several else pick_device(), world)
     folder = RunFolder(cfg.output, cfg.overwrite, cfg.resume) if world.main else Follower(cfg.output)
     with folder as run, distributed.talking(world):

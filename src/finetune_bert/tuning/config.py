@@ -25,7 +25,8 @@ class TuneConfig(TrainConfig):
                               "process of one study; default sqlite:///OUTPUT/study.db.")
     space: str | None = opt(None, "Search space file (JSON or YAML): option -> {low, high[, log]} or {choices}; "
                             "default lr 1e-5-1e-4 (log), batch size 16/32, epochs 2-4, warm-up 0/0.06/0.1, "
-                            "weight decay 0/0.01/0.1.")
+                            "weight decay 0/0.01/0.1; with --lora, lr 1e-4-1e-3 and also LoRA rank 4/8/16 and "
+                            "alpha 8/16/32.")
     prune: bool = opt(True, "Stop a trial whose validation metric is below the median of earlier trials at the same "
                       "evaluation (after 3 trials and its first evaluation); --no-prune runs every trial to the end.")
     confirm_seeds: int = opt(3, "After the search, train the best and the default configuration with this many seeds "

@@ -35,6 +35,7 @@ from finetune_bert.tuning.space import Dimension, FreshSampler, read_space, spac
 from finetune_bert.data.prepared import Prepared
 from finetune_bert.training.job import prepare
 from finetune_bert.training.train import process_settings, checked, run_training
+from finetune_bert.training.exported import write_export
 from finetune_bert.tuning.report import TuneResult, short, write_outputs
 
 STUDY_NAME = "finetune-bert"
@@ -68,9 +69,10 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
     in_folder = check_storage(url, folder)
     started = time.time()
     # keep_checkpoints 0: a trial keeps the one checkpoint its own resume needs, and removes it when it ends
-    # trials draw no report (seconds of figures each); the model kept in best/ gets one (_keep_if_best)
+    # trials draw no report (seconds of figures each) and write no ONNX export; the model kept in best/ gets
+    # both (_keep_if_best)
     base = cfg.train_config(output=str(folder / "trials"), keep_checkpoints=0, resume=False, overwrite=False,
-                            report=False)
+                            report=False, export=False)
     prepared = prepare(base)  # bad data stops here, before the study's folder is made
     fingerprint = _fingerprint(cfg, space, prepared)
     if in_folder:  # its database is made inside it
@@ -371,6 +373,9 @@ class _Search:
             if self.cfg.report:
                 from finetune_bert.evaluation.report_page import rebuild
                 rebuild(str(best))
+            if self.cfg.export:
+                with console.quiet():  # a failure still warns
+                    write_export(best)
             shutil.rmtree(old, ignore_errors=True)
             return True
 

@@ -39,6 +39,7 @@ from finetune_bert.errors import UserError, refuse
 SEARCHABLE: dict[str, tuple[type, float | None]] = {
     "lr": (float, 0.0), "batch_size": (int, 1), "epochs": (float, 0.0), "warmup_ratio": (float, 0.0),
     "weight_decay": (float, 0.0), "grad_accum": (int, 1), "max_grad_norm": (float, 0.0),
+    "lora_rank": (int, 1), "lora_alpha": (float, 0.0), "lora_dropout": (float, 0.0),
 }
 
 
@@ -88,6 +89,10 @@ class Dimension:
 DEFAULT_SPACE = (Dimension("lr", 1e-5, 1e-4, log=True), Dimension("batch_size", choices=(16, 32)),
                  Dimension("epochs", 2, 4), Dimension("warmup_ratio", choices=(0.0, 0.06, 0.1)),
                  Dimension("weight_decay", choices=(0.0, 0.01, 0.1)))
+# With --lora: learning rates ten times larger (the adapters start from zero; the LoRA paper's GLUE runs used
+# 2e-4-5e-4 on RoBERTa-base), and the adapters' rank and scale (its ablation found ranks 4-16 alike)
+LORA_SPACE = (Dimension("lr", 1e-4, 1e-3, log=True), *DEFAULT_SPACE[1:], Dimension("lora_rank", choices=(4, 8, 16)),
+              Dimension("lora_alpha", choices=(8.0, 16.0, 32.0)))
 
 
 def space_json(space: tuple[Dimension, ...]) -> dict[str, Any]:
@@ -98,7 +103,7 @@ def read_space(path: str | None, base=None) -> tuple[Dimension, ...]:
     """The default space, or the one in `path`, checked entry by entry; with `base` (the train options every
     trial shares, a TrainConfig), also checked against train's own rules."""
     if path is None:
-        return DEFAULT_SPACE
+        return LORA_SPACE if getattr(base, "lora", False) else DEFAULT_SPACE
     raw = _load(Path(path))
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"--space {path}: expected an object mapping option names to ranges or choices, "
