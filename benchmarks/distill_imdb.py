@@ -60,11 +60,15 @@ def _step(folder: Path, done: str, command: list[str], seconds: dict[str, float]
 
 def _models(args: argparse.Namespace, data: dict[str, Path]) -> tuple[dict[str, Path], dict[str, float]]:
     out, seconds = args.out, {}
-    common = [*LABELS, "--max-length", str(args.max_length), "--lr", str(args.lr), "--seed", str(args.seed),
+    labels = [] if args.teacher else LABELS  # a given teacher's label names are the data's 0 and 1
+    common = [*labels, "--max-length", str(args.max_length), "--lr", str(args.lr), "--seed", str(args.seed),
               "--no-report", *(["--num-threads", str(args.threads)] if args.threads else [])]
-    train = ["--data", str(data["labelled"]), "--epochs", str(args.epochs), *common]
+    # --overwrite: a run stopped part-way starts again (a distilled one keeps its teacher's outputs, cached)
+    train = ["--data", str(data["labelled"]), "--epochs", str(args.epochs), "--overwrite", *common]
     small = ["--student", args.model, "--student-layers", str(args.layers), "--layer-pick", args.layer_pick]
     models = {name: out / name for name in ("teacher", "student", "no-teacher")}
+    if args.teacher:
+        models["teacher"] = args.teacher
     _step(models["teacher"], "metrics.json", ["train", "--model", args.model, "--output", str(models["teacher"]),
                                               *train], seconds)
     _step(models["student"], "metrics.json", ["distill", "--teacher", str(models["teacher"]), *small, "--unlabeled",
@@ -121,6 +125,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/distill-imdb"))
     parser.add_argument("--data-dir", type=Path, default=DATA, help="a folder with IMDB's train.csv.gz and test.csv.gz")
     parser.add_argument("--model", default="minilm")
+    parser.add_argument("--teacher", type=Path, help="a teacher already fine-tuned on the same labelled reviews "
+                        "(e.g. lora_imdb.py's full-seed1, trained on the same seeded sample with --seed 0)")
     parser.add_argument("--train-rows", type=int, default=2000)
     parser.add_argument("--unlabeled-rows", type=int, default=8000)
     parser.add_argument("--test-rows", type=int, default=2000)

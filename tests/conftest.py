@@ -5,12 +5,15 @@ Nothing here touches the network or ../shared: every model and dataset is made i
 
 from __future__ import annotations
 
+import atexit
 import csv
+import json
 import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +21,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "FINETUNE_BERT_TOKEN_CACHE" not in os.environ:  # the token cache (data/store.py) kept out of the user's home
+    os.environ["FINETUNE_BERT_TOKEN_CACHE"] = tempfile.mkdtemp(prefix="finetune-bert-tokens-")
+    atexit.register(shutil.rmtree, os.environ["FINETUNE_BERT_TOKEN_CACHE"], True)
 
 POSITIVE = ["good", "great", "wonderful", "loved", "superb"]
 NEGATIVE = ["bad", "awful", "boring", "hated", "dull"]
@@ -289,3 +295,28 @@ def pair_model(tiny_model, tmp_path_factory):
                     "--lr", "1e-2", "--max-length", "32", "--seed", "0", "--num-threads", "1", "--no-export")
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "model", data
+
+
+# ---------------------------------------------------------------- W&B's offline run file, read back
+
+def wandb_records(run_file: Path):
+    """The records of W&B's run file (run-ID.wandb): LevelDB's log format, blocks of 32 KiB after a 7-byte header
+    (":W&B", magic, version), each chunk a 7-byte header (checksum, length, type) and part of a protobuf Record."""
+    from wandb.proto import wandb_internal_pb2
+    data, pos, pending = run_file.read_bytes(), 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            yield wandb_internal_pb2.Record.FromString(pending)
+            pending = b""
+
+
+def wandb_items(items) -> dict:
+    """A record's items by name: W&B keeps a name in `key` or, since its core service, in `nested_key`."""
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}

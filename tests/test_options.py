@@ -14,7 +14,8 @@ def test_every_problem_is_listed_at_once():
     assert "--epochs must be a number, got 'abc'" in found
     assert "--seed must be at least 0, got -1" in found
     assert "--truncation must be one of head, tail, head+tail, got 'x'" in found
-    assert "--class-weights must be one of none, auto, got 'balanced'" in found
+    assert ("--class-weights balanced: 'balanced' is not NAME=WEIGHT; give none, auto, or weights by label name "
+            "such as negative=1,positive=3") in found
     assert [p for p in found if p.startswith("--warmup-ratio")] == ["--warmup-ratio must be a finite number, got nan"]
 
 

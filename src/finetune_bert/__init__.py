@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _API = {"train": "training.launch", "load": "inference.classifier", "evaluate": "evaluation.evaluate",
         "tune": "tuning.search", "audit": "auditing.audit", "AuditConfig": "auditing.config",
         "distill": "compression.distill", "prune": "compression.prune", "DistillConfig": "compression.config",
-        "PruneConfig": "compression.config",
+        "PruneConfig": "compression.config", "push": "export.hub", "PushConfig": "export.config",
         "TrainConfig": "training.config", "TuneConfig": "tuning.config",
         "EvaluateConfig": "evaluation.config", "TrainResult": "training.finish", "Classifier": "inference.classifier",
         "Prediction": "inference.classifier", "Reading": "inference.reading", "UserError": "errors"}

@@ -84,3 +84,22 @@ def debug_option() -> Any:
 def overlap_option() -> Any:
     return opt(True, "Read and tokenize the next chunk of rows in a worker thread while this one is scored "
                      "(--no-overlap: one after the other; the same results).")
+
+
+def command_line(cfg: Any, *, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """A config as the options that give it back on the command line (the fields not at their default, in
+    `--name=value` form, so a value that starts with '-' stays a value); `leave_out`: fields not passed on. The
+    processes a launcher starts get the command the user typed, checked, this way."""
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in leave_out or value == f.default:
+            continue
+        if "positional" in f.metadata or value is None:  # no `--name=value` gives these back
+            raise ValueError(f"command_line: {f.name}={value!r} has no --name=value form")
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            argv.append(f"{flag}={value}")
+    return argv

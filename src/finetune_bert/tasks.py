@@ -22,11 +22,12 @@ PROBLEM_TYPES = {CLASSIFICATION: "single_label_classification", MULTI_LABEL: "mu
 # The metric that picks the best model, and that `tune` optimises, when --metric is not given.
 DEFAULT_METRIC = {CLASSIFICATION: "accuracy", MULTI_LABEL: "f1_macro", REGRESSION: "rmse"}
 
-# Which metrics mean something for which kind (--metric is checked against these).
+# The metrics each kind's metrics dict holds that --metric may name; any scikit-learn metric is accepted by name
+# besides these (evaluation/named.py).
 METRICS = {
-    CLASSIFICATION: ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss"),
+    CLASSIFICATION: ("accuracy", "f1_macro", "loss", "roc_auc", "log_loss", "precision_macro", "recall_macro"),
     MULTI_LABEL: ("f1_macro", "f1_micro", "f1_weighted", "subset_accuracy", "hamming_loss", "roc_auc", "map",
-                  "loss"),
+                  "loss", "log_loss", "precision_macro", "precision_micro", "recall_macro", "recall_micro"),
     REGRESSION: ("rmse", "mae", "r2", "pearson", "spearman", "loss"),
 }
 LOWER_IS_BETTER = frozenset({"loss", "log_loss", "rmse", "mae", "hamming_loss"})
@@ -60,12 +61,14 @@ def activate(logits: np.ndarray, task: str) -> np.ndarray:
 class Scoring:
     """How a model's outputs are scored: its kind and, for regression, the scale its outputs are in (the
     z-scores a model learns: train's (mean, std); (0, 1) once folded into the head) and whether targets are
-    whole numbers; for multi-label, each label's decision threshold (None: 0.5, or tuned where asked)."""
+    whole numbers; for multi-label, each label's decision threshold (None: 0.5, or tuned where asked);
+    `metric`: a scikit-learn metric by name (--metric) scored beside the kind's own."""
 
     task: str = CLASSIFICATION
     scale: tuple[float, float] = (0.0, 1.0)
     integer_targets: bool = False
     thresholds: tuple[float, ...] | None = None
+    metric: str | None = None
 
     @property
     def headline(self) -> tuple[str, ...]:

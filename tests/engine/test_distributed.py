@@ -8,6 +8,7 @@ are made once.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PYTHON, _args, _env
+from conftest import PYTHON, _args, _env, wandb_items, wandb_records
 import torch
 
 from conftest import make_tiny_bert
@@ -27,10 +28,11 @@ from finetune_bert.engine.distributed import World
 # AdamW's normalised step turns the rounding of a near-zero gradient into a step of up to lr (1e-2 here):
 # measured 1.9e-5 after 36 steps, 2.1e-4 after 45 (while the toy task is being learnt). A tenth of lr.
 TOLERANCE = 1e-3
-def _launch(args: list[str], nproc: int = 2, faults: str = "", timeout: float = 240) -> subprocess.CompletedProcess:
+def _launch(args: list[str], nproc: int = 2, faults: str = "", timeout: float = 240,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`finetune-bert train --nproc-per-node N` (our launcher, which runs torchrun in-process)."""
     return subprocess.run([PYTHON, "-m", "finetune_bert", *args, "--nproc-per-node", str(nproc)], text=True,
-                          capture_output=True, env=_env(FINETUNE_BERT_FAULTS=faults), timeout=timeout)
+                          capture_output=True, env=_env(FINETUNE_BERT_FAULTS=faults, **(env or {})), timeout=timeout)
 
 
 def _torchrun(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
@@ -68,8 +70,12 @@ def one(tiny_model, toy_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two(tiny_model, toy_data, tmp_path_factory) -> Path:
+    """The two-process run, reporting to the trackers installed here (W&B offline), which rank 0 alone must feed."""
     out = tmp_path_factory.mktemp("ddp") / "two"
-    return _made(_launch(_args(tiny_model, toy_data, out)), out)
+    return _made(_launch(_args(tiny_model, toy_data, out, report_to=TRACKERS), env={"WANDB_MODE": "offline"}), out)
+
+
+TRACKERS = ",".join(name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name)) or "none"
 
 
 def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(one, two):
@@ -88,6 +94,18 @@ def test_rank_0_alone_writes_the_output_and_speaks(two):
     log = [json.loads(line) for line in (two / "train_log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log].count("start") == 1  # one writer, not one per process
     assert not list(two.glob("*.tmp")) and (two / "model.safetensors").is_file()
+
+
+def test_rank_0_alone_reports_to_the_trackers(two):
+    records = map(json.loads, (two / "train_log.jsonl").read_text().splitlines())
+    log = [r["step"] for r in records if r["event"] == "train"]
+    if "tensorboard" in TRACKERS:
+        assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    if "wandb" in TRACKERS:
+        (run,) = (two / "wandb").glob("offline-run-*")  # one run, not one per process
+        records = wandb_records(next(run.glob("run-*.wandb")))
+        history = [wandb_items(r.history.item) for r in records if r.HasField("history")]
+        assert [h["step"] for h in history if "train/loss" in h] == log  # each step once
 
 
 def test_the_launcher_says_each_line_once(tiny_model, toy_data, tmp_path):

@@ -76,6 +76,8 @@ def test_sigkill_then_resume_gives_identical_model(dropout_model, crash_data, re
     resumed = _cli(_args(dropout_model, crash_data, out) + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at step {resumed_at} " in resumed.stdout
+    # the data was tokenized once, into the token cache (data/store.py): a resume reads it
+    assert "token cache: tokenizing" not in resumed.stdout and "token cache: token ids of 80 rows read" in resumed.stdout
     assert _max_diff(out, reference) == 0.0
     assert json.loads((out / "metrics.json").read_text())["validation"] == \
         json.loads((reference / "metrics.json").read_text())["validation"]

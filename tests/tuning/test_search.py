@@ -56,8 +56,9 @@ def _states(out: Path) -> dict[str, int]:
     return states
 
 
-def _cli(tiny_model, data, out, *extra, faults_spec="", **kw):
-    args = [sys.executable, "-m", "finetune_bert.cli", "tune", "--no-export"]  # as _tune
+def _cli(tiny_model, data, out, *extra, faults_spec="", wrap=(), **kw):
+    """`tune` in a process of its own; `wrap` is a command to start it through (another host name)."""
+    args = [*wrap, sys.executable, "-m", "finetune_bert.cli", "tune", "--no-export"]  # as _tune
     for key, value in _options(tiny_model, data, out, **kw).items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FINETUNE_BERT_FAULTS": faults_spec}

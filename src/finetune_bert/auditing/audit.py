@@ -111,10 +111,12 @@ def _cross_validate(cfg: AuditConfig, folder: Path) -> Scored:
     from finetune_bert.auditing.folds import FoldRunner, assign_folds
     from finetune_bert.data.dataset import load_dataset
     from finetune_bert.engine.model_folder import ModelFolder
+    from finetune_bert.training.job import check_labels
 
     k = cfg.folds or DEFAULT_FOLDS
     train_cfg = cfg.train_config(report=False, export=False, keep_checkpoints=0, resume=False)
     ds = load_dataset(train_cfg)  # bad rows stop here, naming file, row and column, before any folder is made
+    check_labels(train_cfg, ds)
     rows = ds.train_all or ds.train
     fold = assign_folds(rows, ds.task, k, cfg.seed)
     _claim(folder, _fingerprint(cfg, rows, k))

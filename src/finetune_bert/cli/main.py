@@ -24,7 +24,7 @@ from finetune_bert.cli.options import Parser, add_config_options, config_from_fi
 from finetune_bert.console import console
 from finetune_bert.errors import RankLost, Reported, TrainingFailed, TrainingInterrupted, UserError
 from finetune_bert.evaluation.config import EvaluateConfig, ReportConfig
-from finetune_bert.export.config import ExportConfig
+from finetune_bert.export.config import ExportConfig, PushConfig
 from finetune_bert.inference.config import PredictConfig
 from finetune_bert.serving.config import ServeConfig
 from finetune_bert.training.config import TrainConfig
@@ -63,6 +63,11 @@ COMMANDS = {
                       "files into --output DIR, and checked against torch. train writes the fp32 one itself; "
                       "predict, evaluate and serve run it by default on a CPU without AMX (--backend auto), or "
                       "when asked (--backend onnx, or onnx-int8)."),
+    "push": Command(PushConfig, "finetune_bert.export.hub:push", "upload a trained model folder to the Hugging Face hub",
+                    "Upload a trained model folder to a Hugging Face hub repository (made if it does not exist): "
+                    "the model, tokenizer, model card, finetune_bert.json, metrics and reports, and an "
+                    "ONNX export when it is current; never checkpoints, logs or run_config.json. The token is "
+                    "huggingface_hub's: HF_TOKEN, or the one `hf auth login` stored."),
     "report": Command(ReportConfig, "finetune_bert.evaluation.report_page:report",
                       "rebuild report.html of a training run, or of an evaluation",
                       "Rebuild DIR/report.html from a finished training run's files, or NAME.html from the NAME.json "

@@ -50,6 +50,10 @@ class DataConfig:
                                              "question/answer, text_a/text_b).")
     fold_labels: bool = opt(False, "Merge labels that differ only in case ('positive', 'Positive') into their most "
                                    "frequent spelling; without it such labels stop the run with a list of them.")
+    token_cache: str | None = opt(None, "Where a training file's checked rows and token ids are kept, so that it is read and "
+                                        "tokenized once, by every run, resume, trial and fold on it, and training holds "
+                                        "no text in memory: a folder (default: $FINETUNE_BERT_TOKEN_CACHE, else "
+                                        "~/.cache/finetune-bert/tokens), or 'off' to read it into memory each run.")
 
     def warnings(self) -> list[str]:
         """Options given that can have no effect: said, so that nobody believes they changed the run."""

@@ -14,6 +14,7 @@ from finetune_bert.data.labels import LabelSpec, case_variants, label_mapping
 from finetune_bert.data.readers import Records
 from finetune_bert.data.skipped import SkippedRow
 from finetune_bert.data.sources import read_source
+from finetune_bert.data.stored import stored_train
 from finetune_bert.data.rows import report_bad_rows, to_split
 from finetune_bert.data.splits import Split, dedupe_train, seeded_sample, stratified_split
 
@@ -38,7 +39,10 @@ class Dataset:
     @property
     def integer_targets(self) -> bool:
         """Regression: every training target is a whole number (star ratings): 'within one' then means something."""
-        return self.task == REGRESSION and all(float(x).is_integer() for x in self.train.labels)
+        if self.task != REGRESSION:
+            return False
+        values = np.asarray(self.train.labels, dtype=np.float64)
+        return bool(np.all(values == np.round(values)))
 
     def encode_labels(self, split: Split) -> np.ndarray:
         """A split's labels as the loss takes them: class ids (n,), multi-hot rows (n, labels) in float32, or
@@ -52,6 +56,10 @@ class Dataset:
             mean, std = self.target_scale
             return ((np.asarray(split.labels, dtype=np.float64) - mean) / std).astype(np.float32)
         to_id = self.label_to_id
+        codes = getattr(split.labels, "codes", None)
+        if codes is not None:  # a stored column (data.columns.CodedLabels): its distinct values, then a lookup
+            lookup = np.asarray([to_id.get(v, -1) for v in split.labels.values] or [0], dtype=np.int64)
+            return lookup[codes]
         return np.asarray([to_id[x] for x in split.labels], dtype=np.int64)
 
 
@@ -86,8 +94,16 @@ def _read_splits(cfg, skipped: list[SkippedRow], notes: list[str]) -> tuple[Spli
         return to_split(records, name, cfg.text_column, cfg.label_column, cfg.clean, True, skipped=skipped,
                         on_bad_rows=cfg.on_bad_rows, pair_column=cfg.text_pair_column, pairs=True, spec=spec)
 
-    train_records, brought, hub_names = read_source(cfg.data, "train")
-    train = seeded_sample(split_from(train_records, "train"), cfg.max_train_samples, cfg.seed)
+    stored = stored_train(cfg)  # a file, read a chunk at a time into the token cache (or read from it)
+    if stored is not None:
+        train_records, brought, hub_names = None, {}, None
+        skipped.extend(stored.skipped)
+        notes.extend(n for n in stored.notes if n not in notes)
+        train = stored.split
+    else:
+        train_records, brought, hub_names = read_source(cfg.data, "train")
+        train = split_from(train_records, "train")
+    train = seeded_sample(train, cfg.max_train_samples, cfg.seed)
     if cfg.task == CLASSIFICATION and (hint := label_sets_hint(train, cfg.label_separator, train.columns.label)):
         raise UserError(hint)
     val = None

@@ -74,17 +74,13 @@ def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
     silently become separate classes: stop with the variants listed, or (--fold-labels) merge each group into
     its most frequent spelling. Surrounding spaces never count: `as_label` strips them."""
     counts: dict[str, Counter] = {}
-    first_at: dict[str, str] = {}
-    for split in splits:
-        for cell, loc in zip(split.labels, split.where):
-            for label in cell if isinstance(cell, tuple) else (cell,):  # a label set's names one by one
-                if not isinstance(label, str):
-                    continue
-                counts.setdefault(_label_key(label), Counter())[label] += 1
-                first_at.setdefault(label, f"{split.source}: {loc}")
+    for split in splits:  # counted per distinct label first: a row's location is looked up only for a clash
+        for label, n in Counter(x for cell in split.labels for x in _names(cell) if isinstance(x, str)).items():
+            counts.setdefault(_label_key(label), Counter())[label] += n
     clashes = [c for c in counts.values() if len(c) > 1]
     if not clashes:
         return
+    first_at = _first_at(splits, {v for c in clashes for v in c})
     groups = [", ".join(f"{_shown(v)} ({n} rows, first at {first_at[v]})" for v, n in c.most_common()) for c in clashes]
     if not fold:
         more = f" (and {len(groups) - 3} more groups)" if len(groups) > 3 else ""
@@ -92,11 +88,36 @@ def case_variants(splits: list[Split], fold: bool, notes: list[str]) -> None:
                         "separate classes: " + "; ".join(groups[:3]) + more + ". Fix the data, or pass "
                         "--fold-labels to merge each group into its most frequent spelling")
     to = {v: c.most_common(1)[0][0] for c in clashes for v in c}
+
+    def rename(x: Any) -> Any:
+        return to.get(x, x) if isinstance(x, str) else x
+
     for split in splits:
-        split.labels = [tuple(dict.fromkeys(to.get(y, y) for y in x)) if isinstance(x, tuple) else
-                        to.get(x, x) if isinstance(x, str) else x for x in split.labels]
+        if hasattr(split.labels, "map"):  # a stored column (data.columns): its distinct values renamed
+            split.labels = split.labels.map(rename)
+        else:
+            split.labels = [tuple(dict.fromkeys(rename(y) for y in x)) if isinstance(x, tuple) else rename(x)
+                            for x in split.labels]
     notes.append("--fold-labels merged " + "; ".join(f"{', '.join(map(_shown, c))} into {_shown(c.most_common(1)[0][0])}"
                                                      for c in clashes))
+
+
+def _names(cell: Any) -> tuple:
+    """A label cell's names one by one: a label set's, or the one class."""
+    return cell if isinstance(cell, tuple) else (cell,)
+
+
+def _first_at(splits: list[Split], wanted: set[str]) -> dict[str, str]:
+    """Where each of the `wanted` labels first occurs: 'source: line N'."""
+    found: dict[str, str] = {}
+    for split in splits:
+        for i, cell in enumerate(split.labels):
+            for label in _names(cell):
+                if label in wanted and label not in found:
+                    found[label] = f"{split.source}: {split.where[i]}"
+            if len(found) == len(wanted):
+                return found
+    return found
 
 
 def _shown(label: str) -> str:

@@ -4,12 +4,13 @@ the texts are tokenized by the tokens stage (tokens.encode_splits) and handed to
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from itertools import combinations
 from typing import Any
 import numpy as np
 from finetune_bert.data.dataset import Dataset
-from finetune_bert.data.splits import Split
+from finetune_bert.data.hashing import split_hashes
+from finetune_bert.data.splits import Split, factorized
 from finetune_bert.data.tokens import Encoded
 from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 
@@ -44,19 +45,32 @@ def _kind_report(split: Split, task: str) -> dict[str, Any]:
     return {}
 
 
+def _duplicates(split: Split, hashes: np.ndarray) -> tuple[int, int]:
+    """(rows whose text repeats an earlier row's, distinct texts that carry different labels), from the texts'
+    hashes (data.hashing) and the labels' codes, sorted together: never a set of the texts."""
+    if not len(hashes):
+        return 0, 0
+    codes = np.zeros(len(split), dtype=np.int64) if split.labels is None else factorized(split.labels)[1]
+    order = np.lexsort((codes, hashes))
+    ordered = hashes[order]
+    new_text = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    text_of = np.cumsum(new_text)
+    codes = codes[order]
+    relabelled = np.concatenate([[False], (codes[1:] != codes[:-1]) & ~new_text[1:]])
+    return int(len(hashes) - text_of[-1]), len(np.unique(text_of[relabelled]))
+
+
 def _split_report(split: Split, encoded: Encoded | None, names: list[str], to_id: dict, max_length: int,
-                  task: str = CLASSIFICATION) -> dict:
+                  task: str = CLASSIFICATION, *, hashes: np.ndarray | None = None) -> dict:
     counts = _label_counts(split, task)
-    by_text: dict[str, set] = defaultdict(set)
-    for text, label in zip(split.texts, split.labels or [None] * len(split)):
-        by_text[text].add(label)
+    duplicates, conflicting = _duplicates(split, hashes if hashes is not None else split_hashes(split, "exact"))
     entry: dict[str, Any] = {
         "source": split.source,
         "rows": len(split),
         "classes": {names[to_id[k]] if k in to_id else str(k): v for k, v in sorted(
             counts.items(), key=lambda kv: to_id.get(kv[0], 1 << 30))},
-        "duplicate_rows": len(split) - len(by_text),
-        "conflicting_duplicates": sum(1 for labels in by_text.values() if len(labels) > 1),
+        "duplicate_rows": duplicates,
+        "conflicting_duplicates": conflicting,
     }
     if counts:
         entry["imbalance_ratio"] = round(max(counts.values()) / min(counts.values()), 2)
@@ -75,6 +89,13 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
                  clean: bool) -> dict[str, Any]:
     to_id = ds.label_to_id
     splits = {"train": ds.train, "validation": ds.val, "test": ds.test}
+    known: dict[int, np.ndarray] = {}
+
+    def hashed(split: Split) -> np.ndarray:  # each split's texts hashed once
+        if id(split) not in known:
+            known[id(split)] = split_hashes(split, "exact")
+        return known[id(split)]
+
     report: dict[str, Any] = {
         "labels": {i: n for i, n in enumerate(ds.label_names)},
         "label_values": {n: raw for n, raw in zip(ds.label_names, ds.raw_labels)},
@@ -83,21 +104,22 @@ def build_report(ds: Dataset, encoded: dict[str, Encoded], max_length: int, trun
         "max_length": max_length,
         "truncation": truncation,
         "task": ds.task,
-        "splits": {name: _split_report(s, encoded.get(name), ds.label_names, to_id, max_length, ds.task)
+        "splits": {name: _split_report(s, encoded.get(name), ds.label_names, to_id, max_length, ds.task,
+                                         hashes=hashed(s))
                    for name, s in splits.items() if s is not None},
         "skipped_rows": len(ds.skipped),
         "notes": list(ds.notes),
         "warnings": [],
     }
     if ds.train_all is not None and ds.train_all is not ds.train:
-        whole = _split_report(ds.train_all, None, ds.label_names, to_id, max_length, ds.task)
+        whole = _split_report(ds.train_all, None, ds.label_names, to_id, max_length, ds.task,
+                              hashes=hashed(ds.train_all))
         if ds.test is not None:
-            whole["shared_with_test"] = len(set(ds.train_all.texts) & set(ds.test.texts))
+            whole["shared_with_test"] = len(np.intersect1d(hashed(ds.train_all), hashed(ds.test)))
         report["train_data"] = whole
-    train_texts = set(ds.train.texts)
     for name, other in (("validation", ds.val), ("test", ds.test)):
-        if other is not None:
-            report["splits"][name]["shared_with_train"] = len(train_texts & set(other.texts))
+        if other is not None:  # distinct texts in both
+            report["splits"][name]["shared_with_train"] = len(np.intersect1d(hashed(ds.train), hashed(other)))
     ratio = report["splits"]["train"].get("imbalance_ratio", 1)
     if ratio >= IMBALANCE_WARNING:
         report["warnings"].append(f"labels are imbalanced {ratio}:1 in train; consider --class-weights auto"

@@ -4,25 +4,35 @@ probabilities of a text the model trained on say nothing about its label)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+import numpy as np
+
+from finetune_bert.data.hashing import row_hashes, split_hashes, text_key
+
+__all__ = ["SEEN_FILE", "text_key", "seen_text", "seen_splits", "read_seen"]
 
 SEEN_FILE = "seen_texts.txt"
 _HEADER = "# finetune-bert: blake2b-64 of each training and validation text (whitespace collapsed), one a line\n"
 
 
-def text_key(text: str, pair: str | None = None) -> str:
-    """A text's (or a pair's) identity: 16 hex digits of its hash, whitespace collapsed so that a copy that
-    differs only in spacing or line ends is the same text."""
-    joined = " ".join(text.split()) + ("" if pair is None else "\x1f" + " ".join(pair.split()))
-    return hashlib.blake2b(joined.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+def _contents(keys: np.ndarray) -> str:
+    """The file's contents for these keys (sorted and unique: their order says nothing)."""
+    return _HEADER + "".join(f"{k:016x}\n" for k in np.unique(keys).tolist())
 
 
 def seen_text(texts: Iterable[str], pairs: Iterable[str] | None = None) -> str:
-    """The file's contents for these texts (sorted and unique: their order says nothing)."""
-    keys = (text_key(t) for t in texts) if pairs is None else (text_key(t, p) for t, p in zip(texts, pairs))
-    return _HEADER + "".join(k + "\n" for k in sorted(set(keys)))
+    """The file's contents for these texts (and their pairs' second texts)."""
+    texts = list(texts)
+    return _contents(row_hashes(texts, None if pairs is None else list(pairs), "seen"))
+
+
+def seen_splits(splits: list[Any]) -> str:
+    """The file's contents for every row of these splits (data.splits.Split), stored or in memory: a stored
+    split's keys are read from its store, never its texts."""
+    keys = [split_hashes(s, "seen") for s in splits]
+    return _contents(np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64))
 
 
 def read_seen(folder: Path | None) -> set[str] | None:

@@ -11,6 +11,8 @@ truncation="longest_first" cuts them, so a model reads a pair as it would from a
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,17 @@ class Encoded:
 
     @property
     def lengths(self) -> np.ndarray:
+        stored = getattr(self.ids, "lengths", None)  # a stored split's (data.columns.TokenColumn): never read
+        if stored is not None:
+            return stored
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def lengths_at(self, index: np.ndarray) -> np.ndarray:
+        """The lengths of the rows at `index` (a batch's), without reading them where they are stored."""
+        stored = getattr(self.ids, "lengths_at", None)
+        if stored is not None:
+            return stored(index)
+        return np.fromiter((len(self.ids[i]) for i in index), dtype=np.int64, count=len(index))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -212,6 +224,41 @@ def encode_windows(tokenizer, texts: list[str], max_length: int, stride: int) ->
     return Windows(Encoded(ids, lengths, None), np.asarray(owner, dtype=np.int64), full)
 
 
+def tokenizer_digest(tokenizer) -> str:
+    """What a tokenizer does, as a hash: a fast tokenizer's whole definition (vocabulary, normaliser, pre-tokenizer,
+    special tokens' template), or a slow one's vocabulary and options; so that a store of token ids is reused by
+    the same tokenizer wherever its files lie, and never by another."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        for state in ("truncation", "padding"):  # set by each call's options, not part of what it does
+            definition.pop(state, None)
+        what = json.dumps(definition, sort_keys=True)
+    else:
+        what = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.init_kwargs], default=str, sort_keys=True)
+    extra = json.dumps([type(tokenizer).__name__, special_tokens(tokenizer)])
+    return hashlib.sha256((what + extra).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """How texts become token ids: the tokenizer, the max length (already clamped to the model's), truncation."""
+
+    tokenizer: Any
+    max_length: int
+    truncation: str
+    head_tokens: int
+
+    def key(self) -> dict[str, Any]:
+        """What a store of token ids is keyed by (data.store)."""
+        return {"tokenizer": tokenizer_digest(self.tokenizer), "max_length": self.max_length,
+                "truncation": self.truncation,
+                "head_tokens": self.head_tokens if self.truncation == "head+tail" else None}
+
+    def encode(self, texts, pairs=None) -> Encoded:
+        return encode(self.tokenizer, texts, None, self.max_length, self.truncation, self.head_tokens, pairs=pairs)
+
+
 @dataclass
 class TokenizedSplits:
     """Every split of a dataset as token ids, and the max length they were cut to (the requested one, clamped
@@ -226,13 +273,21 @@ def encode_splits(ds: Any, tokenizer, model_config, *, max_length: int, truncati
                   head_tokens: int) -> TokenizedSplits:
     """Tokenize train, validation and test (those present) of a data.Dataset, labels as class ids."""
     length, warning = max_length_for(tokenizer, model_config, max_length)
+    settings = TokenSettings(tokenizer, length, truncation, head_tokens)
     splits = {}
     for name, split in (("train", ds.train), ("validation", ds.val), ("test", ds.test)):
         if split:
-            splits[name] = encode(tokenizer, split.texts, None, length, truncation, head_tokens,
-                                  pairs=split.pairs)
+            stored = _stored(split, settings)
+            splits[name] = stored if stored is not None else settings.encode(split.texts, split.pairs)
             splits[name].labels = ds.encode_labels(split)
     return TokenizedSplits(splits, length, warning)
+
+
+def _stored(split: Any, settings: TokenSettings) -> Encoded | None:
+    """A stored split's token ids (data.stored: tokenized into the token cache once, then read from it), or None
+    for a split held in memory."""
+    owner = getattr(split.texts, "store", None)
+    return None if owner is None else owner.encoded(split.texts.rows, settings)
 
 
 def pad_id(tokenizer) -> int:

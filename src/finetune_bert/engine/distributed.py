@@ -1,7 +1,7 @@
 """Several processes under torchrun (DDP): who does what, and the few collectives the loop needs.
 
 torchrun starts one process per GPU (or per CPU share) and sets RANK, WORLD_SIZE and LOCAL_RANK; this
-module reads them. Nothing here launches anything: launch.py hands the command to torchrun itself.
+module reads them. Nothing here launches anything: launcher.py hands the command to torchrun itself.
 
 The design rests on two facts of the single-process code:
 - a step's batch is a pure function of (seed, epoch), so every rank computes the same global batch and
@@ -24,15 +24,19 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from finetune_bert.errors import RankLost, UserError
+from finetune_bert.errors import RankLost, Reported, UserError
 from finetune_bert.ranks import follower, launched
 
 __all__ = ["RankLost", "follower", "launched"]  # (re-exported: the callers' one place for the world)
+
+
+# what a training run leaves when a process is lost, and what to do
+RESUME = "every checkpoint in OUTPUT/checkpoints is complete or absent, so rerun the same command with --resume"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     device: str = "cpu"  # this process's device, where collectives' tensors live: cuda:N for NCCL, cpu for gloo
+    left: str = RESUME  # what the job leaves when a process is lost, and what to do (said with the loss)
 
     @property
     def main(self) -> bool:
@@ -56,10 +61,10 @@ class World:
 ALONE = World()
 
 
-def start(device: torch.device, timeout_s: float) -> World:
+def start(device: torch.device, timeout_s: float, left: str = RESUME) -> World:
     """Join the job's process group (NCCL on CUDA, gloo on CPU); `World()` when not launched with several.
     `timeout_s`: how long a collective waits for the others before failing, so a rank that died or hangs
-    ends the job with a message instead of a hang."""
+    ends the job with a message instead of a hang. `left`: what a lost process leaves (World.left)."""
     if not launched():
         return ALONE
     import torch.distributed as dist
@@ -76,12 +81,13 @@ def start(device: torch.device, timeout_s: float) -> World:
             dist.init_process_group("nccl", timeout=timeout, device_id=device)
         else:
             dist.init_process_group("gloo", timeout=timeout)
-    return World(rank, size, local, str(device))  # cuda:LOCAL_RANK, or cpu
+    return World(rank, size, local, str(device), left)  # cuda:LOCAL_RANK, or cpu
 
 
-def check_gpus(processes: int, force: bool = False) -> None:
+def check_gpus(processes: int, force: bool = False, *, forceable: bool = True) -> None:
     """One GPU per process: refuse more processes on this machine than it has GPUs. On CPU, more processes than
-    cores only share the cores, each with its own copy of the model in memory: refused unless `force`."""
+    cores only share the cores, each with its own copy of the model in memory: refused unless `force`
+    (`forceable`: the command has a --force to say so)."""
     if torch.cuda.is_available():
         if processes > torch.cuda.device_count():
             raise UserError(f"{processes} processes on this machine, but it has {torch.cuda.device_count()} GPU(s): "
@@ -91,8 +97,8 @@ def check_gpus(processes: int, force: bool = False) -> None:
     if processes > cores and not force:
         raise UserError(f"--nproc-per-node {processes}: more processes than this machine's {cores} CPU cores, and "
                         "no GPU; each process loads its own copy of the model (about 1 GB for bert-base) and they "
-                        f"only share the cores, so it would be slower than {cores}: use at most {cores}, or pass "
-                        "--force to start them anyway")
+                        f"only share the cores, so it would be slower than {cores}: use at most {cores}"
+                        + (", or pass --force to start them anyway" if forceable else ""))
 
 
 def stop(world: World) -> None:
@@ -106,8 +112,7 @@ def lost(exc: BaseException, world: World) -> RankLost:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     first = re.sub(r"^\[[^\]]*\] ", "", first).split(". This is typically")[0][:200]  # gloo's source path
     return RankLost(f"rank {world.rank} of {world.size} lost contact with the other processes ({first}): one of "
-                    "them died, was killed or stopped answering. Its own output says why; every checkpoint "
-                    "in OUTPUT/checkpoints is complete or absent, so rerun the same command with --resume")
+                    f"them died, was killed or stopped answering. Its own output says why; {world.left}")
 
 
 @contextlib.contextmanager
@@ -121,6 +126,36 @@ def talking(world: World):
         if is_collective_error(exc):
             raise lost(exc, world) from None
         raise
+
+
+def together(world: World, setup: Callable[[], Any]) -> Any:
+    """`setup()` on every rank; a UserError on any rank stops them all. Rank 0's is said by rank 0 alone (the
+    others met the same one); a problem of another rank's alone (its copy of the data) is said by that rank."""
+    error = None
+    try:
+        result = setup()
+    except UserError as exc:
+        error = exc
+    failed = gather_objects(error is not None, world)
+    if failed[0] and not world.main:
+        _outlive_main(world)
+    if error is not None:
+        raise error if world.main or not failed[0] else Reported(error.exit_code) from None
+    if any(failed):
+        raise Reported(2)
+    return result
+
+
+def _outlive_main(world: World) -> None:
+    """Wait for rank 0 to leave (the collective fails as it exits): it says the job's error, and torchrun stops
+    the processes still running as soon as one has ended, which could cut its line short."""
+    import torch.distributed as dist
+
+    try:
+        dist.barrier()
+    except Exception as exc:  # the way rank 0's exit is seen
+        if not is_collective_error(exc):
+            raise
 
 
 def is_collective_error(exc: BaseException) -> bool:

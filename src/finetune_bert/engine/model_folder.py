@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 # torch is imported by the functions that make models: reading a model folder's files (run info, aliases)
 # is also the ONNX path's, which must start without paying torch's import.
 
-ALIASES = ("minilm",)
+# Each alias with the hub id of the model it bundles: what a model card names as its base model, since the
+# alias and the bundled folder's path mean nothing on the hub.
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+ALIASES = tuple(HUB_IDS)
 # One of these makes a tokenizer; without any, transformers builds an empty vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "tokenizer.model")

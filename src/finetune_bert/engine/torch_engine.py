@@ -71,6 +71,12 @@ def has_amx() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 products itself (AMX tiles, or AVX-512 bf16 dot products) rather than
+    emulating them, as PyTorch's oneDNN sees it."""
+    return has_amx() or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
 def inference_dtype(device: torch.device) -> torch.dtype | None:
     """What predict, evaluate and the server compute in: bf16 on a GPU that has it, and on a CPU with AMX
     tiles, where MiniLM scored 1,000 IMDB reviews in 5.3 s against 15.5 in fp32, with the same label for

@@ -212,11 +212,12 @@ def calibrate(engine, val: Encoded, label_names: list[str], batch_size: int,
 
 
 def score_calibrated(engine, encoded: Encoded, label_names: list[str], batch_size: int,
-                     t: Temperature) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor]:
-    """The (calibrated) engine's metrics on labelled data, the measures before and after calibration (the
-    same logits times T), and the logits."""
+                     t: Temperature, metric: str | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor]:
+    """The (calibrated) engine's metrics on labelled data (with `metric`, a scikit-learn metric by name), the
+    measures before and after calibration (the same logits times T), and the logits."""
     logits = engine.logits(encoded, batch_size)
-    metrics = scores_of(logits, encoded, label_names)
+    metrics = scores_of(logits, encoded, label_names, metric=metric)
     return metrics, before_after(scores_of(logits * t.value, encoded, label_names), metrics), logits
 
 

@@ -17,6 +17,14 @@ class EvaluateConfig(ScoreConfig):
     errors: int = opt(0, "Also write the N most confident mistakes (text, true label, prediction, confidence; for a "
                          "regression, the N largest errors) to OUTPUT_NAME.errors.csv beside the metrics.", at_least=0)
 
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if self.several() and self.backend.startswith("onnx"):
+            found.append(f"--backend {self.backend}: several processes (--nproc-per-node, torchrun) share the "
+                         "evaluation's batches through torch; use --backend torch or torch-fp32 (auto picks torch), "
+                         "or one process")
+        return found
+
 
 @dataclass
 class ReportConfig:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from finetune_bert.console import Progress, console
-from finetune_bert.data.chunks import ahead, chunk_rows
+from finetune_bert.data.chunks import ChunkedSplit, ahead, chunk_rows
 from finetune_bert.data.skipped import refuse_foreign_skipped_list, write_skipped
 from finetune_bert.data.splits import sample_mask
-from finetune_bert.engine.model_folder import EVALUATE_FILES, ModelFolder, refuse_model_file
-from finetune_bert.errors import UserError, refuse
+from finetune_bert.engine import distributed
+from finetune_bert.engine.model_folder import EVALUATE_FILES, ModelFolder, pick_device, refuse_model_file
+from finetune_bert.errors import Reported, UserError, refuse
 from finetune_bert.evaluation.calibration import MEASURES
 from finetune_bert.evaluation.config import EvaluateConfig
 from finetune_bert.evaluation.explained import explain_rows, metrics_text
@@ -31,8 +33,10 @@ from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 from finetune_bert.evaluation.report_page import evaluation_report
 from finetune_bert.inference.classifier import LabelMap, load
 from finetune_bert.inference.files import labelled_rows, read_columns
+from finetune_bert.inference import sharded
 from finetune_bert.inference.heap import steady_heap
 from finetune_bert.inference.reading import Reading
+from finetune_bert.ranks import follower, launched
 from finetune_bert.safefiles import atomic_output, check_output_file, claim_output, write_text_atomic
 
 
@@ -50,6 +54,8 @@ def evaluate(cfg: EvaluateConfig | str | None = None, data: str | None = None, o
                              **({} if output is None else {"output": output}),
                              **(dataclasses.asdict(reading) if reading is not None else {})))
     with console.quiet(quiet):
+        if cfg.nproc_per_node > 1 and not launched():
+            return _launched(cfg)
         return _evaluate(cfg, rows_per_chunk)
 
 
@@ -57,30 +63,71 @@ def _checked(cfg: EvaluateConfig | str | None, overrides: dict[str, Any]) -> Eva
     if isinstance(cfg, str):  # the model, given first as it always could be
         cfg, overrides = None, {"model": cfg, **overrides}
     cfg = dataclasses.replace(cfg or EvaluateConfig(), **overrides)
-    refuse(cfg.problems())
+    try:
+        refuse(cfg.problems())
+    except UserError as exc:  # under torchrun, every process finds the same problems: rank 0 says them
+        if follower():
+            raise Reported(exc.exit_code) from None
+        raise
     return cfg
 
 
-def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]:
+class _Opened(NamedTuple):
+    """What evaluate checks before the model is loaded: the model folder, where the outputs go, the rows."""
+
+    folder: ModelFolder
+    target: Path
+    skipped_at: Path
+    labels: LabelMap
+    rows: ChunkedSplit
+    total: int
+
+
+def _opened(cfg: EvaluateConfig, rows_per_chunk: int | None) -> _Opened:
     folder = ModelFolder.open(cfg.model)
     target, skipped_at = _metrics_path(folder, cfg.data, cfg.output, skipping=cfg.on_bad_rows == "skip")
-    errors_at, html_at = target.with_name(target.stem + ".errors.csv"), target.with_suffix(".html")
     labels = LabelMap.of(folder.config(), folder.info)
     if cfg.errors and labels.spec.task == MULTI_LABEL:
         raise UserError(f"--errors lists a classifier's most confident mistakes or a regression's largest errors; "
                         f"{cfg.model} is a multi-label model: drop --errors")
     rows = labelled_rows(cfg.data, labels, clean=folder.info.clean, columns=read_columns(cfg, folder.info, True),
                          on_bad_rows=cfg.on_bad_rows, rows_per_chunk=chunk_rows(rows_per_chunk, cfg.batch_size))
-    total = rows.check()
-    clf = load(folder, reading=cfg.reading(), backend=cfg.backend, explaining=cfg.errors > 0)  # --errors: explained
-    steady_heap(clf.device)
-    k = max(cfg.errors, REPORT_MISTAKES)
-    mistakes = LargestErrors(k) if clf.task == REGRESSION else ConfidentMistakes(k, clf.label_names)
-    # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
-    sample = sample_mask(total, cfg.max_samples, cfg.seed)
-    progress = Progress(int(sample.sum()) if sample is not None else total, "evaluate")
-    metrics = _score(clf, rows, sample, (cfg.batch_size, cfg.overlap), mistakes, progress=progress, labels=labels)
-    progress.close()
+    return _Opened(folder, target, skipped_at, labels, rows, rows.check())
+
+
+def _launched(cfg: EvaluateConfig) -> dict[str, Any]:
+    """`cfg.nproc_per_node` processes started once every row is checked; the metrics rank 0 wrote."""
+    with console.quiet():  # rank 0 says again how the data was read
+        target = _opened(cfg, None).target
+    sharded.launch(cfg, "evaluate", sharded.EVALUATION)
+    return json.loads(target.read_text(encoding="utf-8"))
+
+
+def _evaluate(cfg: EvaluateConfig, rows_per_chunk: int | None) -> dict[str, Any]:
+    """Under torchrun, every process reads every row and scores its share of each chunk's batches (sharded.py);
+    rank 0 alone explains, writes and says the results."""
+    with sharded.joined(pick_device(), sharded.EVALUATE_WAIT_S, sharded.EVALUATION) as world:
+        opened = distributed.together(world, lambda: _opened(cfg, rows_per_chunk))
+        clf = distributed.together(world, lambda: load(opened.folder, reading=cfg.reading(),  # --errors: explained
+                                                       backend=sharded.backend_for(cfg.backend, world),
+                                                       explaining=cfg.errors > 0))
+        steady_heap(clf.device)
+        k = max(cfg.errors, REPORT_MISTAKES)
+        mistakes = LargestErrors(k) if clf.task == REGRESSION else ConfidentMistakes(k, clf.label_names)
+        # --max-samples picks the rows seeded_sample would pick from the whole data: check() counted them.
+        sample = sample_mask(opened.total, cfg.max_samples, cfg.seed)
+        progress = Progress(int(sample.sum()) if sample is not None else opened.total, "evaluate")
+        with sharded.scoring(clf, world):
+            metrics = _score(clf, opened.rows, sample, (cfg.batch_size, cfg.overlap), mistakes, progress=progress,
+                             labels=opened.labels)
+        progress.close()
+    return _written(cfg, clf, opened, metrics, mistakes) if world.main else metrics
+
+
+def _written(cfg: EvaluateConfig, clf, opened: _Opened, metrics: dict[str, Any], mistakes) -> dict[str, Any]:
+    """The mistakes listed (and explained with --errors), the table said, the metrics, report and lists written."""
+    rows, target, skipped_at = opened.rows, opened.target, opened.skipped_at
+    errors_at, html_at = target.with_name(target.stem + ".errors.csv"), target.with_suffix(".html")
     worst = mistakes.rows()
     metrics.update(data=cfg.data, model=cfg.model, backend=clf.backend, backend_requested=clf.requested,
                    skipped_rows=len(rows.skipped),

@@ -13,7 +13,8 @@ confidence for correct and wrong predictions, accuracy by text length in tokens,
 mistakes (`ConfidentMistakes`, a bounded heap).
 
 Multi-label and regression metrics are task_metrics.py's; `metrics_for` picks the class of a task kind, and
-`score` / `scores_of` score any kind through it.
+`score` / `scores_of` score any kind through it. A scikit-learn metric named by --metric (named.py) is added by
+each from the outputs it scored: classification then also keeps each row's label and probabilities.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 
 from finetune_bert.data.tokens import Encoded
+from finetune_bert.evaluation import named as named_metrics
 from finetune_bert.evaluation.tables import format_metrics
 from finetune_bert.evaluation.task_metrics import MultiLabelMetrics, RegressionMetrics
-from finetune_bert.tasks import CLASSIFICATION, LOWER_IS_BETTER, MULTI_LABEL, REGRESSION
+from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 
 __all__ = ["StreamingMetrics", "ConfidentMistakes", "metrics_for", "score", "scores_of", "snippet",
            "format_metrics", "greater_is_better", "is_better"]  # format_metrics: in tables.py, imported from here
@@ -42,8 +44,10 @@ LENGTH_EDGES = (0, 64, 128, 256, 512, 1024)
 
 
 class StreamingMetrics:
-    def __init__(self, label_names: list[str]):
+    def __init__(self, label_names: list[str], metric: str | None = None):
         self.names = label_names
+        self.named = named_metrics.lookup(metric, CLASSIFICATION)
+        self.kept: tuple[list[np.ndarray], ...] = ([], [], [])  # labels, predictions, probabilities: --metric's
         k = len(label_names)
         self.confusion = np.zeros((k, k), dtype=np.int64)
         self.loss_sum = 0.0
@@ -78,6 +82,9 @@ class StreamingMetrics:
         predicted = logp.argmax(-1).numpy()
         np.add.at(self.confusion, (labels.numpy(), predicted), 1)
         self._calibration(logp.exp(), labels)
+        if self.named is not None:
+            for kept, values in zip(self.kept, (labels.numpy(), predicted, logp.double().exp().numpy())):
+                kept.append(values)
         if lengths is not None:
             bucket = np.searchsorted(LENGTH_EDGES, np.asarray(lengths), side="right") - 1
             np.add.at(self.by_length, (np.zeros_like(bucket), bucket), 1)
@@ -145,7 +152,17 @@ class StreamingMetrics:
             "confusion_matrix": cm.tolist(),
             "labels": list(self.names),
             **self._figures_data(),
+            **self._named(),
         }
+
+    def _named(self) -> dict[str, float | None]:
+        """--metric's scikit-learn metric on the predictions and probabilities kept, or nothing."""
+        if self.named is None:
+            return {}
+        k = len(self.names)
+        labels, predicted, probs = (np.concatenate(kept) if kept else np.zeros(shape)
+                                    for kept, shape in zip(self.kept, ((0,), (0,), (0, k))))
+        return {self.named.name: named_metrics.value(self.named, labels, predicted, probs, task=CLASSIFICATION)}
 
 
 class ConfidentMistakes:
@@ -180,25 +197,27 @@ class ConfidentMistakes:
 
 
 def metrics_for(task: str, label_names: list[str], *, thresholds: np.ndarray | None = None,
-                scale: tuple[float, float] = (0.0, 1.0), integer_targets: bool = False):
+                scale: tuple[float, float] = (0.0, 1.0), integer_targets: bool = False, metric: str | None = None):
     """The metrics accumulator of a task kind; each answers `update(logits, labels, lengths)` and `compute()`.
-    `thresholds` matter to multi-label only, `scale` and `integer_targets` to regression only."""
+    `thresholds` matter to multi-label only, `scale` and `integer_targets` to regression only; `metric`: a
+    scikit-learn metric by name, added to what the kind computes (named.py)."""
     if task == MULTI_LABEL:
-        return MultiLabelMetrics(label_names, thresholds)
+        return MultiLabelMetrics(label_names, thresholds, metric=metric)
     if task == REGRESSION:
-        return RegressionMetrics(label_names, integer_targets, scale)
+        return RegressionMetrics(label_names, integer_targets, scale, metric=metric)
     if task != CLASSIFICATION:
         raise ValueError(f"unknown task kind {task!r}")
-    return StreamingMetrics(label_names)
+    return StreamingMetrics(label_names, metric)
 
 
 def score(engine, encoded: Encoded, label_names: list[str], batch_size: int,
           on_batch: Callable[[int], None] | None = None, *, task: str = CLASSIFICATION,
           thresholds: np.ndarray | None = None, scale: tuple[float, float] = (0.0, 1.0),
-          integer_targets: bool = False) -> dict[str, Any]:
+          integer_targets: bool = False, metric: str | None = None) -> dict[str, Any]:
     """The metrics of `engine` (torch_engine.Engine) on labelled token ids; `on_batch(i)` after the i-th batch.
     encoded.labels: class ids (n,), multi-hot rows (n, K) or standardised targets (n,), by `task`."""
-    metrics = metrics_for(task, label_names, thresholds=thresholds, scale=scale, integer_targets=integer_targets)
+    metrics = metrics_for(task, label_names, thresholds=thresholds, scale=scale, integer_targets=integer_targets,
+                          metric=metric)
     for i, (index, logits) in enumerate(engine.infer(encoded, batch_size)):
         metrics.update(logits, torch.from_numpy(encoded.labels[index]), encoded.full_lengths[index])
         if on_batch is not None:
@@ -208,9 +227,10 @@ def score(engine, encoded: Encoded, label_names: list[str], batch_size: int,
 
 def scores_of(logits: torch.Tensor, encoded: Encoded, label_names: list[str], *, task: str = CLASSIFICATION,
               thresholds: np.ndarray | None = None, scale: tuple[float, float] = (0.0, 1.0),
-              integer_targets: bool = False) -> dict[str, Any]:
+              integer_targets: bool = False, metric: str | None = None) -> dict[str, Any]:
     """The metrics of logits already computed (n, k), rows in `encoded`'s order."""
-    metrics = metrics_for(task, label_names, thresholds=thresholds, scale=scale, integer_targets=integer_targets)
+    metrics = metrics_for(task, label_names, thresholds=thresholds, scale=scale, integer_targets=integer_targets,
+                          metric=metric)
     metrics.update(logits, torch.from_numpy(encoded.labels), encoded.full_lengths)
     return metrics.compute()
 
@@ -224,7 +244,9 @@ def snippet(text: str, limit: int = 400) -> str:
 
 
 def greater_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
+    """Which way `metric` is better: the kind's own as tasks.LOWER_IS_BETTER says, scikit-learn's as its scorer
+    (or its name: a loss, an error) says."""
+    return named_metrics.greater_is_better(metric)
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:

@@ -277,6 +277,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+def _chosen(metric: str, splits: dict[str, dict[str, Any]]) -> str:
+    """The value of the metric that picked the model on each split that has it (a scikit-learn metric by name
+    is in no results table)."""
+    values = [f"{name.split(' ')[0]} {m[metric]:.4f}" for name, m in splits.items()
+              if m and isinstance(m.get(metric), (int, float))]
+    return f" ({', '.join(values)})" if values else ""
+
+
 def run_report(folder: Path) -> str:
     """The report of a finished training run, from its folder's files."""
     folder = Path(folder)
@@ -292,7 +300,8 @@ def run_report(folder: Path) -> str:
     else:
         results = _task_results(m, shown, splits, metrics.get("calibration"))
     sections = [f"<p class=\"note\">{_esc(config.get('model', ''))} fine-tuned into {_esc(folder)}; best model at "
-                f"step {metrics.get('best_step')} by validation {_esc(metric)}; training {metrics['train']['seconds']} s, "
+                f"step {metrics.get('best_step')} by validation {_esc(metric)}{_chosen(metric, splits)}; training "
+                f"{metrics['train']['seconds']} s, "
                 f"{metrics['train']['steps']} steps.</p>", *results,
                 "<h2>Training</h2>" + _image(figures.curves(train, evals, metric), "training curves"),
                 _mistakes(metrics.get("mistakes"), metrics), _largest_errors(metrics.get("largest_errors"), metrics),

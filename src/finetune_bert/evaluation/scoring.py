@@ -30,7 +30,7 @@ def score_logits(logits: torch.Tensor, encoded: Encoded, label_names: list[str],
     logits = logits.float().cpu()
     return scores_of(logits, encoded, label_names, task=scoring.task,
                      thresholds=thresholds_for(logits, encoded, scoring, tune), scale=scoring.scale,
-                     integer_targets=scoring.integer_targets)
+                     integer_targets=scoring.integer_targets, metric=scoring.metric)
 
 
 def score_engine(engine, encoded: Encoded, label_names: list[str], batch_size: int, scoring: Scoring, *,
@@ -38,7 +38,7 @@ def score_engine(engine, encoded: Encoded, label_names: list[str], batch_size: i
     """The metrics of `engine` (torch_engine.Engine) on labelled token ids; `on_batch(i)` after the i-th
     batch. Classification streams (constant memory); the other kinds keep the logits to rank and tune."""
     if scoring.task == CLASSIFICATION:
-        return score(engine, encoded, label_names, batch_size, on_batch)
+        return score(engine, encoded, label_names, batch_size, on_batch, metric=scoring.metric)
     logits = torch.zeros(len(encoded), engine.config.num_labels)
     for i, (index, batch) in enumerate(engine.infer(encoded, batch_size)):
         logits[torch.from_numpy(index)] = batch.float().cpu()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from finetune_bert.evaluation import named as named_metrics
 from finetune_bert.evaluation.tables import format_any, format_multilabel, format_regression
 from finetune_bert.evaluation.thresholds import decide
 from finetune_bert.tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION
@@ -66,10 +67,13 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 class MultiLabelMetrics:
-    """One sigmoid per label; a label is predicted at or above its threshold (0.5 each unless given)."""
+    """One sigmoid per label; a label is predicted at or above its threshold (0.5 each unless given). A
+    scikit-learn `metric` (named.py) is scored on the label-indicator matrix of those decisions, or on the
+    probabilities where it reads scores."""
 
-    def __init__(self, label_names: list[str], thresholds: np.ndarray | None = None):
+    def __init__(self, label_names: list[str], thresholds: np.ndarray | None = None, *, metric: str | None = None):
         self.names = list(label_names)
+        self.named = named_metrics.lookup(metric, MULTI_LABEL)
         k = len(self.names)
         self.thresholds = np.full(k, DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         if self.thresholds.shape != (k,):
@@ -101,7 +105,9 @@ class MultiLabelMetrics:
         per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                             "support": int(support[i]), "roc_auc": aucs[i], "average_precision": aps[i],
                             "threshold": float(self.thresholds[i])} for i, name in enumerate(self.names)}
-        return {"task": MULTI_LABEL, "n": len(labels), "labels": list(self.names),
+        named = {} if self.named is None else \
+            {self.named.name: named_metrics.value(self.named, labels, predicted, probs, task=MULTI_LABEL)}
+        return {"task": MULTI_LABEL, "n": len(labels), "labels": list(self.names), **named,
                 "thresholds": [float(t) for t in self.thresholds], **_set_scores(labels, predicted),
                 "roc_auc": _mean(aucs), "map": _mean(aps), "loss": loss, "log_loss": loss, "per_class": per_class,
                 "at_0.5": {**{key: half[key] for key in ("f1_micro", "f1_macro", "f1_weighted", "subset_accuracy",
@@ -127,8 +133,9 @@ class RegressionMetrics:
     in the user's units, x * scale[1] + scale[0]; the loss stays in standardised units, as training has it."""
 
     def __init__(self, label_names: list[str], integer_targets: bool = False,
-                 scale: tuple[float, float] = (0.0, 1.0)):
+                 scale: tuple[float, float] = (0.0, 1.0), *, metric: str | None = None):
         self.names = list(label_names)
+        self.named = named_metrics.lookup(metric, REGRESSION)  # scored in the user's units too
         self.integer_targets = integer_targets
         self.scale = (float(scale[0]), float(scale[1]))
         self._predicted: list[np.ndarray] = []
@@ -155,6 +162,8 @@ class RegressionMetrics:
         else:
             out.update(rmse=0.0, mae=0.0, r2=None)
         out.update(pearson=_correlation(pearsonr, true, pred), spearman=_correlation(spearmanr, true, pred))
+        if self.named is not None:
+            out[self.named.name] = named_metrics.value(self.named, true, pred, None, task=REGRESSION) if n else None
         if self.integer_targets:
             out["within_1"] = float(np.mean(np.abs(pred - true) <= 1)) if n else 0.0
         out["loss"] = float(np.mean((standard_pred - standard_true) ** 2)) if n else 0.0

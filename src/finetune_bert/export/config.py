@@ -27,3 +27,21 @@ class ExportConfig:
 
     def problems(self) -> list[str]:
         return range_problems(self)
+
+
+@dataclass
+class PushConfig:
+    """`push`: a trained model folder uploaded to a Hugging Face hub repository (export.hub)."""
+
+    folder: str = opt(None, "A model folder finetune-bert trained (train's --output).", positional="?")
+    repo: str = opt(None, "The hub repository: user/name or org/name (made if it does not exist).", positional="?")
+    private: bool = opt(False, "Make the repository private when it is made (an existing one keeps its visibility).")
+    revision: str | None = opt(None, "Push to this branch (made from main if it does not exist) instead of main.")
+    commit_message: str | None = opt(None, "The commit's message (default: 'Upload NAME, trained with finetune-bert').")
+    debug: bool = debug_option()
+
+    def problems(self) -> list[str]:
+        found = range_problems(self)
+        if not self.folder or not self.repo:
+            found.append("push takes a model folder and a hub repository: finetune-bert push DIR USER/NAME")
+        return found

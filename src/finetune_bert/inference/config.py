@@ -9,6 +9,7 @@ from typing import Any
 from finetune_bert.data.config import BAD_ROW_POLICIES
 from finetune_bert.inference.backends import AUTO, CHOICES
 from finetune_bert.options import debug_option, opt, overlap_option, range_problems
+from finetune_bert.ranks import launched
 from finetune_bert.inference.reading import Reading
 
 
@@ -59,6 +60,16 @@ class ScoreConfig(ModelReading):
     on_bad_rows: str = opt("error", "What a bad row does: stop before any scoring (error), or skip it and list it "
                                     "in OUTPUT_NAME.skipped.csv (skip).", choices=BAD_ROW_POLICIES)
     overlap: bool = overlap_option()
+    nproc_per_node: int = opt(1, "Score with this many processes on this machine (one per GPU, or a share of the CPU "
+                                 "cores each; torchrun started for you). predict --input: each process scores a "
+                                 "contiguous share of the rows and rank 0 writes --output whole, in input order, byte "
+                                 "for byte one process's; evaluate: each process scores every N-th batch and the "
+                                 "metrics are exactly one process's (torch backends only). Under your own torchrun, "
+                                 "leave it out (docs/distributed.md).", at_least=1)
+
+    def several(self) -> bool:
+        """Scored by several processes: started for the user (nproc_per_node), or under torchrun."""
+        return self.nproc_per_node > 1 or launched()
 
 
 @dataclass
@@ -113,4 +124,12 @@ class PredictConfig(ScoreConfig):
             found.append("--top-words and --explain-steps are for --explain")
         if self.ignore_labels and self.label_column:
             found.append("--ignore-labels and --label-column contradict each other; give one")
+        if self.several():
+            if not self.input:
+                found.append("several processes (--nproc-per-node, torchrun) score --input FILE; texts given as "
+                             "arguments are scored by one")
+            elif STREAM in (self.input, self.output):
+                found.append("several processes (--nproc-per-node, torchrun) need --input and --output files, not "
+                             "standard input or output (-): each reads its own share of the input, and rank 0 "
+                             "writes the output")
         return found

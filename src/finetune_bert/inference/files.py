@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 from finetune_bert.inference.heap import steady_heap
-from finetune_bert.data.skipped import refuse_foreign_skipped_list, write_skipped
+from finetune_bert.data.skipped import SkippedRow, refuse_foreign_skipped_list, write_skipped
 from finetune_bert.errors import UserError
 from finetune_bert.engine.model_folder import refuse_model_file
 from finetune_bert.data.sources import source_chunks
@@ -74,13 +74,14 @@ def read_columns(cfg, info, labelled: bool) -> tuple[str | None, ...]:
 
 def input_rows(input_path: str, columns: tuple[str | None, ...] = (None, None), ignore_labels: bool = False,
                on_bad_rows: str = "error", rows_per_chunk: int = EVAL_CHUNK, *, cleaned: bool = True,
-               spec: LabelSpec = LabelSpec()) -> ChunkedSplit:
+               spec: LabelSpec = LabelSpec(), share: Callable[[Any], Any] | None = None) -> ChunkedSplit:
     """The texts to predict, a chunk at a time, as given (the model cleans them if `cleaned`, and a text left
     with nothing visible is a bad row); `columns`: (text, label[, pair]), None to detect. A label column, if
     any, is only copied to the output: its empty cells are fine, and with `ignore_labels` it is not looked
-    for."""
+    for. `share`: the file's chunks to this process's share of them (several processes: sharded.Share)."""
     pair = columns[2] if len(columns) > 2 else None
-    return ChunkedSplit(source_chunks(input_path, "test", rows_per_chunk), "input", columns[0], columns[1], False,
+    chunks = source_chunks(input_path, "test", rows_per_chunk)
+    return ChunkedSplit(share(chunks) if share is not None else chunks, "input", columns[0], columns[1], False,
                         None if ignore_labels else False, on_bad_rows=on_bad_rows, judge_cleaned=cleaned,
                         pair_column=pair, pairs=pair is not None, spec=spec)
 
@@ -115,15 +116,34 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, bat
     tokenized while this one is scored (chunks.ahead). `out` None: standard output, in `fmt` (default csv).
     `total`: the rows to come (rows.check()'s count), for the progress shown on stderr. `explain`: each row's
     explanation of its answer in an `explanation` field (the top words in CSV/TSV, all of them in JSON)."""
+    fmt = fmt or (OUTPUT_FORMATS[out.suffix.lower()] if out is not None else "csv")
+    with _opened_output(out) as handle:
+        write = row_writer(handle, fmt, prediction_fields(clf, rows, explain))
+        written, unsettled = predict_rows(clf, rows, write, batch_size, overlap=overlap, total=total, fmt=fmt,
+                                          explain=explain)
+        write(None)
+    note_unsettled(unsettled, written)
+    report_skipped(rows.skipped, out)
+    return written
+
+
+def prediction_fields(clf: Classifier, rows: ChunkedSplit, explain: Explaining | None) -> list[str]:
+    """The columns of the predictions of `rows` (checked): true_label where they have labels, explanation."""
+    labelled = rows.picked is not None and rows.picked.label is not None
+    return output_fields(clf, labelled) + (["explanation"] if explain else [])
+
+
+def predict_rows(clf: Classifier, rows: ChunkedSplit, write: Callable[[dict[str, Any]], None], batch_size: int, *,
+                 overlap: bool, total: int | None, fmt: str, explain: Explaining | None,
+                 what: str = "predict") -> tuple[int, int]:
+    """Each row of `rows` scored and handed to `write` in order (see write_predictions); returns the rows
+    written and the explanations among them that did not converge. `what`: the progress line's name."""
     steady_heap(clf.device)
     labelled = rows.picked is not None and rows.picked.label is not None
-    fields = output_fields(clf, labelled) + (["explanation"] if explain else [])
-    fmt = fmt or (OUTPUT_FORMATS[out.suffix.lower()] if out is not None else "csv")
-    progress = Progress(total, "predict") if total is not None else None
+    progress = Progress(total, what) if total is not None else None
     update = progress and progress.update
     written, unsettled = 0, 0
-    with _opened_output(out) as handle, clf.reporting(None if explain else update):
-        write = row_writer(handle, fmt, fields)
+    with clf.reporting(None if explain else update):
         for split, prepared in ahead(rows, lambda c: clf.prepare(c.texts, pairs=c.pairs)[0] if c.texts else None,
                                      overlap=overlap):
             probs = clf.score_prepared([prepared], batch_size)[0] if prepared is not None else []
@@ -138,14 +158,15 @@ def write_predictions(clf: Classifier, rows: ChunkedSplit, out: Path | None, bat
                 written += 1
             if explained is not None and update is not None:
                 update(len(probs))  # explaining is most of the time: progress counts rows explained
-        write(None)
     if progress is not None:
         progress.close()
+    return written, unsettled
+
+
+def note_unsettled(unsettled: int, written: int) -> None:
     if unsettled:
         console.note(f"{unsettled} of {written} explanations did not converge: their weights add up to the change "
                      "in the answer only within more than 5% (their delta); --explain-steps with more steps may help")
-    _report_skipped(rows, out)
-    return written
 
 
 def _explained(clf: Classifier, split, probs: np.ndarray, explain: Explaining) -> list:
@@ -204,15 +225,15 @@ def _opened_output(out: Path | None) -> Iterator[Any]:
     sys.stdout.flush()
 
 
-def _report_skipped(rows: ChunkedSplit, out: Path | None) -> None:
+def report_skipped(skipped: list[SkippedRow], out: Path | None) -> None:
     """Skipped rows beside the output file, or, when the predictions went to standard output, on stderr."""
     if out is not None:
-        write_skipped(rows.skipped, skipped_path(out))
-        if rows.skipped:
+        write_skipped(skipped, skipped_path(out))
+        if skipped:
             claim_output(skipped_path(out))
-            console.say(f"{len(rows.skipped)} rows skipped; listed in {skipped_path(out)}")
+            console.say(f"{len(skipped)} rows skipped; listed in {skipped_path(out)}")
         return
-    for row in rows.skipped:  # a spooled standard input is named as the user gave it
+    for row in skipped:  # a spooled standard input is named as the user gave it
         source = "<stdin>" if Path(row.source).parent.name.startswith(STDIN_SPOOL) else row.source
         console.note(f"skipped: {source}: {row.where}, column {row.column!r}: {row.reason}")
 
@@ -239,16 +260,20 @@ def stdin_file(folder: Path) -> Path:
     return path
 
 
-def row_writer(handle, fmt: str, fields: list[str]) -> Callable[[dict[str, Any] | None], None]:
+def row_writer(handle, fmt: str, fields: list[str], *, part: bool = False) -> Callable[[dict[str, Any] | None], None]:
     """Write rows one by one in `fmt` (csv, tsv, jsonl, json); a final call with None closes the format (the JSON
-    array). A value JSON has no form for (a Parquet timestamp) is written as its text."""
+    array). A value JSON has no form for (a Parquet timestamp) is written as its text. `part`: the rows alone,
+    a piece of a file that sharded.merge completes (no header; JSON rows each after ",\n", no brackets)."""
     if fmt in ("csv", "tsv"):
         writer = csv.DictWriter(handle, fieldnames=fields, delimiter="\t" if fmt == "tsv" else ",",
                                 extrasaction="ignore")
-        writer.writeheader()
+        if not part:
+            writer.writeheader()
         return lambda row: None if row is None else writer.writerow(row)
     if fmt == "jsonl":
         return lambda row: None if row is None else handle.write(json.dumps(row, default=str) + "\n")
+    if part:
+        return lambda row: None if row is None else handle.write(",\n" + json.dumps(row, default=str))
     first = [True]
 
     def write_json_array(row: dict[str, Any] | None) -> None:

@@ -57,15 +57,15 @@ def calibrate_kind(job) -> Calibrated:
         return _regression(job)
     engine, val, names, size = job.engine, job.enc["validation"], job.ds.label_names, job.state.eval_batch_size
     t, measures, logits = calibrate(engine, val, names, size, job.cfg.calibrate)
-    return Calibrated(t.value, t.kept, {**t.to_json(), "validation": measures}, logits, Scoring(),
-                      lambda *a: score_calibrated(*a, t), log={"temperature": t.value, "fitted": t.fitted,
-                                                             "note": t.note}, fit=t)
+    return Calibrated(t.value, t.kept, {**t.to_json(), "validation": measures}, logits,
+                      Scoring(metric=job.cfg.metric), lambda *a: score_calibrated(*a, t, job.cfg.metric),
+                      log={"temperature": t.value, "fitted": t.fitted, "note": t.note}, fit=t)
 
 
 def _multi_label(job) -> Calibrated:
     engine, val, names, size = job.engine, job.enc["validation"], job.ds.label_names, job.state.eval_batch_size
     shift = prior_correction(job.step_options.weights)
-    if shift is not None:  # --class-weights auto: the labels' odds back as they are, before any temperature
+    if shift is not None:  # --class-weights: the labels' odds back as they are, before any temperature
         engine.load_weights(shift_bias(engine.weights(), engine.model, shift))
     temps, measures, logits = calibrate_labels(engine, val, names, size, job.cfg.calibrate)
     values = [t.value for t in temps]
@@ -75,8 +75,9 @@ def _multi_label(job) -> Calibrated:
         "each label's threshold tuned on validation for its best F1"
     note = (f"{kept} of {len(temps)} labels calibrated with their own temperature on {len(val)} validation rows"
             if job.cfg.calibrate else "not calibrated: --no-calibrate") + f"; decisions: {how}" + \
-        ("; each label's logit lowered by log of its pos_weight (--class-weights auto)" if shift is not None else "")
-    scoring = Scoring(MULTI_LABEL, thresholds=tuple(float(x) for x in thresholds))
+        (f"; each label's logit lowered by log of its pos_weight (--class-weights {job.cfg.class_weights})"
+         if shift is not None else "")
+    scoring = Scoring(MULTI_LABEL, thresholds=tuple(float(x) for x in thresholds), metric=job.cfg.metric)
     record = {"note": note, "temperatures": values, "thresholds": list(scoring.thresholds), "validation": measures,
               "label_notes": {n: t.note for n, t in zip(names, temps)},
               **({"prior_correction": shift.tolist()} if shift is not None else {})}
@@ -99,7 +100,7 @@ def _regression(job) -> Calibrated:
     mean, std = ds.target_scale
     note = (f"no temperature for regression; the target scaling (train mean {mean:g}, standard deviation {std:g}) "
             "is folded into the head, so the model predicts in the targets' units")
-    scoring = Scoring(REGRESSION, ds.target_scale, ds.integer_targets)
+    scoring = Scoring(REGRESSION, ds.target_scale, ds.integer_targets, metric=job.cfg.metric)
     logits = engine.logits(job.enc["validation"], job.state.eval_batch_size)
 
     def score(engine, encoded, label_names, batch_size):

@@ -21,12 +21,13 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from finetune_bert import faults
+from finetune_bert.data.columns import identity
 from finetune_bert.errors import UserError
 from finetune_bert.safefiles import as_os_error, disk_error, public_mode
 
@@ -62,8 +63,17 @@ class TrainState:
     fingerprint: dict = field(default_factory=dict)
 
 
-def fingerprint(cfg, train_texts: list[str], train_labels, val_texts: list[str]) -> dict[str, Any]:
+def fingerprint(cfg, train_texts: Sequence[str], train_labels, val_texts: Sequence[str]) -> dict[str, Any]:
+    """The options a resume must share, and a hash of the data: of every text and label, or for a stored split
+    (data.stored) of its store's name (a hash of the data file's bytes and the options that read it) and the
+    rows it shows, so that no text is read to compute it."""
     digest = hashlib.sha256()
+    stored = identity(train_texts)
+    if stored is not None:
+        digest.update(b"stored\0" + stored + b"\1" + (identity(train_labels) or repr(list(train_labels)).encode()))
+        val = identity(val_texts)
+        digest.update(b"\2" + (val if val is not None else b"\2".join(t.encode() for t in val_texts)))
+        return {**{k: getattr(cfg, k) for k in MUST_MATCH}, "data_sha256": digest.hexdigest()}
     for text, label in zip(train_texts, train_labels):
         digest.update(text.encode())
         digest.update(b"\0" + str(label).encode() + b"\1")

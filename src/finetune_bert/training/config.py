@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from finetune_bert.data.config import DataConfig, output_in_data
+from finetune_bert.evaluation import named as named_metrics
+from finetune_bert.training import class_weights as weights_by_name
 from finetune_bert.options import MAX_SEED, debug_option, finite, opt, range_problems
-from finetune_bert.tasks import DEFAULT_METRIC, METRICS as KIND_METRICS, MULTI_LABEL, REGRESSION, TASKS
+from finetune_bert.tasks import DEFAULT_METRIC, METRICS as KIND_METRICS, MULTI_LABEL, TASKS
 
 
 # --kd-temperature and --kd-alpha when not given: Hinton et al. (2015) soften with T > 1; 2 and an even mix of the
@@ -42,7 +44,11 @@ class TrainConfig(DataConfig):
                     at_most=MAX_SEED)
     eval_every: int = opt(0, "Also evaluate on validation every N optimizer steps (0: only at epoch ends).", at_least=0)
     metric: str | None = opt(None, "Validation metric that picks the best model and drives early stopping (default: "
-                                   "accuracy; macro F1 for multi-label; RMSE for regression).", choices=METRICS)
+                                   "accuracy; macro F1 for multi-label; RMSE for regression): one of this tool's "
+                                   "(accuracy, f1_macro, loss, roc_auc, log_loss; subset_accuracy, map; rmse, mae, "
+                                   "r2, spearman...) or any scikit-learn classification or regression metric by name "
+                                   "(matthews_corrcoef, balanced_accuracy, cohen_kappa, neg_mean_absolute_error, "
+                                   "median_absolute_error...), which way is better known (docs/metrics.md).")
     threshold: float | None = opt(None, "Multi-label: decide every label at this probability (e.g. 0.5) instead of "
                                         "each label's threshold tuned on validation for its best F1.")
     patience: int = opt(0, "Stop after this many evaluations without improvement (0: never stop early).", at_least=0)
@@ -63,8 +69,9 @@ class TrainConfig(DataConfig):
                                          "query,value; DistilBERT names them q_lin,v_lin).")
     lora_save_adapter: bool = opt(False, "With --lora: also write the adapter alone in peft's format to "
                                          "OUTPUT/adapter (head included), for PeftModel.from_pretrained.")
-    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto) or not (none).",
-                             choices=("none", "auto"))
+    class_weights: str = opt("none", "Weight the loss by inverse class frequency (auto), not at all (none), or by "
+                                     "label name: negative=1,positive=3 (a label not named weighs 1). Multi-label: "
+                                     "each label's pos_weight (auto: its negatives over its positives).")
     dynamic_padding: bool = opt(True, "Pad each batch to its own longest text (--no-dynamic-padding: every batch "
                                 "to --max-length, as the tutorial recipe does, and never packed; same logits).")
     group_by_length: bool = opt(True, "Batch texts of similar length together, so little padding is computed.")
@@ -106,6 +113,21 @@ class TrainConfig(DataConfig):
                              "within 1e-4, as `finetune-bert export` does; seconds), which predict, evaluate and "
                              "serve run by default on a CPU without AMX; a failed export is a warning, not a failed "
                              "run (tune's trials and audit's folds never export; tune's best model does).")
+    push_to_hub: str | None = opt(None, "At the end of a successful run, upload the model folder to this Hugging Face "
+                                        "hub repository (user/name, made if it does not exist) as `finetune-bert "
+                                        "push` does: model, tokenizer, card, metrics and reports, never checkpoints. "
+                                        "Needs a token (HF_TOKEN, or `hf auth login`), checked before training; a "
+                                        "failed upload leaves the model saved and says how to push it later.")
+    report_to: str | None = opt(None, "Experiment trackers to log to, comma-separated: tensorboard, mlflow, wandb, or none "
+                                "(default: tensorboard where it is installed, else none). Each gets the loss, lr and "
+                                "tokens/s of the training log, validation at each evaluation and the final metrics; "
+                                "MLflow and W&B also every option, report.html and the model card. A tracker that "
+                                "fails is a warning and training goes on. MLflow: a store in OUTPUT/mlruns unless "
+                                "--mlflow-uri (or MLFLOW_TRACKING_URI); W&B: online with an API key, or "
+                                "WANDB_MODE=offline into OUTPUT/wandb (docs/tracking.md).")
+    mlflow_uri: str | None = opt(None, "With --report-to mlflow: the tracking server or store to log to "
+                                       "(http://host:5000, sqlite:///path/mlflow.db); default a SQLite store in "
+                                       "OUTPUT/mlruns.")
     debug: bool = debug_option()
 
     def with_defaults(self) -> "TrainConfig":
@@ -114,6 +136,9 @@ class TrainConfig(DataConfig):
         filled: dict[str, Any] = {}
         if self.metric is None and self.task in DEFAULT_METRIC:
             filled["metric"] = DEFAULT_METRIC[self.task]
+        elif self.metric is not None and named_metrics.canonical(self.metric) != self.metric and \
+                not named_metrics.problems(self.metric, self.task):  # a refusal names it as it was typed
+            filled["metric"] = named_metrics.canonical(self.metric)  # the key its value has: neg_log_loss is log_loss
         if self.lr is None:
             filled["lr"] = 5e-4 if self.lora else 5e-5
         if self.lora:
@@ -133,8 +158,23 @@ class TrainConfig(DataConfig):
             found.append(f"--save-minutes must be positive, got {self.save_minutes}")
         if not str(self.model).strip():
             found.append("--model must not be empty: a hub id, a model folder, or minilm")
-        found += output_in_data(self) + self._output_is_model() + self._lora_problems()
+        found += output_in_data(self) + self._output_is_model() + self._lora_problems() + self._push_problems()
+        from finetune_bert.training.tracking import problems as tracking_problems  # a missing library, its extra
+
+        found += tracking_problems(self.report_to, self.mlflow_uri)
         return found
+
+    def _push_problems(self) -> list[str]:
+        """--push-to-hub checked before any training: the repository's name, the hub reachable, a token found.
+        Only `train` pushes at its end; the commands built on these options (tune, audit, distill, prune) would
+        ignore it, so they refuse it instead."""
+        if self.push_to_hub is None:
+            return []
+        if type(self) is not TrainConfig:
+            return ["--push-to-hub is train's; push a finished model folder with: finetune-bert push DIR REPO"]
+        from finetune_bert.export.hub import push_problems
+
+        return push_problems(self.push_to_hub, "--push-to-hub")
 
     def _lora_problems(self) -> list[str]:
         """LoRA's options without --lora would be silently ignored; with it, each must make sense."""
@@ -161,12 +201,10 @@ class TrainConfig(DataConfig):
                             tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip()))
 
     def _kind_problems(self) -> list[str]:
-        """Options that mean nothing for the task kind asked."""
-        found = []
-        if self.task in KIND_METRICS and self.metric is not None and self.metric not in KIND_METRICS[self.task]:
-            found.append(f"--metric {self.metric} does not score {self.task}; one of {', '.join(KIND_METRICS[self.task])}")
-        if self.task == REGRESSION and self.class_weights == "auto":
-            found.append("--class-weights auto weights classes; regression has none")
+        """Options that mean nothing for the task kind asked (--metric and --class-weights: what can be told
+        before the data is read)."""
+        found = named_metrics.problems(self.metric, self.task) + \
+            weights_by_name.spec_problems(self.class_weights, self.task)
         if self.threshold is not None and self.task != MULTI_LABEL:
             found.append("--threshold decides labels of a multi-label model; pass --task multi-label or drop it")
         if self.threshold is not None and finite(self.threshold) and not 0 < self.threshold < 1:

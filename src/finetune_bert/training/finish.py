@@ -69,7 +69,8 @@ def finish(job: Job, train_seconds: float) -> TrainResult:
     metrics.update(export_at_end(run, cfg, job.world.main))  # the weights are final: predict's default finds it
     metrics["seconds_total"] = round(time.time() - job.started, 1)
     run.write_text("metrics.json", metrics_text(metrics))
-    run.write_text("README.md", model_card(cfg, job.report, metrics))
+    if job.world.main:  # the card hashes the data files: once, in the process that writes it
+        run.write_text("README.md", model_card(cfg, job.report, metrics))
     if cfg.report and job.world.main:
         from finetune_bert.evaluation.report_page import run_report
         run.write_text("report.html", run_report(run.path))

@@ -16,7 +16,7 @@ from finetune_bert.training.checkpoint import TrainState
 from finetune_bert.training.config import TrainConfig
 from finetune_bert.data.dataset import Dataset, load_dataset
 from finetune_bert.engine.distributed import ALONE, World
-from finetune_bert.engine.torch_engine import Engine, EngineOptions, has_amx
+from finetune_bert.engine.torch_engine import Engine, EngineOptions, native_cpu_bf16
 from finetune_bert.engine.lora import ADAPTER_DIR, save_adapter
 from finetune_bert.errors import UserError
 from finetune_bert.engine.model_folder import ModelFolder, load_classifier
@@ -29,10 +29,12 @@ from finetune_bert.data.config import DataConfig
 from finetune_bert.engine.run_info import RunInfo
 from finetune_bert.data.skipped import skipped_csv
 from finetune_bert.training.steps import StepOptions
-from finetune_bert.data.seen import SEEN_FILE, seen_text
+from finetune_bert.data.seen import SEEN_FILE, seen_splits
 from finetune_bert.data.tokens import Encoded, pad_id
 from finetune_bert.tasks import MULTI_LABEL, REGRESSION, Scoring
-from finetune_bert.training.kinds import fold_scale, loss_weights
+from finetune_bert.training.kinds import class_weights, fold_scale
+from finetune_bert.training.class_weights import by_name
+from finetune_bert.evaluation.named import data_problem
 
 
 def _setup_data(prepared: Prepared, run: RunFolder) -> None:
@@ -44,9 +46,8 @@ def _setup_data(prepared: Prepared, run: RunFolder) -> None:
     for name, text in report_files(prepared.report).items():
         run.stage(name, text)
     # what the model learned from or was selected on: `audit` refuses to judge labels with a model that saw them
-    seen = [s for s in (ds.train, ds.val, prepared.unlabeled) if s is not None]
-    run.stage(SEEN_FILE, seen_text([t for s in seen for t in s.texts],
-                                   None if ds.train.pairs is None else [p for s in seen for p in s.pairs]))
+    # (hashed from the store's keys when the data is stored: no text is read)
+    run.stage(SEEN_FILE, seen_splits([s for s in (ds.train, ds.val, prepared.unlabeled) if s is not None]))
     if ds.skipped:
         run.stage("skipped_rows.csv", skipped_csv(ds.skipped))
         console.warn(f"{len(ds.skipped)} bad rows skipped; each is listed with its reason in "
@@ -92,8 +93,9 @@ def _setup_engine(cfg: TrainConfig, model, tokenizer, max_length: int, world: Wo
     device = next(model.parameters()).device
     if cfg.cpu_bf16 and device.type != "cpu":
         console.warn(f"--cpu-bf16 has no effect on {device.type}: --bf16 decides there")
-    elif cfg.cpu_bf16 and not has_amx():
-        console.warn("--cpu-bf16 on a CPU without AMX tiles: bf16 is emulated here and runs slower than fp32")
+    elif cfg.cpu_bf16 and not native_cpu_bf16():
+        console.warn("--cpu-bf16 on a CPU with neither AMX tiles nor AVX-512 bf16: bf16 is emulated here and runs "
+                     "slower than fp32")
     return Engine(model, device, pad_id(tokenizer), options=options, training=True, world=world)
 
 
@@ -158,10 +160,20 @@ def prepare(cfg: DataConfig) -> Prepared:
     from its folder, opened once, and the tokens stage (data.prepared): what train, tune and inspect share.
     `cfg`: the data options with `model` and `trust_remote_code`."""
     ds = load_dataset(cfg)
+    check_labels(cfg, ds)
     folder = ModelFolder.open(cfg.model)
     tokenizer = folder.tokenizer(cfg.trust_remote_code)
     return dataclasses.replace(prepare_tokens(cfg, ds, tokenizer, folder.config(cfg.trust_remote_code)),
                                model=folder)
+
+
+def check_labels(cfg: Any, ds: Dataset) -> None:
+    """What only the data's labels tell, refused before any model is loaded: --class-weights naming no label,
+    a --metric scikit-learn refuses for this many classes. `cfg`: any config; what it lacks is not checked."""
+    by_name(getattr(cfg, "class_weights", "none"), ds.label_names, ds.raw_labels)
+    problem = data_problem(getattr(cfg, "metric", None), ds.task, len(ds.label_names))
+    if problem:
+        raise UserError(problem)
 
 
 @dataclass(frozen=True)
@@ -211,7 +223,7 @@ class Job:
         """How validation scores the model being trained: a regression model's outputs are still z-scores."""
         ds, threshold = self.ds, self.cfg.threshold
         fixed = None if threshold is None else (threshold,) * len(ds.label_names)
-        return Scoring(ds.task, ds.target_scale, ds.integer_targets, fixed)
+        return Scoring(ds.task, ds.target_scale, ds.integer_targets, fixed, self.cfg.metric)
 
     def run_info(self, temperature: float = 1.0, **decided: Any) -> RunInfo:
         """finetune_bert.json: how the saved model reads texts, for predict and evaluate; `temperature`: the
@@ -247,8 +259,7 @@ def build_job(cfg: TrainConfig, run: RunFolder, prepared: Prepared, model, world
     _setup_data(prepared, run)
     engine = _setup_engine(cfg, model, prepared.tokenizer, prepared.tokens.max_length, world)
     optimizer = _setup_optimizer(cfg, engine)
-    weights = loss_weights(ds.task, enc["train"].labels, len(ds.label_names), engine.device) \
-        if cfg.class_weights == "auto" else None
+    weights = class_weights(cfg.class_weights, ds, enc["train"].labels, engine.device)
     step_size = cfg.batch_size * cfg.grad_accum
     if len(enc["train"]) < step_size:
         console.say(f"note: {len(enc['train'])} training rows are fewer than one batch of {step_size}: every step "

@@ -1,5 +1,5 @@
-"""What training does differently per task kind: the loss, the weights of the loss, and a regression
-head's target scaling, folded into the saved weights as a temperature is.
+"""What training does differently per task kind: the loss, the weights of the loss (--class-weights), and a
+regression head's target scaling, folded into the saved weights as a temperature is.
 
 A regression model learns z-scores of its targets (train's mean and deviation): the loss and the learning rate
 then mean the same whatever the targets' units. Every model saved (each best one, and the final) has the
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from finetune_bert.evaluation.calibration import head_layer
 from finetune_bert.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
+from finetune_bert.training.class_weights import by_name
 from finetune_bert.training.config import KD_ALPHA, KD_TEMPERATURE
 
 
@@ -45,6 +46,16 @@ def loss_weights(task: str, labels: np.ndarray, k: int, device: torch.device) ->
     else:
         return None
     return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def class_weights(spec: str, ds, labels: np.ndarray, device: torch.device) -> torch.Tensor | None:
+    """The loss's weights --class-weights asks for (None: none): `auto` from the training labels (`loss_weights`),
+    or the weights given by label name (training.class_weights), cross-entropy's `weight` or BCE's `pos_weight`.
+    `ds`: the data.dataset.Dataset whose labels are named."""
+    if spec == "auto":
+        return loss_weights(ds.task, labels, len(ds.label_names), device)
+    given = by_name(spec, ds.label_names, ds.raw_labels) if ds.task != REGRESSION else None
+    return None if given is None else torch.tensor(given, dtype=torch.float32, device=device)
 
 
 

@@ -81,7 +81,8 @@ def _validate(job: Job) -> None:
 
 def _record_eval(cfg: TrainConfig, state: TrainState, m: dict[str, Any], run: RunFolder) -> None:
     epoch = state.epoch + (state.batch_in_epoch > 0)
-    shown = HEADLINE[m.get("task", CLASSIFICATION)]
+    # the kind's headline numbers, and the one that picks the model where it is another (the report draws it)
+    shown = tuple(dict.fromkeys((*HEADLINE[m.get("task", CLASSIFICATION)], cfg.metric)))
     run.log("eval", step=state.step, **{k: m[k] for k in shown})
     console.say(f"step {state.step} (epoch {epoch}): validation "
                 + ", ".join(f"{NAMES.get(k, k)} {_number(m[k])}" for k in shown))

@@ -1,18 +1,15 @@
-"""The model card (README.md) of a trained model folder."""
+"""The model card (README.md) of a trained model folder: its hub metadata (card_metadata: base model,
+model-index), the metrics table, and how to use the model. It names no local path: the card is what the hub
+shows when the folder is pushed."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from finetune_bert.training.card_metadata import METRICS, base_model_id, card_metadata, data_sentence
 
-# Per kind: the columns of the metrics table (key, heading) and what the pipeline returns.
-COLUMNS = {
-    "classification": (("accuracy", "accuracy"), ("f1_macro", "macro F1"), ("roc_auc", "ROC-AUC"),
-                       ("log_loss", "log loss")),
-    "multi-label": (("f1_macro", "macro F1"), ("f1_micro", "micro F1"), ("subset_accuracy", "subset accuracy"),
-                    ("roc_auc", "ROC-AUC"), ("map", "mAP")),
-    "regression": (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"), ("spearman", "Spearman")),
-}
+
 RETURNS = {
     "classification": "every label with its probability (they sum to 1)",
     "multi-label": "every label with its own sigmoid probability (independent: they do not sum to 1); a label "
@@ -22,12 +19,12 @@ RETURNS = {
 
 
 def _table(task: str, metrics: dict[str, Any]) -> str:
-    columns = COLUMNS[task]
-    rows = ["| split | texts | " + " | ".join(h for _, h in columns) + " |", "| --- " * (len(columns) + 2) + "|"]
+    columns = METRICS[task]
+    rows = ["| split | texts | " + " | ".join(c[1] for c in columns) + " |", "| --- " * (len(columns) + 2) + "|"]
     for split in ("validation", "test"):
         m = metrics.get(split)
         if m:
-            cells = ["n/a" if m.get(k) is None else f"{m[k]:.4f}" for k, _ in columns]
+            cells = ["n/a" if m.get(c[0]) is None else f"{m[c[0]]:.4f}" for c in columns]
             rows.append(f"| {split} | {m['n']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -47,23 +44,34 @@ def _lora(cfg) -> str:
             "full; the adapters are merged into these weights, so this is an ordinary model folder.")
 
 
+def _base(model: str) -> str:
+    """The base model as the card's title names it: its hub id, or a local folder by its name alone."""
+    hub_id = base_model_id(model)
+    return f"`{hub_id}`" if hub_id else f"a local model (`{Path(model).expanduser().resolve().name}`)"
+
+
+def _load(where: str) -> str:
+    """finetune-bert's load of the model: a hub repository is fetched whole first, since finetune_bert.json (how
+    texts are cleaned and cut, thresholds) is read from a folder."""
+    if where == "PATH_TO_THIS_FOLDER":
+        return f'load("{where}")'
+    return f'from huggingface_hub import snapshot_download\nload(snapshot_download("{where}"))'
+
+
 def model_card(cfg, report: dict[str, Any], metrics: dict[str, Any]) -> str:
     names, task = report["labels"], metrics.get("task", "classification")
-    train_rows = report["splits"]["train"]["rows"]
     calibrated = _calibrated(task, metrics.get("calibration") or {})
     pairs = report.get("pairs")
     example = 'clf({"text": "I loved it", "text_pair": "It was great"})' if pairs else 'clf("I loved it")'
+    where = getattr(cfg, "push_to_hub", None) or "PATH_TO_THIS_FOLDER"
     return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-base_model: {cfg.model}
-tags: [finetune-bert, text-classification, {task}]
+{card_metadata(cfg, report, metrics).strip()}
 ---
 
-# Text {"regression" if task == "regression" else "classifier"} ({task}) fine-tuned from `{cfg.model}`
+# Text {"regression" if task == "regression" else "classifier"} ({task}) fine-tuned from {_base(cfg.model)}
 
-{"Target" if task == "regression" else "Labels"}: {", ".join(f"`{n}`" for n in names.values())}. Trained with finetune-bert on `{cfg.data}`
-({train_rows} training rows), max length {report['max_length']}, truncation `{report['truncation']}`,
+{"Target" if task == "regression" else "Labels"}: {", ".join(f"`{n}`" for n in names.values())}. Trained with finetune-bert
+{data_sentence(report)}. Max length {report['max_length']}, truncation `{report['truncation']}`,
 {cfg.epochs} epochs, batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr}, seed {cfg.seed}.{_lora(cfg)}
 
 {_table(task, metrics)}
@@ -74,7 +82,7 @@ tags: [finetune-bert, text-classification, {task}]
 
 ```python
 from transformers import pipeline
-clf = pipeline("text-classification", model="PATH_TO_THIS_FOLDER", truncation=True, top_k=None)
+clf = pipeline("text-classification", model="{where}", truncation=True, top_k=None)
 {example}
 ```
 
@@ -86,9 +94,9 @@ tokens), so its predictions can differ from these, made with the same cleaning a
 
 ```python
 from finetune_bert import load
-load("PATH_TO_THIS_FOLDER").predict({'("I loved it", "It was great")' if pairs else '"I loved it"'})
+{_load(where)}.predict({'("I loved it", "It was great")' if pairs else '"I loved it"'})
 ```
 
-`run_config.json` repeats the run; `data_report.txt` describes the data; `metrics.json` has every number;
-`report.html` shows them.
+`metrics.json` has every number, `data_report.txt` describes the data and `report.html` shows them; the
+training folder's `run_config.json` repeats the run.
 """

@@ -36,13 +36,16 @@ _LEFTOVER = re.compile(r"^\.(saving|finetune-bert-probe-.*|.+\.tmp|" + re.escape
 
 
 class RunFolder:
-    def __init__(self, path: str, overwrite: bool, resume: bool = False):
+    """`tracking`: the run's experiment trackers (training.tracking.Tracking), fed each of its log records."""
+
+    def __init__(self, path: str, overwrite: bool, resume: bool = False, *, tracking: Any = None):
         self.path = Path(path).expanduser()
         self.files: set[str] = set()
         self._staged: dict[str, str] = {}
         self._previous: set[str] = set()  # what an earlier run wrote here, by the marker
         self._published = False
-        self._log = self._tb = self._lock = None
+        self._log = self._lock = None
+        self.tracking = tracking
         try:
             self._open(overwrite, resume)
         except BaseException:
@@ -52,8 +55,8 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.close(exc)
 
     @staticmethod
     def check(path: str, overwrite: bool, resume: bool = False) -> set[str]:
@@ -93,19 +96,6 @@ class RunFolder:
                     events.unlink()
         except OSError as exc:
             raise disk_error(exc, self.path, "remove the earlier run's logs") from None
-
-    def _tensorboard(self):
-        """The TensorBoard writer, made at the first record with a step: a run refused at its start (a resume
-        that does not match) must not leave an events file in an earlier model's folder."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return False
-        self.own("tensorboard")  # before it exists, or the next --resume would call it foreign
-        try:
-            return SummaryWriter(str(self.path / "tensorboard"))
-        except OSError as exc:
-            raise disk_error(exc, self.path / "tensorboard", "create the TensorBoard log") from None
 
     def _write_marker(self) -> None:
         write_marker(self.path, self.files)  # evaluate's and predict's outputs there are kept as they are
@@ -216,27 +206,27 @@ class RunFolder:
             self._log.flush()
         except OSError as exc:
             raise disk_error(exc, self.path / "train_log.jsonl", "append to the training log") from None
-        if self._tb is None and "step" in fields:
-            self._tb = self._tensorboard()
-        if self._tb and "step" in fields:
-            for key, value in fields.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self._tb.add_scalar(f"{event}/{key}", value, fields["step"])
+        if self.tracking is not None:
+            self.tracking.record(self, event, fields)
 
-    def close(self) -> None:
-        """Idempotent, and safe after __init__ failed part-way; the lock is released whatever else fails."""
-        log, tb, lock = self._log, self._tb, self._lock
-        self._log = self._tb = self._lock = None
+    def finished(self, metrics: dict[str, Any]) -> None:
+        """The run's final metrics and its report, model card and metrics.json, to its trackers."""
+        if self.tracking is not None:
+            self.tracking.finish(self, metrics, ("report.html", "README.md", "metrics.json"))
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Idempotent, and safe after __init__ failed part-way; the lock is released whatever else fails.
+        `error`: what ended the run, if anything did (its trackers record the run as failed or stopped)."""
+        log, tracking, lock = self._log, self.tracking, self._lock
+        self._log = self.tracking = self._lock = None
         try:
             if log is not None:
                 try:
                     log.close()
                 except OSError:  # only a failed append is left in the buffer, and log() reported it
                     pass
-            if tb:
-                tb.close()
-        except OSError as exc:
-            raise disk_error(exc, self.path / "tensorboard", "write the TensorBoard log") from None
+            if tracking is not None:
+                tracking.close(error)
         finally:
             if lock is not None:
                 lock.release()
@@ -274,7 +264,10 @@ class Follower:
     def log(self, event: str, **fields: Any) -> None:
         pass
 
-    def close(self) -> None:
+    def finished(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self, error: BaseException | None = None) -> None:
         pass
 
 

@@ -50,7 +50,7 @@ def _forward_backward(engine, enc: Encoded, share: Share, splits: int, options: 
     defer_last = hasattr(engine, "no_sync")
     device, layout = core.device, core.layout
     out = _Pass(torch.zeros((), device=device))
-    lengths = np.fromiter((len(enc.ids[i]) for i in share.index), dtype=np.int64, count=len(share.index))
+    lengths = enc.lengths_at(share.index)
     micros = micro_batches(share.index, lengths, splits, layout.capped_fit)
     try:
         faults.at_step(step)

@@ -20,6 +20,7 @@ from finetune_bert.errors import Reported, UserError, refuse
 from finetune_bert.training.finish import TrainResult, finish
 from finetune_bert.engine.model_folder import pick_device
 from finetune_bert.training.run_folder import Follower, RunFolder
+from finetune_bert.training import tracking
 from finetune_bert.console import console
 from finetune_bert.data.prepared import Prepared
 from finetune_bert.training.job import _setup_model, _setup_output, build_job, prepare
@@ -27,9 +28,11 @@ from finetune_bert.training.loop import _loop
 
 
 def process_settings(cfg: TrainConfig) -> None:
-    """What a training command sets for its whole process, in one place: torch's CPU threads."""
+    """What a training command sets for its whole process, in one place: torch's CPU threads, and the MLflow
+    client's retries and printing (tracking.process_settings)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    tracking.process_settings(cfg.report_to)
 
 
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
@@ -47,10 +50,15 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     try:
         # Cheap checks first, so a bad row, a missing model or an unusable output fails in seconds and leaves
         # nothing behind; the model is loaded before the folder is touched (a head that cannot be made stops here).
-        prepared = _together(world, lambda: preflight(cfg, world.main))
-        return run_training(cfg, prepared, started=started, world=world)
+        prepared = distributed.together(world, lambda: preflight(cfg, world.main))
+        result = run_training(cfg, prepared, started=started, world=world)
     finally:
         distributed.stop(world)
+    if cfg.push_to_hub and world.main:  # after the run let go of its folder: what goes up is final
+        from finetune_bert.export.hub import push_after_training
+
+        push_after_training(result.output, cfg.push_to_hub)
+    return result
 
 
 def preflight(cfg: TrainConfig, main: bool = True) -> Prepared:
@@ -59,22 +67,6 @@ def preflight(cfg: TrainConfig, main: bool = True) -> Prepared:
     if main:
         _setup_output(cfg)
     return prepare(cfg)
-
-
-def _together(world: World, setup: Callable[[], Any]) -> Any:
-    """`setup()` on every rank; a UserError on any rank stops them all. Rank 0's is said by rank 0 alone (the
-    others met the same one); a problem of another rank's alone (its copy of the data) is said by that rank."""
-    error = None
-    try:
-        result = setup()
-    except UserError as exc:
-        error = exc
-    failed = distributed.gather_objects(error is not None, world)
-    if error is not None:
-        raise error if world.main or not failed[0] else Reported(error.exit_code) from None
-    if any(failed):
-        raise Reported(2)
-    return result
 
 
 def checked(cfg: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
@@ -95,10 +87,12 @@ def run_training(cfg: TrainConfig, prepared: Prepared, *, started: float | None 
     process's place under torchrun; rank 0 alone holds the output folder."""
     cfg = cfg.with_defaults()  # idempotent; callers that build their own config (tune, audit) get the defaults too
     model = _setup_model(cfg, prepared, torch.device(world.device) if world.several else pick_device(), world)
-    folder = RunFolder(cfg.output, cfg.overwrite, cfg.resume) if world.main else Follower(cfg.output)
+    folder = RunFolder(cfg.output, cfg.overwrite, cfg.resume, tracking=tracking.Tracking.of(cfg)) if world.main \
+        else Follower(cfg.output)  # rank 0 alone writes and tracks
     with folder as run, distributed.talking(world):
         job = build_job(cfg, run, prepared, model, world, started=started or time.time(), on_eval=on_eval)
         seconds = _loop(job)
         result = finish(job, seconds)
+        run.finished(result.metrics)
         distributed.barrier(world)  # rank 0 has written everything before any process leaves
         return result

@@ -72,11 +72,13 @@ def write_outputs(cfg, study, space, folder: Path, confirm: dict[str, Any] | Non
     write_text_atomic(folder / "best_config.json", json.dumps(rerun, indent=2) + "\n")
     plots = _plots(study, folder)
     savings = pruning_savings(rows, cfg, space)
+    elsewhere = model_elsewhere(best, folder)
     write_text_atomic(folder / "tune_report.md", _report(cfg, best, rows, savings=savings, confirm=confirm,
-                                                             plots=plots, seconds=seconds))
+                                                             plots=plots, seconds=seconds, elsewhere=elsewhere))
     console.say(f"best trial {best.number}: validation {cfg.metric} {best.value:.4f} with "
         + ", ".join(f"{k} {short(v)}" for k, v in best.params.items())
-        + f"; model in {folder / 'best'}, report in {folder / 'tune_report.md'}")
+        + f"; model in {elsewhere or folder / 'best'}" + (", kept by the process that ran it" if elsewhere else "")
+        + f", report in {folder / 'tune_report.md'}")
     return TuneResult(str(folder), best.value, dict(best.params), len(complete), savings["pruned"], confirm)
 
 
@@ -118,7 +120,21 @@ def _plots(study, folder: Path) -> list[str]:
     return made
 
 
-def _report(cfg, best, rows, *, savings, confirm, plots, seconds) -> str:
+def model_elsewhere(best, folder: Path) -> str | None:
+    """Where the best trial's model is when this folder's best/ does not hold it (None when it does): a
+    study shared through --storage keeps each model in the best/ of the --output that ran it, perhaps on
+    another machine."""
+    record = folder / "best.json"
+    held = json.loads(record.read_text()) if record.is_file() else None
+    if held is not None and (held["trial"] == best.number or held["value"] == best.value):  # a tie: as good
+        return None
+    host, kept = (best.user_attrs.get("owner") or {}).get("host"), best.user_attrs.get("kept_in")
+    if host and kept:
+        return f"{host}:{kept}"  # as scp and rsync name it
+    return "the best/ of the --output that ran it" + (f", on {host}" if host else "")
+
+
+def _report(cfg, best, rows, *, savings, confirm, plots, seconds, elsewhere=None) -> str:
     states = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "surplus")}
     lines = ["# Hyperparameter search", "",
              f"Objective: validation {cfg.metric} ({'higher' if greater_is_better(cfg.metric) else 'lower'} is better); "
@@ -126,8 +142,10 @@ def _report(cfg, best, rows, *, savings, confirm, plots, seconds) -> str:
              f"(they saved {100 * savings['saved_fraction']:.0f}% of the training examples planned), {states['fail']} failed"
              + (f", {states['surplus']} surplus" if states["surplus"] else "") + f"; this run took {seconds:.0f} s.", "",
              f"Best: trial {best.number}, validation {cfg.metric} **{best.value:.4f}**, with "
-             + ", ".join(f"`{k}` {short(v)}" for k, v in best.params.items()) + ". Its model is `best/`; "
-             "`finetune-bert train --config best_config.json --output NEW` trains it again (same data, seed and options).", ""]
+             + ", ".join(f"`{k}` {short(v)}" for k, v in best.params.items()) + ". Its model is "
+             + (f"`{elsewhere}`, kept by the process that ran it (this folder's `best/` holds the best trial run "
+                "with this --output, if one completed); " if elsewhere else "`best/`; ")
+             + "`finetune-bert train --config best_config.json --output NEW` trains it again (same data, seed and options).", ""]
     if confirm:
         lines += _confirm_table(confirm)
     lines += ["| trial | state | value | " + " | ".join(k for k in best.params) + " | seconds |",

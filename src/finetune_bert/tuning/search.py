@@ -22,9 +22,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from finetune_bert.training import checkpoint
+from finetune_bert.training import checkpoint, tracking
 from finetune_bert.training.checkpoint import TrainState
-from finetune_bert.tuning.config import TuneConfig, check_storage, first_line
+from finetune_bert.tuning.config import TuneConfig, check_storage, driver_url, first_line
 from finetune_bert.evaluation.metrics import greater_is_better, is_better
 from finetune_bert.ranks import launched
 from finetune_bert.errors import TrainingInterrupted, UserError
@@ -84,7 +84,7 @@ def tune(cfg: TuneConfig | None = None, **overrides: Any) -> TuneResult:
     if (size := space_size(space)) is not None and size < cfg.trials:
         console.warn(f"the search space holds {size} distinct configuration{'s' if size != 1 else ''}, fewer than "
                      f"--trials {cfg.trials}: once each has been tried, trials repeat them")
-    with _storage_errors(url):
+    with _storage_errors(url), tracking.study_run(cfg, folder):  # each trial a child of the study's tracked run
         # Trials never see the test split: their objective is validation alone (the confirm runs score test).
         _Search(cfg, study, space, base, prepared.without("test"), folder).run(started)
         confirm = None
@@ -149,7 +149,7 @@ def _setup_study(cfg: TuneConfig, url: str, folder: Path, space: tuple[Dimension
     for attempt in range(5):
         try:
             with _storage_errors(url):
-                storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=cfg.heartbeat,
+                storage = RDBStorage(driver_url(url), engine_kwargs=engine, heartbeat_interval=cfg.heartbeat,
                                      grace_period=2 * cfg.heartbeat, heartbeat_stale_trial_callback=_retry)
                 study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction,
                                             load_if_exists=True, sampler=FreshSampler(space, cfg.seed),
@@ -350,6 +350,8 @@ class _Search:
         value = result.metrics["validation"][metric]
         trial.set_user_attr("seconds", round(time.time() - started, 1))
         kept = self._keep_if_best(out, trial.number, value)
+        if kept:  # for the processes of this study with another --output (another machine): where its model is
+            trial.set_user_attr("kept_in", str((self.folder / "best").resolve()))
         console.say(f"trial {trial.number}: validation {metric} {value:.4f} in {time.time() - started:.0f}s"
             + (" (best so far: kept in best/)" if kept else ""))
         return value
