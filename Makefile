@@ -42,9 +42,11 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/finetune-bert demo
 
 # The stage layers (pyproject.toml, [tool.importlinter]) first: seconds, and a broken layer says which import.
+# Two pytest workers (pytest-xdist), each given whole test files, so a module's fixtures (a trained model,
+# a torchrun job) are built once: 6 min 44 s for the whole suite on a quiet 2-core AMD EPYC, 2026-12-07.
 test: setup
 	$(VENV)/bin/lint-imports --no-cache
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -21,6 +21,7 @@ import argparse
 import csv
 import gzip
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def first_step(src: Path | None, data: Path, model: Path, output: Path, cache: P
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     said = output.with_suffix(".log").read_text()
-    if child.returncode != -9:  # the fault kills it with SIGKILL after step 1; anything else is a failure
+    # the fault kills it with SIGKILL after step 1; anything else (the OOM killer's SIGKILL before training began
+    # included: no "training ... texts" line) is a failure
+    if child.returncode != -9 or not re.search(r"^training .* \d+ texts, ", said, re.MULTILINE):
         raise SystemExit(f"{' '.join(command)} ended with {child.returncode}:\n{said[-3000:]}")
     return {"seconds": seconds, "rss": usage.ru_maxrss / 1024, "tokenized": "tokenizing" in said}
 
@@ -82,7 +85,11 @@ def run(work: Path, before: Path | None, sizes: list[int]) -> list[dict]:
         data = write_rows(work / f"train_{n}.csv", n)
         found = {"rows": n, "mib": data.stat().st_size / 2**20}
         if before is not None:
-            found["before"] = first_step(before / "src", data, model, work / f"before_{n}", work / "unused")
+            try:
+                found["before"] = first_step(before / "src", data, model, work / f"before_{n}", work / "unused")
+            except SystemExit as failed:  # the old code out of memory, say: a result of its own, not the end
+                print(failed, flush=True)
+                found["before"] = {"failed": str(failed).splitlines()[0][-200:]}
         cache = work / f"cache_{n}"
         found["first"] = first_step(None, data, model, work / f"first_{n}", cache)
         found["second"] = first_step(None, data, model, work / f"second_{n}", cache)
@@ -103,8 +110,11 @@ def table(rows: list[dict], before: bool) -> str:
     for found in rows:
         cells = []
         for r in runs:
+            if "failed" in found[r]:
+                cells.append("failed | -")
+                continue
             rss, seconds = found[r]["rss"], found[r]["seconds"]
-            ratio = f" ({rss / base[r]['rss']:.2f}x)" if found is not base else ""
+            ratio = f" ({rss / base[r]['rss']:.2f}x)" if found is not base and "rss" in base[r] else ""
             said = "" if r == "before" else (" tokenized" if found[r]["tokenized"] else " from the cache")
             cells.append(f"{rss:.0f} MiB{ratio} | {seconds:.1f} s{said}")
         body += f"| {found['rows']:,} | {found['mib']:.0f} MiB | " + " | ".join(cells) + " |\n"

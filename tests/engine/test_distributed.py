@@ -316,3 +316,30 @@ def test_two_processes_train_lora_as_one_does(tiny_model, toy_data, tmp_path):
     _made(_launch([str(shared) if a == str(alone) else a for a in args]), shared)
     assert _largest_difference(alone, shared) <= TOLERANCE
     assert not [k for k in _weights(shared) if "lora" in k]
+
+
+FREED = """
+import os, sys, torch
+from finetune_bert.engine import distributed
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+alone = threads()
+world = distributed.start(torch.device("cpu"), 60.0)
+import transformers.modeling_utils  # what loading a model imports, with the group up (predict's ranks do)
+distributed.barrier(world)
+distributed.stop(world)
+sys.exit(0 if threads() <= alone else f"{threads()} threads after the group was left, {alone} before")
+"""
+
+
+def test_leaving_the_group_ends_gloos_threads_after_a_model_import(tmp_path):
+    """A process group kept alive past destroy_process_group leaves gloo's worker threads running into the
+    interpreter's shutdown, where freeing a tensor aborts the process now and then (a predict job's rank 1
+    died by SIGABRT about one run in fifteen): leaving must free the group, whatever was imported meanwhile."""
+    script = tmp_path / "freed.py"
+    script.write_text(FREED)
+    done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+                          text=True, capture_output=True, env=_env(), timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -22,11 +22,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from finetune_bert.errors import UserError
+
 _BLOCK = 1024  # rows read at once when a whole column is iterated in order
 
 
-class Damaged(Exception):
-    """A store's file is shorter than its index says: it changed under us (the store is rebuilt next time)."""
+class Damaged(UserError):
+    """A store's file went missing or shorter than its index says while a run read it (the next run checks the
+    store and builds it again)."""
 
 
 class FlatFile:
@@ -48,7 +51,11 @@ class FlatFile:
         if not len(out):
             return out
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            except OSError as exc:
+                raise Damaged(f"{self.path}: the token cache changed while it was read ({exc.strerror or exc}); "
+                              "run again: it is checked and built again") from None
         offset, want = start * self.dtype.itemsize, out.nbytes
         if hasattr(os, "preadv"):
             got = os.preadv(self._fd, [memoryview(out).cast("B")], offset)
@@ -57,7 +64,8 @@ class FlatFile:
             got = found.nbytes
             out[:len(found)] = found
         if got != want:
-            raise Damaged(f"{self.path}: {got} bytes where {want} were expected at byte {offset}")
+            raise Damaged(f"{self.path}: the token cache changed while it was read ({got} bytes where {want} were "
+                          f"expected at byte {offset}); run again: it is checked and built again")
         return out
 
 

@@ -17,9 +17,20 @@ SEEN_FILE = "seen_texts.txt"
 _HEADER = "# finetune-bert: blake2b-64 of each training and validation text (whitespace collapsed), one a line\n"
 
 
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
 def _contents(keys: np.ndarray) -> str:
-    """The file's contents for these keys (sorted and unique: their order says nothing)."""
-    return _HEADER + "".join(f"{k:016x}\n" for k in np.unique(keys).tolist())
+    """The file's contents for these keys (sorted and unique: their order says nothing), written as hex digits
+    by numpy a block at a time: a million rows never become a million Python strings."""
+    keys = np.unique(keys)
+    parts = [_HEADER]
+    for start in range(0, len(keys), 1 << 16):
+        raw = keys[start:start + (1 << 16)].astype(">u8").view(np.uint8).reshape(-1, 8)
+        lines = np.empty((len(raw), 17), dtype=np.uint8)
+        lines[:, 0:16:2], lines[:, 1:16:2], lines[:, 16] = _HEX[raw >> 4], _HEX[raw & 15], ord("\n")
+        parts.append(lines.tobytes().decode("ascii"))
+    return "".join(parts)
 
 
 def seen_text(texts: Iterable[str], pairs: Iterable[str] | None = None) -> str:

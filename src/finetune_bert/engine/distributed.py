@@ -75,6 +75,12 @@ def start(device: torch.device, timeout_s: float, left: str = RESUME) -> World:
     if device.type == "cuda":
         check_gpus(local + 1)
     timeout = datetime.timedelta(seconds=timeout_s)
+    # Imported first: torch.distributed.checkpoint (which transformers' model code imports) keeps references to
+    # a process group that exists when it is first imported, so destroy_process_group could not free it and
+    # gloo's worker threads outlived it; one of them then freed a tensor during the interpreter's shutdown and
+    # aborted the process (SIGABRT, "terminate called without an active exception") after its work was done.
+    import torch.distributed.checkpoint  # noqa: F401
+
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

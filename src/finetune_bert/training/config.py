@@ -124,7 +124,7 @@ class TrainConfig(DataConfig):
                                 "MLflow and W&B also every option, report.html and the model card. A tracker that "
                                 "fails is a warning and training goes on. MLflow: a store in OUTPUT/mlruns unless "
                                 "--mlflow-uri (or MLFLOW_TRACKING_URI); W&B: online with an API key, or "
-                                "WANDB_MODE=offline into OUTPUT/wandb (docs/tracking.md).")
+                                "WANDB_MODE=offline into OUTPUT/wandb (docs/tracking-and-hub.md).")
     mlflow_uri: str | None = opt(None, "With --report-to mlflow: the tracking server or store to log to "
                                        "(http://host:5000, sqlite:///path/mlflow.db); default a SQLite store in "
                                        "OUTPUT/mlruns.")

@@ -89,7 +89,7 @@ def _wandb_credentials() -> list[str]:
     except Exception as exc:  # a key that is there but malformed
         return [f"--report-to wandb: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"]
     return ["--report-to wandb: no W&B API key here; run `wandb login` or set WANDB_API_KEY, or log offline "
-            "with WANDB_MODE=offline (docs/tracking.md)"]
+            "with WANDB_MODE=offline (docs/tracking-and-hub.md)"]
 
 
 def process_settings(report_to: str | None) -> None:
