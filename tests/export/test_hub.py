@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from finetune_bert.errors import UserError
-from finetune_bert.export.hub import folder_plan, push, upload_plan
+from finetune_bert.export.hub import folder_plan, push, staged, upload_plan
 
 MODEL = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "README.md",
          "finetune_bert.json", "metrics.json", "report.html", "data_report.json", "data_report.txt"]
@@ -49,6 +49,28 @@ def test_an_onnx_export_goes_up_only_while_it_is_the_weights_own(trained, tmp_pa
     plan = folder_plan(folder)
     assert not [f for f in plan.files if f.startswith("onnx/")] and "model.safetensors" in plan.files
     assert "older than the weights" in dict(plan.left_out)["onnx/"]
+
+
+def test_what_goes_up_names_the_runs_files_without_their_local_paths(trained, toy_data, tiny_model, tmp_path):
+    """The reports name the data by the path it was given; on the hub that would tell where it lay here."""
+    import json
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained.output, folder)
+    plan = folder_plan(folder)
+    local = [str(toy_data["train"].parent), str(tiny_model), str(Path(trained.output).parent)]
+    named = [n for n in plan.files if any(p in (folder / n).read_text(errors="replace") for p in local)]
+    assert {"data_report.json", "data_report.txt"} <= set(named)  # else this test would test nothing
+    with staged(folder, plan) as stage:
+        assert sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()) == sorted(plan.files)
+        for name in plan.files:
+            text = (stage / name).read_bytes().decode("utf-8", "replace")
+            assert not [p for p in local if p in text], name
+        report = json.loads((stage / "data_report.json").read_text())
+        assert "train.csv" in json.dumps(report) and "test.csv" in json.dumps(report)
+        assert (stage / "model.safetensors").stat().st_ino == (folder / "model.safetensors").stat().st_ino
+    assert not stage.exists() and folder_plan(folder) == plan  # gone, and the folder as it was
+    assert str(toy_data["train"]) in (folder / "data_report.txt").read_text()
 
 
 def test_push_refuses_a_folder_that_is_not_a_finished_run(trained, tmp_path):

@@ -5,18 +5,25 @@ What goes up is chosen by `upload_plan`, a pure function of the folder's file na
 needs (weights, config, tokenizer, the card, finetune_bert.json for predict's reading, metrics and reports) and an
 ONNX export only when it is current, since a graph older than the weights gives other numbers than they do.
 Checkpoints, logs, our marker, lock and staging files, and run_config.json (it holds local paths and repeats the
-run here, not on the hub) stay local. Every problem the hub call would meet late (no token, the hub offline, a
+run here, not on the hub) stay local; the text files that go up (the reports, say) have the local paths that
+run_config.json names replaced by their file names. Every problem the hub call would meet late (no token, the hub offline, a
 repository name it refuses) is found before it; a failed upload is one line that says what is still where.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import html
+import json
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from glob import escape
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from finetune_bert.console import console
 from finetune_bert.engine.model_folder import TOKENIZER_FILES, ModelFolder
@@ -162,14 +169,66 @@ def _trained_folder(name: str) -> Path:
     return folder
 
 
+# Files that go up as text and may name the run's files by their local paths (the data report, the page).
+_TEXT_FILES = frozenset({"README.md", RUN_FILE, "metrics.json", "report.html", "data_report.json", "data_report.txt"})
+
+
+def local_paths(folder: Path) -> dict[str, str]:
+    """Each local path the run named (its data, teacher, model, output...: run_config.json's string values that are
+    absolute or under ~), in every spelling a file may hold it (as given, resolved, JSON- and HTML-escaped), with
+    the file name that replaces it; the longest first, so a folder never replaces part of a file inside it."""
+    try:
+        options = json.loads((folder / "run_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, str] = {}
+    for value in (options.values() if isinstance(options, dict) else ()):
+        if not isinstance(value, str) or not value.startswith(("/", "~")) or "\n" in value:
+            continue
+        for path in {value, os.path.expanduser(value), os.path.realpath(os.path.expanduser(value))}:
+            if len(path) > 1:
+                for spelling in (path, json.dumps(path)[1:-1], html.escape(path)):
+                    found[spelling] = Path(path).name or path
+    return dict(sorted(found.items(), key=lambda item: -len(item[0])))
+
+
+def without_local_paths(text: str, paths: dict[str, str]) -> str:
+    for path, name in paths.items():
+        text = text.replace(path, name)
+    return text
+
+
+@contextlib.contextmanager
+def staged(folder: Path, plan: Plan) -> Iterator[Path]:
+    """`plan`'s files in a hidden folder beside them, as they go up: the weights and other files linked (no copy),
+    the text files rewritten without local paths. Removed at the end."""
+    stage = Path(tempfile.mkdtemp(prefix=".push-", dir=folder))
+    try:
+        paths = local_paths(folder)
+        for name in plan.files:
+            source, target = folder / name, stage / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if name in _TEXT_FILES and paths:
+                text = source.read_text(encoding="utf-8", errors="surrogateescape")
+                target.write_text(without_local_paths(text, paths), encoding="utf-8", errors="surrogateescape")
+                continue
+            try:
+                os.link(source, target)
+            except OSError:  # a file system without hard links
+                shutil.copy2(source, target)
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 class HubFailure(Exception):
     """The hub call failed; its message is the reason, in one line."""
 
 
 def upload(folder: Path, repo: str, plan: Plan, cfg: PushConfig) -> str:
-    """create_repo (exist_ok) and upload_folder of `plan`'s files (a model's few files make one commit); a
-    previous push's ONNX files that are not in this one are deleted with it, so the repository never keeps a
-    graph of other weights."""
+    """create_repo (exist_ok) and upload_folder of `plan`'s files as `staged` (a model's few files make one
+    commit); a previous push's ONNX files that are not in this one are deleted with it, so the repository never
+    keeps a graph of other weights."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -178,9 +237,10 @@ def upload(folder: Path, repo: str, plan: Plan, cfg: PushConfig) -> str:
         api.create_repo(repo, private=True if cfg.private else None, exist_ok=True)
         if cfg.revision:
             api.create_branch(repo, branch=cfg.revision, exist_ok=True)
-        info = api.upload_folder(repo_id=repo, folder_path=folder, revision=cfg.revision, commit_message=message,
-                                 allow_patterns=[escape(name) for name in plan.files],
-                                 delete_patterns=[f"{EXPORT_DIR}/*"])
+        with staged(folder, plan) as stage:
+            info = api.upload_folder(repo_id=repo, folder_path=stage, revision=cfg.revision, commit_message=message,
+                                     allow_patterns=[escape(name) for name in plan.files],
+                                     delete_patterns=[f"{EXPORT_DIR}/*"])
     except Exception as exc:  # the hub raises many types: offline, connection, HTTP errors, validation
         raise HubFailure(_reason(exc)) from None
     return info.commit_url

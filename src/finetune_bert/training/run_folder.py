@@ -13,7 +13,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 import torch
 from finetune_bert.training.checkpoint import CHECKPOINT_FILES, complete_checkpoints
 from finetune_bert.engine.run_info import RUN_FILE, RunInfo
@@ -41,7 +41,7 @@ class RunFolder:
     def __init__(self, path: str, overwrite: bool, resume: bool = False, *, tracking: Any = None):
         self.path = Path(path).expanduser()
         self.files: set[str] = set()
-        self._staged: dict[str, str] = {}
+        self._staged: dict[str, str | Iterable[bytes]] = {}
         self._previous: set[str] = set()  # what an earlier run wrote here, by the marker
         self._published = False
         self._log = self._lock = None
@@ -109,9 +109,10 @@ class RunFolder:
         self.own(name)
         return write_text_atomic(self.path / name, text)
 
-    def stage(self, name: str, text: str) -> None:
+    def stage(self, name: str, text: str | Iterable[bytes]) -> None:
         """Publish `text` as `name` together with the next save_model, so that a run failing before it never
-        leaves, say, a new run_config.json beside the old model."""
+        leaves, say, a new run_config.json beside the old model. Not a str: blocks of bytes, made as they are
+        written (each time: it is iterated again if a save fails and another is tried)."""
         self._staged[name] = text
 
     def save_model(self, model, tokenizer, run_info: RunInfo | dict[str, Any],
@@ -169,7 +170,12 @@ class RunFolder:
         info = run_info if isinstance(run_info, RunInfo) else RunInfo.of(run_info)
         (staging / RUN_FILE).write_text(info.text(), encoding="utf-8")
         for name, text in self._staged.items():
-            (staging / name).write_text(text, encoding="utf-8")
+            if isinstance(text, str):
+                (staging / name).write_text(text, encoding="utf-8")
+                continue
+            with open(staging / name, "wb") as handle:
+                for block in text:
+                    handle.write(block)
         names = sorted(p.name for p in staging.iterdir())
         mode = public_mode()  # safetensors >= 0.8 writes 0600: a shared model folder would be unreadable
         for name in names:
@@ -252,7 +258,7 @@ class Follower:
     def write_text(self, name: str, text: str) -> Path:
         return self.path / name
 
-    def stage(self, name: str, text: str) -> None:
+    def stage(self, name: str, text: str | Iterable[bytes]) -> None:
         pass
 
     def save_model(self, *args: Any, **kwargs: Any) -> None:
