@@ -442,3 +442,37 @@ def test_outputs_never_go_inside_a_folder_the_model_run_or_export_manages(traine
     code = main(["evaluate", "--model", str(model), "--data", str(toy_data["test"]), "--output",
                  str(other / "onnx" / "export.json")])
     assert code == 2 and "is inside the model's onnx/ folder" in capsys.readouterr().err
+
+
+HUB_LOAD = """
+import json, sys
+from finetune_bert import load
+clf = load(sys.argv[1], backend="torch-fp32")
+print(json.dumps({"info": clf.folder.info.to_json(), "proba": clf.predict_proba([sys.argv[2]]).tolist()}))
+"""
+
+
+def test_a_hub_id_reads_texts_as_the_pushed_folder_does(trained, tmp_path):
+    """A repository `push` made, loaded by its hub id (from the hub's own cache, offline here): its
+    finetune_bert.json (max length, calibration, labels) is the folder's, so are its probabilities."""
+    import shutil
+    import subprocess
+    import sys
+
+    from finetune_bert.engine.run_info import RunInfo
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--me--reviews"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(trained.output, repo / "snapshots" / commit, ignore=shutil.ignore_patterns("checkpoints"))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    text = "a long review " * 40  # longer than the run's 32 tokens: read as the run said
+    found = {}
+    for name in ("me/reviews", trained.output):
+        done = subprocess.run([sys.executable, "-c", HUB_LOAD, name, text], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        found[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["me/reviews"] == found[trained.output]
+    assert found["me/reviews"]["info"] != RunInfo().to_json()

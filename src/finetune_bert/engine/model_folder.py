@@ -68,9 +68,10 @@ class ModelFolder:
 
     @property
     def info(self) -> RunInfo:
-        """finetune_bert.json, read at first use: a base model to train from never needs it."""
+        """finetune_bert.json, read at first use: a base model to train from never needs it. A hub id's comes
+        from its repository (a model `push` uploaded reads texts as it did here); none there: the defaults."""
         if self._info is None:
-            self._info = RunInfo.read(self.path)
+            self._info = RunInfo.read(self.path if self.path is not None else _hub_run_folder(self.source))
         return self._info
 
     @classmethod
@@ -105,6 +106,18 @@ class ModelFolder:
     def unfinished(self) -> bool:
         """A training run wrote here and has not finished: its model is only the best so far."""
         return "train_log.jsonl" in self.marker_files() and not (self.path / "metrics.json").is_file()
+
+
+def _hub_run_folder(repo: str) -> Path | None:
+    """The folder of a hub model's finetune_bert.json (downloaded, or from the cache offline), or None where the
+    repository has none (another tool's model) or cannot say (offline and not cached, unreachable: loading the
+    model itself then says why)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, RUN_FILE)).parent
+    except Exception:  # the hub's many errors: no such file, repository or connection; offline without a copy
+        return None
 
 
 def _load_failure(name: str, source: str, exc: Exception, what: str) -> UserError:
