@@ -121,7 +121,7 @@ def test_lora_options_without_lora_are_refused(tiny_model, data, tmp_path):
     with pytest.raises(UserError, match="--lora-rank sets up LoRA; add --lora"):
         checked(data=str(data["train"]), model=str(tiny_model), output=str(tmp_path / "o"), lora_rank=4)
     cfg = checked(data=str(data["train"]), model=str(tiny_model), output=str(tmp_path / "o"), lora=True)
-    assert cfg.lr == 5e-4 and cfg.lora_settings() == lora.LoraSettings()
+    assert cfg.lr == 1e-3 and cfg.lora_settings() == lora.LoraSettings()
     assert checked(data=str(data["train"]), model=str(tiny_model), output=str(tmp_path / "o")).lr == 5e-5
 
 
