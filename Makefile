@@ -43,7 +43,7 @@ demo: setup
 
 # The stage layers (pyproject.toml, [tool.importlinter]) first: seconds, and a broken layer says which import.
 # Two pytest workers (pytest-xdist), each given whole test files, so a module's fixtures (a trained model,
-# a torchrun job) are built once: 6 min 44 s for the whole suite on a quiet 2-core AMD EPYC, 2026-12-07.
+# a torchrun job) are built once: 7 min 4 s for the whole suite on a quiet 2-core AMD EPYC, 2026-12-07.
 test: setup
 	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile
