@@ -69,15 +69,19 @@ def test_tune_refuses_several_processes(tiny_model, toy_data, tmp_path):
     ({0: 2, 1: 1}, Reported(2)),
     ({0: -signal.SIGTERM, 1: -signal.SIGKILL}, "training stopped: rank 1 was killed by SIGKILL;"),
     ({0: 1, 1: 1}, "training stopped: rank 0, 1 failed (see above);"),
-    ({0: 0, 1: 3}, "training stopped: rank 1 exited with code 3;"),
+    ({0: 0, 1: 3}, "training: rank 1 exited with code 3 after rank 0 had finished; the model, its metrics"),
+    ({0: 0, 1: -signal.SIGABRT}, "training: rank 1 was killed by SIGABRT after rank 0 had finished;"),
 ])
 def test_the_training_processes_end_becomes_one_exit_code(codes, expected):
+    """Rank 0 ends well only after the job's results are written: a later failure says they are whole, not
+    that the run should be resumed."""
     failure = launch._failure(codes)
     if isinstance(expected, Reported):
         assert isinstance(failure, Reported) and failure.exit_code == expected.exit_code
     else:
         assert isinstance(failure, launch.TrainingFailed) and failure.exit_code == 1
-        assert str(failure).startswith(expected) and "--resume" in str(failure)
+        assert str(failure).startswith(expected)
+        assert ("--resume" in str(failure)) == (codes[0] != 0)
 
 
 def test_python_train_with_several_processes_goes_through_the_launcher(monkeypatch, tiny_model, toy_data, tmp_path):

@@ -22,11 +22,14 @@ from finetune_bert.errors import Reported, TrainingFailed, TrainingInterrupted
 @dataclass(frozen=True)
 class Job:
     """How a command's job ends in words: `what` stopped ("training"), what is left and what to do after a
-    process failed (`failed`) and after a signal stopped them all (`stopped`)."""
+    process failed (`failed`), after a signal stopped them all (`stopped`), and after a process failed once
+    rank 0 had finished (`done`): rank 0 ends well only after the last collective and its own writing, so the
+    job's results are whole then, and saying they were not would send the user to redo finished work."""
 
     what: str
     failed: str
     stopped: str
+    done: str = "rank 0 had finished its work and written the results"
 
 
 def run_torchrun(nproc: int, argv: list[str], job: Job, *, finally_: Callable[[str], None] | None = None) -> None:
@@ -73,6 +76,8 @@ def failure(codes: dict[int, int], job: Job) -> Exception:
     dead = [f"rank {rank} {_how(code)}" for rank, code in sorted(first.items()) if code not in (0, 1)]
     said = [rank for rank, code in codes.items() if code == 1]
     what = ", ".join(dead) if dead else f"rank {', '.join(map(str, sorted(said)))} failed (see above)"
+    if codes.get(0) == 0:
+        return TrainingFailed(f"{job.what}: {what} after rank 0 had finished; {job.done}")
     return TrainingFailed(f"{job.what} stopped: {what}; the other processes stopped with it. {job.failed}")
 
 

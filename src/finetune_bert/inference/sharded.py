@@ -41,9 +41,9 @@ from finetune_bert.ranks import launched
 from finetune_bert.safefiles import atomic_output, claim_output
 
 PREDICTION = launcher.Job("prediction", "--output was not written (it appears whole or not at all): run the same "
-                          "command again", "--output was not written")
+                          "command again", "--output was not written", "--output was written whole")
 EVALUATION = launcher.Job("evaluation", "the metrics were not written: run the same command again",
-                          "the metrics were not written")
+                          "the metrics were not written", "the metrics were written")
 # predict's processes meet once, at the end, where the first to finish waits for the last however long its share
 # takes (shares of equal rows can differ in tokens): a process that dies is seen at once (its connection closes,
 # and torchrun stops the others); only one that hangs is waited for this long

@@ -50,7 +50,8 @@ def launch(cfg: TrainConfig) -> TrainResult:
 # what a training job's end leaves: complete checkpoints, every rank at the same step after a signal
 TRAINING = launcher.Job("training", "Every checkpoint in OUTPUT/checkpoints is complete or absent: rerun the same "
                         "command with --resume", "all processes stopped at the same step, after its checkpoint (see "
-                        "above). Resume with the same command and --resume")
+                        "above). Resume with the same command and --resume",
+                        "the model, its metrics and its report were saved in OUTPUT")
 
 
 def _run_torchrun(nproc: int, argv: list[str]) -> None:
