@@ -29,7 +29,7 @@ class Job:
     what: str
     failed: str
     stopped: str
-    done: str = "rank 0 had finished its work and written the results"
+    done: str
 
 
 def run_torchrun(nproc: int, argv: list[str], job: Job, *, finally_: Callable[[str], None] | None = None) -> None:

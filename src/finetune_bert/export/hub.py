@@ -6,8 +6,9 @@ needs (weights, config, tokenizer, the card, finetune_bert.json for predict's re
 ONNX export only when it is current, since a graph older than the weights gives other numbers than they do.
 Checkpoints, logs, our marker, lock and staging files, and run_config.json (it holds local paths and repeats the
 run here, not on the hub) stay local; the text files that go up (the reports, say) have the local paths that
-run_config.json names replaced by their file names. Every problem the hub call would meet late (no token, the hub offline, a
-repository name it refuses) is found before it; a failed upload is one line that says what is still where.
+run_config.json names replaced by their file names. Every problem the hub call would meet late (no token, the
+hub offline, a repository name it refuses) is found before it; a failed upload is one line that says what is
+still where.
 """
 
 from __future__ import annotations
